@@ -1,0 +1,150 @@
+//! Types shared by the kernel side (`capture-ebpf`) and userspace (`capture-user`).
+//!
+//! Everything here is `#[repr(C)]` and plain old data so both sides agree on the byte layout of
+//! ring buffer records and maps. With the `user` feature the types implement `aya::Pod` so
+//! userspace can read them out of maps.
+#![no_std]
+
+/// Largest packet copied whole. Larger packets (BIG TCP) are cut here and flagged truncated.
+/// veth and loopback hand over GSO/GRO packets up to 64 KiB, so this covers them.
+pub const MAX_PACKET_LEN: u32 = 65536;
+
+/// Bytes of packet data carried by one ring buffer record. A power of two so the eBPF side can
+/// bound lengths with a mask; a packet longer than this is split into several chunks.
+pub const CHUNK_LEN: u32 = 16384;
+
+/// Upper bound on chunks per packet (`MAX_PACKET_LEN / CHUNK_LEN`).
+pub const MAX_CHUNKS: u32 = MAX_PACKET_LEN / CHUNK_LEN;
+
+/// Capacity of the port set map. Far above the 64 ports a node usually needs.
+pub const MAX_PORTS: u32 = 1024;
+
+/// Name of the BPF hash map holding the ports to capture (key: port in host order, value: 1).
+pub const PORTS_MAP: &str = "PORTS";
+/// Name of the BPF ring buffer map the programs write packet chunks into.
+pub const RING_MAP: &str = "PACKETS";
+/// Name of the per-CPU array of [`Counter`] values.
+pub const COUNTERS_MAP: &str = "COUNTERS";
+/// Name of the global set by userspace at load time: ring fill level (bytes) from which a
+/// record wakes the reader. Below it records are written without a wake-up, and the reader
+/// finds them on its next timed poll; this batches wake-ups under load.
+pub const WAKEUP_BYTES_GLOBAL: &str = "WAKEUP_BYTES";
+
+/// Direction of a packet relative to the interface it was captured on.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Received by the interface (TC ingress or XDP).
+    Ingress = 0,
+    /// Sent by the interface (TC egress).
+    Egress = 1,
+}
+
+impl Direction {
+    /// Decodes the wire value; unknown values are `None` so a corrupt record is detectable.
+    pub fn from_u8(value: u8) -> Option<Self> {
+        match value {
+            0 => Some(Self::Ingress),
+            1 => Some(Self::Egress),
+            _ => None,
+        }
+    }
+}
+
+/// [`ChunkHeader::flags`]: this is the last chunk of its packet.
+pub const FLAG_LAST_CHUNK: u8 = 1;
+/// [`ChunkHeader::flags`]: the packet was longer than [`MAX_PACKET_LEN`] and was cut.
+pub const FLAG_TRUNCATED: u8 = 2;
+
+/// Header of every ring buffer record; `chunk_len` bytes of packet data follow it.
+///
+/// A packet is one or more consecutive chunks from the same CPU sharing `cpu` and `packet_seq`;
+/// the reader joins them and discards a packet whose chunks do not line up (one was lost
+/// because the ring was full, which the kernel side counts as a drop).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkHeader {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the packet was seen.
+    pub ts_ns: u64,
+    /// Per-CPU packet sequence number, to tie chunks to their packet.
+    pub packet_seq: u64,
+    /// CPU that produced the record.
+    pub cpu: u32,
+    /// Interface index the packet was seen on.
+    pub ifindex: u32,
+    /// Length of the packet as the kernel had it (may exceed the wire MTU for GSO packets).
+    pub wire_len: u32,
+    /// Bytes of the packet copied in total (min(wire_len, MAX_PACKET_LEN)).
+    pub captured_len: u32,
+    /// Offset of this chunk's data within the packet.
+    pub chunk_offset: u32,
+    /// Bytes of packet data following this header.
+    pub chunk_len: u32,
+    /// [`Direction`] as u8.
+    pub direction: u8,
+    /// `FLAG_*` bits.
+    pub flags: u8,
+    /// Explicit padding so the layout has no implicit holes.
+    pub _pad: [u8; 6],
+}
+
+/// Size of [`ChunkHeader`] on both sides.
+pub const CHUNK_HEADER_LEN: usize = core::mem::size_of::<ChunkHeader>();
+
+/// Index of each per-CPU counter in the [`COUNTERS_MAP`] array.
+///
+/// Invariant checked by the tests: `Matched == Captured + DroppedRingFull + DroppedCopyFailed`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Packets the program ran on.
+    Seen = 0,
+    /// TCP packets on a configured port that were selected for copying (carry payload, or
+    /// SYN/FIN/RST).
+    Matched = 1,
+    /// Matched packets written whole to the ring.
+    Captured = 2,
+    /// Matched packets lost because the ring buffer was full.
+    DroppedRingFull = 3,
+    /// Captured packets cut at [`MAX_PACKET_LEN`].
+    Truncated = 4,
+    /// TCP packets on a configured port skipped because they carry no payload and no
+    /// SYN/FIN/RST (pure ACKs): nothing in them is needed to rebuild the stream.
+    SkippedNoPayload = 5,
+    /// Matched packets lost because the kernel refused to copy their bytes (should stay 0;
+    /// counted so it is never silent).
+    DroppedCopyFailed = 6,
+}
+
+/// Number of [`Counter`] slots.
+pub const COUNTER_SLOTS: u32 = 7;
+
+impl Counter {
+    /// Every counter, in slot order.
+    pub const ALL: [Counter; COUNTER_SLOTS as usize] = [
+        Counter::Seen,
+        Counter::Matched,
+        Counter::Captured,
+        Counter::DroppedRingFull,
+        Counter::Truncated,
+        Counter::SkippedNoPayload,
+        Counter::DroppedCopyFailed,
+    ];
+
+    /// Name used in logs, summaries and metrics alike.
+    pub fn name(self) -> &'static str {
+        match self {
+            Counter::Seen => "seen",
+            Counter::Matched => "matched",
+            Counter::Captured => "captured",
+            Counter::DroppedRingFull => "dropped_ring_full",
+            Counter::Truncated => "truncated",
+            Counter::SkippedNoPayload => "skipped_no_payload",
+            Counter::DroppedCopyFailed => "dropped_copy_failed",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+// SAFETY: ChunkHeader is repr(C), Copy, has no padding holes and every bit pattern is valid.
+unsafe impl aya::Pod for ChunkHeader {}

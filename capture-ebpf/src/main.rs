@@ -1,0 +1,380 @@
+//! Kernel side of capture: TC classifiers (ingress, egress) and an XDP program that copy the
+//! TCP packets of configured ports into a ring buffer, whole (up to 64 KiB, chunked), with
+//! per-CPU counters so nothing is lost silently.
+//!
+//! The programs never change a packet's fate: TC returns `TC_ACT_PIPE` (run the next filter
+//! as if we were not there) and XDP returns `XDP_PASS`.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    Global,
+    bindings::{
+        __sk_buff, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_PIPE,
+        xdp_action, xdp_md,
+    },
+    helpers::{
+        bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        generated::{bpf_skb_load_bytes, bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
+    },
+    macros::{classifier, map, xdp},
+    maps::{HashMap, PerCpuArray, RingBuf},
+    programs::{TcContext, XdpContext},
+};
+use aya_log_ebpf::debug;
+use capture_common::{
+    CHUNK_HEADER_LEN, CHUNK_LEN, COUNTER_SLOTS, ChunkHeader, Counter, Direction, FLAG_LAST_CHUNK,
+    FLAG_TRUNCATED, MAX_CHUNKS, MAX_PACKET_LEN, MAX_PORTS,
+};
+
+/// Ports to capture, host byte order. A packet matches when its source or destination port is here.
+#[map(name = "PORTS")]
+static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_PORTS, 0);
+
+/// Packet chunks for userspace. Userspace resizes it at load time (`--ring-size`).
+#[map(name = "PACKETS")]
+static PACKETS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
+
+/// Per-CPU counters, indexed by [`Counter`].
+#[map(name = "COUNTERS")]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+/// Per-CPU staging area: a chunk is assembled here (header + data) then copied into the ring
+/// with one variable-length `bpf_ringbuf_output`, so small packets take small records.
+#[repr(C)]
+struct Scratch {
+    packet_seq: u64,
+    header: ChunkHeader,
+    data: [u8; CHUNK_LEN as usize],
+}
+
+#[map(name = "SCRATCH")]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Ring fill level (bytes) from which a record wakes the reader; set by userspace at load.
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: Global<u64> = Global::new(0);
+
+const ETH_HDR_LEN: u32 = 14;
+const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88A8;
+const IPPROTO_TCP: u8 = 6;
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+/// Extension headers walked before giving up on an IPv6 packet (bounded for the verifier).
+const MAX_IPV6_EXT_HEADERS: u32 = 6;
+
+/// Byte access to the packet, the same for TC (`__sk_buff`) and XDP (`xdp_md`, multi-buffer
+/// aware), so parsing and copying are written once.
+trait PacketBytes {
+    /// Full packet length, including non-linear parts.
+    fn len(&self) -> u32;
+    /// Copies `len` bytes from `offset` into `dst`; false if out of bounds.
+    fn load(&self, offset: u32, dst: *mut u8, len: u32) -> bool;
+
+    #[inline(always)]
+    fn load_array<const N: usize>(&self, offset: u32) -> Option<[u8; N]> {
+        let mut buf = [0u8; N];
+        if self.load(offset, buf.as_mut_ptr(), N as u32) {
+            Some(buf)
+        } else {
+            None
+        }
+    }
+}
+
+struct Skb(*mut __sk_buff);
+
+impl PacketBytes for Skb {
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        // SAFETY: the context pointer handed to the program is valid for its whole run.
+        unsafe { (*self.0).len }
+    }
+    #[inline(always)]
+    fn load(&self, offset: u32, dst: *mut u8, len: u32) -> bool {
+        // SAFETY: the helper checks bounds itself; dst points at `len` writable bytes.
+        unsafe { bpf_skb_load_bytes(self.0 as *const _, offset, dst as *mut _, len) == 0 }
+    }
+}
+
+struct Xdp(*mut xdp_md);
+
+impl PacketBytes for Xdp {
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        // SAFETY: valid context pointer; the helper covers fragments of multi-buffer packets.
+        unsafe { bpf_xdp_get_buff_len(self.0) as u32 }
+    }
+    #[inline(always)]
+    fn load(&self, offset: u32, dst: *mut u8, len: u32) -> bool {
+        // SAFETY: the helper checks bounds itself; dst points at `len` writable bytes.
+        unsafe { bpf_xdp_load_bytes(self.0, offset, dst as *mut _, len) == 0 }
+    }
+}
+
+#[inline(always)]
+fn count(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+/// What the parser learned about a TCP packet on a configured port.
+struct TcpMatch {
+    flags: u8,
+    payload_len: u32,
+}
+
+/// Parses Ethernet (optionally one VLAN tag), IPv4 or IPv6 and the TCP header; `None` unless
+/// the packet is TCP (first fragment) with a configured source or destination port.
+#[inline(always)]
+fn parse<P: PacketBytes>(pkt: &P) -> Option<TcpMatch> {
+    let pkt_len = pkt.len();
+    let eth: [u8; 2] = pkt.load_array(12)?;
+    let mut ethertype = u16::from_be_bytes(eth);
+    let mut l3 = ETH_HDR_LEN;
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        let inner: [u8; 2] = pkt.load_array(16)?;
+        ethertype = u16::from_be_bytes(inner);
+        l3 += 4;
+    }
+    let (l4, l3_end) = match ethertype {
+        ETH_P_IPV4 => {
+            let ip: [u8; 20] = pkt.load_array(l3)?;
+            if ip[0] >> 4 != 4 || ip[9] != IPPROTO_TCP {
+                return None;
+            }
+            // Later fragments carry no TCP header.
+            if be16(&ip, 6) & 0x1FFF != 0 {
+                return None;
+            }
+            let ihl = ((ip[0] & 0x0F) as u32) * 4;
+            if ihl < 20 {
+                return None;
+            }
+            let total = be16(&ip, 2) as u32;
+            // BIG TCP GSO packets carry total length 0: the skb length is the truth then.
+            let end = if total == 0 { pkt_len } else { l3 + total };
+            (l3 + ihl, end)
+        }
+        ETH_P_IPV6 => {
+            let ip: [u8; 8] = pkt.load_array(l3)?;
+            if ip[0] >> 4 != 6 {
+                return None;
+            }
+            let payload = be16(&ip, 4) as u32;
+            let end = if payload == 0 {
+                pkt_len
+            } else {
+                l3 + 40 + payload
+            };
+            let mut next = ip[6];
+            let mut off = l3 + 40;
+            let mut i = 0;
+            while i < MAX_IPV6_EXT_HEADERS {
+                match next {
+                    IPPROTO_TCP => break,
+                    // Hop-by-hop, routing, destination options: length in 8-octet units.
+                    0 | 43 | 60 => {
+                        let ext: [u8; 2] = pkt.load_array(off)?;
+                        next = ext[0];
+                        off += (ext[1] as u32 + 1) * 8;
+                    }
+                    // Fragment header: only the first fragment has the TCP header.
+                    44 => {
+                        let frag: [u8; 4] = pkt.load_array(off)?;
+                        if be16(&frag, 2) & 0xFFF8 != 0 {
+                            return None;
+                        }
+                        next = frag[0];
+                        off += 8;
+                    }
+                    // Authentication header: length in 4-octet units, minus 2.
+                    51 => {
+                        let ext: [u8; 2] = pkt.load_array(off)?;
+                        next = ext[0];
+                        off += (ext[1] as u32 + 2) * 4;
+                    }
+                    _ => return None,
+                }
+                i += 1;
+            }
+            if next != IPPROTO_TCP {
+                return None;
+            }
+            (off, end)
+        }
+        _ => return None,
+    };
+    let tcp: [u8; 14] = pkt.load_array(l4)?;
+    let src_port = be16(&tcp, 0);
+    let dst_port = be16(&tcp, 2);
+    // SAFETY: read-only lookups in a map userspace fills before attaching.
+    let wanted = unsafe { PORTS.get(&dst_port).is_some() || PORTS.get(&src_port).is_some() };
+    if !wanted {
+        return None;
+    }
+    let data_offset = ((tcp[12] >> 4) as u32) * 4;
+    // Ethernet padding after a short IP packet is not payload: bound by the IP length.
+    let end = if l3_end < pkt_len { l3_end } else { pkt_len };
+    let payload_len = end.saturating_sub(l4 + data_offset);
+    Some(TcpMatch {
+        flags: tcp[13],
+        payload_len,
+    })
+}
+
+/// Copies a matched packet into the ring, chunk by chunk, and counts the outcome.
+#[inline(always)]
+fn copy_packet<P: PacketBytes, C: aya_ebpf::EbpfContext>(
+    ctx: &C,
+    pkt: &P,
+    ifindex: u32,
+    direction: Direction,
+) {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU map value, exclusive to this CPU for the duration of the program.
+    let scratch = unsafe { &mut *scratch };
+    let wire_len = pkt.len();
+    let captured_len = if wire_len > MAX_PACKET_LEN {
+        MAX_PACKET_LEN
+    } else {
+        wire_len
+    };
+    let truncated = wire_len > MAX_PACKET_LEN;
+    scratch.packet_seq = scratch.packet_seq.wrapping_add(1);
+    scratch.header = ChunkHeader {
+        // SAFETY: helpers without preconditions.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        packet_seq: scratch.packet_seq,
+        cpu: unsafe { bpf_get_smp_processor_id() },
+        ifindex,
+        wire_len,
+        captured_len,
+        chunk_offset: 0,
+        chunk_len: 0,
+        direction: direction as u8,
+        flags: if truncated { FLAG_TRUNCATED } else { 0 },
+        _pad: [0; 6],
+    };
+    // Batched wake-ups: only wake the reader once a good amount of data waits; it polls on a
+    // short timer otherwise.
+    let wakeup = if PACKETS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BYTES.load() {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    } as u64;
+
+    let mut offset: u32 = 0;
+    let mut chunk = 0;
+    while chunk < MAX_CHUNKS {
+        if offset >= captured_len {
+            break;
+        }
+        let remaining = captured_len - offset;
+        let want = if remaining > CHUNK_LEN {
+            CHUNK_LEN
+        } else {
+            remaining
+        };
+        // Same value, written so the verifier can see it lies in 1..=CHUNK_LEN.
+        let len = ((want - 1) & (CHUNK_LEN - 1)) + 1;
+        if !pkt.load(offset, scratch.data.as_mut_ptr(), len) {
+            count(Counter::DroppedCopyFailed);
+            return;
+        }
+        scratch.header.chunk_offset = offset;
+        scratch.header.chunk_len = len;
+        if offset + len >= captured_len {
+            scratch.header.flags |= FLAG_LAST_CHUNK;
+        }
+        let record_len = CHUNK_HEADER_LEN + len as usize;
+        // SAFETY: header and data are contiguous in the repr(C) Scratch, and record_len is at
+        // most size_of(header) + CHUNK_LEN.
+        let record = unsafe {
+            core::slice::from_raw_parts(
+                &scratch.header as *const ChunkHeader as *const u8,
+                record_len,
+            )
+        };
+        if PACKETS.output::<[u8]>(record, wakeup).is_err() {
+            count(Counter::DroppedRingFull);
+            debug!(ctx, "ring full: dropped packet of {} bytes", wire_len);
+            return;
+        }
+        offset += len;
+        chunk += 1;
+    }
+    count(Counter::Captured);
+    if truncated {
+        count(Counter::Truncated);
+    }
+}
+
+#[inline(always)]
+fn handle<P: PacketBytes, C: aya_ebpf::EbpfContext>(
+    ctx: &C,
+    pkt: &P,
+    ifindex: u32,
+    direction: Direction,
+) {
+    count(Counter::Seen);
+    let Some(tcp) = parse(pkt) else {
+        return;
+    };
+    if tcp.payload_len == 0 && tcp.flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 {
+        count(Counter::SkippedNoPayload);
+        return;
+    }
+    count(Counter::Matched);
+    copy_packet(ctx, pkt, ifindex, direction);
+}
+
+/// TC classifier for the ingress hook.
+#[classifier]
+pub fn capture_tc_ingress(ctx: TcContext) -> i32 {
+    // SAFETY: the skb pointer is valid for the program run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    handle(&ctx, &Skb(ctx.skb.skb), ifindex, Direction::Ingress);
+    TC_ACT_PIPE
+}
+
+/// TC classifier for the egress hook.
+#[classifier]
+pub fn capture_tc_egress(ctx: TcContext) -> i32 {
+    // SAFETY: the skb pointer is valid for the program run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    handle(&ctx, &Skb(ctx.skb.skb), ifindex, Direction::Egress);
+    TC_ACT_PIPE
+}
+
+/// XDP program for ingress; multi-buffer aware so large frames are copied whole.
+#[xdp(frags)]
+pub fn capture_xdp(ctx: XdpContext) -> u32 {
+    // SAFETY: the xdp_md pointer is valid for the program run.
+    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    handle(&ctx, &Xdp(ctx.ctx), ifindex, Direction::Ingress);
+    xdp_action::XDP_PASS
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

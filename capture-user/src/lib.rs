@@ -1,0 +1,8 @@
+//! capture: record live HTTP traffic with eBPF and replay it later.
+//!
+//! The data flows one way through one module per stage (see the README's module tour):
+//! `live` (eBPF load/attach, ring drain) or a pcap source -> [`packet`] -> [`decode`] ->
+//! TCP reassembly -> HTTP framing -> sinks.
+
+pub mod decode;
+pub mod packet;
