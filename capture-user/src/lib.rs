@@ -6,3 +6,6 @@
 
 pub mod decode;
 pub mod packet;
+
+pub mod cmd;
+pub mod live;

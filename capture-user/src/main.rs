@@ -1,1 +1,96 @@
-fn main() {}
+//! The `capture` command line.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use capture_user::cmd::packets::{self, PacketsArgs};
+
+/// Record live HTTP traffic on this node with eBPF, and replay it later.
+///
+/// Capturing needs root (or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON). Start with
+/// `capture packets --iface eth0 --port 80` to check that the hooks see your traffic.
+#[derive(Debug, Parser)]
+#[command(name = "capture", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print every captured TCP packet on the given ports, one line each, then the counters.
+    ///
+    /// Example: capture packets --iface eth0 --port 8080 --duration 10s
+    Packets(PacketsArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    let default_level = match &cli.command {
+        Command::Packets(args) => log_level(args.capture.ebpf_log),
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
+        .format_timestamp_millis()
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Packets(args) => packets::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the error and its causes, outermost first.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints help and version as clap does, and argument errors as one line.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            ExitCode::SUCCESS
+        }
+        _ => {
+            let rendered = e.render().to_string();
+            let first = rendered
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("invalid arguments");
+            eprintln!("{first} (see `capture --help`)");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn log_level(ebpf: capture_user::live::EbpfLogLevel) -> &'static str {
+    use capture_user::live::EbpfLogLevel::*;
+    match ebpf {
+        Off | Error | Warn => "warn",
+        Info => "info",
+        Debug => "debug",
+        Trace => "trace",
+    }
+}

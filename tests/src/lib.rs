@@ -44,9 +44,7 @@ pub fn zeek_pcaps_dir() -> PathBuf {
 
 /// Runs a command to completion and fails with its stderr when it exits non-zero.
 pub fn run_ok(cmd: &mut Command) -> Result<Output> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("spawning {cmd:?}"))?;
+    let out = cmd.output().with_context(|| format!("spawning {cmd:?}"))?;
     if !out.status.success() {
         bail!(
             "{cmd:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",

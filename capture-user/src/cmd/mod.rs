@@ -1,0 +1,5 @@
+//! Command-line commands: each parses its own arguments (clap) and is a thin shell over the
+//! library stages.
+
+pub mod capture_args;
+pub mod packets;

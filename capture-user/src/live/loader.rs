@@ -1,0 +1,491 @@
+//! Loads the eBPF programs, writes the port set, attaches to interfaces, and detaches
+//! everything again. The [`AttachedCapture`] guard detaches on drop, so every exit path
+//! (normal end, signal, error unwinding) leaves the interfaces as they were.
+//!
+//! TC programs attach through TCX links and XDP through bpf links where the kernel has them:
+//! both are owned by file descriptors, so even a SIGKILLed capture leaves nothing behind.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::tc::{NlOptions, SchedClassifierLinkId, TcAttachOptions};
+use aya::programs::xdp::XdpLinkId;
+use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
+use aya::{Ebpf, EbpfLoader};
+use capture_common::{COUNTERS_MAP, Counter, MAX_PORTS, PORTS_MAP, RING_MAP, WAKEUP_BYTES_GLOBAL};
+use log::{info, warn};
+
+/// The compiled eBPF object, built by build.rs for the BPF target.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/capture"));
+
+/// Which kernel hook captures packets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    /// TC classifier on ingress and egress: sees requests and responses.
+    Tc,
+    /// XDP on ingress only: cheapest per packet, but blind to what the host sends.
+    Xdp,
+}
+
+/// eBPF log level forwarded to `aya-log` (off by default: logging costs per packet).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum EbpfLogLevel {
+    #[default]
+    Off,
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+/// What to capture and where.
+#[derive(Clone, Debug)]
+pub struct CaptureConfig {
+    /// Interfaces to attach to (at least one).
+    pub interfaces: Vec<String>,
+    /// TCP ports; a packet matches when its source or destination port is one of them.
+    pub ports: Vec<u16>,
+    /// Hook to use.
+    pub mode: AttachMode,
+    /// Ring buffer size in bytes (a power of two, multiple of the page size).
+    pub ring_bytes: u32,
+    /// eBPF log level.
+    pub ebpf_log: EbpfLogLevel,
+    /// Use legacy netlink TC filters (with a clsact qdisc) instead of TCX links. The default
+    /// picks TCX on kernels that have it (6.6+); this exists to exercise the legacy path.
+    pub tc_netlink: bool,
+}
+
+/// Why a capture could not start. Each message names the thing and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum LoaderError {
+    #[error("interface {0} not found; list interfaces with `ip link`")]
+    InterfaceNotFound(String),
+    #[error(
+        "interface {name} has link type {link_type}, not Ethernet or loopback; capture needs an Ethernet-like device"
+    )]
+    UnsupportedLinkType { name: String, link_type: String },
+    #[error("no interface given; pass --iface IF (list with `ip link`)")]
+    NoInterface,
+    #[error("no port given; pass --port P (1-65535)")]
+    NoPort,
+    #[error("port 0 is not a valid TCP port; use 1-65535")]
+    PortZero,
+    #[error("{count} ports given but at most {max} fit the port map")]
+    TooManyPorts { count: usize, max: u32 },
+    #[error("ring size {0} bytes is not a power of two of at least 4096; try 16MiB")]
+    BadRingSize(u64),
+    #[error(
+        "capturing needs root or CAP_BPF+CAP_NET_ADMIN (+CAP_PERFMON); run with sudo or via `cargo xtask run`"
+    )]
+    MissingPrivileges,
+    #[error("loading the eBPF programs failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("eBPF program {0} missing from the object (build mismatch; rebuild)")]
+    MissingProgram(&'static str),
+    #[error("eBPF map {0} missing from the object (build mismatch; rebuild)")]
+    MissingMap(&'static str),
+    #[error("preparing eBPF program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    },
+    #[error("attaching {hook} to interface {iface}: {source}")]
+    Attach {
+        hook: &'static str,
+        iface: String,
+        source: aya::programs::ProgramError,
+    },
+    #[error("eBPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("adding a clsact qdisc to {iface}: {source}")]
+    Qdisc {
+        iface: String,
+        source: aya::programs::tc::TcError,
+    },
+}
+
+/// Checks everything that can be checked before touching the kernel, so bad input fails
+/// fast with nothing attached.
+pub fn validate(config: &CaptureConfig) -> Result<(), LoaderError> {
+    if config.interfaces.is_empty() {
+        return Err(LoaderError::NoInterface);
+    }
+    if config.ports.is_empty() {
+        return Err(LoaderError::NoPort);
+    }
+    if config.ports.contains(&0) {
+        return Err(LoaderError::PortZero);
+    }
+    let unique: BTreeSet<u16> = config.ports.iter().copied().collect();
+    if unique.len() > MAX_PORTS as usize {
+        return Err(LoaderError::TooManyPorts {
+            count: unique.len(),
+            max: MAX_PORTS,
+        });
+    }
+    let ring = u64::from(config.ring_bytes);
+    if ring < 4096 || !ring.is_power_of_two() {
+        return Err(LoaderError::BadRingSize(ring));
+    }
+    for iface in &config.interfaces {
+        let dir = Path::new("/sys/class/net").join(iface);
+        if iface.is_empty() || iface.contains('/') || !dir.exists() {
+            return Err(LoaderError::InterfaceNotFound(iface.clone()));
+        }
+        // ARPHRD_ETHER = 1, ARPHRD_LOOPBACK = 772: both hand the hooks an Ethernet header.
+        let link_type = std::fs::read_to_string(dir.join("type")).unwrap_or_default();
+        let link_type = link_type.trim();
+        if link_type != "1" && link_type != "772" {
+            return Err(LoaderError::UnsupportedLinkType {
+                name: iface.clone(),
+                link_type: link_type.to_string(),
+            });
+        }
+    }
+    if !has_capture_privileges() {
+        return Err(LoaderError::MissingPrivileges);
+    }
+    Ok(())
+}
+
+/// True when the effective capabilities allow loading BPF and attaching to interfaces.
+fn has_capture_privileges() -> bool {
+    const CAP_NET_ADMIN: u32 = 12;
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_BPF: u32 = 39;
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    let Some(eff) = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+    else {
+        return false;
+    };
+    let has = |cap: u32| eff & (1u64 << cap) != 0;
+    (has(CAP_BPF) || has(CAP_SYS_ADMIN)) && has(CAP_NET_ADMIN)
+}
+
+enum AttachedLink {
+    Tc {
+        program: &'static str,
+        iface: String,
+        id: SchedClassifierLinkId,
+    },
+    Xdp {
+        iface: String,
+        id: XdpLinkId,
+    },
+}
+
+/// Loaded programs attached to interfaces. Dropping it detaches everything and removes any
+/// qdisc it added.
+pub struct AttachedCapture {
+    ebpf: Ebpf,
+    links: Vec<AttachedLink>,
+    /// Interfaces where we created the clsact qdisc (legacy TC path only).
+    added_qdiscs: Vec<String>,
+    detached: bool,
+}
+
+const TC_INGRESS: &str = "capture_tc_ingress";
+const TC_EGRESS: &str = "capture_tc_egress";
+const XDP: &str = "capture_xdp";
+
+impl AttachedCapture {
+    /// Validates the config, loads the programs, fills the port map and attaches.
+    /// On any error, whatever was attached so far is detached before returning.
+    pub fn start(config: &CaptureConfig) -> Result<Self, LoaderError> {
+        validate(config)?;
+        let wakeup_bytes: u64 = u64::from(config.ring_bytes) / 8;
+        let log_level: u8 = config.ebpf_log as u8;
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(RING_MAP, config.ring_bytes)
+            .override_global(WAKEUP_BYTES_GLOBAL, &wakeup_bytes, true)
+            .override_global(aya_log::LEVEL, &log_level, true)
+            .load(EBPF_OBJECT)?;
+
+        let mut ports: BpfHashMap<_, u16, u8> = BpfHashMap::try_from(
+            ebpf.map_mut(PORTS_MAP)
+                .ok_or(LoaderError::MissingMap(PORTS_MAP))?,
+        )
+        .map_err(|source| LoaderError::Map {
+            name: PORTS_MAP,
+            source,
+        })?;
+        for port in &config.ports {
+            ports
+                .insert(port, 1, 0)
+                .map_err(|source| LoaderError::Map {
+                    name: PORTS_MAP,
+                    source,
+                })?;
+        }
+
+        let mut capture = AttachedCapture {
+            ebpf,
+            links: Vec::new(),
+            added_qdiscs: Vec::new(),
+            detached: false,
+        };
+        // On error, `capture` is dropped here and detaches what was attached.
+        match config.mode {
+            AttachMode::Tc => {
+                for iface in &config.interfaces {
+                    if config.tc_netlink {
+                        capture.ensure_clsact(iface)?;
+                    }
+                    for (name, hook) in [
+                        (TC_INGRESS, TcAttachType::Ingress),
+                        (TC_EGRESS, TcAttachType::Egress),
+                    ] {
+                        capture.attach_tc(name, iface, hook, config.tc_netlink)?;
+                    }
+                }
+            }
+            AttachMode::Xdp => {
+                for iface in &config.interfaces {
+                    capture.attach_xdp(iface)?;
+                }
+            }
+        }
+        Ok(capture)
+    }
+
+    fn ensure_clsact(&mut self, iface: &str) -> Result<(), LoaderError> {
+        match aya::programs::tc::qdisc_add_clsact(iface) {
+            Ok(()) => {
+                self.added_qdiscs.push(iface.to_string());
+                Ok(())
+            }
+            // Already there (someone else's): use it, leave it in place afterwards.
+            Err(aya::programs::tc::TcError::IoError(e))
+                if e.raw_os_error() == Some(libc::EEXIST) =>
+            {
+                Ok(())
+            }
+            Err(aya::programs::tc::TcError::NetlinkError(e))
+                if e.to_string().contains("exists") =>
+            {
+                Ok(())
+            }
+            Err(source) => Err(LoaderError::Qdisc {
+                iface: iface.to_string(),
+                source,
+            }),
+        }
+    }
+
+    fn attach_tc(
+        &mut self,
+        name: &'static str,
+        iface: &str,
+        hook: TcAttachType,
+        netlink: bool,
+    ) -> Result<(), LoaderError> {
+        let program: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(LoaderError::MissingProgram(name))?
+            .try_into()
+            .map_err(|source| LoaderError::Program { name, source })?;
+        if program.fd().is_err() {
+            program
+                .load()
+                .map_err(|source| LoaderError::Program { name, source })?;
+        }
+        let hook_name = match hook {
+            TcAttachType::Ingress => "tc ingress",
+            _ => "tc egress",
+        };
+        let attached = if netlink {
+            program.attach_with_options(iface, hook, TcAttachOptions::Netlink(NlOptions::default()))
+        } else {
+            program.attach(iface, hook)
+        };
+        let id = attached.map_err(|source| LoaderError::Attach {
+            hook: hook_name,
+            iface: iface.to_string(),
+            source,
+        })?;
+        info!("attached {hook_name} on {iface}");
+        self.links.push(AttachedLink::Tc {
+            program: name,
+            iface: iface.to_string(),
+            id,
+        });
+        Ok(())
+    }
+
+    fn attach_xdp(&mut self, iface: &str) -> Result<(), LoaderError> {
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(XDP)
+            .ok_or(LoaderError::MissingProgram(XDP))?
+            .try_into()
+            .map_err(|source| LoaderError::Program { name: XDP, source })?;
+        if program.fd().is_err() {
+            program
+                .load()
+                .map_err(|source| LoaderError::Program { name: XDP, source })?;
+        }
+        let id = match program.attach(iface, XdpMode::Driver) {
+            Ok(id) => {
+                info!("attached XDP in native (driver) mode on {iface}");
+                id
+            }
+            Err(native_err) => {
+                warn!(
+                    "native XDP not available on {iface} ({native_err}); falling back to generic (skb) mode"
+                );
+                eprintln!(
+                    "note: native XDP is not available on {iface}; using generic XDP mode (slower, same packets)"
+                );
+                program
+                    .attach(iface, XdpMode::Skb)
+                    .map_err(|source| LoaderError::Attach {
+                        hook: "xdp",
+                        iface: iface.to_string(),
+                        source,
+                    })?
+            }
+        };
+        self.links.push(AttachedLink::Xdp {
+            iface: iface.to_string(),
+            id,
+        });
+        Ok(())
+    }
+
+    /// Takes the packet ring buffer out of the loaded object for the reader thread.
+    pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, LoaderError> {
+        let map = self
+            .ebpf
+            .take_map(RING_MAP)
+            .ok_or(LoaderError::MissingMap(RING_MAP))?;
+        RingBuf::try_from(map).map_err(|source| LoaderError::Map {
+            name: RING_MAP,
+            source,
+        })
+    }
+
+    /// Takes the per-CPU counters map so they can be read after detaching too.
+    pub fn take_counters(&mut self) -> Result<KernelCounters, LoaderError> {
+        let map = self
+            .ebpf
+            .take_map(COUNTERS_MAP)
+            .ok_or(LoaderError::MissingMap(COUNTERS_MAP))?;
+        let array = PerCpuArray::try_from(map).map_err(|source| LoaderError::Map {
+            name: COUNTERS_MAP,
+            source,
+        })?;
+        Ok(KernelCounters { array })
+    }
+
+    /// Starts forwarding eBPF log lines to the `log` crate when a level was asked for.
+    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        match aya_log::EbpfLogger::init(&mut self.ebpf) {
+            Ok(logger) => Some(logger),
+            Err(e) => {
+                warn!("eBPF logs unavailable: {e}");
+                None
+            }
+        }
+    }
+
+    /// Detaches every program and removes qdiscs we added. Idempotent; also run on drop.
+    pub fn detach(&mut self) {
+        if self.detached {
+            return;
+        }
+        self.detached = true;
+        for link in self.links.drain(..) {
+            match link {
+                AttachedLink::Tc { program, iface, id } => {
+                    let result = self
+                        .ebpf
+                        .program_mut(program)
+                        .and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
+                        .map(|p| p.detach(id));
+                    if let Some(Err(e)) = result {
+                        warn!("detaching {program} from {iface}: {e}");
+                    }
+                }
+                AttachedLink::Xdp { iface, id } => {
+                    let result = self
+                        .ebpf
+                        .program_mut(XDP)
+                        .and_then(|p| <&mut Xdp>::try_from(p).ok())
+                        .map(|p| p.detach(id));
+                    if let Some(Err(e)) = result {
+                        warn!("detaching XDP from {iface}: {e}");
+                    }
+                }
+            }
+        }
+        for iface in self.added_qdiscs.drain(..) {
+            // aya has no qdisc delete; iproute2 is on every node that has tc.
+            let status = Command::new("tc")
+                .args(["qdisc", "del", "dev", &iface, "clsact"])
+                .status();
+            if !matches!(status, Ok(s) if s.success()) {
+                warn!(
+                    "could not remove the clsact qdisc we added to {iface}; remove it with `tc qdisc del dev {iface} clsact`"
+                );
+            }
+        }
+    }
+}
+
+impl Drop for AttachedCapture {
+    fn drop(&mut self) {
+        self.detach();
+    }
+}
+
+/// Reader for the kernel's per-CPU counters.
+pub struct KernelCounters {
+    array: PerCpuArray<MapData, u64>,
+}
+
+/// Kernel counters summed over CPUs, indexed like [`Counter::ALL`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CounterSnapshot(pub [u64; Counter::ALL.len()]);
+
+impl CounterSnapshot {
+    /// Value of one counter.
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.0[counter as usize]
+    }
+
+    /// `name=value` pairs in slot order, the same names as the metrics.
+    pub fn pairs(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        Counter::ALL.iter().map(|c| (c.name(), self.get(*c)))
+    }
+}
+
+impl KernelCounters {
+    /// Sums every counter over all CPUs.
+    pub fn snapshot(&self) -> Result<CounterSnapshot, LoaderError> {
+        let mut snap = CounterSnapshot::default();
+        for counter in Counter::ALL {
+            let values =
+                self.array
+                    .get(&(counter as u32), 0)
+                    .map_err(|source| LoaderError::Map {
+                        name: COUNTERS_MAP,
+                        source,
+                    })?;
+            snap.0[counter as usize] = values.iter().sum();
+        }
+        Ok(snap)
+    }
+}

@@ -1,0 +1,171 @@
+//! Live capture: the eBPF programs attached to interfaces and the ring drained into packet
+//! batches. [`LiveCapture`] ties the loader and the ring reader together and owns the
+//! shutdown order (detach, drain, close) so no caller can get it wrong.
+
+pub mod loader;
+pub mod ring;
+
+use std::collections::HashMap;
+
+use anyhow::Context as _;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc;
+
+pub use loader::{AttachMode, CaptureConfig, CounterSnapshot, EbpfLogLevel, LoaderError};
+pub use ring::{PacketBatch, RingStatsSnapshot};
+
+use loader::{AttachedCapture, KernelCounters};
+use ring::{ClockOffset, RingReader};
+
+/// Batches queued between the ring thread and the consumer. With up to
+/// [`ring::MAX_BATCH_PACKETS`] packets each this bounds userspace memory; beyond it the ring
+/// fills and the kernel counts drops.
+pub const CHANNEL_BATCHES: usize = 64;
+
+/// A running capture. Receive batches with [`LiveCapture::recv`]; call
+/// [`LiveCapture::stop`] to detach and drain, then keep receiving until `None`.
+pub struct LiveCapture {
+    attached: AttachedCapture,
+    counters: KernelCounters,
+    reader: RingReader,
+    rx: mpsc::Receiver<PacketBatch>,
+    logger: Option<tokio::task::JoinHandle<()>>,
+    interface_names: HashMap<u32, String>,
+}
+
+/// Kernel and userspace counters at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CaptureStats {
+    /// Summed per-CPU counters of the eBPF programs.
+    pub kernel: CounterSnapshot,
+    /// Counters of the ring reader.
+    pub ring: RingStatsSnapshot,
+}
+
+impl CaptureStats {
+    /// Every counter as `name=value`, kernel first, on one line.
+    pub fn to_line(&self) -> String {
+        self.kernel
+            .pairs()
+            .chain(self.ring.pairs())
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+impl LiveCapture {
+    /// Loads, attaches and starts draining. Must be called inside a tokio runtime.
+    pub fn start(config: &CaptureConfig) -> anyhow::Result<Self> {
+        let mut attached = AttachedCapture::start(config)?;
+        let counters = attached.take_counters()?;
+        let ring = attached.take_ring()?;
+        let logger = if config.ebpf_log != EbpfLogLevel::Off {
+            attached.take_logger().and_then(spawn_logger)
+        } else {
+            None
+        };
+        let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
+        let reader = ring::spawn_reader(ring, ClockOffset::now(), tx)
+            .context("starting the ring reader thread")?;
+        let interface_names = config
+            .interfaces
+            .iter()
+            .filter_map(|name| Some((interface_index(name)?, name.clone())))
+            .collect();
+        Ok(Self {
+            attached,
+            counters,
+            reader,
+            rx,
+            logger,
+            interface_names,
+        })
+    }
+
+    /// Next batch of packets; `None` once stopped and fully drained.
+    pub async fn recv(&mut self) -> Option<PacketBatch> {
+        self.rx.recv().await
+    }
+
+    /// Names of the captured-on interfaces by ifindex, for display.
+    pub fn interface_names(&self) -> &HashMap<u32, String> {
+        &self.interface_names
+    }
+
+    /// Counters now.
+    pub fn stats(&self) -> anyhow::Result<CaptureStats> {
+        Ok(CaptureStats {
+            kernel: self.counters.snapshot()?,
+            ring: self.reader.stats().snapshot(),
+        })
+    }
+
+    /// Stops capturing and hands every packet still in flight to `sink`: detaches every
+    /// program (nothing new enters the ring), lets the reader drain the ring, and receives
+    /// until the channel closes. The returned counters are final: every captured packet was
+    /// either handed on or counted as discarded.
+    pub async fn stop_and_drain(
+        self,
+        mut sink: impl FnMut(PacketBatch),
+    ) -> anyhow::Result<CaptureStats> {
+        let Self {
+            mut attached,
+            counters,
+            mut reader,
+            mut rx,
+            logger,
+            ..
+        } = self;
+        attached.detach();
+        if let Some(logger) = logger {
+            logger.abort();
+        }
+        // The reader may be blocked on a full channel, so join it off this task while
+        // this task keeps receiving.
+        let join = tokio::task::spawn_blocking(move || {
+            reader.stop();
+            reader
+        });
+        while let Some(batch) = rx.recv().await {
+            sink(batch);
+        }
+        let reader = join.await.context("joining the ring reader")?;
+        Ok(CaptureStats {
+            kernel: counters.snapshot()?,
+            ring: reader.stats().snapshot(),
+        })
+    }
+}
+
+/// ifindex of an interface, from sysfs.
+fn interface_index(name: &str) -> Option<u32> {
+    let text = std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex")).ok()?;
+    text.trim().parse().ok()
+}
+
+/// Forwards eBPF log records to the `log` crate whenever the kernel side writes some.
+fn spawn_logger(
+    logger: aya_log::EbpfLogger<&'static dyn log::Log>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    // SAFETY: the logger owns its ring buffer fd and neither closes nor replaces it while the
+    // AsyncFd holds it.
+    let registered =
+        unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
+    let mut fd = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            log::warn!("eBPF logs unavailable: {e}");
+            return None;
+        }
+    };
+    Some(tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else {
+                return;
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    }))
+}

@@ -1,0 +1,543 @@
+//! Turns ring buffer records back into packets.
+//!
+//! [`ChunkAssembler`] is the sans-IO core: fed raw records, it joins the chunks of each packet
+//! (per CPU, in order), converts the kernel's monotonic timestamp to wall-clock time, and
+//! discards packets whose chunks do not line up, counting them. [`spawn_reader`] is the thin
+//! I/O shell: a dedicated OS thread that polls the ring's file descriptor, drains it in
+//! batches and hands the batches to the async side through a bounded channel. Keeping the
+//! drain off the runtime's worker threads means a busy consumer can never stall the ring
+//! polling of other tasks, and the channel bound turns a slow consumer into counted kernel
+//! drops instead of unbounded memory.
+
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+
+use aya::maps::{MapData, RingBuf};
+use bytes::{Bytes, BytesMut};
+use capture_common::{CHUNK_HEADER_LEN, ChunkHeader, Direction, FLAG_LAST_CHUNK, MAX_PACKET_LEN};
+use tokio::sync::mpsc;
+
+use crate::decode::LinkType;
+use crate::packet::{CapturedPacket, Timestamp};
+
+/// Offset between the kernel's monotonic clock (what `bpf_ktime_get_ns` reads) and the
+/// wall clock, sampled once at start so each record converts with one addition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClockOffset {
+    /// `realtime_ns - monotonic_ns`, as a signed value.
+    pub realtime_minus_monotonic_ns: i128,
+}
+
+impl ClockOffset {
+    /// Samples both clocks now.
+    pub fn now() -> Self {
+        let monotonic = clock_ns(libc::CLOCK_MONOTONIC);
+        let realtime = clock_ns(libc::CLOCK_REALTIME);
+        Self {
+            realtime_minus_monotonic_ns: realtime - monotonic,
+        }
+    }
+
+    /// Converts a monotonic timestamp to nanoseconds since the Unix epoch.
+    pub fn to_wall(self, monotonic_ns: u64) -> Timestamp {
+        let wall = i128::from(monotonic_ns) + self.realtime_minus_monotonic_ns;
+        Timestamp(wall.clamp(0, i128::from(u64::MAX)) as u64)
+    }
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; both clock ids exist on every Linux.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+}
+
+/// Counters of the userspace side of the ring, named as in summaries and metrics.
+#[derive(Debug, Default)]
+pub struct RingStats {
+    /// Ring records read.
+    pub records: AtomicU64,
+    /// Packets rebuilt and handed on.
+    pub packets: AtomicU64,
+    /// Bytes of packet data handed on.
+    pub bytes: AtomicU64,
+    /// Packets discarded because some of their chunks were missing (the kernel counted the
+    /// lost chunk as `dropped_ring_full`).
+    pub discarded_incomplete: AtomicU64,
+    /// Records that were too short or inconsistent to be a chunk (should stay 0).
+    pub bad_records: AtomicU64,
+    /// Batches handed to the consumer.
+    pub batches: AtomicU64,
+}
+
+/// A point-in-time copy of [`RingStats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingStatsSnapshot {
+    pub records: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    pub discarded_incomplete: u64,
+    pub bad_records: u64,
+    pub batches: u64,
+}
+
+impl RingStats {
+    /// Reads every counter.
+    pub fn snapshot(&self) -> RingStatsSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        RingStatsSnapshot {
+            records: get(&self.records),
+            packets: get(&self.packets),
+            bytes: get(&self.bytes),
+            discarded_incomplete: get(&self.discarded_incomplete),
+            bad_records: get(&self.bad_records),
+            batches: get(&self.batches),
+        }
+    }
+}
+
+impl RingStatsSnapshot {
+    /// `name=value` pairs, the same names as the metrics.
+    pub fn pairs(&self) -> [(&'static str, u64); 5] {
+        [
+            ("ring_records", self.records),
+            ("ring_packets", self.packets),
+            ("ring_bytes", self.bytes),
+            ("discarded_incomplete", self.discarded_incomplete),
+            ("bad_records", self.bad_records),
+        ]
+    }
+}
+
+/// What the assembler made of one record.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Assembled {
+    /// A whole packet.
+    Packet(CapturedPacket),
+    /// A chunk of a packet still being joined.
+    Pending,
+    /// The record was not a valid chunk.
+    BadRecord,
+}
+
+/// A packet whose chunks are still arriving.
+struct PartialPacket {
+    header: ChunkHeader,
+    data: BytesMut,
+}
+
+/// Joins ring records into packets. Sans-IO: fed byte slices, returns packets.
+pub struct ChunkAssembler {
+    clock: ClockOffset,
+    /// At most one packet in flight per CPU: a CPU writes a packet's chunks back to back.
+    partial: HashMap<u32, PartialPacket>,
+    /// Single-chunk packets are copied here and split off, so most packets cost no allocation.
+    arena: BytesMut,
+    discarded_incomplete: u64,
+}
+
+/// Arena refill size: large enough to amortise allocation over hundreds of packets.
+const ARENA_BYTES: usize = 4 << 20;
+
+impl ChunkAssembler {
+    /// A fresh assembler converting timestamps with `clock`.
+    pub fn new(clock: ClockOffset) -> Self {
+        Self {
+            clock,
+            partial: HashMap::new(),
+            arena: BytesMut::new(),
+            discarded_incomplete: 0,
+        }
+    }
+
+    /// Packets discarded so far because chunks were missing.
+    pub fn discarded_incomplete(&self) -> u64 {
+        self.discarded_incomplete
+    }
+
+    /// Packets still waiting for chunks; at the end of a capture these count as discarded.
+    pub fn pending(&self) -> usize {
+        self.partial.len()
+    }
+
+    /// Gives up on packets still waiting for chunks (end of capture), counting them.
+    pub fn finish(&mut self) -> u64 {
+        let n = self.partial.len() as u64;
+        self.partial.clear();
+        self.discarded_incomplete += n;
+        n
+    }
+
+    /// Feeds one ring record.
+    pub fn push(&mut self, record: &[u8]) -> Assembled {
+        let Some(header) = parse_header(record) else {
+            return Assembled::BadRecord;
+        };
+        let data = &record[CHUNK_HEADER_LEN..CHUNK_HEADER_LEN + header.chunk_len as usize];
+        let last = header.flags & FLAG_LAST_CHUNK != 0;
+
+        if header.chunk_offset == 0 {
+            // A new packet starts on this CPU; anything unfinished there lost its tail.
+            if self.partial.remove(&header.cpu).is_some() {
+                self.discarded_incomplete += 1;
+            }
+            if last {
+                return self.single_chunk(header, data);
+            }
+            let mut buf = BytesMut::with_capacity(header.captured_len as usize);
+            buf.extend_from_slice(data);
+            self.partial
+                .insert(header.cpu, PartialPacket { header, data: buf });
+            return Assembled::Pending;
+        }
+
+        // A continuation chunk: it must follow the packet in flight on its CPU exactly.
+        let Some(mut partial) = self.partial.remove(&header.cpu) else {
+            // Its start was lost; the whole packet is gone.
+            self.discarded_incomplete += 1;
+            return Assembled::Pending;
+        };
+        let lines_up = partial.header.packet_seq == header.packet_seq
+            && partial.data.len() == header.chunk_offset as usize
+            && partial.header.captured_len == header.captured_len;
+        if !lines_up {
+            // Both the unfinished packet and the one this chunk belongs to are incomplete.
+            self.discarded_incomplete += 2;
+            return Assembled::Pending;
+        }
+        partial.data.extend_from_slice(data);
+        if !last {
+            self.partial.insert(header.cpu, partial);
+            return Assembled::Pending;
+        }
+        if partial.data.len() != header.captured_len as usize {
+            self.discarded_incomplete += 1;
+            return Assembled::Pending;
+        }
+        Assembled::Packet(self.packet(&partial.header, partial.data.freeze()))
+    }
+
+    fn single_chunk(&mut self, header: ChunkHeader, data: &[u8]) -> Assembled {
+        if data.len() != header.captured_len as usize {
+            self.discarded_incomplete += 1;
+            return Assembled::Pending;
+        }
+        if self.arena.capacity() < data.len() {
+            self.arena = BytesMut::with_capacity(ARENA_BYTES.max(data.len()));
+        }
+        self.arena.extend_from_slice(data);
+        let bytes = self.arena.split().freeze();
+        Assembled::Packet(self.packet(&header, bytes))
+    }
+
+    fn packet(&self, header: &ChunkHeader, data: Bytes) -> CapturedPacket {
+        CapturedPacket {
+            ts: self.clock.to_wall(header.ts_ns),
+            ifindex: header.ifindex,
+            direction: Direction::from_u8(header.direction).unwrap_or(Direction::Ingress),
+            // Both hooks hand over frames starting at an Ethernet header (lo included).
+            link: LinkType::Ethernet,
+            wire_len: header.wire_len,
+            data,
+        }
+    }
+}
+
+/// Reads and sanity-checks a record's header; `None` for anything the kernel side could not
+/// have written.
+fn parse_header(record: &[u8]) -> Option<ChunkHeader> {
+    let head = record.get(..CHUNK_HEADER_LEN)?;
+    // SAFETY: `head` is exactly size_of::<ChunkHeader>() bytes and ChunkHeader is Pod
+    // (repr(C), every bit pattern valid); read_unaligned copes with any alignment.
+    let header: ChunkHeader = unsafe { std::ptr::read_unaligned(head.as_ptr().cast()) };
+    let valid = Direction::from_u8(header.direction).is_some()
+        && header.chunk_len > 0
+        && record.len() >= CHUNK_HEADER_LEN + header.chunk_len as usize
+        && header.captured_len <= MAX_PACKET_LEN
+        && header.captured_len <= header.wire_len
+        && u64::from(header.chunk_offset) + u64::from(header.chunk_len)
+            <= u64::from(header.captured_len);
+    valid.then_some(header)
+}
+
+/// Packets handed to the consumer at once.
+pub type PacketBatch = Vec<CapturedPacket>;
+
+/// Most packets in one batch; a batch is also sent whenever the ring runs empty.
+pub const MAX_BATCH_PACKETS: usize = 512;
+
+/// Handle on the reader thread.
+pub struct RingReader {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    stats: Arc<RingStats>,
+}
+
+impl RingReader {
+    /// Live userspace ring counters.
+    pub fn stats(&self) -> &Arc<RingStats> {
+        &self.stats
+    }
+
+    /// Asks the thread to drain what is left in the ring and end, and waits for it. Call
+    /// after detaching the programs so nothing new arrives. The channel closes when it ends.
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            log::error!("ring reader thread panicked");
+        }
+    }
+}
+
+impl Drop for RingReader {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// How long one poll waits when no wake-up comes: the kernel side only wakes the reader when
+/// the ring is filling up, so this bounds the latency of a quiet ring.
+const POLL_TIMEOUT_MS: i32 = 10;
+
+/// Starts the reader thread. Batches go to `tx`; when the consumer falls behind, the
+/// thread blocks on the bounded channel, the ring fills, and the kernel counts the drops.
+pub fn spawn_reader(
+    mut ring: RingBuf<MapData>,
+    clock: ClockOffset,
+    tx: mpsc::Sender<PacketBatch>,
+) -> std::io::Result<RingReader> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let stats = Arc::new(RingStats::default());
+    let thread = {
+        let stop = stop.clone();
+        let stats = stats.clone();
+        std::thread::Builder::new()
+            .name("capture-ring".into())
+            .spawn(move || reader_loop(&mut ring, clock, &tx, &stop, &stats))?
+    };
+    Ok(RingReader {
+        stop,
+        thread: Some(thread),
+        stats,
+    })
+}
+
+fn reader_loop(
+    ring: &mut RingBuf<MapData>,
+    clock: ClockOffset,
+    tx: &mpsc::Sender<PacketBatch>,
+    stop: &AtomicBool,
+    stats: &RingStats,
+) {
+    let mut assembler = ChunkAssembler::new(clock);
+    let mut batch: PacketBatch = Vec::with_capacity(MAX_BATCH_PACKETS);
+    let fd = ring.as_raw_fd();
+    loop {
+        // Read the flag before draining: once set, one more full drain empties the ring.
+        let stopping = stop.load(Ordering::Acquire);
+        let mut consumer_gone = false;
+        while let Some(record) = ring.next() {
+            stats.records.fetch_add(1, Ordering::Relaxed);
+            match assembler.push(&record) {
+                Assembled::Packet(packet) => {
+                    stats.packets.fetch_add(1, Ordering::Relaxed);
+                    stats
+                        .bytes
+                        .fetch_add(packet.data.len() as u64, Ordering::Relaxed);
+                    batch.push(packet);
+                }
+                Assembled::Pending => {}
+                Assembled::BadRecord => {
+                    stats.bad_records.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            drop(record);
+            if batch.len() >= MAX_BATCH_PACKETS && !send(tx, &mut batch, stats) {
+                consumer_gone = true;
+                break;
+            }
+        }
+        stats
+            .discarded_incomplete
+            .store(assembler.discarded_incomplete(), Ordering::Relaxed);
+        if !batch.is_empty() && !send(tx, &mut batch, stats) {
+            consumer_gone = true;
+        }
+        if consumer_gone {
+            // Nobody reads any more: stop draining. The kernel counts what it cannot write.
+            return;
+        }
+        if stopping {
+            assembler.finish();
+            stats
+                .discarded_incomplete
+                .store(assembler.discarded_incomplete(), Ordering::Relaxed);
+            return;
+        }
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; the ring's fd stays open for the life of `ring`.
+        unsafe { libc::poll(&mut pfd, 1, POLL_TIMEOUT_MS) };
+    }
+}
+
+/// Hands the batch over, waiting while the channel is full; false once the receiver is gone.
+fn send(tx: &mpsc::Sender<PacketBatch>, batch: &mut PacketBatch, stats: &RingStats) -> bool {
+    let full = std::mem::replace(batch, Vec::with_capacity(MAX_BATCH_PACKETS));
+    stats.batches.fetch_add(1, Ordering::Relaxed);
+    tx.blocking_send(full).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use capture_common::FLAG_TRUNCATED;
+
+    const CLOCK: ClockOffset = ClockOffset {
+        realtime_minus_monotonic_ns: 1_000_000_000_000,
+    };
+
+    fn record(cpu: u32, seq: u64, captured: u32, offset: u32, data: &[u8], last: bool) -> Vec<u8> {
+        let header = ChunkHeader {
+            ts_ns: 5,
+            packet_seq: seq,
+            cpu,
+            ifindex: 7,
+            wire_len: captured,
+            captured_len: captured,
+            chunk_offset: offset,
+            chunk_len: data.len() as u32,
+            direction: Direction::Egress as u8,
+            flags: if last { FLAG_LAST_CHUNK } else { 0 },
+            _pad: [0; 6],
+        };
+        // SAFETY: ChunkHeader is repr(C) plain data without padding holes.
+        let head: [u8; CHUNK_HEADER_LEN] = unsafe { std::mem::transmute(header) };
+        let mut out = head.to_vec();
+        out.extend_from_slice(data);
+        out
+    }
+
+    fn packet(assembled: Assembled) -> CapturedPacket {
+        match assembled {
+            Assembled::Packet(p) => p,
+            other => panic!("expected a packet, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn single_chunk_packet_keeps_metadata_and_wall_time() {
+        let mut asm = ChunkAssembler::new(CLOCK);
+        let p = packet(asm.push(&record(0, 1, 3, 0, b"abc", true)));
+        assert_eq!(&p.data[..], b"abc");
+        assert_eq!(p.ifindex, 7);
+        assert_eq!(p.direction, Direction::Egress);
+        assert_eq!(p.wire_len, 3);
+        assert_eq!(p.ts, Timestamp(1_000_000_000_005));
+    }
+
+    #[test]
+    fn chunks_interleaved_across_cpus_are_joined_per_cpu() {
+        let mut asm = ChunkAssembler::new(CLOCK);
+        assert_eq!(
+            asm.push(&record(0, 1, 6, 0, b"abc", false)),
+            Assembled::Pending
+        );
+        assert_eq!(
+            asm.push(&record(1, 9, 4, 0, b"wx", false)),
+            Assembled::Pending
+        );
+        let a = packet(asm.push(&record(0, 1, 6, 3, b"def", true)));
+        let b = packet(asm.push(&record(1, 9, 4, 2, b"yz", true)));
+        assert_eq!(&a.data[..], b"abcdef");
+        assert_eq!(&b.data[..], b"wxyz");
+        assert_eq!(asm.discarded_incomplete(), 0);
+    }
+
+    #[test]
+    fn packet_missing_its_tail_is_discarded_when_the_next_starts() {
+        let mut asm = ChunkAssembler::new(CLOCK);
+        asm.push(&record(0, 1, 6, 0, b"abc", false));
+        let p = packet(asm.push(&record(0, 2, 2, 0, b"zz", true)));
+        assert_eq!(&p.data[..], b"zz");
+        assert_eq!(asm.discarded_incomplete(), 1);
+    }
+
+    #[test]
+    fn continuation_without_start_is_discarded() {
+        let mut asm = ChunkAssembler::new(CLOCK);
+        assert_eq!(
+            asm.push(&record(0, 1, 6, 3, b"def", true)),
+            Assembled::Pending
+        );
+        assert_eq!(asm.discarded_incomplete(), 1);
+    }
+
+    #[test]
+    fn continuation_of_another_packet_discards_both() {
+        let mut asm = ChunkAssembler::new(CLOCK);
+        asm.push(&record(0, 1, 6, 0, b"abc", false));
+        assert_eq!(
+            asm.push(&record(0, 2, 6, 3, b"def", true)),
+            Assembled::Pending
+        );
+        assert_eq!(asm.discarded_incomplete(), 2);
+        assert_eq!(asm.pending(), 0);
+    }
+
+    #[test]
+    fn unfinished_packets_count_as_discarded_at_finish() {
+        let mut asm = ChunkAssembler::new(CLOCK);
+        asm.push(&record(0, 1, 6, 0, b"abc", false));
+        assert_eq!(asm.finish(), 1);
+        assert_eq!(asm.discarded_incomplete(), 1);
+    }
+
+    #[test]
+    fn malformed_records_are_rejected_not_panicked_on() {
+        let mut asm = ChunkAssembler::new(CLOCK);
+        assert_eq!(asm.push(b"short"), Assembled::BadRecord);
+        let mut rec = record(0, 1, 3, 0, b"abc", true);
+        rec.truncate(CHUNK_HEADER_LEN + 1); // claims 3 bytes, carries 1
+        assert_eq!(asm.push(&rec), Assembled::BadRecord);
+        let mut rec = record(0, 1, 3, 0, b"abc", true);
+        rec[40] = 9; // direction byte
+        assert_eq!(asm.push(&rec), Assembled::BadRecord);
+        let rec = record(0, 1, 2, 0, b"abc", true); // chunk longer than the packet
+        assert_eq!(asm.push(&rec), Assembled::BadRecord);
+    }
+
+    #[test]
+    fn truncated_flag_passes_through_as_wire_len() {
+        let mut asm = ChunkAssembler::new(CLOCK);
+        let mut rec = record(0, 1, 3, 0, b"abc", true);
+        // wire_len (offset 24) larger than captured_len: the kernel cut the packet.
+        rec[24..28].copy_from_slice(&70000u32.to_ne_bytes());
+        rec[41] |= FLAG_TRUNCATED;
+        let p = packet(asm.push(&rec));
+        assert!(p.is_truncated());
+        assert_eq!(p.wire_len, 70000);
+    }
+
+    #[test]
+    fn many_small_packets_share_the_arena_without_aliasing() {
+        let mut asm = ChunkAssembler::new(CLOCK);
+        let packets: Vec<_> = (0..1000u32)
+            .map(|i| packet(asm.push(&record(0, u64::from(i), 4, 0, &i.to_be_bytes(), true))))
+            .collect();
+        for (i, p) in packets.iter().enumerate() {
+            assert_eq!(&p.data[..], &(i as u32).to_be_bytes());
+        }
+    }
+}
