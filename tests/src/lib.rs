@@ -55,3 +55,7 @@ pub fn run_ok(cmd: &mut Command) -> Result<Output> {
     }
     Ok(out)
 }
+
+pub mod capture;
+pub mod netns;
+pub mod nginx;

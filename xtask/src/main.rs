@@ -1,1 +1,227 @@
-fn main() {}
+//! `cargo xtask`: the two commands a fresh machine needs.
+//!
+//! - `cargo xtask run -- ARGS` installs what is missing, builds, and runs `capture ARGS` as root.
+//! - `cargo xtask test` installs what is missing, then runs fmt, clippy, unit and
+//!   integration tests.
+//!
+//! Installing is idempotent and quiet when everything is already there.
+
+mod setup;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+/// Developer tasks for the capture workspace.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install what building and testing need (Debian packages, nightly rust-src,
+    /// bpf-linker). Quiet when everything is present.
+    Setup,
+    /// Build the `capture` binary (debug, or --release).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Set up, build (release), and run `capture` with the given arguments as root.
+    ///
+    /// Example: cargo xtask run -- packets --iface lo --port 8080 --duration 10s
+    Run {
+        /// Arguments for `capture`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then fmt check, clippy (-D warnings), unit and integration tests (as root).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build (release), and run the benchmarks, printing figures.
+    Bench {
+        /// Which benchmarks: all, ebpf, drain.
+        #[arg(default_value = "all")]
+        which: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.task) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(task: Task) -> Result<()> {
+    match task {
+        Task::Setup => setup::ensure_all(),
+        Task::Build { release } => build(release),
+        Task::Run { args } => {
+            setup::ensure_all()?;
+            build(true)?;
+            let bin = workspace_root().join("target/release/capture");
+            let status = as_root(&bin)
+                .args(&args)
+                .status()
+                .with_context(|| format!("running {}", bin.display()))?;
+            if !status.success() {
+                std::process::exit(status.code().unwrap_or(1));
+            }
+            Ok(())
+        }
+        Task::Test { args } => test(&args),
+        Task::Bench { which } => bench(&which),
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+/// Runs a command and fails naming it when it does not succeed.
+fn check(cmd: &mut Command, what: &str) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("{what}: could not start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+fn build(release: bool) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.args([
+        "build",
+        "--quiet",
+        "--package",
+        "capture-user",
+        "--bin",
+        "capture",
+    ]);
+    if release {
+        cmd.arg("--release");
+    }
+    check(&mut cmd, "building capture")
+}
+
+/// True when this process runs as root.
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|v| v.split_whitespace().nth(1).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// A command for `program`, through sudo when not already root (capture needs root).
+fn as_root(program: &Path) -> Command {
+    if is_root() {
+        Command::new(program)
+    } else {
+        let mut cmd = Command::new("sudo");
+        cmd.arg("--preserve-env").arg(program);
+        cmd
+    }
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "the integration tests create network namespaces and load eBPF programs: run as root (sudo -E cargo xtask test)"
+        );
+    }
+    setup::ensure_all()?;
+    step("cargo fmt --check");
+    check(
+        cargo().args(["fmt", "--all", "--check"]),
+        "cargo fmt --check (run `cargo fmt`)",
+    )?;
+    step("cargo clippy");
+    check(
+        cargo().args([
+            "clippy",
+            "--quiet",
+            "--workspace",
+            "--exclude",
+            "capture-ebpf",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+        "cargo clippy",
+    )?;
+    step("build capture");
+    build(false)?;
+    let bin = workspace_root().join("target/debug/capture");
+    step("unit and integration tests");
+    let mut cmd = cargo();
+    cmd.args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "capture-ebpf",
+        "--no-fail-fast",
+    ])
+    .env("CAPTURE_BIN", &bin);
+    if !extra.is_empty() {
+        cmd.arg("--").args(extra);
+    }
+    check(&mut cmd, "cargo test")?;
+    step("all tests passed");
+    Ok(())
+}
+
+fn bench(which: &str) -> Result<()> {
+    if !is_root() {
+        bail!("the benchmarks load eBPF programs and create namespaces: run as root");
+    }
+    setup::ensure_all()?;
+    build(true)?;
+    let bin = workspace_root().join("target/release/capture");
+    let mut cmd = cargo();
+    cmd.args([
+        "run",
+        "--quiet",
+        "--release",
+        "--package",
+        "tests",
+        "--bin",
+        "capture-bench",
+        "--",
+        which,
+    ])
+    .env("CAPTURE_BIN", &bin);
+    check(&mut cmd, "capture-bench")
+}
+
+fn step(what: &str) {
+    eprintln!("xtask: {what}");
+}

@@ -1,0 +1,408 @@
+//! Running `capture` and independent reference captures (tcpdump + tshark) side by side,
+//! and parsing what each printed.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::netns::Topology;
+use crate::{capture_bin, run_ok};
+
+/// A `capture` process running in a namespace.
+pub struct CaptureRun {
+    child: Child,
+    stdout: Option<JoinHandle<Vec<String>>>,
+    stderr: Option<JoinHandle<Vec<String>>>,
+}
+
+/// What a finished `capture` run printed.
+#[derive(Debug)]
+pub struct CaptureOutput {
+    pub status: ExitStatus,
+    pub stdout: Vec<String>,
+    pub stderr: Vec<String>,
+}
+
+impl CaptureRun {
+    /// Starts `capture ARGS` in namespace `ns` and waits until it reports that it captures.
+    pub fn start(ns: &str, args: &[&str]) -> Result<Self> {
+        let mut child = Topology::exec(ns, &capture_bin().to_string_lossy())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting capture")?;
+        let stdout = child.stdout.take().context("capture stdout")?;
+        let stderr = child.stderr.take().context("capture stderr")?;
+        let (ready_tx, ready_rx) = mpsc::channel::<()>();
+        let stdout = std::thread::spawn(move || {
+            BufReader::new(stdout)
+                .lines()
+                .map_while(|l| l.ok())
+                .collect::<Vec<_>>()
+        });
+        let stderr = std::thread::spawn(move || {
+            let mut lines = Vec::new();
+            for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
+                if line.starts_with("capturing ") {
+                    let _ = ready_tx.send(());
+                }
+                lines.push(line);
+            }
+            lines
+        });
+        let mut run = CaptureRun {
+            child,
+            stdout: Some(stdout),
+            stderr: Some(stderr),
+        };
+        match ready_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(()) => Ok(run),
+            Err(_) => {
+                let _ = run.child.kill();
+                let out = run.finish()?;
+                bail!(
+                    "capture did not start: {:?}\n{}",
+                    out.status,
+                    out.stderr.join("\n")
+                );
+            }
+        }
+    }
+
+    /// Process id, to signal it.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends `signal` and collects the output once it exits (fails after 30 s).
+    pub fn stop(self, signal: i32) -> Result<CaptureOutput> {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.pid(), signal) };
+        self.finish()
+    }
+
+    /// Waits for exit (e.g. after `--duration`) and collects the output.
+    pub fn finish(mut self) -> Result<CaptureOutput> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = self.child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!("capture did not exit within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let stdout = self
+            .stdout
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
+        let stderr = self
+            .stderr
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
+        Ok(CaptureOutput {
+            status,
+            stdout,
+            stderr,
+        })
+    }
+}
+
+impl Drop for CaptureRun {
+    fn drop(&mut self) {
+        if self.stdout.is_some() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl CaptureOutput {
+    /// The final `counters:` line as name -> value.
+    pub fn counters(&self) -> Result<HashMap<String, u64>> {
+        let line = self
+            .stderr
+            .iter()
+            .rev()
+            .find_map(|l| l.strip_prefix("counters: "))
+            .with_context(|| format!("no counters line in stderr:\n{}", self.stderr.join("\n")))?;
+        line.split_whitespace()
+            .map(|pair| {
+                let (name, value) = pair.split_once('=').context("counter without =")?;
+                Ok((name.to_string(), value.parse()?))
+            })
+            .collect()
+    }
+
+    /// Every packet line printed.
+    pub fn packets(&self) -> Result<Vec<PacketLine>> {
+        self.stdout.iter().map(|l| PacketLine::parse(l)).collect()
+    }
+}
+
+/// One packet as `capture packets` prints it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PacketLine {
+    pub iface: String,
+    /// "in" or "out".
+    pub direction: String,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub flags: String,
+    pub seq: u32,
+    pub len: u64,
+}
+
+impl PacketLine {
+    /// Parses `TIME IFACE DIR SRC > DST Flags [F] seq N ack N win N len N`.
+    pub fn parse(line: &str) -> Result<Self> {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 16 || f[4] != ">" || f[6] != "Flags" || f[8] != "seq" || f[14] != "len" {
+            bail!("unexpected packet line {line:?}");
+        }
+        Ok(PacketLine {
+            iface: f[1].to_string(),
+            direction: f[2].to_string(),
+            src: f[3]
+                .parse()
+                .with_context(|| format!("source in {line:?}"))?,
+            dst: f[5]
+                .parse()
+                .with_context(|| format!("destination in {line:?}"))?,
+            flags: f[7].trim_matches(['[', ']']).to_string(),
+            seq: f[9].parse()?,
+            len: f[15].parse()?,
+        })
+    }
+}
+
+/// tcpdump writing a pcap of an interface, read back with tshark: the independent view of
+/// what crossed the interface.
+pub struct Tcpdump {
+    child: Child,
+    file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// One TCP packet as tshark decodes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefPacket {
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub seq: u32,
+    /// TCP flag bits (FIN=1, SYN=2, RST=4, PSH=8, ACK=16).
+    pub flags: u8,
+    pub len: u64,
+}
+
+impl RefPacket {
+    /// Whether `capture` is meant to copy it: payload, or SYN/FIN/RST.
+    pub fn carries_something(&self) -> bool {
+        self.len > 0 || self.flags & 0x07 != 0
+    }
+}
+
+impl Tcpdump {
+    /// Starts capturing TCP on `ifname` in `ns`; returns once tcpdump listens.
+    pub fn start(ns: &str, ifname: &str) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("ref.pcap");
+        let mut child = Topology::exec(ns, "tcpdump")
+            .args([
+                "-i",
+                ifname,
+                "-n",
+                "-s",
+                "0",
+                "-U",
+                "--immediate-mode",
+                "-Z",
+                "root",
+                "-w",
+            ])
+            .arg(&file)
+            .arg("tcp")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting tcpdump (installed by `cargo xtask setup`)")?;
+        let stderr = child.stderr.take().context("tcpdump stderr")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
+                if line.contains("listening on") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(15))
+            .context("tcpdump did not start listening")?;
+        Ok(Tcpdump {
+            child,
+            file,
+            _dir: dir,
+        })
+    }
+
+    /// Stops tcpdump and decodes the TCP packets it saw.
+    pub fn stop(mut self) -> Result<Vec<RefPacket>> {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait()?;
+        let out = run_ok(std::process::Command::new("tshark").args([
+            "-r",
+            &self.file.to_string_lossy(),
+            "-n",
+            "-T",
+            "fields",
+            "-E",
+            "separator=,",
+            "-e",
+            "ip.src",
+            "-e",
+            "ipv6.src",
+            "-e",
+            "tcp.srcport",
+            "-e",
+            "ip.dst",
+            "-e",
+            "ipv6.dst",
+            "-e",
+            "tcp.dstport",
+            "-e",
+            "tcp.seq_raw",
+            "-e",
+            "tcp.flags",
+            "-e",
+            "tcp.len",
+        ]))?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(parse_tshark_line)
+            .collect()
+    }
+}
+
+fn parse_tshark_line(line: &str) -> Result<RefPacket> {
+    let f: Vec<&str> = line.split(',').collect();
+    if f.len() != 9 {
+        bail!("unexpected tshark line {line:?}");
+    }
+    let ip = |v4: &str, v6: &str| -> Result<std::net::IpAddr> {
+        let text = if v4.is_empty() { v6 } else { v4 };
+        text.parse().with_context(|| format!("address in {line:?}"))
+    };
+    let src = SocketAddr::new(ip(f[0], f[1])?, f[2].parse()?);
+    let dst = SocketAddr::new(ip(f[3], f[4])?, f[5].parse()?);
+    let flags = u16::from_str_radix(f[7].trim_start_matches("0x"), 16)? as u8;
+    Ok(RefPacket {
+        src,
+        dst,
+        seq: f[6].parse()?,
+        flags,
+        len: f[8].parse()?,
+    })
+}
+
+/// tcpdump-style flag letters for bits, as `capture packets` prints them.
+pub fn flag_letters(flags: u8) -> String {
+    let mut s = String::new();
+    for (bit, letter) in [
+        (0x02, 'S'),
+        (0x01, 'F'),
+        (0x04, 'R'),
+        (0x08, 'P'),
+        (0x10, '.'),
+    ] {
+        if flags & bit != 0 {
+            s.push(letter);
+        }
+    }
+    if s.is_empty() {
+        s.push_str("none");
+    }
+    s
+}
+
+/// BPF programs and links a process holds, from the kernel's `/proc/PID/fdinfo`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BpfObjects {
+    pub prog_ids: Vec<u32>,
+    pub link_ids: Vec<u32>,
+}
+
+impl CaptureRun {
+    /// The BPF programs and links this capture holds open right now.
+    pub fn bpf_objects(&self) -> Result<BpfObjects> {
+        let dir = format!("/proc/{}/fdinfo", self.pid());
+        let mut objects = BpfObjects::default();
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+            let Ok(text) = std::fs::read_to_string(entry?.path()) else {
+                continue;
+            };
+            for line in text.lines() {
+                if let Some(id) = line.strip_prefix("prog_id:") {
+                    objects.prog_ids.push(id.trim().parse()?);
+                } else if let Some(id) = line.strip_prefix("link_id:") {
+                    objects.link_ids.push(id.trim().parse()?);
+                }
+            }
+        }
+        objects.prog_ids.sort_unstable();
+        objects.prog_ids.dedup();
+        objects.link_ids.sort_unstable();
+        objects.link_ids.dedup();
+        Ok(objects)
+    }
+}
+
+impl BpfObjects {
+    /// Which of these programs and links the kernel still has (bpftool's view).
+    pub fn still_alive(&self) -> Result<Vec<String>> {
+        let ids = |args: &[&str], key: &str| -> Result<Vec<(u32, u32)>> {
+            let out = run_ok(std::process::Command::new("bpftool").args(args))?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            // Minimal JSON scan: each object has "id":N and, for links, "prog_id":N.
+            Ok(text
+                .split('}')
+                .filter_map(|obj| {
+                    let num = |k: &str| -> Option<u32> {
+                        let at = obj.find(&format!("\"{k}\":"))? + k.len() + 3;
+                        obj[at..]
+                            .trim_start()
+                            .split(|c: char| !c.is_ascii_digit())
+                            .next()?
+                            .parse()
+                            .ok()
+                    };
+                    Some((num("id")?, num(key).unwrap_or(0)))
+                })
+                .collect())
+        };
+        let mut alive = Vec::new();
+        for (id, _) in ids(&["prog", "show", "-j"], "id")? {
+            if self.prog_ids.contains(&id) {
+                alive.push(format!("program {id}"));
+            }
+        }
+        for (id, prog) in ids(&["link", "show", "-j"], "prog_id")? {
+            if self.link_ids.contains(&id) || self.prog_ids.contains(&prog) {
+                alive.push(format!("link {id} (program {prog})"));
+            }
+        }
+        Ok(alive)
+    }
+}

@@ -1,0 +1,156 @@
+//! nginx as the real HTTP peer: started in a namespace with its own config, docroot and
+//! access log in a temporary directory, stopped on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::netns::Topology;
+
+/// A running nginx.
+pub struct Nginx {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+/// One access log line, in the format this helper configures.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessLogEntry {
+    pub method: String,
+    pub uri: String,
+    pub status: u16,
+    /// Request length in bytes (request line, headers and body).
+    pub request_length: u64,
+    /// Response body bytes sent.
+    pub body_bytes_sent: u64,
+}
+
+impl Nginx {
+    /// Starts nginx in namespace `ns` listening on `ports` (IPv4 and IPv6). Serves files
+    /// from its docroot (see [`Nginx::docroot`]); `POST /upload` accepts bodies up to 64 MiB
+    /// and answers 200 after reading them.
+    pub fn start(ns: &str, ports: &[u16]) -> Result<Self> {
+        let dir = tempfile::tempdir().context("creating nginx temp dir")?;
+        let root = dir.path().join("www");
+        std::fs::create_dir_all(&root)?;
+        std::fs::write(root.join("index.html"), "hello from nginx\n")?;
+        let listens: String = ports
+            .iter()
+            .map(|p| format!("listen {p}; listen [::]:{p};\n"))
+            .collect();
+        let d = dir.path().display();
+        let conf = format!(
+            r#"
+daemon off;
+master_process off;
+worker_processes 1;
+user root;
+error_log {d}/error.log warn;
+pid {d}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    log_format capture '$request_method $request_uri $status $request_length $body_bytes_sent';
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    keepalive_requests 1000000;
+    client_max_body_size 64m;
+    server {{
+        {listens}
+        root {root};
+        access_log {d}/access.log capture;
+        location = /upload {{
+            # nginx reads the whole body before proxying (request buffering), so every byte
+            # crosses the wire before the answer; the sink answers 200.
+            client_max_body_size 64m;
+            client_body_buffer_size 1m;
+            proxy_pass http://127.0.0.1:18999;
+        }}
+    }}
+    server {{
+        listen 127.0.0.1:18999;
+        access_log off;
+        location / {{ return 200 "ok\n"; }}
+    }}
+}}
+"#,
+            root = root.display()
+        );
+        let conf_path = dir.path().join("nginx.conf");
+        std::fs::write(&conf_path, conf)?;
+        let child = Topology::exec(ns, "nginx")
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting nginx (installed by `cargo xtask setup`)")?;
+        let nginx = Nginx { child, dir };
+        nginx.wait_listening(ns, ports)?;
+        Ok(nginx)
+    }
+
+    /// Directory nginx serves files from.
+    pub fn docroot(&self) -> PathBuf {
+        self.dir.path().join("www")
+    }
+
+    fn wait_listening(&self, ns: &str, ports: &[u16]) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = Topology::exec(ns, "ss").args(["-Htln"]).output()?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            if ports.iter().all(|p| text.contains(&format!(":{p} "))) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let log =
+                    std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default();
+                bail!("nginx did not listen on {ports:?} within 10 s; error.log:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Parses the access log written so far.
+    pub fn access_log(&self) -> Result<Vec<AccessLogEntry>> {
+        parse_access_log(&self.dir.path().join("access.log"))
+    }
+}
+
+fn parse_access_log(path: &Path) -> Result<Vec<AccessLogEntry>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    text.lines()
+        .map(|line| {
+            let f: Vec<&str> = line.split(' ').collect();
+            if f.len() != 5 {
+                bail!("unexpected access log line {line:?}");
+            }
+            Ok(AccessLogEntry {
+                method: f[0].to_string(),
+                uri: f[1].to_string(),
+                status: f[2].parse()?,
+                request_length: f[3].parse()?,
+                body_bytes_sent: f[4].parse()?,
+            })
+        })
+        .collect()
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

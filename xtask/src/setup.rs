@@ -1,0 +1,194 @@
+//! Installs what building and testing need, only when missing, printing nothing when
+//! everything is already there.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+
+/// Debian packages: the real peers of the tests (servers, clients, capture tools) and the
+/// tools the tests inspect the kernel with.
+const APT_PACKAGES: &[&str] = &[
+    "nginx",
+    "curl",
+    "wrk",
+    "tshark",
+    "tcpdump",
+    "iproute2",
+    "bpftool",
+    "ethtool",
+    "sqlite3",
+    "util-linux",
+    "procps",
+];
+
+/// Everything, in dependency order.
+pub fn ensure_all() -> Result<()> {
+    ensure_apt_packages()?;
+    ensure_nightly_rust_src()?;
+    ensure_bpf_linker()?;
+    Ok(())
+}
+
+fn ensure_apt_packages() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|pkg| !dpkg_installed(pkg))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
+    quiet(
+        root_command("apt-get").args(["update", "-qq"]),
+        "apt-get update",
+    )?;
+    quiet(
+        root_command("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+        "apt-get install",
+    )
+}
+
+fn dpkg_installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn ensure_nightly_rust_src() -> Result<()> {
+    let installed = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", "nightly"])
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("rust-src"))
+        .unwrap_or(false);
+    if installed {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: installing rust-src for the nightly toolchain (eBPF builds core from source)"
+    );
+    quiet(
+        Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]),
+        "rustup component add rust-src --toolchain nightly (is the nightly toolchain installed? `rustup toolchain install nightly`)",
+    )
+}
+
+fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+}
+
+/// bpf-linker must link against the same LLVM major as nightly rustc. Debian has no LLVM
+/// that new, so it is built against the libLLVM shared library rustup ships with nightly
+/// (recipe in ../shared/TOOLCHAIN.md). A nightly update breaks the library link, which the
+/// `--version` probe notices, and the linker is rebuilt.
+fn ensure_bpf_linker() -> Result<()> {
+    let works = Command::new("bpf-linker")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if works {
+        return Ok(());
+    }
+    eprintln!("xtask: building bpf-linker against nightly's LLVM (about a minute)");
+    let sysroot = capture_stdout(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    let lib_dir = PathBuf::from(sysroot.trim()).join("lib");
+    let llvm_so = std::fs::read_dir(&lib_dir)
+        .with_context(|| format!("reading {}", lib_dir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so."))
+        })
+        .with_context(|| {
+            format!(
+                "no libLLVM.so.* in {}; is nightly complete?",
+                lib_dir.display()
+            )
+        })?;
+    let version = capture_stdout(Command::new("rustc").args(["+nightly", "-vV"]))?;
+    let major = version
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("nightly rustc did not report its LLVM version")?
+        .to_string();
+    let prefix = cargo_home().join("bpf-llvm");
+    let prefix_lib = prefix.join("lib");
+    std::fs::create_dir_all(&prefix_lib)
+        .with_context(|| format!("creating {}", prefix_lib.display()))?;
+    let so_name = llvm_so
+        .file_name()
+        .context("libLLVM path has no file name")?;
+    for link in [prefix_lib.join("libLLVM.so"), prefix_lib.join(so_name)] {
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&llvm_so, &link)
+            .with_context(|| format!("linking {}", link.display()))?;
+    }
+    quiet(
+        Command::new("cargo")
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--force",
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{major}"),
+            ])
+            .env("LLVM_PREFIX", &prefix),
+        "cargo install bpf-linker",
+    )
+}
+
+/// A command run as root: directly when we are root, else through sudo.
+fn root_command(program: &str) -> Command {
+    if crate::is_root() {
+        Command::new(program)
+    } else {
+        let mut cmd = Command::new("sudo");
+        cmd.arg(program);
+        cmd
+    }
+}
+
+/// Runs a command with its output captured; shows the output only if it fails.
+fn quiet(cmd: &mut Command, what: &str) -> Result<()> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("{what}: could not start {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+fn capture_stdout(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("could not start {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    String::from_utf8(out.stdout).context("command printed non-UTF-8")
+}
