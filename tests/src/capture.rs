@@ -77,6 +77,14 @@ impl CaptureRun {
         }
     }
 
+    /// Starts `capture packets --iface IFACE --port PORT EXTRA...` in namespace `ns`.
+    pub fn packets(ns: &str, iface: &str, port: u16, extra: &[&str]) -> Result<Self> {
+        let port = port.to_string();
+        let mut args = vec!["packets", "--iface", iface, "--port", &port];
+        args.extend_from_slice(extra);
+        Self::start(ns, &args)
+    }
+
     /// Process id, to signal it.
     pub fn pid(&self) -> i32 {
         self.child.id() as i32

@@ -107,16 +107,7 @@ fn curl_get_and_post_are_seen_packet_for_packet_in_both_directions() -> Result<(
     let topo = Topology::new("get")?;
     let nginx = Nginx::start(&topo.server_ns, &[PORT, OTHER_PORT])?;
     let reference = Tcpdump::start(&topo.client_ns, &topo.client_if)?;
-    let capture = CaptureRun::start(
-        &topo.client_ns,
-        &[
-            "packets",
-            "--iface",
-            &topo.client_if,
-            "--port",
-            &PORT.to_string(),
-        ],
-    )?;
+    let capture = CaptureRun::packets(&topo.client_ns, &topo.client_if, PORT, &[])?;
 
     let base = format!("http://{}:{PORT}", topo.server_ip);
     let (status, _, _) = curl(&topo, &format!("{base}/index.html"), &[])?;
@@ -221,18 +212,7 @@ fn five_mb_post(attach: &str, signal: i32) -> Result<(u64, u64, CaptureOutput)> 
         "xdp" => (&topo.server_ns, &topo.server_if),
         _ => (&topo.client_ns, &topo.client_if),
     };
-    let capture = CaptureRun::start(
-        ns,
-        &[
-            "packets",
-            "--iface",
-            ifname,
-            "--port",
-            &PORT.to_string(),
-            "--attach",
-            attach,
-        ],
-    )?;
+    let capture = CaptureRun::packets(ns, ifname, PORT, &["--attach", attach])?;
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("body.bin");
     let body: Vec<u8> = (0..5_000_000u32)
@@ -297,9 +277,7 @@ fn five_mb_post_is_captured_byte_for_byte_by_xdp_on_ingress() -> Result<()> {
 /// none of the programs or links the process held.
 fn attach_then_signal(args: &[&str], signal: i32) -> Result<()> {
     let topo = Topology::new("sig")?;
-    let mut full = vec!["packets", "--iface", &topo.client_if, "--port", "8080"];
-    full.extend_from_slice(args);
-    let capture = CaptureRun::start(&topo.client_ns, &full)?;
+    let capture = CaptureRun::packets(&topo.client_ns, &topo.client_if, PORT, args)?;
     let held = capture.bpf_objects()?;
     ensure!(
         !held.prog_ids.is_empty(),
@@ -437,22 +415,8 @@ fn ipv6_and_vlan_tagged_traffic_is_captured() -> Result<()> {
         .stdout,
     )?;
     // TC on the client side, XDP on the server side.
-    let tc = CaptureRun::start(
-        &topo.client_ns,
-        &["packets", "--iface", &topo.client_if, "--port", "8080"],
-    )?;
-    let xdp = CaptureRun::start(
-        &topo.server_ns,
-        &[
-            "packets",
-            "--iface",
-            &topo.server_if,
-            "--port",
-            "8080",
-            "--attach",
-            "xdp",
-        ],
-    )?;
+    let tc = CaptureRun::packets(&topo.client_ns, &topo.client_if, PORT, &[])?;
+    let xdp = CaptureRun::packets(&topo.server_ns, &topo.server_if, PORT, &["--attach", "xdp"])?;
     assert_eq!(
         curl(
             &topo,
@@ -500,19 +464,11 @@ fn a_full_ring_drops_are_counted_and_the_books_balance() -> Result<()> {
     let _nginx = Nginx::start(&topo.server_ns, &[PORT])?;
     std::fs::write(_nginx.docroot().join("big.bin"), vec![7u8; 20_000_000])?;
     // A 64 KiB ring cannot hold a burst of 64 KiB GSO packets: drops must happen and be counted.
-    let capture = CaptureRun::start(
+    let capture = CaptureRun::packets(
         &topo.client_ns,
-        &[
-            "packets",
-            "--iface",
-            &topo.client_if,
-            "--port",
-            "8080",
-            "--ring-size",
-            "64KiB",
-            "--stats",
-            "--quiet",
-        ],
+        &topo.client_if,
+        8080,
+        &["--ring-size", "64KiB", "--stats", "--quiet"],
     )?;
     for _ in 0..3 {
         assert_eq!(

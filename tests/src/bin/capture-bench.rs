@@ -108,19 +108,7 @@ fn ebpf_cost() -> Result<()> {
         ("xdp", &topo.client_if, &topo.client_ns),
     ] {
         for (label, port) in [("matching", PORT), ("other", 9999)] {
-            let run = CaptureRun::start(
-                ns,
-                &[
-                    "packets",
-                    "--iface",
-                    iface,
-                    "--port",
-                    &port.to_string(),
-                    "--attach",
-                    mode,
-                    "--quiet",
-                ],
-            )?;
+            let run = CaptureRun::packets(ns, iface, port, &["--attach", mode, "--quiet"])?;
             download(&topo, "/big.bin")?;
             let stats = program_stats(run.pid())?;
             let out = run.stop(libc::SIGINT)?;
@@ -169,17 +157,7 @@ fn drain_rate() -> Result<()> {
         "object", "wrk req/s", "packets/s", "MB/s", "drops", "bad", "CPU us/request"
     );
     for object in ["1k.bin", "1m.bin"] {
-        let run = CaptureRun::start(
-            &topo.client_ns,
-            &[
-                "packets",
-                "--iface",
-                &topo.client_if,
-                "--port",
-                &PORT.to_string(),
-                "--quiet",
-            ],
-        )?;
+        let run = CaptureRun::packets(&topo.client_ns, &topo.client_if, PORT, &["--quiet"])?;
         let pid = run.pid();
         let cpu_before = cpu_seconds(pid)?;
         let started = Instant::now();
