@@ -5,7 +5,12 @@
 //! TCP reassembly -> HTTP framing -> sinks.
 
 pub mod decode;
+pub mod http;
+pub mod message;
 pub mod packet;
+pub mod pcap;
+pub mod pipeline;
+pub mod reassembly;
 
 pub mod cmd;
 pub mod live;

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use capture_user::cmd::messages::{self, MessagesArgs};
 use capture_user::cmd::packets::{self, PacketsArgs};
 
 /// Record live HTTP traffic on this node with eBPF, and replay it later.
@@ -23,6 +24,11 @@ enum Command {
     ///
     /// Example: capture packets --iface eth0 --port 8080 --duration 10s
     Packets(PacketsArgs),
+    /// Print HTTP messages (one line each), captured live or read from a pcap/pcapng file.
+    ///
+    /// Examples: capture messages --iface eth0 --port 8080;
+    /// capture messages --pcap traffic.pcapng --port 80
+    Messages(MessagesArgs),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +38,7 @@ fn main() -> ExitCode {
     };
     let default_level = match &cli.command {
         Command::Packets(args) => log_level(args.capture.ebpf_log),
+        Command::Messages(_) => "warn",
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
         .format_timestamp_millis()
@@ -51,6 +58,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Packets(args) => packets::run(args).await,
+            Command::Messages(args) => messages::run(args).await,
         }
     });
     match result {

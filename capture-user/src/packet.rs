@@ -11,6 +11,14 @@ use crate::decode::LinkType;
 pub struct Timestamp(pub u64);
 
 impl Timestamp {
+    /// The wall clock now.
+    pub fn now() -> Self {
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Self(u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX))
+    }
+
     /// Nanoseconds since the Unix epoch.
     pub fn as_nanos(self) -> u64 {
         self.0

@@ -2,4 +2,5 @@
 //! library stages.
 
 pub mod capture_args;
+pub mod messages;
 pub mod packets;

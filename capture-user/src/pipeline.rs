@@ -1,0 +1,201 @@
+//! Decode -> reassembly -> framing, shared by live capture and pcap files, so both give the
+//! same messages for the same packets.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+
+use crate::decode::decode_tcp;
+use crate::http::{ConnectionFramer, FramedMessage, HttpConfig, HttpStats, IdAllocator};
+use crate::message::HttpMessage;
+use crate::packet::{CapturedPacket, Timestamp};
+use crate::reassembly::{FlowDir, ReassemblyConfig, ReassemblyStats, Reassembler, StreamEvent};
+
+/// What the pipeline needs to know.
+#[derive(Clone, Debug, Default)]
+pub struct PipelineConfig {
+    /// Server ports. Segments on other ports are skipped (counted) when this is not empty;
+    /// it also tells which side is the server on connections seen without their SYN.
+    pub ports: Vec<u16>,
+    pub reassembly: ReassemblyConfig,
+    pub http: HttpConfig,
+}
+
+/// Every counter of the pipeline.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PipelineStats {
+    pub packets: u64,
+    pub truncated_packets: u64,
+    pub other_ports: u64,
+    /// Packets that could not be decoded to TCP, by reason.
+    pub decode_errors: BTreeMap<&'static str, u64>,
+    pub reassembly: ReassemblyStats,
+    pub http: HttpStats,
+    pub messages: u64,
+}
+
+impl PipelineStats {
+    /// All counters as `name=value`, in a stable order.
+    pub fn pairs(&self) -> Vec<(String, u64)> {
+        let mut pairs = vec![
+            ("packets".to_string(), self.packets),
+            ("truncated_packets".to_string(), self.truncated_packets),
+            ("other_ports".to_string(), self.other_ports),
+        ];
+        for (reason, n) in &self.decode_errors {
+            pairs.push((format!("decode_error_{reason}"), *n));
+        }
+        pairs.extend(self.reassembly.pairs().into_iter().map(|(k, v)| (k.to_string(), v)));
+        pairs.extend(self.http.pairs().into_iter().map(|(k, v)| (k.to_string(), v)));
+        pairs.push(("messages".to_string(), self.messages));
+        pairs
+    }
+
+    /// The counters on one line.
+    pub fn to_line(&self) -> String {
+        self.pairs()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+struct Conn {
+    client: SocketAddr,
+    server: SocketAddr,
+    framer: ConnectionFramer,
+}
+
+/// The sans-IO pipeline from packets to messages.
+pub struct Pipeline {
+    config: PipelineConfig,
+    reassembler: Reassembler,
+    conns: HashMap<u64, Conn>,
+    ids: IdAllocator,
+    events: Vec<StreamEvent>,
+    framed: Vec<FramedMessage>,
+    stats: PipelineStats,
+    last_ts: Timestamp,
+}
+
+impl Pipeline {
+    /// A pipeline with the given limits.
+    pub fn new(config: PipelineConfig) -> Self {
+        let ports = config.ports.clone();
+        let reassembler = Reassembler::new(config.reassembly.clone(), move |p| ports.contains(&p));
+        Self {
+            config,
+            reassembler,
+            conns: HashMap::new(),
+            ids: IdAllocator::default(),
+            events: Vec::new(),
+            framed: Vec::new(),
+            stats: PipelineStats::default(),
+            last_ts: Timestamp(0),
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> PipelineStats {
+        let mut stats = self.stats.clone();
+        stats.reassembly = self.reassembler.stats();
+        stats
+    }
+
+    /// Feeds one packet; finished messages are appended to `out`.
+    pub fn push_packet(&mut self, packet: &CapturedPacket, out: &mut Vec<HttpMessage>) {
+        self.stats.packets += 1;
+        if packet.is_truncated() {
+            // Its payload is cut; the missing bytes show up as a gap in reassembly.
+            self.stats.truncated_packets += 1;
+        }
+        let segment = match decode_tcp(packet.link, &packet.data) {
+            Ok(segment) => segment,
+            Err(e) => {
+                *self.stats.decode_errors.entry(e.reason()).or_insert(0) += 1;
+                return;
+            }
+        };
+        let ports = &self.config.ports;
+        if !ports.is_empty() && !ports.contains(&segment.src.port()) && !ports.contains(&segment.dst.port()) {
+            self.stats.other_ports += 1;
+            return;
+        }
+        self.last_ts = self.last_ts.max(packet.ts);
+        self.reassembler.push(packet.ts, &segment, &mut self.events);
+        self.drain(out);
+    }
+
+    /// Ends the input: open connections close, their open messages are emitted.
+    pub fn finish(&mut self, out: &mut Vec<HttpMessage>) {
+        self.reassembler.finish(self.last_ts, &mut self.events);
+        self.drain(out);
+    }
+
+    /// Closes connections idle as of `now` (live capture calls this on a timer, so quiet
+    /// connections are flushed even when no packet arrives).
+    pub fn expire(&mut self, now: Timestamp, out: &mut Vec<HttpMessage>) {
+        self.reassembler.expire(now, &mut self.events);
+        self.drain(out);
+    }
+
+    fn drain(&mut self, out: &mut Vec<HttpMessage>) {
+        let http = &mut self.stats.http;
+        for event in self.events.drain(..) {
+            match event {
+                StreamEvent::Opened { conn, client, server, midstream } => {
+                    self.conns.insert(
+                        conn,
+                        Conn {
+                            client,
+                            server,
+                            framer: ConnectionFramer::new(self.config.http.clone(), midstream),
+                        },
+                    );
+                }
+                StreamEvent::Data { conn, dir, ts, bytes } => {
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.framer.data(dir, ts, &bytes, &mut self.ids, http, &mut self.framed);
+                        Self::publish(conn, c, &mut self.framed, &mut self.stats.messages, out);
+                    }
+                }
+                StreamEvent::Gap { conn, dir, ts, .. } => {
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.framer.gap(dir, ts, http, &mut self.framed);
+                        Self::publish(conn, c, &mut self.framed, &mut self.stats.messages, out);
+                    }
+                }
+                StreamEvent::Closed { conn, ts, .. } => {
+                    if let Some(mut c) = self.conns.remove(&conn) {
+                        c.framer.close(ts, http, &mut self.framed);
+                        Self::publish(conn, &c, &mut self.framed, &mut self.stats.messages, out);
+                    }
+                }
+            }
+        }
+    }
+
+    fn publish(conn_id: u64, conn: &Conn, framed: &mut Vec<FramedMessage>, count: &mut u64, out: &mut Vec<HttpMessage>) {
+        for m in framed.drain(..) {
+            let (src, dst) = match m.dir {
+                FlowDir::ToServer => (conn.client, conn.server),
+                FlowDir::ToClient => (conn.server, conn.client),
+            };
+            *count += 1;
+            out.push(HttpMessage {
+                id: m.id,
+                conn_id,
+                kind: m.kind,
+                minor_version: m.minor_version,
+                request_id: m.request_id,
+                first_ts: m.first_ts,
+                last_ts: m.last_ts,
+                src,
+                dst,
+                bytes: m.bytes,
+                body_len: m.body_len,
+                complete: m.complete,
+            });
+        }
+    }
+}

@@ -1,0 +1,703 @@
+//! TCP reassembly: turns segments of many connections, in capture order, into ordered byte
+//! streams per connection and direction.
+//!
+//! Sans-IO: fed `(timestamp, segment)`, it returns [`StreamEvent`]s; time only advances
+//! through the timestamps fed in, so idle expiry is deterministic and testable. It never
+//! glues bytes across a hole: a hole that cannot be filled becomes a [`StreamEvent::Gap`]
+//! and the consumer resynchronises. Every cap (connections, buffered bytes per connection and
+//! in total) is enforced and counted.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+
+use crate::decode::TcpSegment;
+use crate::packet::Timestamp;
+
+/// Direction of bytes within a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FlowDir {
+    /// From the client (the side that sent the SYN, or that talks to a server port).
+    ToServer = 0,
+    /// From the server.
+    ToClient = 1,
+}
+
+impl FlowDir {
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Limits that keep memory bounded under any traffic.
+#[derive(Clone, Debug)]
+pub struct ReassemblyConfig {
+    /// Connections tracked at once; new ones beyond this are ignored and counted.
+    pub max_connections: usize,
+    /// Out-of-order bytes held per connection direction before the hole is declared a gap.
+    pub max_buffered_per_direction: usize,
+    /// Out-of-order bytes held over all connections.
+    pub max_buffered_total: usize,
+    /// A connection with no segment for this long is closed (its holes become gaps).
+    pub idle_timeout_ns: u64,
+}
+
+impl Default for ReassemblyConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 100_000,
+            max_buffered_per_direction: 4 << 20,
+            max_buffered_total: 256 << 20,
+            idle_timeout_ns: 120 * 1_000_000_000,
+        }
+    }
+}
+
+/// Why a connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Both sides sent FIN and all bytes up to them arrived.
+    Fin,
+    /// A RST was seen.
+    Reset,
+    /// No segment for the idle timeout.
+    Idle,
+    /// The input ended (end of a pcap, or capture stopped).
+    EndOfInput,
+}
+
+/// What the reassembler produces.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamEvent {
+    /// A connection is tracked for the first time. `midstream` when no SYN was seen: the
+    /// consumer must find the next message start rather than assume one.
+    Opened {
+        conn: u64,
+        client: SocketAddr,
+        server: SocketAddr,
+        midstream: bool,
+    },
+    /// In-order bytes of one direction.
+    Data {
+        conn: u64,
+        dir: FlowDir,
+        ts: Timestamp,
+        bytes: Bytes,
+    },
+    /// Bytes of one direction are missing before what follows; `missing` is how many, when
+    /// the sequence numbers tell (0 when unknown).
+    Gap {
+        conn: u64,
+        dir: FlowDir,
+        ts: Timestamp,
+        missing: u64,
+    },
+    /// The connection ended; no more events for it.
+    Closed {
+        conn: u64,
+        ts: Timestamp,
+        reason: CloseReason,
+    },
+}
+
+/// Counters of reassembly, named as in summaries and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReassemblyStats {
+    pub connections: u64,
+    pub connections_midstream: u64,
+    pub connection_cap_hits: u64,
+    pub segments: u64,
+    pub segments_ignored_after_close: u64,
+    pub duplicate_segments: u64,
+    pub overlapping_bytes: u64,
+    pub out_of_order_segments: u64,
+    pub buffer_cap_hits: u64,
+    pub total_buffer_cap_hits: u64,
+    pub gaps: u64,
+    pub gap_bytes: u64,
+    pub idle_timeouts: u64,
+    pub resets: u64,
+}
+
+impl ReassemblyStats {
+    /// `name=value` pairs.
+    pub fn pairs(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("connections", self.connections),
+            ("connections_midstream", self.connections_midstream),
+            ("connection_cap_hits", self.connection_cap_hits),
+            ("segments", self.segments),
+            ("segments_ignored_after_close", self.segments_ignored_after_close),
+            ("duplicate_segments", self.duplicate_segments),
+            ("overlapping_bytes", self.overlapping_bytes),
+            ("out_of_order_segments", self.out_of_order_segments),
+            ("buffer_cap_hits", self.buffer_cap_hits),
+            ("total_buffer_cap_hits", self.total_buffer_cap_hits),
+            ("gaps", self.gaps),
+            ("gap_bytes", self.gap_bytes),
+            ("idle_timeouts", self.idle_timeouts),
+            ("resets", self.resets),
+        ]
+    }
+}
+
+/// A segment held until the bytes before it arrive.
+struct Held {
+    seq: u32,
+    ts: Timestamp,
+    bytes: Bytes,
+}
+
+/// One direction of a connection.
+#[derive(Default)]
+struct HalfStream {
+    /// Sequence number of the next byte to deliver; `None` until known.
+    next_seq: Option<u32>,
+    /// Out-of-order segments, unsorted (few at a time).
+    held: Vec<Held>,
+    held_bytes: usize,
+    /// Sequence number just after the FIN, once a FIN was seen.
+    fin_seq: Option<u32>,
+    /// All bytes up to the FIN were delivered.
+    finished: bool,
+}
+
+struct Connection {
+    id: u64,
+    client: SocketAddr,
+    halves: [HalfStream; 2],
+    last_ts: Timestamp,
+}
+
+/// Signed distance from `b` to `a` in sequence space (RFC 1982 style).
+fn seq_diff(a: u32, b: u32) -> i64 {
+    i64::from(a.wrapping_sub(b) as i32)
+}
+
+/// Normalised key: the two endpoints in a fixed order.
+fn conn_key(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
+    if a <= b { (a, b) } else { (b, a) }
+}
+
+/// The reassembler for every connection.
+pub struct Reassembler {
+    config: ReassemblyConfig,
+    is_server_port: Box<dyn Fn(u16) -> bool + Send>,
+    conns: HashMap<(SocketAddr, SocketAddr), Connection>,
+    next_conn_id: u64,
+    held_total: usize,
+    stats: ReassemblyStats,
+    last_expiry_check: u64,
+}
+
+impl Reassembler {
+    /// A reassembler; `is_server_port` tells, for connections seen without their SYN, which
+    /// side is the server (the configured capture ports).
+    pub fn new(config: ReassemblyConfig, is_server_port: impl Fn(u16) -> bool + Send + 'static) -> Self {
+        Self {
+            config,
+            is_server_port: Box::new(is_server_port),
+            conns: HashMap::new(),
+            next_conn_id: 1,
+            held_total: 0,
+            stats: ReassemblyStats::default(),
+            last_expiry_check: 0,
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> ReassemblyStats {
+        self.stats
+    }
+
+    /// Connections currently tracked.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Out-of-order bytes currently held.
+    pub fn held_bytes(&self) -> usize {
+        self.held_total
+    }
+
+    /// Feeds one segment; events are appended to `out`.
+    pub fn push(&mut self, ts: Timestamp, seg: &TcpSegment, out: &mut Vec<StreamEvent>) {
+        self.stats.segments += 1;
+        // Idle expiry, checked at most once a second of capture time.
+        if ts.0 >= self.last_expiry_check + 1_000_000_000 {
+            self.last_expiry_check = ts.0;
+            self.expire(ts, out);
+        }
+        let key = conn_key(seg.src, seg.dst);
+        if !self.conns.contains_key(&key) && !self.open(key, ts, seg, out) {
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        conn.last_ts = ts;
+        let dir = if seg.src == conn.client {
+            FlowDir::ToServer
+        } else {
+            FlowDir::ToClient
+        };
+        let conn_id = conn.id;
+        if seg.flags.rst() {
+            self.stats.resets += 1;
+            self.close(key, ts, CloseReason::Reset, out);
+            return;
+        }
+        let cfg_cap = self.config.max_buffered_per_direction;
+        let total_cap = self.config.max_buffered_total;
+        let half = &mut conn.halves[dir.index()];
+        // The SYN occupies one sequence number; data starts after it.
+        let mut seq = if seg.flags.syn() { seg.seq.wrapping_add(1) } else { seg.seq };
+        let next = *half.next_seq.get_or_insert(seq);
+        let mut payload = seg.payload.clone();
+        if seg.flags.fin() {
+            half.fin_seq = Some(seq.wrapping_add(payload.len() as u32).wrapping_add(1));
+        }
+        if !payload.is_empty() {
+            let offset = seq_diff(seq, next);
+            if offset < 0 {
+                // Starts before what we have delivered: a retransmission or an overlap.
+                let already = (-offset) as usize;
+                if already >= payload.len() {
+                    self.stats.duplicate_segments += 1;
+                    payload = Bytes::new();
+                } else {
+                    self.stats.overlapping_bytes += already as u64;
+                    payload = payload.slice(already..);
+                    seq = next;
+                }
+            }
+            if !payload.is_empty() {
+                if seq == next {
+                    half.next_seq = Some(next.wrapping_add(payload.len() as u32));
+                    out.push(StreamEvent::Data {
+                        conn: conn_id,
+                        dir,
+                        ts,
+                        bytes: payload,
+                    });
+                } else {
+                    // Ahead of a hole: hold it, within the caps.
+                    self.stats.out_of_order_segments += 1;
+                    let duplicate = half.held.iter().any(|h| h.seq == seq && h.bytes.len() >= payload.len());
+                    if duplicate {
+                        self.stats.duplicate_segments += 1;
+                    } else {
+                        half.held_bytes += payload.len();
+                        self.held_total += payload.len();
+                        half.held.push(Held {
+                            seq,
+                            ts,
+                            bytes: payload,
+                        });
+                    }
+                    if half.held_bytes > cfg_cap {
+                        self.stats.buffer_cap_hits += 1;
+                        Self::skip_hole(half, conn_id, dir, ts, &mut self.stats, &mut self.held_total, out);
+                    } else if self.held_total > total_cap {
+                        self.stats.total_buffer_cap_hits += 1;
+                        Self::skip_hole(half, conn_id, dir, ts, &mut self.stats, &mut self.held_total, out);
+                    }
+                }
+            }
+        }
+        Self::drain_held(half, conn_id, dir, &mut self.stats, &mut self.held_total, out);
+        Self::check_fin(half);
+        if conn.halves.iter().all(|h| h.finished) {
+            self.close(key, ts, CloseReason::Fin, out);
+        }
+    }
+
+    /// Delivers held segments that became contiguous.
+    fn drain_held(
+        half: &mut HalfStream,
+        conn: u64,
+        dir: FlowDir,
+        stats: &mut ReassemblyStats,
+        held_total: &mut usize,
+        out: &mut Vec<StreamEvent>,
+    ) {
+        let Some(mut next) = half.next_seq else {
+            return;
+        };
+        loop {
+            // The held segment that starts at or before `next` and reaches furthest.
+            let Some(pos) = half
+                .held
+                .iter()
+                .position(|h| seq_diff(h.seq, next) <= 0)
+            else {
+                break;
+            };
+            let held = half.held.swap_remove(pos);
+            half.held_bytes -= held.bytes.len();
+            *held_total -= held.bytes.len();
+            let already = (-seq_diff(held.seq, next)) as usize;
+            if already >= held.bytes.len() {
+                stats.duplicate_segments += 1;
+                continue;
+            }
+            stats.overlapping_bytes += already as u64;
+            let bytes = held.bytes.slice(already..);
+            next = next.wrapping_add(bytes.len() as u32);
+            out.push(StreamEvent::Data {
+                conn,
+                dir,
+                ts: held.ts,
+                bytes,
+            });
+        }
+        half.next_seq = Some(next);
+    }
+
+    /// Gives up on the hole before the earliest held segment: reports a gap and jumps there.
+    fn skip_hole(
+        half: &mut HalfStream,
+        conn: u64,
+        dir: FlowDir,
+        ts: Timestamp,
+        stats: &mut ReassemblyStats,
+        held_total: &mut usize,
+        out: &mut Vec<StreamEvent>,
+    ) {
+        let Some(next) = half.next_seq else {
+            return;
+        };
+        let Some(earliest) = half
+            .held
+            .iter()
+            .map(|h| h.seq)
+            .min_by_key(|&s| seq_diff(s, next))
+        else {
+            return;
+        };
+        let missing = seq_diff(earliest, next).max(0) as u64;
+        stats.gaps += 1;
+        stats.gap_bytes += missing;
+        out.push(StreamEvent::Gap {
+            conn,
+            dir,
+            ts,
+            missing,
+        });
+        half.next_seq = Some(earliest);
+        Self::drain_held(half, conn, dir, stats, held_total, out);
+    }
+
+    fn check_fin(half: &mut HalfStream) {
+        if let (Some(fin), Some(next)) = (half.fin_seq, half.next_seq) {
+            // The FIN itself takes one sequence number after the last data byte.
+            if seq_diff(next.wrapping_add(1), fin) >= 0 && half.held.is_empty() {
+                half.finished = true;
+            }
+        }
+    }
+
+    fn open(
+        &mut self,
+        key: (SocketAddr, SocketAddr),
+        ts: Timestamp,
+        seg: &TcpSegment,
+        out: &mut Vec<StreamEvent>,
+    ) -> bool {
+        if !seg.flags.syn() && seg.payload.is_empty() {
+            // A bare ACK/FIN/RST of a connection we do not track (often the last ACK after
+            // both FINs): nothing to rebuild, and no reason to track a new connection.
+            self.stats.segments_ignored_after_close += 1;
+            return false;
+        }
+        if self.conns.len() >= self.config.max_connections {
+            self.stats.connection_cap_hits += 1;
+            return false;
+        }
+        let (client, server, midstream) = if seg.flags.syn() && !seg.flags.ack() {
+            (seg.src, seg.dst, false)
+        } else if seg.flags.syn() {
+            (seg.dst, seg.src, false)
+        } else {
+            let src_is_server = (self.is_server_port)(seg.src.port());
+            let dst_is_server = (self.is_server_port)(seg.dst.port());
+            let sender_is_client = match (src_is_server, dst_is_server) {
+                (false, true) => true,
+                (true, false) => false,
+                _ => seg.dst.port() <= seg.src.port(),
+            };
+            if sender_is_client {
+                (seg.src, seg.dst, true)
+            } else {
+                (seg.dst, seg.src, true)
+            }
+        };
+        let id = self.next_conn_id;
+        self.next_conn_id += 1;
+        self.stats.connections += 1;
+        if midstream {
+            self.stats.connections_midstream += 1;
+        }
+        self.conns.insert(
+            key,
+            Connection {
+                id,
+                client,
+                halves: [HalfStream::default(), HalfStream::default()],
+                last_ts: ts,
+            },
+        );
+        out.push(StreamEvent::Opened {
+            conn: id,
+            client,
+            server,
+            midstream,
+        });
+        true
+    }
+
+    /// Ends a connection: remaining held bytes are delivered after a gap.
+    fn close(
+        &mut self,
+        key: (SocketAddr, SocketAddr),
+        ts: Timestamp,
+        reason: CloseReason,
+        out: &mut Vec<StreamEvent>,
+    ) {
+        let Some(mut conn) = self.conns.remove(&key) else {
+            return;
+        };
+        for dir in [FlowDir::ToServer, FlowDir::ToClient] {
+            let half = &mut conn.halves[dir.index()];
+            while !half.held.is_empty() {
+                Self::skip_hole(half, conn.id, dir, ts, &mut self.stats, &mut self.held_total, out);
+            }
+        }
+        out.push(StreamEvent::Closed {
+            conn: conn.id,
+            ts,
+            reason,
+        });
+    }
+
+    /// Closes connections idle for longer than the timeout as of `now`.
+    pub fn expire(&mut self, now: Timestamp, out: &mut Vec<StreamEvent>) {
+        let timeout = self.config.idle_timeout_ns;
+        let idle: Vec<_> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| now.0.saturating_sub(c.last_ts.0) > timeout)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in idle {
+            self.stats.idle_timeouts += 1;
+            self.close(key, now, CloseReason::Idle, out);
+        }
+    }
+
+    /// Ends every connection (end of input), delivering what is held after gaps.
+    pub fn finish(&mut self, now: Timestamp, out: &mut Vec<StreamEvent>) {
+        let mut keys: Vec<_> = self.conns.iter().map(|(k, c)| (c.id, *k)).collect();
+        keys.sort_unstable();
+        for (_, key) in keys {
+            self.close(key, now, CloseReason::EndOfInput, out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::TcpFlags;
+
+    fn c() -> SocketAddr {
+        "10.0.0.1:40000".parse().unwrap()
+    }
+    fn s() -> SocketAddr {
+        "10.0.0.2:80".parse().unwrap()
+    }
+
+    fn seg(src: SocketAddr, dst: SocketAddr, seq: u32, flags: u8, payload: &'static [u8]) -> TcpSegment {
+        TcpSegment {
+            src,
+            dst,
+            seq,
+            ack: 0,
+            flags: TcpFlags(flags),
+            window: 0,
+            payload: Bytes::from_static(payload),
+        }
+    }
+
+    const SYN: u8 = TcpFlags::SYN;
+    const ACK: u8 = TcpFlags::ACK;
+    const FIN: u8 = TcpFlags::FIN | TcpFlags::ACK;
+    const PSH: u8 = TcpFlags::PSH | TcpFlags::ACK;
+
+    fn reasm() -> Reassembler {
+        Reassembler::new(ReassemblyConfig::default(), |p| p == 80)
+    }
+
+    fn feed(r: &mut Reassembler, segs: &[TcpSegment]) -> Vec<StreamEvent> {
+        let mut out = Vec::new();
+        for (i, s) in segs.iter().enumerate() {
+            r.push(Timestamp(i as u64 + 1), s, &mut out);
+        }
+        out
+    }
+
+    fn data(events: &[StreamEvent], want: FlowDir) -> Vec<u8> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                StreamEvent::Data { dir, bytes, .. } if *dir == want => Some(bytes.to_vec()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    fn handshake(isn_c: u32, isn_s: u32) -> Vec<TcpSegment> {
+        vec![
+            seg(c(), s(), isn_c, SYN, b""),
+            seg(s(), c(), isn_s, SYN | ACK, b""),
+        ]
+    }
+
+    #[test]
+    fn in_order_exchange_with_fins_delivers_both_directions_and_closes() {
+        let mut r = reasm();
+        let mut segs = handshake(100, 900);
+        segs.push(seg(c(), s(), 101, PSH, b"GET / HTTP/1.1\r\n\r\n"));
+        segs.push(seg(s(), c(), 901, PSH, b"HTTP/1.1 200 OK\r\n\r\n"));
+        segs.push(seg(c(), s(), 119, FIN, b""));
+        segs.push(seg(s(), c(), 920, FIN, b""));
+        let ev = feed(&mut r, &segs);
+        assert!(matches!(ev[0], StreamEvent::Opened { midstream: false, client, .. } if client == c()));
+        assert_eq!(data(&ev, FlowDir::ToServer), b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(data(&ev, FlowDir::ToClient), b"HTTP/1.1 200 OK\r\n\r\n");
+        assert!(matches!(ev.last(), Some(StreamEvent::Closed { reason: CloseReason::Fin, .. })));
+        assert_eq!(r.connections(), 0);
+    }
+
+    #[test]
+    fn out_of_order_and_duplicate_segments_are_put_back_in_order_once() {
+        let mut r = reasm();
+        let mut segs = handshake(1000, 5000);
+        segs.push(seg(c(), s(), 1007, PSH, b"world"));
+        segs.push(seg(c(), s(), 1007, PSH, b"world"));
+        segs.push(seg(c(), s(), 1001, PSH, b"hello "));
+        segs.push(seg(c(), s(), 1001, PSH, b"hello "));
+        segs.push(seg(c(), s(), 1004, PSH, b"lo wor")); // overlap, all old
+        segs.push(seg(c(), s(), 1010, PSH, b"ld!")); // overlap, 1 new byte
+        let ev = feed(&mut r, &segs);
+        assert_eq!(data(&ev, FlowDir::ToServer), b"hello world!");
+        assert!(r.stats().duplicate_segments >= 3);
+        assert_eq!(r.stats().gaps, 0);
+    }
+
+    #[test]
+    fn sequence_numbers_wrap_around() {
+        let mut r = reasm();
+        let mut segs = handshake(u32::MAX - 3, 7);
+        segs.push(seg(c(), s(), u32::MAX - 2, PSH, b"abcdef"));
+        segs.push(seg(c(), s(), 3, PSH, b"ghi"));
+        let ev = feed(&mut r, &segs);
+        assert_eq!(data(&ev, FlowDir::ToServer), b"abcdefghi");
+    }
+
+    #[test]
+    fn a_hole_that_is_never_filled_becomes_a_gap_at_close_not_glued_bytes() {
+        let mut r = reasm();
+        let mut segs = handshake(0, 0);
+        segs.push(seg(c(), s(), 1, PSH, b"aaa"));
+        segs.push(seg(c(), s(), 10, PSH, b"bbb")); // 6 bytes missing
+        let mut ev = feed(&mut r, &segs);
+        r.finish(Timestamp(100), &mut ev);
+        let kinds: Vec<_> = ev
+            .iter()
+            .filter(|e| matches!(e, StreamEvent::Data { .. } | StreamEvent::Gap { .. }))
+            .collect();
+        assert!(matches!(kinds[0], StreamEvent::Data { bytes, .. } if &bytes[..] == b"aaa"));
+        assert!(matches!(kinds[1], StreamEvent::Gap { missing: 6, .. }));
+        assert!(matches!(kinds[2], StreamEvent::Data { bytes, .. } if &bytes[..] == b"bbb"));
+        assert!(matches!(ev.last(), Some(StreamEvent::Closed { reason: CloseReason::EndOfInput, .. })));
+    }
+
+    #[test]
+    fn the_per_direction_buffer_cap_forces_a_gap_and_is_counted() {
+        let mut r = Reassembler::new(
+            ReassemblyConfig {
+                max_buffered_per_direction: 8,
+                ..ReassemblyConfig::default()
+            },
+            |p| p == 80,
+        );
+        let mut segs = handshake(0, 0);
+        segs.push(seg(c(), s(), 100, PSH, b"12345"));
+        segs.push(seg(c(), s(), 105, PSH, b"67890"));
+        let ev = feed(&mut r, &segs);
+        assert_eq!(r.stats().buffer_cap_hits, 1);
+        assert!(ev.iter().any(|e| matches!(e, StreamEvent::Gap { missing: 99, .. })));
+        assert_eq!(data(&ev, FlowDir::ToServer), b"1234567890");
+        assert_eq!(r.held_bytes(), 0);
+    }
+
+    #[test]
+    fn midstream_connection_takes_the_server_from_the_port_set() {
+        let mut r = reasm();
+        let ev = feed(&mut r, &[seg(s(), c(), 777, PSH, b"tail of a response")]);
+        assert!(matches!(
+            ev[0],
+            StreamEvent::Opened { midstream: true, client, server, .. } if client == c() && server == s()
+        ));
+        assert_eq!(data(&ev, FlowDir::ToClient), b"tail of a response");
+        assert_eq!(r.stats().connections_midstream, 1);
+    }
+
+    #[test]
+    fn reset_closes_and_later_segments_are_ignored() {
+        let mut r = reasm();
+        let mut segs = handshake(0, 0);
+        segs.push(seg(c(), s(), 1, TcpFlags::RST, b""));
+        segs.push(seg(s(), c(), 1, TcpFlags::RST, b""));
+        let ev = feed(&mut r, &segs);
+        assert!(ev.iter().any(|e| matches!(e, StreamEvent::Closed { reason: CloseReason::Reset, .. })));
+        assert_eq!(r.connections(), 0);
+        assert_eq!(r.stats().segments_ignored_after_close, 1);
+    }
+
+    #[test]
+    fn idle_connections_expire_by_capture_time() {
+        let mut r = Reassembler::new(
+            ReassemblyConfig {
+                idle_timeout_ns: 5_000_000_000,
+                ..ReassemblyConfig::default()
+            },
+            |p| p == 80,
+        );
+        let mut out = Vec::new();
+        r.push(Timestamp(1_000_000_000), &seg(c(), s(), 0, SYN, b""), &mut out);
+        let other: SocketAddr = "10.0.0.3:41000".parse().unwrap();
+        r.push(Timestamp(10_000_000_000), &seg(other, s(), 0, SYN, b""), &mut out);
+        assert!(out.iter().any(|e| matches!(e, StreamEvent::Closed { conn: 1, reason: CloseReason::Idle, .. })));
+        assert_eq!(r.connections(), 1);
+        assert_eq!(r.stats().idle_timeouts, 1);
+    }
+
+    #[test]
+    fn the_connection_cap_is_enforced_and_counted() {
+        let mut r = Reassembler::new(
+            ReassemblyConfig {
+                max_connections: 1,
+                ..ReassemblyConfig::default()
+            },
+            |p| p == 80,
+        );
+        let other: SocketAddr = "10.0.0.3:41000".parse().unwrap();
+        feed(&mut r, &[seg(c(), s(), 0, SYN, b""), seg(other, s(), 0, SYN, b"")]);
+        assert_eq!(r.connections(), 1);
+        assert_eq!(r.stats().connection_cap_hits, 1);
+    }
+}
