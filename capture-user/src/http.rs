@@ -47,6 +47,7 @@ pub struct HttpStats {
     pub ambiguous_length: u64,
     pub body_too_large: u64,
     pub resync_skipped_bytes: u64,
+    pub lenient_heads: u64,
     pub upgrades: u64,
     pub tunnel_bytes_ignored: u64,
     pub unpaired_responses: u64,
@@ -66,6 +67,7 @@ impl HttpStats {
             ("ambiguous_length", self.ambiguous_length),
             ("body_too_large", self.body_too_large),
             ("resync_skipped_bytes", self.resync_skipped_bytes),
+            ("lenient_heads", self.lenient_heads),
             ("upgrades", self.upgrades),
             ("tunnel_bytes_ignored", self.tunnel_bytes_ignored),
             ("unpaired_responses", self.unpaired_responses),
@@ -167,7 +169,14 @@ pub struct ConnectionFramer {
 }
 
 const METHODS: &[&[u8]] = &[
-    b"GET ", b"POST ", b"PUT ", b"DELETE ", b"HEAD ", b"OPTIONS ", b"PATCH ", b"CONNECT ",
+    b"GET ",
+    b"POST ",
+    b"PUT ",
+    b"DELETE ",
+    b"HEAD ",
+    b"OPTIONS ",
+    b"PATCH ",
+    b"CONNECT ",
     b"TRACE ",
 ];
 
@@ -183,10 +192,65 @@ fn find_message_start(buf: &[u8], dir: FlowDir) -> Option<usize> {
     (0..buf.len()).find(|&p| (p == 0 || buf[p - 1] == b'\n') && starts_at(p))
 }
 
+/// What [`lenient_request_head`] found.
+enum Lenient {
+    /// A head of `len` bytes with this method and URI (URI empty when missing).
+    Head {
+        len: usize,
+        method: String,
+        uri: String,
+    },
+    /// Looks like a request; its head has not ended yet.
+    NeedMore,
+    /// Not a request.
+    NotRequest,
+}
+
+/// Reads request heads that httparse refuses but servers answer (a missing URI or version,
+/// odd spacing), so such requests are still recorded byte-exact instead of lost. The first
+/// line must start with a method-like token (upper-case letters, `_`, `-`).
+fn lenient_request_head(buf: &[u8]) -> Lenient {
+    let line_end = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
+    let line = buf[..line_end]
+        .strip_suffix(b"\r")
+        .unwrap_or(&buf[..line_end]);
+    let mut parts = line.split(|&b| b == b' ').filter(|p| !p.is_empty());
+    let Some(method) = parts.next() else {
+        return Lenient::NotRequest;
+    };
+    let method_like = method.len() <= 32
+        && method
+            .iter()
+            .all(|b| b.is_ascii_uppercase() || *b == b'_' || *b == b'-');
+    if !method_like || (line_end == buf.len() && buf.len() > 64 << 10) {
+        return Lenient::NotRequest;
+    }
+    let uri = parts.next().unwrap_or_default();
+    let end = [&b"\r\n\r\n"[..], b"\n\n"]
+        .iter()
+        .filter_map(|t| {
+            buf.windows(t.len())
+                .position(|w| w == *t)
+                .map(|p| p + t.len())
+        })
+        .min();
+    match end {
+        Some(len) => Lenient::Head {
+            len,
+            method: String::from_utf8_lossy(method).into_owned(),
+            uri: String::from_utf8_lossy(uri).into_owned(),
+        },
+        None => Lenient::NeedMore,
+    }
+}
+
 /// Bytes kept while resyncing, so a message start split across segments is still found.
 const RESYNC_KEEP: usize = 16;
 
-fn header<'a>(headers: &'a [httparse::Header<'a>], name: &str) -> impl Iterator<Item = &'a [u8]> + 'a {
+fn header<'a>(
+    headers: &'a [httparse::Header<'a>],
+    name: &str,
+) -> impl Iterator<Item = &'a [u8]> + 'a {
     let name = name.to_string();
     headers
         .iter()
@@ -204,7 +268,11 @@ enum BodyFraming {
 }
 
 /// Content-Length / Transfer-Encoding rules of RFC 9112 section 6.
-fn body_framing(headers: &[httparse::Header<'_>], stats: &mut HttpStats, is_request: bool) -> BodyFraming {
+fn body_framing(
+    headers: &[httparse::Header<'_>],
+    stats: &mut HttpStats,
+    is_request: bool,
+) -> BodyFraming {
     let te: Vec<&[u8]> = header(headers, "transfer-encoding").collect();
     let cl: Vec<&[u8]> = header(headers, "content-length").collect();
     if !te.is_empty() {
@@ -259,7 +327,11 @@ fn body_framing(headers: &[httparse::Header<'_>], stats: &mut HttpStats, is_requ
 impl ConnectionFramer {
     /// A framer for a new connection; `midstream` when its start was not seen.
     pub fn new(config: HttpConfig, midstream: bool) -> Self {
-        let state = if midstream { State::Resync } else { State::Head };
+        let state = if midstream {
+            State::Resync
+        } else {
+            State::Head
+        };
         let half = |dir| Half {
             dir,
             state,
@@ -293,7 +365,13 @@ impl ConnectionFramer {
     }
 
     /// Bytes of one direction were lost: the message in progress is incomplete.
-    pub fn gap(&mut self, dir: FlowDir, ts: Timestamp, stats: &mut HttpStats, out: &mut Vec<FramedMessage>) {
+    pub fn gap(
+        &mut self,
+        dir: FlowDir,
+        ts: Timestamp,
+        stats: &mut HttpStats,
+        out: &mut Vec<FramedMessage>,
+    ) {
         let half = &mut self.halves[dir as usize];
         if half.state == State::Stopped {
             return;
@@ -308,7 +386,47 @@ impl ConnectionFramer {
     }
 
     /// The connection ended: close-delimited bodies complete, anything else open is incomplete.
-    pub fn close(&mut self, ts: Timestamp, stats: &mut HttpStats, out: &mut Vec<FramedMessage>) {
+    pub fn close(
+        &mut self,
+        ts: Timestamp,
+        ids: &mut IdAllocator,
+        stats: &mut HttpStats,
+        out: &mut Vec<FramedMessage>,
+    ) {
+        // A request head cut short by the close (e.g. one line, then the server answered
+        // and closed) is still a request the server saw.
+        let requests = &mut self.halves[FlowDir::ToServer as usize];
+        if requests.state == State::Head
+            && requests.msg.is_none()
+            && requests.buf.iter().any(|b| !b.is_ascii_whitespace())
+            && matches!(lenient_request_head(&requests.buf), Lenient::NeedMore)
+        {
+            let line_end = requests
+                .buf
+                .iter()
+                .position(|&b| b == b'\n')
+                .unwrap_or(requests.buf.len());
+            let line = String::from_utf8_lossy(&requests.buf[..line_end])
+                .trim()
+                .to_string();
+            let mut parts = line.split_whitespace();
+            let method = parts.next().unwrap_or_default().to_string();
+            let uri = parts.next().unwrap_or_default().to_string();
+            stats.requests += 1;
+            stats.incomplete_messages += 1;
+            out.push(FramedMessage {
+                id: ids.next(),
+                dir: FlowDir::ToServer,
+                kind: MessageKind::Request { method, uri },
+                minor_version: 0,
+                request_id: None,
+                first_ts: ts,
+                last_ts: ts,
+                bytes: requests.buf.split().freeze(),
+                body_len: 0,
+                complete: false,
+            });
+        }
         for half in &mut self.halves {
             match half.state {
                 State::UntilClose => Self::emit(half, ts, true, stats, out),
@@ -329,7 +447,13 @@ impl ConnectionFramer {
         }
     }
 
-    fn emit(half: &mut Half, ts: Timestamp, complete: bool, stats: &mut HttpStats, out: &mut Vec<FramedMessage>) {
+    fn emit(
+        half: &mut Half,
+        ts: Timestamp,
+        complete: bool,
+        stats: &mut HttpStats,
+        out: &mut Vec<FramedMessage>,
+    ) {
         let Some(msg) = half.msg.take() else {
             return;
         };
@@ -369,7 +493,14 @@ impl ConnectionFramer {
         }
     }
 
-    fn run(&mut self, i: usize, ts: Timestamp, ids: &mut IdAllocator, stats: &mut HttpStats, out: &mut Vec<FramedMessage>) {
+    fn run(
+        &mut self,
+        i: usize,
+        ts: Timestamp,
+        ids: &mut IdAllocator,
+        stats: &mut HttpStats,
+        out: &mut Vec<FramedMessage>,
+    ) {
         let limit = self.config.max_message_bytes;
         loop {
             let state = self.halves[i].state;
@@ -395,7 +526,11 @@ impl ConnectionFramer {
                 },
                 State::Head => {
                     // Tolerate empty lines between messages (RFC 9112 section 2.2).
-                    let blank = half.buf.iter().take_while(|b| **b == b'\r' || **b == b'\n').count();
+                    let blank = half
+                        .buf
+                        .iter()
+                        .take_while(|b| **b == b'\r' || **b == b'\n')
+                        .count();
                     let _ = half.buf.split_to(blank);
                     if half.buf.is_empty() {
                         return;
@@ -429,7 +564,15 @@ impl ConnectionFramer {
                     return;
                 }
                 State::Chunked(chunk) => {
-                    if !Self::chunked_step(half, chunk, ts, limit, self.config.max_header_bytes, stats, out) {
+                    if !Self::chunked_step(
+                        half,
+                        chunk,
+                        ts,
+                        limit,
+                        self.config.max_header_bytes,
+                        stats,
+                        out,
+                    ) {
                         return;
                     }
                 }
@@ -457,7 +600,10 @@ impl ConnectionFramer {
                     }
                     return false;
                 };
-                let line = half.buf[..eol].strip_suffix(b"\r").unwrap_or(&half.buf[..eol]).to_vec();
+                let line = half.buf[..eol]
+                    .strip_suffix(b"\r")
+                    .unwrap_or(&half.buf[..eol])
+                    .to_vec();
                 Self::take(half, eol + 1, ts, limit, stats);
                 if chunk == Chunk::Trailers {
                     if line.is_empty() {
@@ -473,7 +619,9 @@ impl ConnectionFramer {
                     .unwrap_or_default();
                 match u64::from_str_radix(&size_text, 16) {
                     Ok(0) => half.state = State::Chunked(Chunk::Trailers),
-                    Ok(n) if !size_text.starts_with('+') => half.state = State::Chunked(Chunk::Data(n)),
+                    Ok(n) if !size_text.starts_with('+') => {
+                        half.state = State::Chunked(Chunk::Data(n))
+                    }
                     _ => {
                         stats.bad_framing += 1;
                         Self::gap_in_place(half, ts, stats, out);
@@ -516,7 +664,12 @@ impl ConnectionFramer {
     }
 
     /// The stream cannot be framed any further here: the message is incomplete; resync.
-    fn gap_in_place(half: &mut Half, ts: Timestamp, stats: &mut HttpStats, out: &mut Vec<FramedMessage>) {
+    fn gap_in_place(
+        half: &mut Half,
+        ts: Timestamp,
+        stats: &mut HttpStats,
+        out: &mut Vec<FramedMessage>,
+    ) {
         Self::emit(half, ts, false, stats, out);
         half.state = State::Resync;
         // Skip at least one byte so resync cannot find the same start again.
@@ -527,7 +680,14 @@ impl ConnectionFramer {
     }
 
     /// Parses a request or status line and headers; false when more input is needed.
-    fn parse_head(&mut self, i: usize, ts: Timestamp, ids: &mut IdAllocator, stats: &mut HttpStats, out: &mut Vec<FramedMessage>) -> bool {
+    fn parse_head(
+        &mut self,
+        i: usize,
+        ts: Timestamp,
+        ids: &mut IdAllocator,
+        stats: &mut HttpStats,
+        out: &mut Vec<FramedMessage>,
+    ) -> bool {
         let max_header = self.config.max_header_bytes;
         let limit = self.config.max_message_bytes;
         let dir = self.halves[i].dir;
@@ -544,10 +704,29 @@ impl ConnectionFramer {
                             let uri = req.path.unwrap_or("").to_string();
                             let framing = body_framing(req.headers, stats, true);
                             let upgrade = header(req.headers, "upgrade").next().is_some();
-                            Ok((n, MessageKind::Request { method, uri }, req.version.unwrap_or(1), framing, upgrade))
+                            Ok((
+                                n,
+                                MessageKind::Request { method, uri },
+                                req.version.unwrap_or(1),
+                                framing,
+                                upgrade,
+                            ))
                         }
                         Ok(httparse::Status::Partial) => Err(None),
-                        Err(e) => Err(Some(e)),
+                        Err(e) => match lenient_request_head(buf) {
+                            Lenient::Head { len, method, uri } => {
+                                stats.lenient_heads += 1;
+                                Ok((
+                                    len,
+                                    MessageKind::Request { method, uri },
+                                    1,
+                                    BodyFraming::None,
+                                    false,
+                                ))
+                            }
+                            Lenient::NeedMore => Err(None),
+                            Lenient::NotRequest => Err(Some(e)),
+                        },
                     }
                 }
                 FlowDir::ToClient => {
@@ -556,7 +735,13 @@ impl ConnectionFramer {
                         Ok(httparse::Status::Complete(n)) => {
                             let status = resp.code.unwrap_or(0);
                             let framing = body_framing(resp.headers, stats, false);
-                            Ok((n, MessageKind::Response { status }, resp.version.unwrap_or(1), framing, false))
+                            Ok((
+                                n,
+                                MessageKind::Response { status },
+                                resp.version.unwrap_or(1),
+                                framing,
+                                false,
+                            ))
                         }
                         Ok(httparse::Status::Partial) => Err(None),
                         Err(e) => Err(Some(e)),
@@ -624,7 +809,8 @@ impl ConnectionFramer {
                     stats.responses += 1;
                     self.awaiting_response.pop_front();
                     let head = request.is_some_and(|r| r.head);
-                    let connect_ok = request.is_some_and(|r| r.connect) && (200..300).contains(&status);
+                    let connect_ok =
+                        request.is_some_and(|r| r.connect) && (200..300).contains(&status);
                     if status == 101 || connect_ok {
                         stop_after = true;
                         body = BodyFraming::None;
@@ -707,7 +893,14 @@ mod tests {
         }
         fn send(&mut self, dir: FlowDir, bytes: &[u8]) -> &mut Self {
             self.ts += 1;
-            self.framer.data(dir, Timestamp(self.ts), bytes, &mut self.ids, &mut self.stats, &mut self.out);
+            self.framer.data(
+                dir,
+                Timestamp(self.ts),
+                bytes,
+                &mut self.ids,
+                &mut self.stats,
+                &mut self.out,
+            );
             self
         }
         fn req(&mut self, bytes: &[u8]) -> &mut Self {
@@ -717,7 +910,12 @@ mod tests {
             self.send(FlowDir::ToClient, bytes)
         }
         fn close(&mut self) -> &mut Self {
-            self.framer.close(Timestamp(999), &mut self.stats, &mut self.out);
+            self.framer.close(
+                Timestamp(999),
+                &mut self.ids,
+                &mut self.stats,
+                &mut self.out,
+            );
             self
         }
         fn bytes(&self) -> Vec<&[u8]> {
@@ -731,7 +929,13 @@ mod tests {
         h.req(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
             .resp(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello");
         assert_eq!(h.out.len(), 2);
-        assert_eq!(h.out[0].kind, MessageKind::Request { method: "GET".into(), uri: "/a".into() });
+        assert_eq!(
+            h.out[0].kind,
+            MessageKind::Request {
+                method: "GET".into(),
+                uri: "/a".into()
+            }
+        );
         assert_eq!(h.out[1].kind, MessageKind::Response { status: 200 });
         assert_eq!(h.out[1].request_id, Some(h.out[0].id));
         assert_eq!(h.out[1].body_len, 5);
@@ -740,12 +944,19 @@ mod tests {
 
     #[test]
     fn message_split_at_every_byte_gives_the_same_bytes() {
-        let wire: &[u8] = b"POST /p HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /q HTTP/1.1\r\n\r\n";
+        let wire: &[u8] =
+            b"POST /p HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /q HTTP/1.1\r\n\r\n";
         let mut h = Harness::new();
         for b in wire {
             h.req(&[*b]);
         }
-        assert_eq!(h.bytes(), vec![&b"POST /p HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"[..], b"GET /q HTTP/1.1\r\n\r\n"]);
+        assert_eq!(
+            h.bytes(),
+            vec![
+                &b"POST /p HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"[..],
+                b"GET /q HTTP/1.1\r\n\r\n"
+            ]
+        );
     }
 
     #[test]
@@ -765,7 +976,12 @@ mod tests {
             .resp(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
             .resp(b"HTTP/1.1 204 No Content\r\n\r\n")
             .resp(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\n\r\n");
-        let statuses: Vec<_> = h.out.iter().filter(|m| m.dir == FlowDir::ToClient).map(|m| (m.body_len, m.complete)).collect();
+        let statuses: Vec<_> = h
+            .out
+            .iter()
+            .filter(|m| m.dir == FlowDir::ToClient)
+            .map(|m| (m.body_len, m.complete))
+            .collect();
         assert_eq!(statuses, vec![(0, true), (0, true), (0, true)]);
     }
 
@@ -777,7 +993,11 @@ mod tests {
             .req(b"data")
             .resp(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n");
         let req = h.out.iter().find(|m| m.dir == FlowDir::ToServer).unwrap();
-        let responses: Vec<_> = h.out.iter().filter(|m| m.dir == FlowDir::ToClient).collect();
+        let responses: Vec<_> = h
+            .out
+            .iter()
+            .filter(|m| m.dir == FlowDir::ToClient)
+            .collect();
         assert_eq!(responses.len(), 2);
         assert!(responses.iter().all(|r| r.request_id == Some(req.id)));
         assert_eq!(req.body_len, 4);
@@ -789,15 +1009,27 @@ mod tests {
         let mut h = Harness::new();
         h.req(b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\nGET /3 HTTP/1.1\r\n\r\n");
         h.resp(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1HTTP/1.1 404 Not Found\r\nContent-Length: 1\r\n\r\n2HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n3");
-        let reqs: Vec<_> = h.out.iter().filter(|m| m.dir == FlowDir::ToServer).map(|m| m.id).collect();
-        let pairs: Vec<_> = h.out.iter().filter(|m| m.dir == FlowDir::ToClient).map(|m| m.request_id.unwrap()).collect();
+        let reqs: Vec<_> = h
+            .out
+            .iter()
+            .filter(|m| m.dir == FlowDir::ToServer)
+            .map(|m| m.id)
+            .collect();
+        let pairs: Vec<_> = h
+            .out
+            .iter()
+            .filter(|m| m.dir == FlowDir::ToClient)
+            .map(|m| m.request_id.unwrap())
+            .collect();
         assert_eq!(reqs, pairs);
     }
 
     #[test]
     fn close_delimited_response_completes_at_close() {
         let mut h = Harness::new();
-        h.req(b"GET / HTTP/1.0\r\n\r\n").resp(b"HTTP/1.0 200 OK\r\n\r\nall of it").close();
+        h.req(b"GET / HTTP/1.0\r\n\r\n")
+            .resp(b"HTTP/1.0 200 OK\r\n\r\nall of it")
+            .close();
         let resp = h.out.iter().find(|m| m.dir == FlowDir::ToClient).unwrap();
         assert!(resp.complete);
         assert_eq!(resp.body_len, 9);
@@ -819,11 +1051,18 @@ mod tests {
     fn gap_marks_the_message_incomplete_and_framing_resyncs() {
         let mut h = Harness::new();
         h.req(b"POST /a HTTP/1.1\r\nContent-Length: 100\r\n\r\npartial");
-        h.framer.gap(FlowDir::ToServer, Timestamp(5), &mut h.stats, &mut h.out);
+        h.framer
+            .gap(FlowDir::ToServer, Timestamp(5), &mut h.stats, &mut h.out);
         h.req(b"body rest that got lost\r\nGET /next HTTP/1.1\r\n\r\n");
         assert_eq!(h.out.len(), 2);
         assert!(!h.out[0].complete);
-        assert_eq!(h.out[1].kind, MessageKind::Request { method: "GET".into(), uri: "/next".into() });
+        assert_eq!(
+            h.out[1].kind,
+            MessageKind::Request {
+                method: "GET".into(),
+                uri: "/next".into()
+            }
+        );
         assert!(h.out[1].complete);
         assert!(h.stats.resync_skipped_bytes > 0);
     }
@@ -833,7 +1072,10 @@ mod tests {
         let mut h = Harness::with(HttpConfig::default(), true);
         h.resp(b"ail of an earlier body\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
         assert_eq!(h.out.len(), 1);
-        assert_eq!(h.out[0].bytes, &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"[..]);
+        assert_eq!(
+            h.out[0].bytes,
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"[..]
+        );
         assert_eq!(h.stats.unpaired_responses, 1);
     }
 
@@ -851,7 +1093,13 @@ mod tests {
         h.req(b"\r\n\r\nGET /ok HTTP/1.1\r\n\r\n");
         assert_eq!(h.stats.header_too_large, 1);
         assert_eq!(h.out.len(), 1);
-        assert_eq!(h.out[0].kind, MessageKind::Request { method: "GET".into(), uri: "/ok".into() });
+        assert_eq!(
+            h.out[0].kind,
+            MessageKind::Request {
+                method: "GET".into(),
+                uri: "/ok".into()
+            }
+        );
     }
 
     #[test]
@@ -862,9 +1110,46 @@ mod tests {
         assert_eq!(h.stats.bad_framing, 1);
         assert!(!h.out[0].complete);
         let mut h = Harness::new();
-        h.req(b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n");
+        h.req(
+            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        );
         assert_eq!(h.stats.ambiguous_length, 1);
         assert!(h.out[0].complete, "TE wins over CL");
+    }
+
+    #[test]
+    fn malformed_request_lines_servers_answer_are_still_recorded() {
+        let mut h = Harness::new();
+        h.req(b"OPTIONS HTTP/1.1\r\nHost: x\r\n\r\n")
+            .resp(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+            .req(b"GET /HTTP/1.1\r\n")
+            .close();
+        let requests: Vec<_> = h
+            .out
+            .iter()
+            .filter(|m| m.dir == FlowDir::ToServer)
+            .map(|m| (m.kind.clone(), m.complete))
+            .collect();
+        assert_eq!(
+            requests,
+            vec![
+                (
+                    MessageKind::Request {
+                        method: "OPTIONS".into(),
+                        uri: "HTTP/1.1".into()
+                    },
+                    true
+                ),
+                (
+                    MessageKind::Request {
+                        method: "GET".into(),
+                        uri: "/HTTP/1.1".into()
+                    },
+                    false
+                ),
+            ]
+        );
+        assert_eq!(h.stats.lenient_heads, 1);
     }
 
     #[test]

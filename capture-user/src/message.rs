@@ -48,7 +48,12 @@ impl HttpMessage {
 
     /// One listing line: time, connection, id, what it is, body size, flags.
     pub fn summary_line(&self) -> String {
-        let mut line = format!("{} conn={} id={} ", self.first_ts.to_rfc3339(), self.conn_id, self.id);
+        let mut line = format!(
+            "{} conn={} id={} ",
+            self.first_ts.to_rfc3339(),
+            self.conn_id,
+            self.id
+        );
         match &self.kind {
             MessageKind::Request { method, uri } => {
                 let _ = write!(line, "{} > {} request {method} {uri}", self.src, self.dst);

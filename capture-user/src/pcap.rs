@@ -16,12 +16,20 @@ use crate::packet::{CapturedPacket, Direction, Timestamp};
 #[derive(Debug, thiserror::Error)]
 pub enum PcapError {
     #[error("cannot open {path}: {source}")]
-    Open { path: PathBuf, source: std::io::Error },
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is not a pcap or pcapng file (it starts with {magic:02x?})")]
     NotPcap { path: PathBuf, magic: Vec<u8> },
     #[error("{path}: {source} (the file may be truncated or corrupt)")]
-    Format { path: PathBuf, source: pcap_file::PcapError },
-    #[error("{path}: link type {linktype} is not supported; use Ethernet, Linux cooked (SLL), raw IP or BSD loopback captures")]
+    Format {
+        path: PathBuf,
+        source: pcap_file::PcapError,
+    },
+    #[error(
+        "{path}: link type {linktype} is not supported; use Ethernet, Linux cooked (SLL), raw IP or BSD loopback captures"
+    )]
     LinkType { path: PathBuf, linktype: u32 },
 }
 
@@ -56,7 +64,12 @@ pub fn open(path: &Path) -> Result<PcapPackets, PcapError> {
         Box::new(probe)
     };
     let mut reader = BufReader::with_capacity(1 << 20, reader);
-    let magic = reader.fill_buf().map_err(open_err)?.get(..4).unwrap_or_default().to_vec();
+    let magic = reader
+        .fill_buf()
+        .map_err(open_err)?
+        .get(..4)
+        .unwrap_or_default()
+        .to_vec();
     let format_err = |source| PcapError::Format {
         path: path.to_path_buf(),
         source,
@@ -65,7 +78,10 @@ pub fn open(path: &Path) -> Result<PcapPackets, PcapError> {
         Inner::PcapNg(PcapNgReader::new(reader).map_err(format_err)?)
     } else if matches!(
         magic.as_slice(),
-        [0xd4, 0xc3, 0xb2, 0xa1] | [0xa1, 0xb2, 0xc3, 0xd4] | [0x4d, 0x3c, 0xb2, 0xa1] | [0xa1, 0xb2, 0x3c, 0x4d]
+        [0xd4, 0xc3, 0xb2, 0xa1]
+            | [0xa1, 0xb2, 0xc3, 0xd4]
+            | [0x4d, 0x3c, 0xb2, 0xa1]
+            | [0xa1, 0xb2, 0x3c, 0x4d]
     ) {
         let reader = PcapReader::new(reader).map_err(format_err)?;
         let linktype: u32 = reader.header().datalink.into();
@@ -123,7 +139,8 @@ impl Iterator for PcapPackets {
                 let Block::EnhancedPacket(epb) = block else {
                     continue;
                 };
-                let (interface_id, ts, original_len) = (epb.interface_id, epb.timestamp, epb.original_len);
+                let (interface_id, ts, original_len) =
+                    (epb.interface_id, epb.timestamp, epb.original_len);
                 let data = Bytes::copy_from_slice(&epb.data);
                 let linktype = reader
                     .interfaces()

@@ -8,7 +8,7 @@ use crate::decode::decode_tcp;
 use crate::http::{ConnectionFramer, FramedMessage, HttpConfig, HttpStats, IdAllocator};
 use crate::message::HttpMessage;
 use crate::packet::{CapturedPacket, Timestamp};
-use crate::reassembly::{FlowDir, ReassemblyConfig, ReassemblyStats, Reassembler, StreamEvent};
+use crate::reassembly::{FlowDir, Reassembler, ReassemblyConfig, ReassemblyStats, StreamEvent};
 
 /// What the pipeline needs to know.
 #[derive(Clone, Debug, Default)]
@@ -44,8 +44,18 @@ impl PipelineStats {
         for (reason, n) in &self.decode_errors {
             pairs.push((format!("decode_error_{reason}"), *n));
         }
-        pairs.extend(self.reassembly.pairs().into_iter().map(|(k, v)| (k.to_string(), v)));
-        pairs.extend(self.http.pairs().into_iter().map(|(k, v)| (k.to_string(), v)));
+        pairs.extend(
+            self.reassembly
+                .pairs()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v)),
+        );
+        pairs.extend(
+            self.http
+                .pairs()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v)),
+        );
         pairs.push(("messages".to_string(), self.messages));
         pairs
     }
@@ -117,7 +127,10 @@ impl Pipeline {
             }
         };
         let ports = &self.config.ports;
-        if !ports.is_empty() && !ports.contains(&segment.src.port()) && !ports.contains(&segment.dst.port()) {
+        if !ports.is_empty()
+            && !ports.contains(&segment.src.port())
+            && !ports.contains(&segment.dst.port())
+        {
             self.stats.other_ports += 1;
             return;
         }
@@ -143,7 +156,12 @@ impl Pipeline {
         let http = &mut self.stats.http;
         for event in self.events.drain(..) {
             match event {
-                StreamEvent::Opened { conn, client, server, midstream } => {
+                StreamEvent::Opened {
+                    conn,
+                    client,
+                    server,
+                    midstream,
+                } => {
                     self.conns.insert(
                         conn,
                         Conn {
@@ -153,9 +171,15 @@ impl Pipeline {
                         },
                     );
                 }
-                StreamEvent::Data { conn, dir, ts, bytes } => {
+                StreamEvent::Data {
+                    conn,
+                    dir,
+                    ts,
+                    bytes,
+                } => {
                     if let Some(c) = self.conns.get_mut(&conn) {
-                        c.framer.data(dir, ts, &bytes, &mut self.ids, http, &mut self.framed);
+                        c.framer
+                            .data(dir, ts, &bytes, &mut self.ids, http, &mut self.framed);
                         Self::publish(conn, c, &mut self.framed, &mut self.stats.messages, out);
                     }
                 }
@@ -167,7 +191,7 @@ impl Pipeline {
                 }
                 StreamEvent::Closed { conn, ts, .. } => {
                     if let Some(mut c) = self.conns.remove(&conn) {
-                        c.framer.close(ts, http, &mut self.framed);
+                        c.framer.close(ts, &mut self.ids, http, &mut self.framed);
                         Self::publish(conn, &c, &mut self.framed, &mut self.stats.messages, out);
                     }
                 }
@@ -175,7 +199,13 @@ impl Pipeline {
         }
     }
 
-    fn publish(conn_id: u64, conn: &Conn, framed: &mut Vec<FramedMessage>, count: &mut u64, out: &mut Vec<HttpMessage>) {
+    fn publish(
+        conn_id: u64,
+        conn: &Conn,
+        framed: &mut Vec<FramedMessage>,
+        count: &mut u64,
+        out: &mut Vec<HttpMessage>,
+    ) {
         for m in framed.drain(..) {
             let (src, dst) = match m.dir {
                 FlowDir::ToServer => (conn.client, conn.server),

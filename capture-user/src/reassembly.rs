@@ -128,7 +128,10 @@ impl ReassemblyStats {
             ("connections_midstream", self.connections_midstream),
             ("connection_cap_hits", self.connection_cap_hits),
             ("segments", self.segments),
-            ("segments_ignored_after_close", self.segments_ignored_after_close),
+            (
+                "segments_ignored_after_close",
+                self.segments_ignored_after_close,
+            ),
             ("duplicate_segments", self.duplicate_segments),
             ("overlapping_bytes", self.overlapping_bytes),
             ("out_of_order_segments", self.out_of_order_segments),
@@ -194,7 +197,10 @@ pub struct Reassembler {
 impl Reassembler {
     /// A reassembler; `is_server_port` tells, for connections seen without their SYN, which
     /// side is the server (the configured capture ports).
-    pub fn new(config: ReassemblyConfig, is_server_port: impl Fn(u16) -> bool + Send + 'static) -> Self {
+    pub fn new(
+        config: ReassemblyConfig,
+        is_server_port: impl Fn(u16) -> bool + Send + 'static,
+    ) -> Self {
         Self {
             config,
             is_server_port: Box::new(is_server_port),
@@ -252,7 +258,11 @@ impl Reassembler {
         let total_cap = self.config.max_buffered_total;
         let half = &mut conn.halves[dir.index()];
         // The SYN occupies one sequence number; data starts after it.
-        let mut seq = if seg.flags.syn() { seg.seq.wrapping_add(1) } else { seg.seq };
+        let mut seq = if seg.flags.syn() {
+            seg.seq.wrapping_add(1)
+        } else {
+            seg.seq
+        };
         let next = *half.next_seq.get_or_insert(seq);
         let mut payload = seg.payload.clone();
         if seg.flags.fin() {
@@ -284,7 +294,10 @@ impl Reassembler {
                 } else {
                     // Ahead of a hole: hold it, within the caps.
                     self.stats.out_of_order_segments += 1;
-                    let duplicate = half.held.iter().any(|h| h.seq == seq && h.bytes.len() >= payload.len());
+                    let duplicate = half
+                        .held
+                        .iter()
+                        .any(|h| h.seq == seq && h.bytes.len() >= payload.len());
                     if duplicate {
                         self.stats.duplicate_segments += 1;
                     } else {
@@ -298,15 +311,38 @@ impl Reassembler {
                     }
                     if half.held_bytes > cfg_cap {
                         self.stats.buffer_cap_hits += 1;
-                        Self::skip_hole(half, conn_id, dir, ts, &mut self.stats, &mut self.held_total, out);
+                        Self::skip_hole(
+                            half,
+                            conn_id,
+                            dir,
+                            ts,
+                            &mut self.stats,
+                            &mut self.held_total,
+                            out,
+                        );
                     } else if self.held_total > total_cap {
                         self.stats.total_buffer_cap_hits += 1;
-                        Self::skip_hole(half, conn_id, dir, ts, &mut self.stats, &mut self.held_total, out);
+                        Self::skip_hole(
+                            half,
+                            conn_id,
+                            dir,
+                            ts,
+                            &mut self.stats,
+                            &mut self.held_total,
+                            out,
+                        );
                     }
                 }
             }
         }
-        Self::drain_held(half, conn_id, dir, &mut self.stats, &mut self.held_total, out);
+        Self::drain_held(
+            half,
+            conn_id,
+            dir,
+            &mut self.stats,
+            &mut self.held_total,
+            out,
+        );
         Self::check_fin(half);
         if conn.halves.iter().all(|h| h.finished) {
             self.close(key, ts, CloseReason::Fin, out);
@@ -327,11 +363,7 @@ impl Reassembler {
         };
         loop {
             // The held segment that starts at or before `next` and reaches furthest.
-            let Some(pos) = half
-                .held
-                .iter()
-                .position(|h| seq_diff(h.seq, next) <= 0)
-            else {
+            let Some(pos) = half.held.iter().position(|h| seq_diff(h.seq, next) <= 0) else {
                 break;
             };
             let held = half.held.swap_remove(pos);
@@ -471,7 +503,15 @@ impl Reassembler {
         for dir in [FlowDir::ToServer, FlowDir::ToClient] {
             let half = &mut conn.halves[dir.index()];
             while !half.held.is_empty() {
-                Self::skip_hole(half, conn.id, dir, ts, &mut self.stats, &mut self.held_total, out);
+                Self::skip_hole(
+                    half,
+                    conn.id,
+                    dir,
+                    ts,
+                    &mut self.stats,
+                    &mut self.held_total,
+                    out,
+                );
             }
         }
         out.push(StreamEvent::Closed {
@@ -518,7 +558,13 @@ mod tests {
         "10.0.0.2:80".parse().unwrap()
     }
 
-    fn seg(src: SocketAddr, dst: SocketAddr, seq: u32, flags: u8, payload: &'static [u8]) -> TcpSegment {
+    fn seg(
+        src: SocketAddr,
+        dst: SocketAddr,
+        seq: u32,
+        flags: u8,
+        payload: &'static [u8],
+    ) -> TcpSegment {
         TcpSegment {
             src,
             dst,
@@ -574,10 +620,18 @@ mod tests {
         segs.push(seg(c(), s(), 119, FIN, b""));
         segs.push(seg(s(), c(), 920, FIN, b""));
         let ev = feed(&mut r, &segs);
-        assert!(matches!(ev[0], StreamEvent::Opened { midstream: false, client, .. } if client == c()));
+        assert!(
+            matches!(ev[0], StreamEvent::Opened { midstream: false, client, .. } if client == c())
+        );
         assert_eq!(data(&ev, FlowDir::ToServer), b"GET / HTTP/1.1\r\n\r\n");
         assert_eq!(data(&ev, FlowDir::ToClient), b"HTTP/1.1 200 OK\r\n\r\n");
-        assert!(matches!(ev.last(), Some(StreamEvent::Closed { reason: CloseReason::Fin, .. })));
+        assert!(matches!(
+            ev.last(),
+            Some(StreamEvent::Closed {
+                reason: CloseReason::Fin,
+                ..
+            })
+        ));
         assert_eq!(r.connections(), 0);
     }
 
@@ -622,7 +676,13 @@ mod tests {
         assert!(matches!(kinds[0], StreamEvent::Data { bytes, .. } if &bytes[..] == b"aaa"));
         assert!(matches!(kinds[1], StreamEvent::Gap { missing: 6, .. }));
         assert!(matches!(kinds[2], StreamEvent::Data { bytes, .. } if &bytes[..] == b"bbb"));
-        assert!(matches!(ev.last(), Some(StreamEvent::Closed { reason: CloseReason::EndOfInput, .. })));
+        assert!(matches!(
+            ev.last(),
+            Some(StreamEvent::Closed {
+                reason: CloseReason::EndOfInput,
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -639,7 +699,10 @@ mod tests {
         segs.push(seg(c(), s(), 105, PSH, b"67890"));
         let ev = feed(&mut r, &segs);
         assert_eq!(r.stats().buffer_cap_hits, 1);
-        assert!(ev.iter().any(|e| matches!(e, StreamEvent::Gap { missing: 99, .. })));
+        assert!(
+            ev.iter()
+                .any(|e| matches!(e, StreamEvent::Gap { missing: 99, .. }))
+        );
         assert_eq!(data(&ev, FlowDir::ToServer), b"1234567890");
         assert_eq!(r.held_bytes(), 0);
     }
@@ -663,7 +726,13 @@ mod tests {
         segs.push(seg(c(), s(), 1, TcpFlags::RST, b""));
         segs.push(seg(s(), c(), 1, TcpFlags::RST, b""));
         let ev = feed(&mut r, &segs);
-        assert!(ev.iter().any(|e| matches!(e, StreamEvent::Closed { reason: CloseReason::Reset, .. })));
+        assert!(ev.iter().any(|e| matches!(
+            e,
+            StreamEvent::Closed {
+                reason: CloseReason::Reset,
+                ..
+            }
+        )));
         assert_eq!(r.connections(), 0);
         assert_eq!(r.stats().segments_ignored_after_close, 1);
     }
@@ -678,10 +747,25 @@ mod tests {
             |p| p == 80,
         );
         let mut out = Vec::new();
-        r.push(Timestamp(1_000_000_000), &seg(c(), s(), 0, SYN, b""), &mut out);
+        r.push(
+            Timestamp(1_000_000_000),
+            &seg(c(), s(), 0, SYN, b""),
+            &mut out,
+        );
         let other: SocketAddr = "10.0.0.3:41000".parse().unwrap();
-        r.push(Timestamp(10_000_000_000), &seg(other, s(), 0, SYN, b""), &mut out);
-        assert!(out.iter().any(|e| matches!(e, StreamEvent::Closed { conn: 1, reason: CloseReason::Idle, .. })));
+        r.push(
+            Timestamp(10_000_000_000),
+            &seg(other, s(), 0, SYN, b""),
+            &mut out,
+        );
+        assert!(out.iter().any(|e| matches!(
+            e,
+            StreamEvent::Closed {
+                conn: 1,
+                reason: CloseReason::Idle,
+                ..
+            }
+        )));
         assert_eq!(r.connections(), 1);
         assert_eq!(r.stats().idle_timeouts, 1);
     }
@@ -696,7 +780,10 @@ mod tests {
             |p| p == 80,
         );
         let other: SocketAddr = "10.0.0.3:41000".parse().unwrap();
-        feed(&mut r, &[seg(c(), s(), 0, SYN, b""), seg(other, s(), 0, SYN, b"")]);
+        feed(
+            &mut r,
+            &[seg(c(), s(), 0, SYN, b""), seg(other, s(), 0, SYN, b"")],
+        );
         assert_eq!(r.connections(), 1);
         assert_eq!(r.stats().connection_cap_hits, 1);
     }

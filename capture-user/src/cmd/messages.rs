@@ -22,7 +22,12 @@ pub struct MessagesArgs {
     pub pcap: Option<PathBuf>,
 
     /// Interface to capture on (repeat for several). List them with `ip link`.
-    #[arg(long = "iface", short = 'i', value_name = "IF", required_unless_present = "pcap")]
+    #[arg(
+        long = "iface",
+        short = 'i',
+        value_name = "IF",
+        required_unless_present = "pcap"
+    )]
     pub interfaces: Vec<String>,
 
     /// Server TCP port (repeat for several). Required when capturing; with --pcap it limits
@@ -70,22 +75,37 @@ pub async fn run(args: MessagesArgs) -> anyhow::Result<()> {
 }
 
 /// Frames every message of a capture file and prints them.
-pub fn run_pcap(path: &std::path::Path, ports: &[u16], requests_only: bool) -> anyhow::Result<PipelineStats> {
+pub fn run_pcap(
+    path: &std::path::Path,
+    ports: &[u16],
+    requests_only: bool,
+) -> anyhow::Result<PipelineStats> {
     let packets = crate::pcap::open(path)?;
     let mut pipeline = Pipeline::new(PipelineConfig {
         ports: ports.to_vec(),
         ..PipelineConfig::default()
     });
     let mut messages = Vec::new();
+    let mut read_error = None;
     for packet in packets {
-        let packet = packet?;
-        pipeline.push_packet(&packet, &mut messages);
+        match packet {
+            Ok(packet) => pipeline.push_packet(&packet, &mut messages),
+            Err(e) => {
+                // Keep what was read: frame and print it, then report the error.
+                read_error = Some(e);
+                break;
+            }
+        }
         if messages.len() >= 256 {
             print(&mut messages, requests_only).context("writing to stdout")?;
         }
     }
     pipeline.finish(&mut messages);
     print(&mut messages, requests_only).context("writing to stdout")?;
+    if let Some(e) = read_error {
+        eprintln!("counters: {}", pipeline.stats().to_line());
+        return Err(e.into());
+    }
     Ok(pipeline.stats())
 }
 
@@ -147,6 +167,10 @@ async fn run_live(args: MessagesArgs) -> anyhow::Result<()> {
     }
     pipeline.finish(&mut messages);
     let _ = print(&mut messages, args.requests_only);
-    eprintln!("counters: {} {}", capture_stats.to_line(), pipeline.stats().to_line());
+    eprintln!(
+        "counters: {} {}",
+        capture_stats.to_line(),
+        pipeline.stats().to_line()
+    );
     Ok(())
 }
