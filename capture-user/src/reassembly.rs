@@ -361,11 +361,8 @@ impl Reassembler {
         let Some(mut next) = half.next_seq else {
             return;
         };
-        loop {
-            // The held segment that starts at or before `next` and reaches furthest.
-            let Some(pos) = half.held.iter().position(|h| seq_diff(h.seq, next) <= 0) else {
-                break;
-            };
+        // Any held segment that starts at or before `next` continues the stream.
+        while let Some(pos) = half.held.iter().position(|h| seq_diff(h.seq, next) <= 0) {
             let held = half.held.swap_remove(pos);
             half.held_bytes -= held.bytes.len();
             *held_total -= held.bytes.len();
