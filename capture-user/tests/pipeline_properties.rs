@@ -49,15 +49,20 @@ fn exchange() -> impl Strategy<Value = Exchange> {
         "/[a-z0-9/_.-]{0,40}",
         body_kind(3000),
         prop::sample::select(vec![200u16, 201, 204, 304, 404, 500]),
-        prop_oneof![body_kind(5000), body_bytes(70_000).prop_map(BodyKind::Length)],
+        prop_oneof![
+            body_kind(5000),
+            body_bytes(70_000).prop_map(BodyKind::Length)
+        ],
     )
-        .prop_map(|(method, uri, request_body, status, response_body)| Exchange {
-            method,
-            uri,
-            request_body,
-            status,
-            response_body,
-        })
+        .prop_map(
+            |(method, uri, request_body, status, response_body)| Exchange {
+                method,
+                uri,
+                request_body,
+                status,
+                response_body,
+            },
+        )
 }
 
 fn encode_body(head: &mut Vec<u8>, body: &BodyKind, send_body: bool) {
@@ -92,7 +97,8 @@ fn encode_body(head: &mut Vec<u8>, body: &BodyKind, send_body: bool) {
 
 impl Exchange {
     fn request(&self) -> Vec<u8> {
-        let mut r = format!("{} {} HTTP/1.1\r\nHost: example\r\n", self.method, self.uri).into_bytes();
+        let mut r =
+            format!("{} {} HTTP/1.1\r\nHost: example\r\n", self.method, self.uri).into_bytes();
         encode_body(&mut r, &self.request_body, true);
         r
     }
@@ -119,7 +125,10 @@ fn segments(isn: u32, stream: &[u8], cuts: &[usize]) -> Vec<(u32, Vec<u8>)> {
     let mut i = 0;
     while pos < stream.len() {
         let n = cuts[i % cuts.len()].min(stream.len() - pos);
-        out.push((isn.wrapping_add(1).wrapping_add(pos as u32), stream[pos..pos + n].to_vec()));
+        out.push((
+            isn.wrapping_add(1).wrapping_add(pos as u32),
+            stream[pos..pos + n].to_vec(),
+        ));
         pos += n;
         i += 1;
     }
@@ -127,7 +136,12 @@ fn segments(isn: u32, stream: &[u8], cuts: &[usize]) -> Vec<(u32, Vec<u8>)> {
 }
 
 /// Reorders within a window of `window` positions and duplicates some segments.
-fn shuffle(mut segs: Vec<(u32, Vec<u8>)>, swaps: &[(usize, usize)], dups: &[usize], window: usize) -> Vec<(u32, Vec<u8>)> {
+fn shuffle(
+    mut segs: Vec<(u32, Vec<u8>)>,
+    swaps: &[(usize, usize)],
+    dups: &[usize],
+    window: usize,
+) -> Vec<(u32, Vec<u8>)> {
     if segs.is_empty() {
         return segs;
     }
@@ -145,7 +159,11 @@ fn shuffle(mut segs: Vec<(u32, Vec<u8>)>, swaps: &[(usize, usize)], dups: &[usiz
 }
 
 fn frame(from_client: bool, seq: u32, flags: &str, payload: &[u8]) -> CapturedPacket {
-    let ((src, sport), (dst, dport)) = if from_client { (CLIENT, SERVER) } else { (SERVER, CLIENT) };
+    let ((src, sport), (dst, dport)) = if from_client {
+        (CLIENT, SERVER)
+    } else {
+        (SERVER, CLIENT)
+    };
     let mut builder = etherparse::PacketBuilder::ethernet2([1; 6], [2; 6])
         .ipv4(src, dst, 64)
         .tcp(sport, dport, seq, 65535);
