@@ -46,6 +46,16 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Fuzz the HTTP framer or the TCP reassembler with cargo-fuzz (installed if missing).
+    ///
+    /// Example: cargo xtask fuzz framer --seconds 60
+    Fuzz {
+        /// Fuzz target: framer or reassembler.
+        target: String,
+        /// How long to fuzz.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Set up, build (release), and run the benchmarks, printing figures.
     Bench {
         /// Which benchmarks: all, ebpf, drain.
@@ -84,6 +94,7 @@ fn run(task: Task) -> Result<()> {
         }
         Task::Test { args } => test(&args),
         Task::Bench { which } => bench(&which),
+        Task::Fuzz { target, seconds } => fuzz(&target, seconds),
     }
 }
 
@@ -220,6 +231,30 @@ fn bench(which: &str) -> Result<()> {
     ])
     .env("CAPTURE_BIN", &bin);
     check(&mut cmd, "capture-bench")
+}
+
+fn fuzz(target: &str, seconds: u64) -> Result<()> {
+    if !["framer", "reassembler"].contains(&target) {
+        bail!("unknown fuzz target {target:?}; use framer or reassembler");
+    }
+    setup::ensure_all()?;
+    setup::ensure_cargo_fuzz()?;
+    let dir = workspace_root().join("fuzz");
+    let corpus = dir.join("corpus").join(target);
+    std::fs::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
+    check(
+        Command::new("cargo")
+            .current_dir(&dir)
+            .args(["+nightly", "fuzz", "run", target])
+            .arg(&corpus)
+            .args([
+                "--",
+                &format!("-max_total_time={seconds}"),
+                "-rss_limit_mb=2048",
+                "-max_len=65536",
+            ]),
+        "cargo fuzz run",
+    )
 }
 
 fn step(what: &str) {

@@ -156,6 +156,25 @@ fn ensure_bpf_linker() -> Result<()> {
     )
 }
 
+/// cargo-fuzz, for `cargo xtask fuzz` only (not needed by the tests).
+pub fn ensure_cargo_fuzz() -> Result<()> {
+    let present = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if present {
+        return Ok(());
+    }
+    eprintln!("xtask: installing cargo-fuzz (a few minutes)");
+    quiet(
+        Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]),
+        "cargo install cargo-fuzz",
+    )
+}
+
 /// A command run as root: directly when we are root, else through sudo.
 fn root_command(program: &str) -> Command {
     if crate::is_root() {
