@@ -32,14 +32,24 @@ pub fn capture_bin() -> PathBuf {
     bin
 }
 
-/// The shared real-world captures (`../shared/pcaps/zeek-http` next to the repository).
+/// The shared real-world captures: `$CAPTURE_PCAPS_DIR` if set, else
+/// `../shared/pcaps/zeek-http` next to the repository, else `/work/shared/pcaps/zeek-http`
+/// (where the shared folder lives on this machine kind, for clones made elsewhere).
 pub fn zeek_pcaps_dir() -> PathBuf {
-    let dir = workspace_root()
-        .parent()
-        .expect("workspace has a parent")
-        .join("shared/pcaps/zeek-http");
-    assert!(dir.is_dir(), "{} missing", dir.display());
-    dir
+    let mut candidates = Vec::new();
+    if let Some(dir) = std::env::var_os("CAPTURE_PCAPS_DIR") {
+        candidates.push(PathBuf::from(dir));
+    }
+    if let Some(parent) = workspace_root().parent() {
+        candidates.push(parent.join("shared/pcaps/zeek-http"));
+    }
+    candidates.push(PathBuf::from("/work/shared/pcaps/zeek-http"));
+    match candidates.iter().find(|d| d.is_dir()) {
+        Some(dir) => dir.clone(),
+        None => {
+            panic!("the shared pcaps are missing; looked in {candidates:?} (set CAPTURE_PCAPS_DIR)")
+        }
+    }
 }
 
 /// Runs a command to completion and fails with its stderr when it exits non-zero.
