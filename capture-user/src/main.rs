@@ -6,6 +6,8 @@ use clap::{Parser, Subcommand};
 
 use capture_user::cmd::messages::{self, MessagesArgs};
 use capture_user::cmd::packets::{self, PacketsArgs};
+use capture_user::cmd::record::{self, ImportArgs, RecordArgs};
+use capture_user::cmd::recordings::{self, ExportArgs, InspectArgs, RecordingsCommand};
 
 /// Record live HTTP traffic on this node with eBPF, and replay it later.
 ///
@@ -29,6 +31,21 @@ enum Command {
     /// Examples: capture messages --iface eth0 --port 8080;
     /// capture messages --pcap traffic.pcapng --port 80
     Messages(MessagesArgs),
+    /// Record live HTTP messages into a named recording until Ctrl-C, SIGTERM or --duration.
+    ///
+    /// Example: capture record --iface eth0 --port 8080 --name checkout-peak --duration 10m
+    Record(RecordArgs),
+    /// Store a pcap/pcapng (or GoReplay) file's messages as a named recording.
+    ///
+    /// Example: capture import traffic.pcap --name from-prod --port 80
+    Import(ImportArgs),
+    /// List, show or delete recordings.
+    #[command(subcommand)]
+    Recordings(RecordingsCommand),
+    /// Print a recording's messages (decoded, one line each).
+    Inspect(InspectArgs),
+    /// Write a recording in GoReplay's file format.
+    Export(ExportArgs),
 }
 
 fn main() -> ExitCode {
@@ -38,7 +55,8 @@ fn main() -> ExitCode {
     };
     let default_level = match &cli.command {
         Command::Packets(args) => log_level(args.capture.ebpf_log),
-        Command::Messages(_) => "warn",
+        Command::Record(args) => log_level(args.capture.ebpf_log),
+        _ => "warn",
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
         .format_timestamp_millis()
@@ -59,6 +77,11 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Packets(args) => packets::run(args).await,
             Command::Messages(args) => messages::run(args).await,
+            Command::Record(args) => record::run_record(args).await,
+            Command::Import(args) => record::run_import(args),
+            Command::Recordings(cmd) => recordings::run_recordings(cmd),
+            Command::Inspect(args) => recordings::run_inspect(args),
+            Command::Export(args) => recordings::run_export(args),
         }
     });
     match result {

@@ -4,3 +4,6 @@
 pub mod capture_args;
 pub mod messages;
 pub mod packets;
+pub mod record;
+pub mod recordings;
+pub mod store_args;
