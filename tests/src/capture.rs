@@ -51,7 +51,7 @@ impl CaptureRun {
         let stderr = std::thread::spawn(move || {
             let mut lines = Vec::new();
             for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
-                if line.starts_with("capturing ") {
+                if line.starts_with("capturing ") || line.starts_with("recording ") {
                     let _ = ready_tx.send(());
                 }
                 lines.push(line);
