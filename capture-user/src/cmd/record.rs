@@ -195,9 +195,9 @@ pub async fn run_record(args: RecordArgs) -> anyhow::Result<()> {
         args.name,
         config.interfaces.join(", "),
         config.ports,
-        store.path().display()
+        args.store.describe()
     );
-    let (tx, store_thread) = spawn_store_thread(Box::new(store), args.name.clone());
+    let (tx, store_thread) = spawn_store_thread(store, args.name.clone());
     let mut pipeline = Pipeline::new(PipelineConfig {
         ports: config.ports.clone(),
         ..PipelineConfig::default()

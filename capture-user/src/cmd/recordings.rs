@@ -9,7 +9,6 @@ use anyhow::Context as _;
 use crate::cmd::record::print_summary;
 use crate::cmd::store_args::StoreArgs;
 use crate::packet::Timestamp;
-use crate::store::Store;
 
 /// `capture recordings` subcommands.
 #[derive(Clone, Debug, clap::Subcommand)]
@@ -66,11 +65,11 @@ pub struct ExportArgs {
 /// Runs `capture recordings ...`.
 pub fn run_recordings(cmd: RecordingsCommand) -> anyhow::Result<()> {
     match cmd {
-        RecordingsCommand::List { store } => {
-            let mut store = store.open()?;
+        RecordingsCommand::List { store: args } => {
+            let mut store = args.open()?;
             let list = store.list()?;
             if list.is_empty() {
-                eprintln!("no recordings in {}", store.path().display());
+                eprintln!("no recordings in {}", args.describe());
             }
             let mut out = std::io::stdout().lock();
             for r in list {

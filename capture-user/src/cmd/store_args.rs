@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 
+use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
+use crate::store::kafka::{KafkaConfig, KafkaStore};
 
 /// Which store to use.
 #[derive(Clone, Debug, clap::Args)]
@@ -11,6 +13,22 @@ pub struct StoreArgs {
     /// root, else ~/.local/share/capture.
     #[arg(long, value_name = "DIR", env = "CAPTURE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+
+    /// Store in Kafka instead (bootstrap brokers, host:port[,host:port]).
+    #[arg(long, value_name = "BROKERS", env = "CAPTURE_KAFKA")]
+    pub kafka: Option<String>,
+
+    /// Kafka topic for the messages (created with --partitions if missing).
+    #[arg(long, value_name = "TOPIC", default_value = "capture-messages", requires = "kafka")]
+    pub topic: String,
+
+    /// Partitions when creating the Kafka topic.
+    #[arg(long, value_name = "N", default_value_t = 3, requires = "kafka")]
+    pub partitions: i32,
+
+    /// Kafka compression codec.
+    #[arg(long, default_value = "lz4", value_parser = ["lz4", "gzip", "none"], requires = "kafka")]
+    pub compression: String,
 }
 
 impl StoreArgs {
@@ -32,8 +50,24 @@ impl StoreArgs {
             .join("capture")
     }
 
-    /// Opens the store.
-    pub fn open(&self) -> anyhow::Result<EmbeddedStore> {
-        Ok(EmbeddedStore::open(&self.dir())?)
+    /// Opens the store: Kafka when --kafka is given, else the embedded one.
+    pub fn open(&self) -> anyhow::Result<Box<dyn Store>> {
+        Ok(match &self.kafka {
+            Some(brokers) => {
+                let mut config = KafkaConfig::new(brokers, &self.topic);
+                config.partitions = self.partitions;
+                config.compression = self.compression.clone();
+                Box::new(KafkaStore::open(config)?)
+            }
+            None => Box::new(EmbeddedStore::open(&self.dir())?),
+        })
+    }
+
+    /// Where recordings go, for messages.
+    pub fn describe(&self) -> String {
+        match &self.kafka {
+            Some(brokers) => format!("Kafka {brokers} topic {}", self.topic),
+            None => self.dir().display().to_string(),
+        }
     }
 }

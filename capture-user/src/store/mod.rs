@@ -11,6 +11,7 @@
 
 pub mod embedded;
 pub mod gor;
+pub mod kafka;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
