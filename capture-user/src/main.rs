@@ -58,7 +58,9 @@ fn main() -> ExitCode {
         Command::Record(args) => log_level(args.capture.ebpf_log),
         _ => "warn",
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
+    // librdkafka reports every reconnect attempt as an error; the store reports what matters.
+    let default_filter = format!("{default_level},librdkafka=off,rdkafka::client=off");
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_filter))
         .format_timestamp_millis()
         .init();
 
