@@ -2,15 +2,17 @@
 //! TCP packets of configured ports into a ring buffer, whole (up to 64 KiB, chunked), with
 //! per-CPU counters so nothing is lost silently.
 //!
-//! The programs never change a packet's fate: TC returns `TC_ACT_PIPE` (run the next filter
-//! as if we were not there) and XDP returns `XDP_PASS`.
+//! The programs never change a packet's fate: TC returns `TC_ACT_UNSPEC` (TCX_NEXT: the
+//! next program in the TCX chain, or the next cls_bpf filter, runs as if we were not there;
+//! any other verdict would end the chain and hide packets from programs attached after us,
+//! such as a CNI's or a second capture's) and XDP returns `XDP_PASS`.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     Global,
     bindings::{
-        __sk_buff, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_PIPE,
+        __sk_buff, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC,
         xdp_action, xdp_md,
     },
     helpers::{
@@ -348,7 +350,7 @@ pub fn capture_tc_ingress(ctx: TcContext) -> i32 {
     // SAFETY: the skb pointer is valid for the program run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     handle(&ctx, &Skb(ctx.skb.skb), ifindex, Direction::Ingress);
-    TC_ACT_PIPE
+    TC_ACT_UNSPEC
 }
 
 /// TC classifier for the egress hook.
@@ -357,7 +359,7 @@ pub fn capture_tc_egress(ctx: TcContext) -> i32 {
     // SAFETY: the skb pointer is valid for the program run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     handle(&ctx, &Skb(ctx.skb.skb), ifindex, Direction::Egress);
-    TC_ACT_PIPE
+    TC_ACT_UNSPEC
 }
 
 /// XDP program for ingress; multi-buffer aware so large frames are copied whole.

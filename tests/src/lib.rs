@@ -66,6 +66,7 @@ pub fn run_ok(cmd: &mut Command) -> Result<Output> {
     Ok(out)
 }
 
+pub mod broker;
 pub mod capture;
 pub mod netns;
 pub mod nginx;

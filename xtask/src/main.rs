@@ -46,6 +46,13 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Run a local Kafka-protocol broker (tansu) on 127.0.0.1:9092 in the foreground, with
+    /// its data in target/tansu. Then: capture record ... --kafka 127.0.0.1:9092
+    Broker {
+        /// Port to listen on.
+        #[arg(long, default_value_t = 9092)]
+        port: u16,
+    },
     /// Fuzz the HTTP framer or the TCP reassembler with cargo-fuzz (installed if missing).
     ///
     /// Example: cargo xtask fuzz framer --seconds 60
@@ -95,6 +102,7 @@ fn run(task: Task) -> Result<()> {
         Task::Test { args } => test(&args),
         Task::Bench { which } => bench(&which),
         Task::Fuzz { target, seconds } => fuzz(&target, seconds),
+        Task::Broker { port } => broker(port),
     }
 }
 
@@ -231,6 +239,49 @@ fn bench(which: &str) -> Result<()> {
     ])
     .env("CAPTURE_BIN", &bin);
     check(&mut cmd, "capture-bench")
+}
+
+fn broker(port: u16) -> Result<()> {
+    setup::ensure_all()?;
+    let dir = workspace_root().join("target/tansu");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let url = format!("tcp://127.0.0.1:{port}");
+    let bin = setup::cargo_home().join("bin/tansu");
+    let mut child = Command::new(&bin)
+        .current_dir(&dir)
+        .args([
+            "broker",
+            "--storage-engine",
+            "sqlite://tansu.db",
+            "--listener-url",
+            &url,
+        ])
+        .args(["--advertised-listener-url", &url])
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    // The index tansu needs for windows to read in linear time (shared/TOOLCHAIN.md).
+    let db = dir.join("tansu.db");
+    for _ in 0..100 {
+        if db.exists()
+            && Command::new("sqlite3")
+                .arg(&db)
+                .arg("create index if not exists header_topition_offset on header(topition, offset_id);")
+                .status()
+                .is_ok_and(|s| s.success())
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    eprintln!(
+        "xtask: tansu listens on 127.0.0.1:{port} (data in {}); Ctrl-C stops it",
+        dir.display()
+    );
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("tansu exited with {status}");
+    }
+    Ok(())
 }
 
 fn fuzz(target: &str, seconds: u64) -> Result<()> {

@@ -27,7 +27,58 @@ pub fn ensure_all() -> Result<()> {
     ensure_apt_packages()?;
     ensure_nightly_rust_src()?;
     ensure_bpf_linker()?;
+    ensure_tansu()?;
+    ensure_python_kafka_client()?;
     Ok(())
+}
+
+/// tansu, the Kafka-protocol broker the tests (and `cargo xtask broker`) run on loopback.
+/// Built with its sqlite engine, the one verified to work (shared/TOOLCHAIN.md).
+fn ensure_tansu() -> Result<()> {
+    let bin = cargo_home().join("bin/tansu");
+    let works = Command::new(&bin)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if works {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: building tansu, a Kafka-protocol broker for the tests (about 8 minutes on 2 cores)"
+    );
+    quiet(
+        Command::new("cargo").args([
+            "install",
+            "tansu",
+            "--locked",
+            "--features",
+            "dynostore,libsql",
+        ]),
+        "cargo install tansu",
+    )
+}
+
+/// An independent Kafka client for cross-checking offsets in tests: PyPI's confluent-kafka
+/// (it bundles a recent librdkafka; Debian's kcat is too old for tansu).
+fn ensure_python_kafka_client() -> Result<()> {
+    let present = Command::new("python3")
+        .args(["-c", "import confluent_kafka"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if present {
+        return Ok(());
+    }
+    eprintln!("xtask: installing the confluent-kafka Python client (independent offsets check)");
+    quiet(
+        Command::new("python3").args(["-m", "pip", "install", "-q", "confluent-kafka"]),
+        "pip install confluent-kafka",
+    )
 }
 
 fn ensure_apt_packages() -> Result<()> {
@@ -81,7 +132,8 @@ fn ensure_nightly_rust_src() -> Result<()> {
     )
 }
 
-fn cargo_home() -> PathBuf {
+/// Cargo's home (where `cargo install` puts binaries).
+pub fn cargo_home() -> PathBuf {
     std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))

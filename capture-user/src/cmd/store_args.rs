@@ -19,7 +19,12 @@ pub struct StoreArgs {
     pub kafka: Option<String>,
 
     /// Kafka topic for the messages (created with --partitions if missing).
-    #[arg(long, value_name = "TOPIC", default_value = "capture-messages", requires = "kafka")]
+    #[arg(
+        long,
+        value_name = "TOPIC",
+        default_value = "capture-messages",
+        requires = "kafka"
+    )]
     pub topic: String,
 
     /// Partitions when creating the Kafka topic.
@@ -29,6 +34,16 @@ pub struct StoreArgs {
     /// Kafka compression codec.
     #[arg(long, default_value = "lz4", value_parser = ["lz4", "gzip", "none"], requires = "kafka")]
     pub compression: String,
+
+    /// Producer queue cap in messages; beyond it messages are dropped and counted.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 100_000,
+        requires = "kafka",
+        hide = true
+    )]
+    pub kafka_queue_messages: usize,
 }
 
 impl StoreArgs {
@@ -57,6 +72,7 @@ impl StoreArgs {
                 let mut config = KafkaConfig::new(brokers, &self.topic);
                 config.partitions = self.partitions;
                 config.compression = self.compression.clone();
+                config.queue_max_messages = self.kafka_queue_messages;
                 Box::new(KafkaStore::open(config)?)
             }
             None => Box::new(EmbeddedStore::open(&self.dir())?),

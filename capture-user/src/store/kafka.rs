@@ -25,8 +25,9 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::{
-    FragmentJoiner, MessageMeta, Owner, Recording, RecordingState, RecordingSummary, Store, StoreError, StoredKind,
-    StoredMessage, fragments, meta_for, node_name, resolve_interrupted, validate_name,
+    FragmentJoiner, MessageMeta, Owner, Recording, RecordingState, RecordingSummary, Store,
+    StoreError, StoredKind, StoredMessage, fragments, meta_for, node_name, resolve_interrupted,
+    validate_name,
 };
 use crate::message::HttpMessage;
 use crate::packet::Timestamp;
@@ -130,8 +131,14 @@ impl KafkaStore {
             .set("enable.idempotence", "true")
             .set("compression.type", &config.compression)
             .set("linger.ms", "50")
-            .set("queue.buffering.max.messages", config.queue_max_messages.to_string())
-            .set("message.max.bytes", (config.fragment_bytes + 64 * 1024).to_string())
+            .set(
+                "queue.buffering.max.messages",
+                config.queue_max_messages.to_string(),
+            )
+            .set(
+                "message.max.bytes",
+                (config.fragment_bytes + 64 * 1024).to_string(),
+            )
             .set("socket.timeout.ms", config.timeout.as_millis().to_string())
             .create_with_context(Context(deliveries.clone()))
             .map_err(|e| kafka_err(&config, "creating the producer", e))?;
@@ -142,11 +149,18 @@ impl KafkaStore {
                 kafka_err(
                     &config,
                     "broker unreachable",
-                    format!("{e}; check --kafka {} and that the broker runs", config.brokers),
+                    format!(
+                        "{e}; check --kafka {} and that the broker runs",
+                        config.brokers
+                    ),
                 )
             })?;
         if metadata.brokers().is_empty() {
-            return Err(kafka_err(&config, "broker unreachable", "no broker in metadata"));
+            return Err(kafka_err(
+                &config,
+                "broker unreachable",
+                "no broker in metadata",
+            ));
         }
         let mut store = Self {
             config,
@@ -168,8 +182,13 @@ impl KafkaStore {
             .create()
             .map_err(|e| self.err("creating the admin client", e))?;
         let topics = [
-            NewTopic::new(&self.config.topic, self.config.partitions, TopicReplication::Fixed(1)),
-            NewTopic::new(&self.config.catalog_topic, 1, TopicReplication::Fixed(1)).set("cleanup.policy", "compact"),
+            NewTopic::new(
+                &self.config.topic,
+                self.config.partitions,
+                TopicReplication::Fixed(1),
+            ),
+            NewTopic::new(&self.config.catalog_topic, 1, TopicReplication::Fixed(1))
+                .set("cleanup.policy", "compact"),
         ];
         let opts = AdminOptions::new().operation_timeout(Some(self.config.timeout));
         let results = futures_executor::block_on(admin.create_topics(&topics, &opts))
@@ -177,7 +196,9 @@ impl KafkaStore {
         for result in results {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((topic, code)) => return Err(self.err("creating topic", format!("{topic}: {code}"))),
+                Err((topic, code)) => {
+                    return Err(self.err("creating topic", format!("{topic}: {code}")));
+                }
             }
         }
         // Wait until the topic's partitions are visible.
@@ -247,7 +268,9 @@ impl KafkaStore {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.config.catalog_topic, 0, Offset::Offset(low))
             .map_err(|e| self.err("assigning the catalog", e))?;
-        consumer.assign(&tpl).map_err(|e| self.err("assigning the catalog", e))?;
+        consumer
+            .assign(&tpl)
+            .map_err(|e| self.err("assigning the catalog", e))?;
         let deadline = Instant::now() + self.config.timeout * 3;
         loop {
             if Instant::now() > deadline {
@@ -257,7 +280,10 @@ impl KafkaStore {
                 continue;
             };
             let msg = result.map_err(|e| self.err("reading the catalog", e))?;
-            let name = msg.key().map(|k| String::from_utf8_lossy(k).to_string()).unwrap_or_default();
+            let name = msg
+                .key()
+                .map(|k| String::from_utf8_lossy(k).to_string())
+                .unwrap_or_default();
             match msg.payload() {
                 Some(json) => {
                     let rec: Recording = serde_json::from_slice(json)
@@ -275,7 +301,10 @@ impl KafkaStore {
     }
 
     fn save(&self, name: &str, rec: Option<&Recording>) -> Result<(), StoreError> {
-        let json = rec.map(serde_json::to_vec).transpose().map_err(|e| self.err("catalog", e))?;
+        let json = rec
+            .map(serde_json::to_vec)
+            .transpose()
+            .map_err(|e| self.err("catalog", e))?;
         let mut record: BaseRecord<'_, str, Vec<u8>, Box<u64>> =
             BaseRecord::with_opaque_to(&self.config.catalog_topic, Box::new(0)).key(name);
         if let Some(json) = &json {
@@ -312,7 +341,10 @@ impl KafkaStore {
             ("capture.dst", meta.dst.to_string()),
             ("capture.node", meta.node.clone()),
             ("capture.recordings", meta.recordings.join(",")),
-            ("capture.fragment", format!("{}/{}", meta.fragment, meta.fragments)),
+            (
+                "capture.fragment",
+                format!("{}/{}", meta.fragment, meta.fragments),
+            ),
         ];
         let mut headers = OwnedHeaders::new().insert(Header {
             key: "capture.meta",
@@ -338,7 +370,9 @@ impl Store for KafkaStore {
         if let Some(existing) = self.catalog()?.remove(name) {
             // Several agents may start the same name on one topic: a running entry is shared.
             let existing = self.resolved(existing)?;
-            if existing.state == RecordingState::Recording && existing.topic.as_deref() == Some(&self.config.topic) {
+            if existing.state == RecordingState::Recording
+                && existing.topic.as_deref() == Some(&self.config.topic)
+            {
                 return Ok(existing);
             }
             return Err(StoreError::Exists(name.to_string()));
@@ -370,8 +404,13 @@ impl Store for KafkaStore {
         let last = parts.len() - 1;
         self.appended += 1;
         for (i, (meta, bytes)) in parts.into_iter().enumerate() {
-            let encoded = postcard::to_stdvec(&meta).map_err(|e| self.err("encoding metadata", e))?;
-            let opaque = Box::new(if i == last { message.bytes.len().max(1) as u64 } else { 0 });
+            let encoded =
+                postcard::to_stdvec(&meta).map_err(|e| self.err("encoding metadata", e))?;
+            let opaque = Box::new(if i == last {
+                message.bytes.len().max(1) as u64
+            } else {
+                0
+            });
             let record = BaseRecord::with_opaque_to(&self.config.topic, opaque)
                 .key(key.as_str())
                 .payload(&bytes[..])
@@ -391,9 +430,12 @@ impl Store for KafkaStore {
     }
 
     fn flush(&mut self) -> Result<(), StoreError> {
-        self.producer
-            .flush(self.config.timeout * 3)
-            .map_err(|e| self.err("flushing (the broker did not confirm every message in time)", e))
+        self.producer.flush(self.config.timeout * 3).map_err(|e| {
+            self.err(
+                "flushing (the broker did not confirm every message in time)",
+                e,
+            )
+        })
     }
 
     fn end(&mut self, name: &str, mut summary: RecordingSummary) -> Result<Recording, StoreError> {
@@ -414,7 +456,10 @@ impl Store for KafkaStore {
         for (reason, n) in [
             ("producer_queue_full", self.queue_full),
             ("kafka_delivery_failed", failed),
-            ("not_acknowledged", self.appended.saturating_sub(stored + self.queue_full)),
+            (
+                "not_acknowledged",
+                self.appended.saturating_sub(stored + self.queue_full),
+            ),
         ] {
             if n > 0 {
                 summary.drops.insert(reason.to_string(), n);
@@ -447,7 +492,11 @@ impl Store for KafkaStore {
         self.save(name, None)
     }
 
-    fn read(&mut self, name: &str, visit: &mut dyn FnMut(StoredMessage) -> bool) -> Result<(), StoreError> {
+    fn read(
+        &mut self,
+        name: &str,
+        visit: &mut dyn FnMut(StoredMessage) -> bool,
+    ) -> Result<(), StoreError> {
         let rec = self.get(name)?;
         let end = match &rec.end {
             Some(end) => end.clone(),
@@ -459,20 +508,29 @@ impl Store for KafkaStore {
         for (&p, &start) in &rec.start {
             let stop = end.get(&p).copied().unwrap_or(start);
             if stop > start {
-                tpl.add_partition_offset(rec.topic.as_deref().unwrap_or(&self.config.topic), p, Offset::Offset(start))
-                    .map_err(|e| self.err("assigning partitions", e))?;
+                tpl.add_partition_offset(
+                    rec.topic.as_deref().unwrap_or(&self.config.topic),
+                    p,
+                    Offset::Offset(start),
+                )
+                .map_err(|e| self.err("assigning partitions", e))?;
                 remaining.insert(p, stop);
             }
         }
         let mut per_partition: BTreeMap<i32, Vec<StoredMessage>> = BTreeMap::new();
         let mut joiners: HashMap<i32, FragmentJoiner> = HashMap::new();
         if !remaining.is_empty() {
-            consumer.assign(&tpl).map_err(|e| self.err("assigning partitions", e))?;
+            consumer
+                .assign(&tpl)
+                .map_err(|e| self.err("assigning partitions", e))?;
         }
         let mut last_progress = Instant::now();
         while !remaining.is_empty() {
             if last_progress.elapsed() > self.config.timeout * 3 {
-                return Err(self.err("reading the window", format!("no progress; partitions left {remaining:?}")));
+                return Err(self.err(
+                    "reading the window",
+                    format!("no progress; partitions left {remaining:?}"),
+                ));
             }
             let Some(result) = consumer.poll(Duration::from_millis(200)) else {
                 continue;
@@ -494,10 +552,11 @@ impl Store for KafkaStore {
             let Some(encoded) = msg.headers().and_then(|h| header_text(h, "capture.meta")) else {
                 continue; // not ours
             };
-            let meta: MessageMeta = postcard::from_bytes(encoded).map_err(|e| StoreError::Corrupt {
-                position: position.clone(),
-                message: e.to_string(),
-            })?;
+            let meta: MessageMeta =
+                postcard::from_bytes(encoded).map_err(|e| StoreError::Corrupt {
+                    position: position.clone(),
+                    message: e.to_string(),
+                })?;
             if !meta.recordings.iter().any(|r| r == name) {
                 continue;
             }
@@ -508,7 +567,10 @@ impl Store for KafkaStore {
         }
         // Capture order across partitions; each partition's (each connection's) order kept.
         let mut cursors: Vec<std::iter::Peekable<std::vec::IntoIter<StoredMessage>>> =
-            per_partition.into_values().map(|v| v.into_iter().peekable()).collect();
+            per_partition
+                .into_values()
+                .map(|v| v.into_iter().peekable())
+                .collect();
         loop {
             let next = cursors
                 .iter_mut()

@@ -8,7 +8,9 @@ use bytes::Bytes;
 use capture_user::message::{HttpMessage, MessageKind};
 use capture_user::packet::Timestamp;
 use capture_user::store::embedded::EmbeddedStore;
+use capture_user::store::kafka::{KafkaConfig, KafkaStore};
 use capture_user::store::{RecordingState, RecordingSummary, Store, StoreError};
+use tests::broker::Tansu;
 
 fn message(id: u64, body_len: usize) -> HttpMessage {
     let mut bytes =
@@ -193,6 +195,20 @@ fn embedded_store_keeps_the_recording_contract() {
             .with_fragment_bytes(64 * 1024);
         dirs.borrow_mut().push(dir);
         Box::new(store)
+    });
+}
+
+#[test]
+fn kafka_store_keeps_the_recording_contract() {
+    let broker = Tansu::start().expect("tansu");
+    let mut n = 0;
+    run_contract(|| {
+        // A topic per case (fresh windows), a catalog per case (fresh names).
+        n += 1;
+        let mut config = KafkaConfig::new(&broker.bootstrap(), &format!("contract-{n}"));
+        config.catalog_topic = format!("contract-catalog-{n}");
+        config.fragment_bytes = 256 * 1024;
+        Box::new(KafkaStore::open(config).expect("kafka store"))
     });
 }
 
