@@ -36,13 +36,7 @@ pub fn ensure_all() -> Result<()> {
 /// Built with its sqlite engine, the one verified to work (shared/TOOLCHAIN.md).
 fn ensure_tansu() -> Result<()> {
     let bin = cargo_home().join("bin/tansu");
-    let works = Command::new(&bin)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
+    let works = succeeds(Command::new(&bin).arg("--version"));
     if works {
         return Ok(());
     }
@@ -64,13 +58,7 @@ fn ensure_tansu() -> Result<()> {
 /// An independent Kafka client for cross-checking offsets in tests: PyPI's confluent-kafka
 /// (it bundles a recent librdkafka; Debian's kcat is too old for tansu).
 fn ensure_python_kafka_client() -> Result<()> {
-    let present = Command::new("python3")
-        .args(["-c", "import confluent_kafka"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
+    let present = succeeds(Command::new("python3").args(["-c", "import confluent_kafka"]));
     if present {
         return Ok(());
     }
@@ -145,13 +133,7 @@ pub fn cargo_home() -> PathBuf {
 /// (recipe in ../shared/TOOLCHAIN.md). A nightly update breaks the library link, which the
 /// `--version` probe notices, and the linker is rebuilt.
 fn ensure_bpf_linker() -> Result<()> {
-    let works = Command::new("bpf-linker")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
+    let works = succeeds(Command::new("bpf-linker").arg("--version"));
     if works {
         return Ok(());
     }
@@ -210,13 +192,7 @@ fn ensure_bpf_linker() -> Result<()> {
 
 /// cargo-fuzz, for `cargo xtask fuzz` only (not needed by the tests).
 pub fn ensure_cargo_fuzz() -> Result<()> {
-    let present = Command::new("cargo")
-        .args(["fuzz", "--version"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
+    let present = succeeds(Command::new("cargo").args(["fuzz", "--version"]));
     if present {
         return Ok(());
     }
@@ -225,6 +201,14 @@ pub fn ensure_cargo_fuzz() -> Result<()> {
         Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]),
         "cargo install cargo-fuzz",
     )
+}
+
+/// Runs a probe command silently; true when it exits successfully.
+fn succeeds(cmd: &mut Command) -> bool {
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// A command run as root: directly when we are root, else through sudo.

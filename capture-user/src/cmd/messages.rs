@@ -158,14 +158,7 @@ async fn run_live(args: MessagesArgs) -> anyhow::Result<()> {
             _ = &mut deadline, if args.duration.is_some() => break,
         }
     }
-    let mut rest = Vec::new();
-    let capture_stats = capture.stop_and_drain(|batch| rest.push(batch)).await?;
-    for batch in rest {
-        for packet in &batch {
-            pipeline.push_packet(packet, &mut messages);
-        }
-    }
-    pipeline.finish(&mut messages);
+    let capture_stats = crate::cmd::finish_live(capture, &mut pipeline, &mut messages).await?;
     let _ = print(&mut messages, args.requests_only);
     eprintln!(
         "counters: {} {}",

@@ -256,14 +256,7 @@ pub async fn run_record(args: RecordArgs) -> anyhow::Result<()> {
             _ = &mut deadline, if args.duration.is_some() => break,
         }
     }
-    let mut rest = Vec::new();
-    let capture_stats = capture.stop_and_drain(|batch| rest.push(batch)).await?;
-    for batch in rest {
-        for packet in &batch {
-            pipeline.push_packet(packet, &mut messages);
-        }
-    }
-    pipeline.finish(&mut messages);
+    let capture_stats = crate::cmd::finish_live(capture, &mut pipeline, &mut messages).await?;
     // The tail goes in with a blocking send: nothing already captured is dropped at the end.
     if !messages.is_empty() {
         let n = messages.len() as u64;

@@ -14,8 +14,8 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    FragmentJoiner, MessageMeta, Owner, Recording, RecordingState, RecordingSummary, Store,
-    StoreError, StoredMessage, fragments, meta_for, node_name, resolve_interrupted, validate_name,
+    FragmentJoiner, MessageMeta, Recording, RecordingState, RecordingSummary, Store, StoreError,
+    StoredMessage, fragments, meta_for, node_name, resolve_interrupted, validate_name,
 };
 use crate::message::HttpMessage;
 use crate::packet::Timestamp;
@@ -168,21 +168,13 @@ impl Store for EmbeddedStore {
                 _ => StoreError::Exists(name.to_string()),
             });
         }
-        let rec = Recording {
-            name: name.to_string(),
-            backend: "embedded".into(),
-            topic: None,
-            start: BTreeMap::from([(0, self.next_offset()?)]),
-            end: None,
-            started_at_ns: Timestamp::now().0,
-            stopped_at_ns: None,
-            state: RecordingState::Recording,
-            owner: Some(Owner::this_process()),
-            source: source.to_string(),
-            messages: 0,
-            bytes: 0,
-            drops: BTreeMap::new(),
-        };
+        let rec = Recording::started(
+            name,
+            "embedded",
+            None,
+            BTreeMap::from([(0, self.next_offset()?)]),
+            source,
+        );
         self.save(&rec)?;
         Ok(rec)
     }

@@ -25,9 +25,8 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::{
-    FragmentJoiner, MessageMeta, Owner, Recording, RecordingState, RecordingSummary, Store,
-    StoreError, StoredKind, StoredMessage, fragments, meta_for, node_name, resolve_interrupted,
-    validate_name,
+    FragmentJoiner, MessageMeta, Recording, RecordingState, RecordingSummary, Store, StoreError,
+    StoredKind, StoredMessage, fragments, meta_for, node_name, resolve_interrupted, validate_name,
 };
 use crate::message::HttpMessage;
 use crate::packet::Timestamp;
@@ -377,21 +376,13 @@ impl Store for KafkaStore {
             }
             return Err(StoreError::Exists(name.to_string()));
         }
-        let rec = Recording {
-            name: name.to_string(),
-            backend: "kafka".into(),
-            topic: Some(self.config.topic.clone()),
-            start: self.watermarks()?,
-            end: None,
-            started_at_ns: Timestamp::now().0,
-            stopped_at_ns: None,
-            state: RecordingState::Recording,
-            owner: Some(Owner::this_process()),
-            source: source.to_string(),
-            messages: 0,
-            bytes: 0,
-            drops: BTreeMap::new(),
-        };
+        let rec = Recording::started(
+            name,
+            "kafka",
+            Some(self.config.topic.clone()),
+            self.watermarks()?,
+            source,
+        );
         self.save(name, Some(&rec))?;
         Ok(rec)
     }

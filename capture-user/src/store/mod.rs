@@ -151,6 +151,33 @@ pub struct Recording {
     pub drops: BTreeMap<String, u64>,
 }
 
+impl Recording {
+    /// A recording that starts now, owned by this process.
+    pub fn started(
+        name: &str,
+        backend: &str,
+        topic: Option<String>,
+        start: BTreeMap<i32, i64>,
+        source: &str,
+    ) -> Self {
+        Self {
+            name: name.to_string(),
+            backend: backend.to_string(),
+            topic,
+            start,
+            end: None,
+            started_at_ns: Timestamp::now().0,
+            stopped_at_ns: None,
+            state: RecordingState::Recording,
+            owner: Some(Owner::this_process()),
+            source: source.to_string(),
+            messages: 0,
+            bytes: 0,
+            drops: BTreeMap::new(),
+        }
+    }
+}
+
 /// Message metadata stored next to the exact wire bytes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageMeta {
