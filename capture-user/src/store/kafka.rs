@@ -367,14 +367,13 @@ impl Store for KafkaStore {
     fn begin(&mut self, name: &str, source: &str) -> Result<Recording, StoreError> {
         validate_name(name)?;
         if let Some(existing) = self.catalog()?.remove(name) {
-            // Several agents may start the same name on one topic: a running entry is shared.
             let existing = self.resolved(existing)?;
-            if existing.state == RecordingState::Recording
-                && existing.topic.as_deref() == Some(&self.config.topic)
-            {
-                return Ok(existing);
-            }
-            return Err(StoreError::Exists(name.to_string()));
+            return Err(match existing.state {
+                RecordingState::Recording => {
+                    StoreError::Exists(format!("{name} (still recording)"))
+                }
+                _ => StoreError::Exists(name.to_string()),
+            });
         }
         let rec = Recording::started(
             name,
