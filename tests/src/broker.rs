@@ -13,6 +13,8 @@ pub struct Tansu {
     child: Option<Child>,
     dir: tempfile::TempDir,
     port: u16,
+    /// Network namespace it runs in (None: the test's own).
+    netns: Option<String>,
 }
 
 fn tansu_bin() -> PathBuf {
@@ -24,16 +26,41 @@ fn tansu_bin() -> PathBuf {
 }
 
 impl Tansu {
-    /// Starts a broker with fresh storage.
+    /// Starts a broker with fresh storage on a free port of this namespace.
     pub fn start() -> Result<Self> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        Self::start_at(None, port)
+    }
+
+    /// Starts a broker inside network namespace `ns` (reachable on its loopback), for
+    /// recorders that run there.
+    pub fn start_in(ns: &str) -> Result<Self> {
+        Self::start_at(Some(ns.to_string()), 9092)
+    }
+
+    fn start_at(netns: Option<String>, port: u16) -> Result<Self> {
         let mut broker = Tansu {
             child: None,
             dir: tempfile::tempdir()?,
             port,
+            netns,
         };
         broker.spawn()?;
         Ok(broker)
+    }
+
+    fn listening(&self) -> bool {
+        match &self.netns {
+            None => std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok(),
+            Some(ns) => Command::new("ip")
+                .args(["netns", "exec", ns, "ss", "-Htln"])
+                .output()
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .contains(&format!("127.0.0.1:{} ", self.port))
+                })
+                .unwrap_or(false),
+        }
     }
 
     /// `host:port` to give clients.
@@ -43,7 +70,15 @@ impl Tansu {
 
     fn spawn(&mut self) -> Result<()> {
         let url = format!("tcp://127.0.0.1:{}", self.port);
-        let child = Command::new(tansu_bin())
+        let mut cmd = match &self.netns {
+            None => Command::new(tansu_bin()),
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns]).arg(tansu_bin());
+                cmd
+            }
+        };
+        let child = cmd
             .current_dir(self.dir.path())
             .args([
                 "broker",
@@ -59,7 +94,7 @@ impl Tansu {
             .context("starting tansu (installed by `cargo xtask setup`)")?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        while !self.listening() {
             if Instant::now() > deadline {
                 bail!("tansu did not listen on {} within 20 s", self.port);
             }

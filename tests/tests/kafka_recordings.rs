@@ -17,14 +17,21 @@ const PORT: u16 = 8080;
 /// Where recordings go: the embedded store in a directory, or Kafka.
 enum Backend<'a> {
     Embedded(&'a Path),
-    Kafka { bootstrap: String, topic: &'a str },
+    /// Kafka, with the broker and every client in network namespace `ns`.
+    Kafka {
+        bootstrap: String,
+        topic: &'a str,
+        ns: String,
+    },
 }
 
 impl Backend<'_> {
     fn args(&self) -> Vec<String> {
         match self {
             Backend::Embedded(dir) => vec!["--data-dir".into(), dir.display().to_string()],
-            Backend::Kafka { bootstrap, topic } => {
+            Backend::Kafka {
+                bootstrap, topic, ..
+            } => {
                 vec![
                     "--kafka".into(),
                     bootstrap.clone(),
@@ -35,8 +42,20 @@ impl Backend<'_> {
         }
     }
 
+    fn command(&self, program: &str) -> Command {
+        match self {
+            Backend::Embedded(_) => Command::new(program),
+            Backend::Kafka { ns, .. } => Topology::exec(ns, program),
+        }
+    }
+
     fn capture(&self, args: &[&str]) -> Result<String> {
-        let out = run_ok(Command::new(capture_bin()).args(args).args(self.args()))?;
+        let bin = capture_bin();
+        let out = run_ok(
+            self.command(&bin.to_string_lossy())
+                .args(args)
+                .args(self.args()),
+        )?;
         Ok(String::from_utf8(out.stdout)?)
     }
 
@@ -112,22 +131,21 @@ fn stop(run: CaptureRun) -> Result<Vec<String>> {
 }
 
 /// R1, then R2, and R3 overlapping R2 (two recorder processes at once), live.
-fn overlapping_live_recordings(backend: &Backend) -> Result<()> {
-    let topo = Topology::new("ovl")?;
+fn overlapping_live_recordings(topo: &Topology, backend: &Backend) -> Result<()> {
     let _nginx = Nginx::start(&topo.server_ns, &[PORT])?;
-    let r1 = backend.record(&topo, "r1", &[])?;
-    curl(&topo, "r1", 4)?;
+    let r1 = backend.record(topo, "r1", &[])?;
+    curl(topo, "r1", 4)?;
     settle();
     stop(r1)?;
-    curl(&topo, "none", 2)?;
-    let r2 = backend.record(&topo, "r2", &[])?;
-    curl(&topo, "r2only", 3)?;
+    curl(topo, "none", 2)?;
+    let r2 = backend.record(topo, "r2", &[])?;
+    curl(topo, "r2only", 3)?;
     settle();
-    let r3 = backend.record(&topo, "r3", &[])?;
-    curl(&topo, "both", 3)?;
+    let r3 = backend.record(topo, "r3", &[])?;
+    curl(topo, "both", 3)?;
     settle();
     stop(r2)?;
-    curl(&topo, "r3only", 2)?;
+    curl(topo, "r3only", 2)?;
     settle();
     stop(r3)?;
 
@@ -154,16 +172,22 @@ fn overlapping_live_recordings(backend: &Backend) -> Result<()> {
 #[test]
 fn overlapping_live_recordings_are_exact_on_the_embedded_store() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    overlapping_live_recordings(&Backend::Embedded(dir.path()))
+    let topo = Topology::new("ovle")?;
+    overlapping_live_recordings(&topo, &Backend::Embedded(dir.path()))
 }
 
 #[test]
 fn overlapping_live_recordings_are_exact_on_kafka() -> Result<()> {
-    let broker = Tansu::start()?;
-    overlapping_live_recordings(&Backend::Kafka {
-        bootstrap: broker.bootstrap(),
-        topic: "overlap",
-    })
+    let topo = Topology::new("ovlk")?;
+    let broker = Tansu::start_in(&topo.client_ns)?;
+    overlapping_live_recordings(
+        &topo,
+        &Backend::Kafka {
+            bootstrap: broker.bootstrap(),
+            topic: "overlap",
+            ns: topo.client_ns.clone(),
+        },
+    )
 }
 
 /// Counts, with confluent-kafka, the records in [start, end) per partition that carry the
@@ -203,12 +227,13 @@ print(json.dumps({"count": count, "high": high}))
 
 #[test]
 fn kafka_window_offsets_agree_with_an_independent_client_and_5_mb_round_trips() -> Result<()> {
-    let broker = Tansu::start()?;
+    let topo = Topology::new("xchk")?;
+    let broker = Tansu::start_in(&topo.client_ns)?;
     let backend = Backend::Kafka {
         bootstrap: broker.bootstrap(),
         topic: "xcheck",
+        ns: topo.client_ns.clone(),
     };
-    let topo = Topology::new("xchk")?;
     let _nginx = Nginx::start(&topo.server_ns, &[PORT])?;
     let run = backend.record(&topo, "win", &[])?;
     curl(&topo, "w", 10)?;
@@ -241,7 +266,7 @@ fn kafka_window_offsets_agree_with_an_independent_client_and_5_mb_round_trips() 
             .join(""))
     };
     let (start_json, end_json) = (window("start")?, window("end")?);
-    let out = run_ok(Command::new("python3").args([
+    let out = run_ok(backend.command("python3").args([
         "-c",
         PY_WINDOW,
         &broker.bootstrap(),
@@ -318,12 +343,13 @@ fn an_unreachable_broker_is_a_clear_error_within_10_seconds() -> Result<()> {
 
 #[test]
 fn broker_restart_mid_recording_keeps_exact_accounting() -> Result<()> {
-    let mut broker = Tansu::start()?;
+    let topo = Topology::new("brst")?;
+    let mut broker = Tansu::start_in(&topo.client_ns)?;
     let backend = Backend::Kafka {
         bootstrap: broker.bootstrap(),
         topic: "restart",
+        ns: topo.client_ns.clone(),
     };
-    let topo = Topology::new("brst")?;
     let nginx = Nginx::start(&topo.server_ns, &[PORT])?;
     let run = backend.record(&topo, "bumpy", &[])?;
     curl(&topo, "before", 5)?;
@@ -365,12 +391,13 @@ fn broker_restart_mid_recording_keeps_exact_accounting() -> Result<()> {
 
 #[test]
 fn a_full_producer_queue_is_a_counted_drop() -> Result<()> {
-    let broker = Tansu::start()?;
+    let topo = Topology::new("qcap")?;
+    let broker = Tansu::start_in(&topo.client_ns)?;
     let backend = Backend::Kafka {
         bootstrap: broker.bootstrap(),
         topic: "tiny-queue",
+        ns: topo.client_ns.clone(),
     };
-    let topo = Topology::new("qcap")?;
     let _nginx = Nginx::start(&topo.server_ns, &[PORT])?;
     let run = backend.record(&topo, "squeezed", &["--kafka-queue-messages", "5"])?;
     run_ok(
