@@ -417,3 +417,42 @@ fn a_full_producer_queue_is_a_counted_drop() -> Result<()> {
     assert_eq!(inspected, stored);
     Ok(())
 }
+
+#[test]
+fn a_kafka_recorder_killed_with_sigkill_leaves_an_interrupted_recording_with_provable_offsets()
+-> Result<()> {
+    let topo = Topology::new("kkil")?;
+    let broker = Tansu::start_in(&topo.client_ns)?;
+    let backend = Backend::Kafka {
+        bootstrap: broker.bootstrap(),
+        topic: "killed",
+        ns: topo.client_ns.clone(),
+    };
+    let _nginx = Nginx::start(&topo.server_ns, &[PORT])?;
+    let run = backend.record(&topo, "before", &[])?;
+    curl(&topo, "before", 3)?;
+    settle();
+    stop(run)?;
+    let before = backend.request_uris("before")?;
+
+    let run = backend.record(&topo, "crashed", &[])?;
+    curl(&topo, "crashed", 6)?;
+    // Past linger and delivery, so the messages are on the broker.
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = run.stop(libc::SIGKILL)?;
+    assert!(!out.status.success());
+
+    let list = backend.capture(&["recordings", "list"])?;
+    let line = list
+        .lines()
+        .find(|l| l.starts_with("crashed\t"))
+        .context("not listed")?;
+    assert!(line.contains("\tinterrupted\t"), "{list}");
+    assert!(
+        backend.field("crashed", "end")?.starts_with('{'),
+        "an interrupted recording has end offsets"
+    );
+    assert_eq!(backend.request_uris("crashed")?.len(), 6);
+    assert_eq!(backend.request_uris("before")?, before);
+    Ok(())
+}
