@@ -147,10 +147,19 @@ fn names_are_validated_and_unique(store: &mut dyn Store) {
 /// A message far larger than the fragment limit comes back byte for byte.
 fn large_messages_are_fragmented_and_rejoined(store: &mut dyn Store) {
     store.begin("big", "t").unwrap();
-    let big = message(1, 5_000_000);
-    store.append(&message(2, 3), &tags(&["big"])).unwrap();
+    // Appended in capture order, as a recorder does (reads return capture order).
+    let at = |mut m: HttpMessage, ts: u64| {
+        m.first_ts = Timestamp(ts);
+        m
+    };
+    let big = at(message(1, 5_000_000), 5_002);
+    store
+        .append(&at(message(2, 3), 5_001), &tags(&["big"]))
+        .unwrap();
     store.append(&big, &tags(&["big"])).unwrap();
-    store.append(&message(3, 3), &tags(&["big"])).unwrap();
+    store
+        .append(&at(message(3, 3), 5_003), &tags(&["big"]))
+        .unwrap();
     store.end("big", RecordingSummary::default()).unwrap();
     let read = read_all(store, "big");
     assert_eq!(ids(&read), vec![2, 1, 3]);
