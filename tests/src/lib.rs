@@ -70,3 +70,19 @@ pub mod broker;
 pub mod capture;
 pub mod netns;
 pub mod nginx;
+
+/// The bytes after the head of the first message in `file` that starts with `request_line`
+/// (e.g. a request's body inside a GoReplay export), up to the end of the file.
+pub fn bytes_after_head<'a>(file: &'a [u8], request_line: &[u8]) -> Result<&'a [u8]> {
+    let start = file
+        .windows(request_line.len())
+        .position(|w| w == request_line)
+        .with_context(|| format!("no {:?} in the file", String::from_utf8_lossy(request_line)))?;
+    let head_end = file[start..]
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("the message head does not end")?
+        + start
+        + 4;
+    Ok(&file[head_end..])
+}

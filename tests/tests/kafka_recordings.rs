@@ -300,18 +300,8 @@ fn kafka_window_offsets_agree_with_an_independent_client_and_5_mb_round_trips() 
     let gor = dir.path().join("win.gor");
     backend.capture(&["export", "win", "--gor", &gor.to_string_lossy()])?;
     let file = std::fs::read(&gor)?;
-    let needle = b"POST /upload HTTP/1.1";
-    let start = file
-        .windows(needle.len())
-        .position(|w| w == needle)
-        .context("no POST")?;
-    let head_end = file[start..]
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("no head end")?
-        + start
-        + 4;
-    assert_eq!(&file[head_end..head_end + body.len()], &body[..]);
+    let after = tests::bytes_after_head(&file, b"POST /upload HTTP/1.1")?;
+    assert_eq!(&after[..body.len()], &body[..]);
     Ok(())
 }
 

@@ -164,20 +164,10 @@ fn a_live_recording_holds_exactly_what_nginx_served_and_a_5_mb_body_byte_for_byt
         data.path(),
     )?;
     let file = std::fs::read(&gor)?;
-    let needle = b"POST /upload HTTP/1.1";
-    let start = file
-        .windows(needle.len())
-        .position(|w| w == needle)
-        .context("no POST in export")?;
-    let head_end = file[start..]
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("no head end")?
-        + start
-        + 4;
-    assert_eq!(&file[head_end..head_end + body.len()], &body[..]);
+    let after = tests::bytes_after_head(&file, b"POST /upload HTTP/1.1")?;
+    assert_eq!(&after[..body.len()], &body[..]);
     assert_eq!(
-        &file[head_end + body.len()..head_end + body.len() + 1],
+        &after[body.len()..body.len() + 1],
         b"\n",
         "body longer than sent"
     );

@@ -15,7 +15,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
     FragmentJoiner, MessageMeta, Recording, RecordingState, RecordingSummary, Store, StoreError,
-    StoredMessage, fragments, meta_for, node_name, resolve_interrupted, validate_name,
+    StoredMessage, exists_error, fragments, meta_for, node_name, resolve_interrupted,
+    validate_name,
 };
 use crate::message::HttpMessage;
 use crate::packet::Timestamp;
@@ -160,13 +161,7 @@ impl Store for EmbeddedStore {
         validate_name(name)?;
         self.flush()?;
         if let Some(existing) = self.load(name)? {
-            let existing = self.resolved(existing)?;
-            return Err(match existing.state {
-                RecordingState::Recording => {
-                    StoreError::Exists(format!("{name} (still recording)"))
-                }
-                _ => StoreError::Exists(name.to_string()),
-            });
+            return Err(exists_error(&self.resolved(existing)?));
         }
         let rec = Recording::started(
             name,

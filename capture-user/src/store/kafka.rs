@@ -26,7 +26,8 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::{
     FragmentJoiner, MessageMeta, Recording, RecordingState, RecordingSummary, Store, StoreError,
-    StoredKind, StoredMessage, fragments, meta_for, node_name, resolve_interrupted, validate_name,
+    StoredKind, StoredMessage, exists_error, fragments, meta_for, node_name, resolve_interrupted,
+    validate_name,
 };
 use crate::message::HttpMessage;
 use crate::packet::Timestamp;
@@ -367,13 +368,7 @@ impl Store for KafkaStore {
     fn begin(&mut self, name: &str, source: &str) -> Result<Recording, StoreError> {
         validate_name(name)?;
         if let Some(existing) = self.catalog()?.remove(name) {
-            let existing = self.resolved(existing)?;
-            return Err(match existing.state {
-                RecordingState::Recording => {
-                    StoreError::Exists(format!("{name} (still recording)"))
-                }
-                _ => StoreError::Exists(name.to_string()),
-            });
+            return Err(exists_error(&self.resolved(existing)?));
         }
         let rec = Recording::started(
             name,

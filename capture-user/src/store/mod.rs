@@ -420,6 +420,16 @@ pub trait Store: Send {
     ) -> Result<(), StoreError>;
 }
 
+/// The error for starting a name that is already in the catalog.
+pub fn exists_error(existing: &Recording) -> StoreError {
+    match existing.state {
+        RecordingState::Recording => {
+            StoreError::Exists(format!("{} (still recording)", existing.name))
+        }
+        _ => StoreError::Exists(existing.name.clone()),
+    }
+}
+
 /// Resolves a catalog entry whose recorder is gone into an interrupted recording.
 pub fn resolve_interrupted(
     mut rec: Recording,
