@@ -247,14 +247,14 @@ fn lenient_request_head(buf: &[u8]) -> Lenient {
 /// Bytes kept while resyncing, so a message start split across segments is still found.
 const RESYNC_KEEP: usize = 16;
 
+/// Values of every header called `name` (case-insensitive), without allocating.
 fn header<'a>(
     headers: &'a [httparse::Header<'a>],
-    name: &str,
+    name: &'static str,
 ) -> impl Iterator<Item = &'a [u8]> + 'a {
-    let name = name.to_string();
     headers
         .iter()
-        .filter(move |h| h.name.eq_ignore_ascii_case(&name))
+        .filter(move |h| h.name.eq_ignore_ascii_case(name))
         .map(|h| h.value)
 }
 
