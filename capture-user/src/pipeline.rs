@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 
-use crate::decode::decode_tcp;
+use crate::decode::{TcpSegment, decode_tcp};
 use crate::http::{ConnectionFramer, FramedMessage, HttpConfig, HttpStats, IdAllocator};
 use crate::message::HttpMessage;
 use crate::packet::{CapturedPacket, Timestamp};
@@ -126,6 +126,17 @@ impl Pipeline {
                 return;
             }
         };
+        self.push_segment(packet.ts, &segment, out);
+    }
+
+    /// Feeds one decoded TCP segment (what `push_packet` does after decoding; fuzzers and
+    /// sources that already have segments start here).
+    pub fn push_segment(
+        &mut self,
+        ts: Timestamp,
+        segment: &TcpSegment,
+        out: &mut Vec<HttpMessage>,
+    ) {
         let ports = &self.config.ports;
         if !ports.is_empty()
             && !ports.contains(&segment.src.port())
@@ -134,9 +145,14 @@ impl Pipeline {
             self.stats.other_ports += 1;
             return;
         }
-        self.last_ts = self.last_ts.max(packet.ts);
-        self.reassembler.push(packet.ts, &segment, &mut self.events);
+        self.last_ts = self.last_ts.max(ts);
+        self.reassembler.push(ts, segment, &mut self.events);
         self.drain(out);
+    }
+
+    /// Out-of-order bytes reassembly holds right now (bounded by the reassembly caps).
+    pub fn held_bytes(&self) -> usize {
+        self.reassembler.held_bytes()
     }
 
     /// Ends the input: open connections close, their open messages are emitted.

@@ -1,36 +1,35 @@
-//! Fuzzes TCP reassembly and framing with arbitrary segments of two connections.
-//! Run: `cargo xtask fuzz reassembler --seconds 60`.
+//! Fuzzes TCP reassembly and framing (the real `Pipeline`) with arbitrary segments of two
+//! connections. Run: `cargo xtask fuzz reassembler --seconds 60`.
 //! Checks: no panic, held bytes stay within the caps, output never exceeds input.
 #![no_main]
 
+use std::net::SocketAddr;
+
 use bytes::Bytes;
 use capture_user::decode::{TcpFlags, TcpSegment};
-use capture_user::http::{ConnectionFramer, HttpConfig, HttpStats, IdAllocator};
 use capture_user::packet::Timestamp;
-use capture_user::reassembly::{Reassembler, ReassemblyConfig, StreamEvent};
+use capture_user::pipeline::{Pipeline, PipelineConfig};
+use capture_user::reassembly::ReassemblyConfig;
 use libfuzzer_sys::fuzz_target;
-use std::collections::HashMap;
-use std::net::SocketAddr;
 
 const CAP: usize = 1 << 14;
 
 fuzz_target!(|data: &[u8]| {
-    let config = ReassemblyConfig {
-        max_connections: 4,
-        max_buffered_per_direction: CAP,
-        max_buffered_total: 2 * CAP,
-        idle_timeout_ns: 1_000_000_000,
-    };
-    let mut reassembler = Reassembler::new(config, |p| p == 80);
+    let mut pipeline = Pipeline::new(PipelineConfig {
+        ports: vec![80],
+        reassembly: ReassemblyConfig {
+            max_connections: 4,
+            max_buffered_per_direction: CAP,
+            max_buffered_total: 2 * CAP,
+            idle_timeout_ns: 1_000_000_000,
+        },
+        ..PipelineConfig::default()
+    });
     let endpoints: [SocketAddr; 3] = [
         "10.0.0.1:40000".parse().unwrap(),
         "10.0.0.2:80".parse().unwrap(),
         "10.0.0.3:40001".parse().unwrap(),
     ];
-    let mut framers: HashMap<u64, ConnectionFramer> = HashMap::new();
-    let mut ids = IdAllocator::default();
-    let mut stats = HttpStats::default();
-    let mut events = Vec::new();
     let mut out = Vec::new();
     let (mut fed, mut emitted) = (0usize, 0usize);
     let mut rest = data;
@@ -60,45 +59,15 @@ fuzz_target!(|data: &[u8]| {
             window: 0,
             payload,
         };
-        reassembler.push(Timestamp(ts), &seg, &mut events);
+        pipeline.push_segment(Timestamp(ts), &seg, &mut out);
         assert!(
-            reassembler.held_bytes() <= 2 * CAP + 255,
+            pipeline.held_bytes() <= 2 * CAP + 255,
             "held {}",
-            reassembler.held_bytes()
+            pipeline.held_bytes()
         );
-        for event in events.drain(..) {
-            match event {
-                StreamEvent::Opened {
-                    conn, midstream, ..
-                } => {
-                    framers.insert(
-                        conn,
-                        ConnectionFramer::new(HttpConfig::default(), midstream),
-                    );
-                }
-                StreamEvent::Data {
-                    conn,
-                    dir,
-                    ts,
-                    bytes,
-                } => {
-                    if let Some(f) = framers.get_mut(&conn) {
-                        f.data(dir, ts, &bytes, &mut ids, &mut stats, &mut out);
-                    }
-                }
-                StreamEvent::Gap { conn, dir, ts, .. } => {
-                    if let Some(f) = framers.get_mut(&conn) {
-                        f.gap(dir, ts, &mut stats, &mut out);
-                    }
-                }
-                StreamEvent::Closed { conn, ts, .. } => {
-                    if let Some(mut f) = framers.remove(&conn) {
-                        f.close(ts, &mut ids, &mut stats, &mut out);
-                    }
-                }
-            }
-        }
         emitted += out.drain(..).map(|m| m.bytes.len()).sum::<usize>();
     }
+    pipeline.finish(&mut out);
+    emitted += out.drain(..).map(|m| m.bytes.len()).sum::<usize>();
     assert!(emitted <= fed, "emitted {emitted} from {fed}");
 });

@@ -85,6 +85,14 @@ impl CaptureRun {
         Self::start(ns, &args)
     }
 
+    /// Starts `capture record --iface IFACE --port 8080 --name NAME EXTRA...` in `ns` (EXTRA
+    /// chooses the store).
+    pub fn record(ns: &str, iface: &str, name: &str, extra: &[String]) -> Result<Self> {
+        let mut args = vec!["record", "--iface", iface, "--port", "8080", "--name", name];
+        args.extend(extra.iter().map(String::as_str));
+        Self::start(ns, &args)
+    }
+
     /// Process id, to signal it.
     pub fn pid(&self) -> i32 {
         self.child.id() as i32

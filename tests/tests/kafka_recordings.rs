@@ -60,22 +60,9 @@ impl Backend<'_> {
     }
 
     fn record(&self, topo: &Topology, name: &str, extra: &[&str]) -> Result<CaptureRun> {
-        let mut args: Vec<String> = [
-            "record",
-            "--iface",
-            &topo.client_if,
-            "--port",
-            "8080",
-            "--name",
-            name,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(self.args());
+        let mut args = self.args();
         args.extend(extra.iter().map(|s| s.to_string()));
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        CaptureRun::start(&topo.client_ns, &refs)
+        CaptureRun::record(&topo.client_ns, &topo.client_if, name, &args)
     }
 
     /// URIs of the requests in a recording, in the order read.

@@ -89,21 +89,8 @@ fn curl(topo: &Topology, path: &str, extra: &[&str]) -> Result<()> {
 }
 
 fn record(topo: &Topology, name: &str, data_dir: &Path) -> Result<CaptureRun> {
-    let dir = data_dir.to_string_lossy().to_string();
-    CaptureRun::start(
-        &topo.client_ns,
-        &[
-            "record",
-            "--iface",
-            &topo.client_if,
-            "--port",
-            "8080",
-            "--name",
-            name,
-            "--data-dir",
-            &dir,
-        ],
-    )
+    let store = ["--data-dir".to_string(), data_dir.display().to_string()];
+    CaptureRun::record(&topo.client_ns, &topo.client_if, name, &store)
 }
 
 #[test]
