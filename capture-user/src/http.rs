@@ -92,6 +92,9 @@ pub struct FramedMessage {
     /// Body bytes as framed (chunked: the decoded length).
     pub body_len: u64,
     pub complete: bool,
+    /// The message's framing reached its end (it may still be incomplete because bytes beyond
+    /// `max_message_bytes` were not kept).
+    pub ended: bool,
 }
 
 /// Hands out message ids in the order messages start.
@@ -425,6 +428,7 @@ impl ConnectionFramer {
                 bytes: requests.buf.split().freeze(),
                 body_len: 0,
                 complete: false,
+                ended: false,
             });
         }
         for half in &mut self.halves {
@@ -457,6 +461,7 @@ impl ConnectionFramer {
         let Some(msg) = half.msg.take() else {
             return;
         };
+        let ended = complete;
         let complete = complete && !msg.cut;
         if !complete {
             stats.incomplete_messages += 1;
@@ -472,6 +477,7 @@ impl ConnectionFramer {
             bytes: msg.bytes.freeze(),
             body_len: msg.body_len,
             complete,
+            ended,
         });
     }
 

@@ -8,6 +8,7 @@ use capture_user::cmd::messages::{self, MessagesArgs};
 use capture_user::cmd::packets::{self, PacketsArgs};
 use capture_user::cmd::record::{self, ImportArgs, RecordArgs};
 use capture_user::cmd::recordings::{self, ExportArgs, InspectArgs, RecordingsCommand};
+use capture_user::cmd::replay::{self, ReplayArgs};
 
 /// Record live HTTP traffic on this node with eBPF, and replay it later.
 ///
@@ -46,6 +47,16 @@ enum Command {
     Inspect(InspectArgs),
     /// Write a recording in GoReplay's file format.
     Export(ExportArgs),
+    /// Send a recording's requests to a target: recorded timing (scaled by --speed), a fixed
+    /// --rate, or --max; filters and rewrites; a summary with statuses, latency and mismatches.
+    ///
+    /// Requests go byte for byte as recorded unless a rewrite says otherwise, each recorded
+    /// connection over a connection of its own. Exits non-zero when any request failed.
+    ///
+    /// Examples: capture replay checkout-peak --target http://staging:8080 --speed 2;
+    /// capture replay checkout-peak --target http://10.0.0.7 --rate 200 --exit-after 5m
+    /// --filter method=GET --set-header 'X-Replay: 1'
+    Replay(Box<ReplayArgs>),
 }
 
 fn main() -> ExitCode {
@@ -84,6 +95,7 @@ fn main() -> ExitCode {
             Command::Recordings(cmd) => recordings::run_recordings(cmd),
             Command::Inspect(args) => recordings::run_inspect(args),
             Command::Export(args) => recordings::run_export(args),
+            Command::Replay(args) => replay::run(*args).await,
         }
     });
     match result {

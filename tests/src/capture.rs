@@ -272,6 +272,16 @@ impl Tcpdump {
         })
     }
 
+    /// Stops tcpdump and keeps its pcap at `dest`.
+    pub fn stop_into(mut self, dest: &std::path::Path) -> Result<()> {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait()?;
+        std::fs::copy(&self.file, dest)
+            .with_context(|| format!("copying the pcap to {}", dest.display()))?;
+        Ok(())
+    }
+
     /// Stops tcpdump and decodes the TCP packets it saw.
     pub fn stop(mut self) -> Result<Vec<RefPacket>> {
         // SAFETY: kill(2) on our own child's pid.

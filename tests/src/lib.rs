@@ -66,6 +66,37 @@ pub fn run_ok(cmd: &mut Command) -> Result<Output> {
     Ok(out)
 }
 
+/// Counts of each distinct item: comparing request lists as multisets ignores the order in
+/// which concurrent connections interleave.
+pub fn multiset<T: std::hash::Hash + Eq>(
+    items: impl IntoIterator<Item = T>,
+) -> std::collections::HashMap<T, usize> {
+    let mut m = std::collections::HashMap::new();
+    for i in items {
+        *m.entry(i).or_insert(0) += 1;
+    }
+    m
+}
+
+/// wrk script: every request gets a URI of its own (thread id and counter), and every third is
+/// a POST to nginx's /upload with a body, so comparisons are request for request rather than
+/// counts of identical lines.
+pub const WRK_UNIQUE_URIS_SCRIPT: &str = r#"
+local next_id = 0
+setup = function(thread)
+  thread:set("tid", next_id)
+  next_id = next_id + 1
+end
+local n = 0
+request = function()
+  n = n + 1
+  if n % 3 == 0 then
+    return wrk.format("POST", "/upload?t=" .. tid .. "&n=" .. n, nil, string.rep("p", n % 2000))
+  end
+  return wrk.format("GET", "/index.html?t=" .. tid .. "&n=" .. n)
+end
+"#;
+
 pub mod broker;
 pub mod capture;
 pub mod netns;

@@ -16,7 +16,7 @@ pub struct Nginx {
 }
 
 /// One access log line, in the format this helper configures.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct AccessLogEntry {
     pub method: String,
     pub uri: String,
@@ -25,6 +25,17 @@ pub struct AccessLogEntry {
     pub request_length: u64,
     /// Response body bytes sent.
     pub body_bytes_sent: u64,
+    /// When nginx finished the request (seconds since the epoch, ms resolution).
+    pub msec: f64,
+    /// The Host header as received ("" when absent).
+    pub host: String,
+    /// The X-Replay header ("" when absent), for rewrite tests.
+    pub x_replay: String,
+    /// The X-Drop-Me header ("" when absent), for rewrite tests.
+    pub x_drop_me: String,
+    /// The request body, for the proxied `POST /upload` when it fit in memory (1 MiB);
+    /// "" otherwise. JSON escapes are undone.
+    pub request_body: String,
 }
 
 impl Nginx {
@@ -52,7 +63,7 @@ pid {d}/nginx.pid;
 events {{ worker_connections 4096; }}
 http {{
     access_log off;
-    log_format capture '$request_method $request_uri $status $request_length $body_bytes_sent';
+    log_format capture escape=json '$request_method\t$request_uri\t$status\t$request_length\t$body_bytes_sent\t$msec\t$http_host\t$http_x_replay\t$http_x_drop_me\t$request_body';
     client_body_temp_path {d}/body;
     proxy_temp_path {d}/proxy;
     fastcgi_temp_path {d}/fastcgi;
@@ -133,19 +144,53 @@ fn parse_access_log(path: &Path) -> Result<Vec<AccessLogEntry>> {
     };
     text.lines()
         .map(|line| {
-            let f: Vec<&str> = line.split(' ').collect();
-            if f.len() != 5 {
+            // Tabs inside values are escaped (escape=json), so splitting on tabs is exact.
+            let f: Vec<&str> = line.split('\t').collect();
+            if f.len() != 10 {
                 bail!("unexpected access log line {line:?}");
             }
             Ok(AccessLogEntry {
-                method: f[0].to_string(),
-                uri: f[1].to_string(),
+                method: unescape_json(f[0]),
+                uri: unescape_json(f[1]),
                 status: f[2].parse()?,
                 request_length: f[3].parse()?,
                 body_bytes_sent: f[4].parse()?,
+                msec: f[5].parse()?,
+                host: unescape_json(f[6]),
+                x_replay: unescape_json(f[7]),
+                x_drop_me: unescape_json(f[8]),
+                request_body: unescape_json(f[9]),
             })
         })
         .collect()
+}
+
+/// Undoes nginx's `escape=json` (\\", \\\\, \\n, \\r, \\t, \\uXXXX).
+fn unescape_json(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('r') => out.push('\r'),
+            Some('t') => out.push('\t'),
+            Some('b') => out.push('\u{8}'),
+            Some('f') => out.push('\u{c}'),
+            Some('u') => {
+                let hex: String = chars.by_ref().take(4).collect();
+                if let Some(ch) = u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32) {
+                    out.push(ch);
+                }
+            }
+            Some(other) => out.push(other),
+            None => out.push('\\'),
+        }
+    }
+    out
 }
 
 impl Drop for Nginx {

@@ -2,41 +2,13 @@
 //! `capture messages` runs on the client's veth; the messages printed must equal nginx's
 //! access log, request for request.
 
-use std::collections::HashMap;
-
 use anyhow::{Context, Result};
 use tests::capture::CaptureRun;
 use tests::netns::Topology;
 use tests::nginx::Nginx;
-use tests::run_ok;
+use tests::{multiset, run_ok};
 
 const PORT: u16 = 8080;
-
-/// wrk script: every request gets a URI of its own (thread id and counter), so the
-/// comparison is request for request rather than a count of identical lines.
-const WRK_SCRIPT: &str = r#"
-local next_id = 0
-setup = function(thread)
-  thread:set("tid", next_id)
-  next_id = next_id + 1
-end
-local n = 0
-request = function()
-  n = n + 1
-  if n % 3 == 0 then
-    return wrk.format("POST", "/upload?t=" .. tid .. "&n=" .. n, nil, string.rep("p", n % 2000))
-  end
-  return wrk.format("GET", "/index.html?t=" .. tid .. "&n=" .. n)
-end
-"#;
-
-fn multiset<T: std::hash::Hash + Eq>(items: impl IntoIterator<Item = T>) -> HashMap<T, usize> {
-    let mut m = HashMap::new();
-    for i in items {
-        *m.entry(i).or_insert(0) += 1;
-    }
-    m
-}
 
 #[test]
 fn messages_from_ten_seconds_of_wrk_equal_the_nginx_access_log() -> Result<()> {
@@ -44,7 +16,7 @@ fn messages_from_ten_seconds_of_wrk_equal_the_nginx_access_log() -> Result<()> {
     let nginx = Nginx::start(&topo.server_ns, &[PORT])?;
     let dir = tempfile::tempdir()?;
     let script = dir.path().join("unique.lua");
-    std::fs::write(&script, WRK_SCRIPT)?;
+    std::fs::write(&script, tests::WRK_UNIQUE_URIS_SCRIPT)?;
 
     let capture = CaptureRun::start(
         &topo.client_ns,

@@ -2,7 +2,6 @@
 //! nginx in a netns (its access log is the ground truth), a 5 MB body byte-exact, a recorder
 //! killed with SIGKILL, and GoReplay export/import.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 
@@ -10,7 +9,7 @@ use anyhow::{Context, Result, ensure};
 use tests::capture::CaptureRun;
 use tests::netns::Topology;
 use tests::nginx::Nginx;
-use tests::{capture_bin, run_ok, zeek_pcaps_dir};
+use tests::{capture_bin, multiset, run_ok, zeek_pcaps_dir};
 
 const PORT: u16 = 8080;
 
@@ -68,14 +67,6 @@ mod serde_json_lite {
             Some(rest[..end].trim().trim_matches('"').to_string())
         }
     }
-}
-
-fn multiset<T: std::hash::Hash + Eq>(items: impl IntoIterator<Item = T>) -> HashMap<T, usize> {
-    let mut m = HashMap::new();
-    for i in items {
-        *m.entry(i).or_insert(0) += 1;
-    }
-    m
 }
 
 fn curl(topo: &Topology, path: &str, extra: &[&str]) -> Result<()> {

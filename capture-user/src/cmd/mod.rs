@@ -6,6 +6,7 @@ pub mod messages;
 pub mod packets;
 pub mod record;
 pub mod recordings;
+pub mod replay;
 pub mod store_args;
 
 use crate::live::{CaptureStats, LiveCapture};

@@ -305,47 +305,68 @@ pub async fn run_record(args: RecordArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs `capture import`.
-pub fn run_import(args: ImportArgs) -> anyhow::Result<()> {
-    let mut head = [0u8; 4];
-    {
-        use std::io::Read as _;
-        let mut f = std::fs::File::open(&args.file)
-            .with_context(|| format!("cannot open {}", args.file.display()))?;
-        let n = f
-            .read(&mut head)
-            .with_context(|| format!("reading {}", args.file.display()))?;
-        if n == 0 {
-            bail!("{} is empty", args.file.display());
+/// What a file of messages is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileFormat {
+    /// pcap/pcapng (gzip too) or GoReplay, told apart by their first bytes.
+    Detect,
+    Pcap,
+    Gor,
+}
+
+/// Reads a pcap (framed by the capture pipeline, `ports` as in `capture messages`) or a
+/// GoReplay file into messages, with what was lost on the way (same names as live drops).
+pub fn read_messages_file(
+    path: &std::path::Path,
+    ports: &[u16],
+    format: FileFormat,
+) -> anyhow::Result<(Vec<HttpMessage>, BTreeMap<String, u64>)> {
+    let is_gor = match format {
+        FileFormat::Pcap => false,
+        FileFormat::Gor => true,
+        FileFormat::Detect => {
+            use std::io::Read as _;
+            let mut head = [0u8; 2];
+            let mut f = std::fs::File::open(path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            let n = f
+                .read(&mut head)
+                .with_context(|| format!("reading {}", path.display()))?;
+            if n == 0 {
+                bail!("{} is empty", path.display());
+            }
+            matches!(head[0], b'1' | b'2' | b'3') && head[1] == b' '
         }
-    }
-    let is_gor = matches!(head[0], b'1' | b'2' | b'3') && head[1] == b' ';
-    let mut store = args.store.open()?;
-    let source = format!("import {}", args.file.display());
-    let (messages, drops) = if is_gor {
-        let data = std::fs::read(&args.file)
-            .with_context(|| format!("reading {}", args.file.display()))?;
+    };
+    if is_gor {
+        let data =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         let payloads = crate::store::gor::parse(&data)
-            .with_context(|| format!("{} (GoReplay format)", args.file.display()))?;
+            .with_context(|| format!("{} (GoReplay format)", path.display()))?;
         let (messages, skipped) = crate::store::gor::to_messages(&payloads);
         let drops = BTreeMap::from_iter(
             (skipped > 0).then(|| ("replayed_responses_skipped".to_string(), skipped)),
         );
-        (messages, drops)
-    } else {
-        let packets = crate::pcap::open(&args.file)?;
-        let mut pipeline = Pipeline::new(PipelineConfig {
-            ports: args.ports.clone(),
-            ..PipelineConfig::default()
-        });
-        let mut messages = Vec::new();
-        for packet in packets {
-            pipeline.push_packet(&packet?, &mut messages);
-        }
-        pipeline.finish(&mut messages);
-        let drops = drops_of(&pipeline.stats(), &[]);
-        (messages, drops)
-    };
+        return Ok((messages, drops));
+    }
+    let packets = crate::pcap::open(path)?;
+    let mut pipeline = Pipeline::new(PipelineConfig {
+        ports: ports.to_vec(),
+        ..PipelineConfig::default()
+    });
+    let mut messages = Vec::new();
+    for packet in packets {
+        pipeline.push_packet(&packet?, &mut messages);
+    }
+    pipeline.finish(&mut messages);
+    Ok((messages, drops_of(&pipeline.stats(), &[])))
+}
+
+/// Runs `capture import`.
+pub fn run_import(args: ImportArgs) -> anyhow::Result<()> {
+    let (messages, drops) = read_messages_file(&args.file, &args.ports, FileFormat::Detect)?;
+    let mut store = args.store.open()?;
+    let source = format!("import {}", args.file.display());
     store.begin(&args.name, &source)?;
     let tags = vec![args.name.clone()];
     let mut bytes = 0u64;

@@ -1,6 +1,10 @@
-//! Replay: sending a recording's requests to a target. This module holds the sans-IO parts
-//! (when each request is due, and the statistics of what happened); the I/O shell that opens
-//! connections and sends is built on top of them.
+//! Replay: sending a recording's requests to a target. The sans-IO parts decide what is sent
+//! (`source`, `select`), when (`schedule`), how answers are read (`response`) and what is
+//! reported (`report`); `engine` is the async shell that opens connections and sends.
 
+pub mod engine;
+pub mod report;
+pub mod response;
 pub mod schedule;
-pub mod stats;
+pub mod select;
+pub mod source;

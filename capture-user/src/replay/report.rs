@@ -1,0 +1,403 @@
+//! What a replay did: counts, statuses, errors by kind, latency and scheduling-lag
+//! percentiles, and where the target answered differently than when it was recorded.
+//! Sans-IO: the engine feeds outcomes; the summary and the progress line read it.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Why a replayed request failed, named as in summaries and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FailureKind {
+    /// Nothing listens on the target (connection refused).
+    ConnectRefused,
+    /// No answer to the connection attempt within the connect timeout.
+    ConnectTimeout,
+    /// Any other connection failure (unreachable network, reset during connect...).
+    ConnectError,
+    /// Writing the request failed (the target reset or closed the connection).
+    WriteError,
+    /// No complete response within the response timeout.
+    ResponseTimeout,
+    /// The target closed or reset the connection before the response was complete.
+    ClosedBeforeResponse,
+    /// The target answered with bytes that are not HTTP.
+    BadResponse,
+}
+
+impl FailureKind {
+    /// Name in summaries, JSON and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ConnectRefused => "connect_refused",
+            Self::ConnectTimeout => "connect_timeout",
+            Self::ConnectError => "connect_error",
+            Self::WriteError => "write_error",
+            Self::ResponseTimeout => "response_timeout",
+            Self::ClosedBeforeResponse => "closed_before_response",
+            Self::BadResponse => "bad_response",
+        }
+    }
+}
+
+/// Largest value the histograms track (1 hour, in µs); larger values are clamped.
+const HISTOGRAM_MAX_US: u64 = 3_600_000_000;
+
+fn histogram() -> Histogram<u64> {
+    // Three significant digits: within 0.1%; bounds are constants, so this cannot fail.
+    Histogram::new_with_bounds(1, HISTOGRAM_MAX_US, 3).expect("valid histogram bounds")
+}
+
+fn record(h: &mut Histogram<u64>, d: Duration) {
+    let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    h.saturating_record(us.clamp(1, HISTOGRAM_MAX_US));
+}
+
+/// Running totals of one replay.
+#[derive(Clone, Debug)]
+pub struct Tally {
+    /// Sends the plan holds (requests × loops).
+    pub planned: u64,
+    /// Requests written (at least started) to the target.
+    pub sent: u64,
+    /// Requests that got a complete final response.
+    pub completed: u64,
+    /// Connections opened (the first for each recorded connection, then reconnects).
+    pub connections: u64,
+    pub failures: BTreeMap<FailureKind, u64>,
+    pub statuses: BTreeMap<u16, u64>,
+    /// (recorded status, replayed status) → count, for responses that differ.
+    pub mismatches: BTreeMap<(u16, u16), u64>,
+    pub response_body_bytes: u64,
+    latency: Histogram<u64>,
+    lag: Histogram<u64>,
+}
+
+impl Tally {
+    /// Empty totals for a plan of `planned` sends.
+    pub fn new(planned: u64) -> Self {
+        Self {
+            planned,
+            sent: 0,
+            completed: 0,
+            connections: 0,
+            failures: BTreeMap::new(),
+            statuses: BTreeMap::new(),
+            mismatches: BTreeMap::new(),
+            response_body_bytes: 0,
+            latency: histogram(),
+            lag: histogram(),
+        }
+    }
+
+    /// A request is being written `lag` after its planned time.
+    pub fn sent(&mut self, lag: Duration) {
+        self.sent += 1;
+        record(&mut self.lag, lag);
+    }
+
+    /// A request is not even written: its connection could not be opened.
+    pub fn not_sent(&mut self, lag: Duration, failure: FailureKind) {
+        record(&mut self.lag, lag);
+        *self.failures.entry(failure).or_default() += 1;
+    }
+
+    /// Its final response arrived `latency` after the send started.
+    pub fn completed(
+        &mut self,
+        status: u16,
+        recorded: Option<u16>,
+        body_len: u64,
+        latency: Duration,
+    ) {
+        self.completed += 1;
+        *self.statuses.entry(status).or_default() += 1;
+        if let Some(recorded) = recorded
+            && recorded != status
+        {
+            *self.mismatches.entry((recorded, status)).or_default() += 1;
+        }
+        self.response_body_bytes += body_len;
+        record(&mut self.latency, latency);
+    }
+
+    /// A sent request failed.
+    pub fn failed(&mut self, failure: FailureKind) {
+        *self.failures.entry(failure).or_default() += 1;
+    }
+
+    /// Failed requests, whatever the kind.
+    pub fn failures_total(&self) -> u64 {
+        self.failures.values().sum()
+    }
+
+    /// Sends that neither completed nor failed yet.
+    pub fn in_flight(&self) -> u64 {
+        self.sent
+            .saturating_sub(self.completed + self.failures_total() - self.connect_failures())
+    }
+
+    fn connect_failures(&self) -> u64 {
+        self.failures
+            .iter()
+            .filter(|(k, _)| {
+                matches!(
+                    k,
+                    FailureKind::ConnectRefused
+                        | FailureKind::ConnectTimeout
+                        | FailureKind::ConnectError
+                )
+            })
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// One progress line: done of planned, failures, rate so far.
+    pub fn progress_line(&self, elapsed: Duration) -> String {
+        let done = self.completed + self.failures_total();
+        let rate = self.completed as f64 / elapsed.as_secs_f64().max(1e-3);
+        format!(
+            "{done}/{} done, {} completed, {} failed, {rate:.0} req/s",
+            self.planned,
+            self.completed,
+            self.failures_total()
+        )
+    }
+
+    /// The summary once the replay is over.
+    pub fn report(&self, elapsed: Duration, ended_early: Option<&str>) -> ReplayReport {
+        let finished = self.completed + self.failures_total();
+        ReplayReport {
+            planned: self.planned,
+            sent: self.sent,
+            completed: self.completed,
+            failed: self.failures_total(),
+            not_run: self.planned.saturating_sub(finished),
+            failures: self
+                .failures
+                .iter()
+                .map(|(k, n)| (k.name().to_string(), *n))
+                .collect(),
+            statuses: self
+                .statuses
+                .iter()
+                .map(|(s, n)| (s.to_string(), *n))
+                .collect(),
+            status_mismatches: self.mismatches.values().sum(),
+            mismatches: self
+                .mismatches
+                .iter()
+                .map(|(&(recorded, replayed), &count)| Mismatch {
+                    recorded,
+                    replayed,
+                    count,
+                })
+                .collect(),
+            connections: self.connections,
+            response_body_bytes: self.response_body_bytes,
+            elapsed_s: elapsed.as_secs_f64(),
+            requests_per_second: self.completed as f64 / elapsed.as_secs_f64().max(1e-9),
+            latency_ms: Percentiles::of(&self.latency),
+            schedule_lag_ms: Percentiles::of(&self.lag),
+            ended_early: ended_early.map(str::to_string),
+        }
+    }
+}
+
+/// Percentiles in milliseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    fn of(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Self::default();
+        }
+        let ms = |us: u64| us as f64 / 1000.0;
+        Self {
+            count: h.len(),
+            p50: ms(h.value_at_quantile(0.50)),
+            p90: ms(h.value_at_quantile(0.90)),
+            p99: ms(h.value_at_quantile(0.99)),
+            max: ms(h.max()),
+        }
+    }
+}
+
+/// Responses whose status differs from the recorded one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Mismatch {
+    pub recorded: u16,
+    pub replayed: u16,
+    pub count: u64,
+}
+
+/// The summary of a replay, printed as text or JSON.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ReplayReport {
+    pub planned: u64,
+    pub sent: u64,
+    pub completed: u64,
+    pub failed: u64,
+    /// Planned sends that never ran (stopped early by --exit-after, Ctrl-C or a stop call).
+    pub not_run: u64,
+    pub failures: BTreeMap<String, u64>,
+    pub statuses: BTreeMap<String, u64>,
+    pub status_mismatches: u64,
+    pub mismatches: Vec<Mismatch>,
+    pub connections: u64,
+    pub response_body_bytes: u64,
+    pub elapsed_s: f64,
+    pub requests_per_second: f64,
+    /// From the first byte written to the last byte of the final response.
+    pub latency_ms: Percentiles,
+    /// How late each send started against its planned time.
+    pub schedule_lag_ms: Percentiles,
+    /// Why the replay stopped before its end, if it did.
+    pub ended_early: Option<String>,
+}
+
+impl ReplayReport {
+    /// The replay failed: some request got no response.
+    pub fn has_failures(&self) -> bool {
+        self.failed > 0
+    }
+
+    /// Human summary, several lines.
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "replayed {} of {} planned requests in {:.2} s: {} completed, {} failed, {} not run ({:.1} req/s, {} connections)",
+            self.sent,
+            self.planned,
+            self.elapsed_s,
+            self.completed,
+            self.failed,
+            self.not_run,
+            self.requests_per_second,
+            self.connections,
+        );
+        if let Some(why) = &self.ended_early {
+            let _ = writeln!(s, "ended early: {why}");
+        }
+        let pairs = |m: &BTreeMap<String, u64>| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let _ = writeln!(s, "statuses: {}", or_none(pairs(&self.statuses)));
+        let _ = writeln!(s, "failures: {}", or_none(pairs(&self.failures)));
+        let l = &self.latency_ms;
+        let _ = writeln!(
+            s,
+            "latency ms: p50={:.2} p90={:.2} p99={:.2} max={:.2}",
+            l.p50, l.p90, l.p99, l.max
+        );
+        let g = &self.schedule_lag_ms;
+        let _ = writeln!(
+            s,
+            "schedule lag ms: p50={:.2} p90={:.2} p99={:.2} max={:.2}",
+            g.p50, g.p90, g.p99, g.max
+        );
+        let diffs: Vec<String> = self
+            .mismatches
+            .iter()
+            .map(|m| format!("{}->{}: {}", m.recorded, m.replayed, m.count))
+            .collect();
+        let _ = writeln!(
+            s,
+            "status mismatches vs recorded: {}{}",
+            self.status_mismatches,
+            if diffs.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", diffs.join(", "))
+            }
+        );
+        s
+    }
+}
+
+fn or_none(s: String) -> String {
+    if s.is_empty() { "none".to_string() } else { s }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_counts_statuses_failures_mismatches_and_percentiles() {
+        let mut t = Tally::new(6);
+        for (i, (status, recorded)) in
+            [(200, Some(200)), (200, Some(404)), (500, None), (200, None)]
+                .into_iter()
+                .enumerate()
+        {
+            t.sent(Duration::from_millis(i as u64));
+            t.completed(
+                status,
+                recorded,
+                10,
+                Duration::from_millis(10 * (i as u64 + 1)),
+            );
+        }
+        t.sent(Duration::ZERO);
+        t.failed(FailureKind::ResponseTimeout);
+        let r = t.report(Duration::from_secs(2), Some("--exit-after 2s"));
+        assert_eq!(
+            (r.planned, r.sent, r.completed, r.failed, r.not_run),
+            (6, 5, 4, 1, 1)
+        );
+        assert_eq!(r.statuses.get("200"), Some(&3));
+        assert_eq!(r.statuses.get("500"), Some(&1));
+        assert_eq!(r.failures.get("response_timeout"), Some(&1));
+        assert_eq!(
+            r.mismatches,
+            vec![Mismatch {
+                recorded: 404,
+                replayed: 200,
+                count: 1
+            }]
+        );
+        assert_eq!(r.latency_ms.count, 4);
+        assert!((r.latency_ms.p50 - 20.0).abs() < 0.05, "{:?}", r.latency_ms);
+        assert!((r.latency_ms.max - 40.0).abs() < 0.05);
+        assert_eq!(r.schedule_lag_ms.count, 5);
+        assert!((r.requests_per_second - 2.0).abs() < 1e-9);
+        assert!(r.has_failures());
+        let text = r.to_text();
+        assert!(text.contains("statuses: 200=3 500=1"), "{text}");
+        assert!(text.contains("404->200: 1"), "{text}");
+        assert!(text.contains("ended early: --exit-after 2s"), "{text}");
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["failures"]["response_timeout"], 1);
+    }
+
+    #[test]
+    fn connect_failures_are_not_sends_and_in_flight_is_what_is_left() {
+        let mut t = Tally::new(3);
+        t.not_sent(Duration::ZERO, FailureKind::ConnectRefused);
+        t.sent(Duration::ZERO);
+        t.sent(Duration::ZERO);
+        t.completed(200, None, 0, Duration::from_millis(1));
+        assert_eq!(t.in_flight(), 1);
+        let r = t.report(Duration::from_secs(1), None);
+        assert_eq!((r.sent, r.failed, r.not_run), (2, 1, 1));
+        assert_eq!(
+            Tally::new(0).report(Duration::ZERO, None).latency_ms,
+            Percentiles::default()
+        );
+    }
+}
