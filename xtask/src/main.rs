@@ -65,7 +65,7 @@ enum Task {
     },
     /// Set up, build (release), and run the benchmarks, printing figures.
     Bench {
-        /// Which benchmarks: all, ebpf, drain.
+        /// Which benchmarks: all, ebpf, drain, store, replay.
         #[arg(default_value = "all")]
         which: String,
     },
