@@ -11,6 +11,7 @@ pub mod packet;
 pub mod pcap;
 pub mod pipeline;
 pub mod reassembly;
+pub mod recorder;
 pub mod replay;
 pub mod store;
 

@@ -3,19 +3,17 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::mpsc as std_mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cmd::capture_args::{CaptureArgs, parse_port};
 use crate::cmd::store_args::StoreArgs;
-use crate::live::LiveCapture;
 use crate::message::HttpMessage;
-use crate::packet::Timestamp;
-use crate::pipeline::{Pipeline, PipelineConfig, PipelineStats};
-use crate::store::{Recording, RecordingSummary, Store};
+use crate::pipeline::{Pipeline, PipelineConfig};
+use crate::recorder::{Recorder, RecorderConfig, drops_of};
+use crate::store::{Recording, RecordingSummary};
 
 /// Arguments of `capture record`.
 #[derive(Clone, Debug, clap::Args)]
@@ -30,6 +28,11 @@ pub struct RecordArgs {
     /// Stop after this long (e.g. 30s, 5m); otherwise Ctrl-C or SIGTERM.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
+
+    /// Join a recording of the same name that other nodes are making (Kafka only): each
+    /// node stores its part, and the recording's window spans them all.
+    #[arg(long, requires = "kafka")]
+    pub join: bool,
 
     #[command(flatten)]
     pub store: StoreArgs,
@@ -52,96 +55,6 @@ pub struct ImportArgs {
 
     #[command(flatten)]
     pub store: StoreArgs,
-}
-
-/// Messages waiting for the store thread (batches). When full, new messages are dropped and
-/// counted as `store_queue_full` instead of stalling capture.
-const STORE_QUEUE_BATCHES: usize = 256;
-
-/// How often the store thread makes queued messages durable.
-const FLUSH_EVERY: Duration = Duration::from_millis(200);
-
-/// Result of the store thread.
-struct StoreOutcome {
-    messages: u64,
-    bytes: u64,
-    error: Option<anyhow::Error>,
-}
-
-/// The store thread; joining it gives the store back with what it stored.
-type StoreThread = std::thread::JoinHandle<(Box<dyn Store>, StoreOutcome)>;
-
-/// Runs the store on its own thread (SQLite calls block), fed batches of messages.
-fn spawn_store_thread(
-    mut store: Box<dyn Store>,
-    name: String,
-) -> (std_mpsc::SyncSender<Vec<HttpMessage>>, StoreThread) {
-    let (tx, rx) = std_mpsc::sync_channel::<Vec<HttpMessage>>(STORE_QUEUE_BATCHES);
-    let handle = std::thread::spawn(move || {
-        let tags = vec![name];
-        let mut outcome = StoreOutcome {
-            messages: 0,
-            bytes: 0,
-            error: None,
-        };
-        let mut last_flush = Instant::now();
-        loop {
-            let batch = match rx.recv_timeout(FLUSH_EVERY) {
-                Ok(batch) => Some(batch),
-                Err(std_mpsc::RecvTimeoutError::Timeout) => None,
-                Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
-            };
-            for m in batch.iter().flatten() {
-                if let Err(e) = store.append(m, &tags) {
-                    outcome.error = Some(e.into());
-                    return (store, outcome);
-                }
-                outcome.messages += 1;
-                outcome.bytes += m.bytes.len() as u64;
-            }
-            if last_flush.elapsed() >= FLUSH_EVERY {
-                if let Err(e) = store.flush() {
-                    outcome.error = Some(e.into());
-                    return (store, outcome);
-                }
-                last_flush = Instant::now();
-            }
-        }
-        if let Err(e) = store.flush() {
-            outcome.error = Some(e.into());
-        }
-        (store, outcome)
-    });
-    (tx, handle)
-}
-
-fn drops_of(pipeline: &PipelineStats, extra: &[(&str, u64)]) -> BTreeMap<String, u64> {
-    let anomalies = [
-        "truncated_packets",
-        "connection_cap_hits",
-        "buffer_cap_hits",
-        "total_buffer_cap_hits",
-        "gaps",
-        "incomplete_messages",
-        "header_too_large",
-        "bad_message_head",
-        "bad_framing",
-        "body_too_large",
-        "upgrades",
-    ];
-    let mut drops: BTreeMap<String, u64> = pipeline
-        .pairs()
-        .into_iter()
-        .filter(|(k, v)| {
-            *v > 0 && (anomalies.contains(&k.as_str()) || k.starts_with("decode_error_"))
-        })
-        .collect();
-    for (k, v) in extra {
-        if *v > 0 {
-            drops.insert((*k).to_string(), *v);
-        }
-    }
-    drops
 }
 
 /// Prints what a user needs after a recording: counts, window, drops.
@@ -177,78 +90,40 @@ pub fn print_summary(rec: &Recording) {
 
 /// Runs `capture record`.
 pub async fn run_record(args: RecordArgs) -> anyhow::Result<()> {
-    let config = args.capture.to_config();
-    let mut store = args.store.open()?;
-    crate::store::validate_name(&args.name)?;
+    let store = args.store.open()?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    // Attach first, so a bad interface or missing privileges leaves no catalog entry behind.
-    let mut capture = LiveCapture::start(&config)?;
-    let source = format!(
-        "live {} ports {:?}",
-        config.interfaces.join(","),
-        config.ports
-    );
-    store.begin(&args.name, &source)?;
+    let config = RecorderConfig {
+        capture: args.capture.to_config(),
+        name: args.name.clone(),
+        join: args.join,
+    };
+    let recorder = Recorder::start(config, store).await?;
     eprintln!(
         "recording {} from {} ports {:?} into {}; stop with Ctrl-C",
         args.name,
-        config.interfaces.join(", "),
-        config.ports,
+        args.capture.interfaces.join(", "),
+        args.capture.ports,
         args.store.describe()
     );
-    let (tx, store_thread) = spawn_store_thread(store, args.name.clone());
-    let mut pipeline = Pipeline::new(PipelineConfig {
-        ports: config.ports.clone(),
-        ..PipelineConfig::default()
-    });
-    let mut queue_full: u64 = 0;
-    let mut sent: u64 = 0;
-    let mut messages = Vec::new();
-    let forward = |messages: &mut Vec<HttpMessage>, queue_full: &mut u64, sent: &mut u64| -> bool {
-        if messages.is_empty() {
-            return true;
-        }
-        let n = messages.len() as u64;
-        match tx.try_send(std::mem::take(messages)) {
-            Ok(()) => {
-                *sent += n;
-                true
-            }
-            Err(std_mpsc::TrySendError::Full(_)) => {
-                *queue_full += n;
-                true
-            }
-            Err(std_mpsc::TrySendError::Disconnected(_)) => false,
-        }
-    };
     let deadline = tokio::time::sleep(args.duration.unwrap_or(Duration::MAX / 4));
     tokio::pin!(deadline);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let started = Instant::now();
+    tick.tick().await;
     loop {
         tokio::select! {
-            batch = capture.recv() => match batch {
-                Some(batch) => {
-                    for packet in &batch {
-                        pipeline.push_packet(packet, &mut messages);
-                    }
-                    if !forward(&mut messages, &mut queue_full, &mut sent) {
-                        break;
-                    }
-                }
-                None => break,
-            },
             _ = tick.tick() => {
-                pipeline.expire(Timestamp::now(), &mut messages);
-                let stats = capture.stats()?;
+                if recorder.is_finished() {
+                    break;
+                }
+                let st = recorder.status();
                 eprintln!(
                     "recording {}: {:.0}s, {} messages, kernel drops {}, queue drops {}",
                     args.name,
-                    started.elapsed().as_secs_f64(),
-                    sent,
-                    stats.kernel.get(capture_common::Counter::DroppedRingFull),
-                    queue_full
+                    st.elapsed.as_secs_f64(),
+                    st.messages_queued,
+                    st.kernel.get(capture_common::Counter::DroppedRingFull),
+                    st.store_queue_full
                 );
             }
             _ = sigint.recv() => break,
@@ -256,52 +131,15 @@ pub async fn run_record(args: RecordArgs) -> anyhow::Result<()> {
             _ = &mut deadline, if args.duration.is_some() => break,
         }
     }
-    let capture_stats = crate::cmd::finish_live(capture, &mut pipeline, &mut messages).await?;
-    // The tail goes in with a blocking send: nothing already captured is dropped at the end.
-    if !messages.is_empty() {
-        let n = messages.len() as u64;
-        if tx.send(std::mem::take(&mut messages)).is_ok() {
-            sent += n;
-        }
-    }
-    drop(tx);
-    let (mut store, outcome) = tokio::task::spawn_blocking(move || store_thread.join())
-        .await
-        .context("joining the store thread")?
-        .map_err(|_| anyhow::anyhow!("the store thread panicked"))?;
-    let kernel = capture_stats.kernel;
-    let drops = drops_of(
-        &pipeline.stats(),
-        &[
-            (
-                "kernel_ring_full",
-                kernel.get(capture_common::Counter::DroppedRingFull),
-            ),
-            (
-                "kernel_copy_failed",
-                kernel.get(capture_common::Counter::DroppedCopyFailed),
-            ),
-            (
-                "kernel_truncated",
-                kernel.get(capture_common::Counter::Truncated),
-            ),
-            ("store_queue_full", queue_full),
-        ],
-    );
-    let summary = RecordingSummary {
-        messages: outcome.messages,
-        bytes: outcome.bytes,
-        drops,
-    };
-    let rec = store.end(&args.name, summary)?;
-    print_summary(&rec);
-    if let Some(e) = outcome.error {
+    recorder.stop();
+    let finished = recorder.finish().await?;
+    print_summary(&finished.recording);
+    if let Some(e) = finished.store_error {
         return Err(e.context(format!(
             "storing recording {} failed after {} messages (those are kept)",
-            args.name, outcome.messages
+            args.name, finished.recording.messages
         )));
     }
-    debug_assert!(sent >= outcome.messages);
     Ok(())
 }
 

@@ -10,7 +10,7 @@
 //! `capture.src`, `capture.dst`, `capture.node`, `capture.recordings` (comma-separated),
 //! `capture.fragment` (`i/n`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -26,8 +26,8 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::{
     FragmentJoiner, MessageMeta, Recording, RecordingState, RecordingSummary, Store, StoreError,
-    StoredKind, StoredMessage, exists_error, fragments, meta_for, node_name, resolve_interrupted,
-    validate_name,
+    StoredKind, StoredMessage, exists_error, fragments, merge_parts, meta_for, node_name, part_key,
+    resolve_interrupted, split_part_key, validate_name,
 };
 use crate::message::HttpMessage;
 use crate::packet::Timestamp;
@@ -109,6 +109,8 @@ pub struct KafkaStore {
     run: u64,
     queue_full: u64,
     appended: u64,
+    /// Recordings this store joined (their catalog entry is this node's part).
+    joined: HashSet<String>,
 }
 
 fn kafka_err(config: &KafkaConfig, what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -171,6 +173,7 @@ impl KafkaStore {
             run: Timestamp::now().0,
             queue_full: 0,
             appended: 0,
+            joined: HashSet::new(),
         };
         store.ensure_topics()?;
         Ok(store)
@@ -318,13 +321,35 @@ impl KafkaStore {
             .map_err(|e| self.err("writing the catalog", e))
     }
 
-    fn resolved(&self, rec: Recording) -> Result<Recording, StoreError> {
+    /// The entry under catalog `key`, marked interrupted (and saved so) if its owner is gone.
+    fn resolved(&self, key: &str, rec: Recording) -> Result<Recording, StoreError> {
         let marks = self.watermarks()?;
         let resolved = resolve_interrupted(rec.clone(), || marks);
         if resolved != rec {
-            self.save(&resolved.name, Some(&resolved))?;
+            self.save(key, Some(&resolved))?;
         }
         Ok(resolved)
+    }
+
+    /// Recordings by name: plain entries as they are, shared ones merged from their parts.
+    fn recordings(&self) -> Result<BTreeMap<String, Recording>, StoreError> {
+        let mut out = BTreeMap::new();
+        let mut parts: BTreeMap<String, Vec<Recording>> = BTreeMap::new();
+        for (key, rec) in self.catalog()? {
+            let (name, is_part) = split_part_key(&key);
+            let rec = self.resolved(&key, rec)?;
+            if is_part {
+                parts.entry(name.to_string()).or_default().push(rec);
+            } else {
+                out.insert(key, rec);
+            }
+        }
+        for (name, parts) in parts {
+            if let Some(merged) = merge_parts(&name, &parts) {
+                out.insert(name, merged);
+            }
+        }
+        Ok(out)
     }
 
     fn headers(meta: &MessageMeta, encoded: &[u8]) -> OwnedHeaders {
@@ -367,8 +392,8 @@ impl Store for KafkaStore {
 
     fn begin(&mut self, name: &str, source: &str) -> Result<Recording, StoreError> {
         validate_name(name)?;
-        if let Some(existing) = self.catalog()?.remove(name) {
-            return Err(exists_error(&self.resolved(existing)?));
+        if let Some(existing) = self.recordings()?.remove(name) {
+            return Err(exists_error(&existing));
         }
         let rec = Recording::started(
             name,
@@ -378,6 +403,39 @@ impl Store for KafkaStore {
             source,
         );
         self.save(name, Some(&rec))?;
+        Ok(rec)
+    }
+
+    fn join(&mut self, name: &str, source: &str) -> Result<Recording, StoreError> {
+        validate_name(name)?;
+        let key = part_key(name, &self.node);
+        let catalog = self.catalog()?;
+        if let Some(mine) = catalog.get(&key) {
+            let mine = self.resolved(&key, mine.clone())?;
+            if mine.state == RecordingState::Recording {
+                return Err(StoreError::Exists(format!(
+                    "{name} (already recording on node {})",
+                    self.node
+                )));
+            }
+        }
+        if let Some(existing) = self.recordings()?.remove(name) {
+            let shared = catalog.contains_key(&key)
+                || catalog.keys().any(|k| split_part_key(k) == (name, true));
+            // Join only a shared recording still under way; anything else keeps its name.
+            if !shared || existing.state != RecordingState::Recording {
+                return Err(exists_error(&existing));
+            }
+        }
+        let rec = Recording::started(
+            name,
+            "kafka",
+            Some(self.config.topic.clone()),
+            self.watermarks()?,
+            &format!("{}: {source}", self.node),
+        );
+        self.save(&key, Some(&rec))?;
+        self.joined.insert(name.to_string());
         Ok(rec)
     }
 
@@ -425,9 +483,14 @@ impl Store for KafkaStore {
 
     fn end(&mut self, name: &str, mut summary: RecordingSummary) -> Result<Recording, StoreError> {
         let flushed = self.flush();
+        let key = if self.joined.remove(name) {
+            part_key(name, &self.node)
+        } else {
+            name.to_string()
+        };
         let mut rec = self
             .catalog()?
-            .remove(name)
+            .remove(&key)
             .ok_or_else(|| StoreError::NotFound(name.to_string()))?;
         rec.end = Some(self.watermarks()?);
         rec.stopped_at_ns = Some(Timestamp::now().0);
@@ -453,28 +516,30 @@ impl Store for KafkaStore {
         rec.messages = summary.messages;
         rec.bytes = summary.bytes;
         rec.drops = summary.drops;
-        self.save(name, Some(&rec))?;
+        self.save(&key, Some(&rec))?;
         flushed?;
         Ok(rec)
     }
 
     fn list(&mut self) -> Result<Vec<Recording>, StoreError> {
-        let catalog = self.catalog()?;
-        catalog.into_values().map(|r| self.resolved(r)).collect()
+        Ok(self.recordings()?.into_values().collect())
     }
 
     fn get(&mut self, name: &str) -> Result<Recording, StoreError> {
-        let rec = self
-            .catalog()?
+        self.recordings()?
             .remove(name)
-            .ok_or_else(|| StoreError::NotFound(name.to_string()))?;
-        self.resolved(rec)
+            .ok_or_else(|| StoreError::NotFound(name.to_string()))
     }
 
     fn delete(&mut self, name: &str) -> Result<(), StoreError> {
-        // The catalog entry goes (a tombstone); the messages age out with the topic's retention.
+        // The catalog entries go (tombstones); the messages age out with the topic's retention.
         self.get(name)?;
-        self.save(name, None)
+        for key in self.catalog()?.into_keys() {
+            if split_part_key(&key).0 == name {
+                self.save(&key, None)?;
+            }
+        }
+        Ok(())
     }
 
     fn read(

@@ -35,6 +35,10 @@ pub enum StoreError {
     BadName(String),
     #[error("recording {0:?} is not being recorded by this process")]
     NotActive(String),
+    #[error(
+        "joining recording {0:?} across nodes needs the Kafka backend (--kafka); the embedded store belongs to one node"
+    )]
+    JoinUnsupported(String),
     #[error("store at {path}: {message}")]
     Backend { path: String, message: String },
     #[error("stored record at position {position} is corrupt: {message}")]
@@ -402,6 +406,13 @@ pub trait Store: Send {
     fn append(&mut self, message: &HttpMessage, recordings: &[String]) -> Result<(), StoreError>;
     /// Makes every queued message durable.
     fn flush(&mut self) -> Result<(), StoreError>;
+    /// Starts this node's part of a recording several nodes make under one name (or the first
+    /// part): the recording's window spans every part. Fails when the name belongs to a
+    /// recording that is not shared or no longer running, or this node already records it.
+    fn join(&mut self, name: &str, source: &str) -> Result<Recording, StoreError> {
+        let _ = source;
+        Err(StoreError::JoinUnsupported(name.to_string()))
+    }
     /// Stops a recording: flushes, takes the end positions, marks it complete.
     fn end(&mut self, name: &str, summary: RecordingSummary) -> Result<Recording, StoreError>;
     /// Every recording, with dead recorders' recordings shown as interrupted.
@@ -418,6 +429,72 @@ pub trait Store: Send {
         name: &str,
         visit: &mut dyn FnMut(StoredMessage) -> bool,
     ) -> Result<(), StoreError>;
+}
+
+/// Catalog key of one node's part of a shared recording (names never contain '#').
+pub fn part_key(name: &str, node: &str) -> String {
+    format!("{name}#{node}")
+}
+
+/// The recording name a catalog key belongs to, and whether it is a node's part.
+pub fn split_part_key(key: &str) -> (&str, bool) {
+    match key.split_once('#') {
+        Some((name, _)) => (name, true),
+        None => (key, false),
+    }
+}
+
+/// One view of a recording made of several nodes' parts: its window spans all of them
+/// (earliest start, latest end per partition), it is recording while any part is, and its
+/// counts add up. Messages carry the recording's name, so the wider window stays exact.
+pub fn merge_parts(name: &str, parts: &[Recording]) -> Option<Recording> {
+    let first = parts.first()?;
+    let mut merged = first.clone();
+    merged.name = name.to_string();
+    merged.owner = None;
+    merged.start = BTreeMap::new();
+    merged.drops = BTreeMap::new();
+    merged.messages = 0;
+    merged.bytes = 0;
+    let mut end: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut all_ended = true;
+    let mut sources = Vec::new();
+    for p in parts {
+        for (&partition, &offset) in &p.start {
+            let e = merged.start.entry(partition).or_insert(offset);
+            *e = (*e).min(offset);
+        }
+        match &p.end {
+            Some(p_end) => {
+                for (&partition, &offset) in p_end {
+                    let e = end.entry(partition).or_insert(offset);
+                    *e = (*e).max(offset);
+                }
+            }
+            None => all_ended = false,
+        }
+        merged.started_at_ns = merged.started_at_ns.min(p.started_at_ns);
+        merged.stopped_at_ns = match (merged.stopped_at_ns, p.stopped_at_ns) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            _ => None,
+        };
+        merged.messages += p.messages;
+        merged.bytes += p.bytes;
+        for (k, v) in &p.drops {
+            *merged.drops.entry(k.clone()).or_default() += v;
+        }
+        sources.push(p.source.clone());
+    }
+    merged.end = all_ended.then_some(end);
+    merged.state = if parts.iter().any(|p| p.state == RecordingState::Recording) {
+        RecordingState::Recording
+    } else if parts.iter().any(|p| p.state == RecordingState::Interrupted) {
+        RecordingState::Interrupted
+    } else {
+        RecordingState::Complete
+    };
+    merged.source = format!("shared by {} nodes: {}", parts.len(), sources.join("; "));
+    Some(merged)
 }
 
 /// The error for starting a name that is already in the catalog.
