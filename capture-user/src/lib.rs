@@ -15,5 +15,6 @@ pub mod recorder;
 pub mod replay;
 pub mod store;
 
+pub mod agent;
 pub mod cmd;
 pub mod live;

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use capture_user::cmd::agent::{self, AgentArgs};
 use capture_user::cmd::messages::{self, MessagesArgs};
 use capture_user::cmd::packets::{self, PacketsArgs};
 use capture_user::cmd::record::{self, ImportArgs, RecordArgs};
@@ -57,6 +58,11 @@ enum Command {
     /// capture replay checkout-peak --target http://10.0.0.7 --rate 200 --exit-after 5m
     /// --filter method=GET --set-header 'X-Replay: 1'
     Replay(Box<ReplayArgs>),
+    /// Serve the HTTP control API a load-testing platform drives: start/stop recordings,
+    /// start/poll/stop replays, /metrics (Prometheus), /healthz. One agent per node.
+    ///
+    /// Example: capture agent --listen 0.0.0.0:9300 --token-file /etc/capture/token --kafka kafka:9092
+    Agent(Box<AgentArgs>),
 }
 
 fn main() -> ExitCode {
@@ -96,6 +102,7 @@ fn main() -> ExitCode {
             Command::Inspect(args) => recordings::run_inspect(args),
             Command::Export(args) => recordings::run_export(args),
             Command::Replay(args) => replay::run(*args).await,
+            Command::Agent(args) => agent::run(*args).await,
         }
     });
     match result {

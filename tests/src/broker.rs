@@ -15,6 +15,8 @@ pub struct Tansu {
     port: u16,
     /// Network namespace it runs in (None: the test's own).
     netns: Option<String>,
+    /// Address it listens on and advertises.
+    host: String,
 }
 
 fn tansu_bin() -> PathBuf {
@@ -38,12 +40,27 @@ impl Tansu {
         Self::start_at(Some(ns.to_string()), 9092)
     }
 
+    /// Starts a broker inside namespace `ns` listening on `ip` (an address of that namespace),
+    /// so clients in other namespaces that route to `ip` reach it too.
+    pub fn start_on(ns: &str, ip: &str) -> Result<Self> {
+        let mut broker = Tansu {
+            child: None,
+            dir: tempfile::tempdir()?,
+            port: 9092,
+            netns: Some(ns.to_string()),
+            host: ip.to_string(),
+        };
+        broker.spawn()?;
+        Ok(broker)
+    }
+
     fn start_at(netns: Option<String>, port: u16) -> Result<Self> {
         let mut broker = Tansu {
             child: None,
             dir: tempfile::tempdir()?,
             port,
             netns,
+            host: "127.0.0.1".to_string(),
         };
         broker.spawn()?;
         Ok(broker)
@@ -51,13 +68,13 @@ impl Tansu {
 
     fn listening(&self) -> bool {
         match &self.netns {
-            None => std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok(),
+            None => std::net::TcpStream::connect((self.host.as_str(), self.port)).is_ok(),
             Some(ns) => Command::new("ip")
                 .args(["netns", "exec", ns, "ss", "-Htln"])
                 .output()
                 .map(|o| {
                     String::from_utf8_lossy(&o.stdout)
-                        .contains(&format!("127.0.0.1:{} ", self.port))
+                        .contains(&format!("{}:{} ", self.host, self.port))
                 })
                 .unwrap_or(false),
         }
@@ -65,11 +82,11 @@ impl Tansu {
 
     /// `host:port` to give clients.
     pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.host, self.port)
     }
 
     fn spawn(&mut self) -> Result<()> {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let url = format!("tcp://{}:{}", self.host, self.port);
         let mut cmd = match &self.netns {
             None => Command::new(tansu_bin()),
             Some(ns) => {

@@ -33,8 +33,15 @@ pub struct CaptureOutput {
 impl CaptureRun {
     /// Starts `capture ARGS` in namespace `ns` and waits until it reports that it captures.
     pub fn start(ns: &str, args: &[&str]) -> Result<Self> {
+        Self::start_with_env(ns, args, &[])
+    }
+
+    /// Like [`CaptureRun::start`], with extra environment variables (e.g. `CAPTURE_NODE`); also
+    /// waits for an agent's "agent listening" line.
+    pub fn start_with_env(ns: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
         let mut child = Topology::exec(ns, &capture_bin().to_string_lossy())
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -51,7 +58,10 @@ impl CaptureRun {
         let stderr = std::thread::spawn(move || {
             let mut lines = Vec::new();
             for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
-                if line.starts_with("capturing ") || line.starts_with("recording ") {
+                if line.starts_with("capturing ")
+                    || line.starts_with("recording ")
+                    || line.starts_with("agent listening ")
+                {
                     let _ = ready_tx.send(());
                 }
                 lines.push(line);

@@ -28,7 +28,7 @@ pub fn ensure_all() -> Result<()> {
     ensure_nightly_rust_src()?;
     ensure_bpf_linker()?;
     ensure_tansu()?;
-    ensure_python_kafka_client()?;
+    ensure_python_packages()?;
     Ok(())
 }
 
@@ -55,18 +55,34 @@ fn ensure_tansu() -> Result<()> {
     )
 }
 
-/// An independent Kafka client for cross-checking offsets in tests: PyPI's confluent-kafka
-/// (it bundles a recent librdkafka; Debian's kcat is too old for tansu).
-fn ensure_python_kafka_client() -> Result<()> {
-    let present = succeeds(Command::new("python3").args(["-c", "import confluent_kafka"]));
-    if present {
-        return Ok(());
+/// Python packages the tests use as independent peers: confluent-kafka (offsets cross-check)
+/// and prometheus-client (the reference parser of the agent's /metrics text).
+const PYTHON_PACKAGES: &[(&str, &str, &str)] = &[
+    (
+        "confluent_kafka",
+        "confluent-kafka",
+        "independent Kafka offsets check",
+    ),
+    (
+        "prometheus_client",
+        "prometheus-client",
+        "reference /metrics parser",
+    ),
+];
+
+fn ensure_python_packages() -> Result<()> {
+    for (module, package, why) in PYTHON_PACKAGES {
+        let present = succeeds(Command::new("python3").args(["-c", &format!("import {module}")]));
+        if present {
+            continue;
+        }
+        eprintln!("xtask: installing the {package} Python package ({why})");
+        quiet(
+            Command::new("python3").args(["-m", "pip", "install", "-q", package]),
+            &format!("pip install {package}"),
+        )?;
     }
-    eprintln!("xtask: installing the confluent-kafka Python client (independent offsets check)");
-    quiet(
-        Command::new("python3").args(["-m", "pip", "install", "-q", "confluent-kafka"]),
-        "pip install confluent-kafka",
-    )
+    Ok(())
 }
 
 fn ensure_apt_packages() -> Result<()> {

@@ -78,7 +78,11 @@ pub fn parse_byte_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size {text} is too large"))
 }
 
-fn parse_ring_size(text: &str) -> Result<u32, String> {
+/// Ring size when none is given.
+pub const DEFAULT_RING_BYTES: u32 = 16 << 20;
+
+/// Parses a ring size: a power of two between 4 KiB and 1 GiB.
+pub fn parse_ring_size(text: &str) -> Result<u32, String> {
     let bytes = parse_byte_size(text)?;
     if bytes < 4096 || !bytes.is_power_of_two() || bytes > 1 << 30 {
         return Err(format!(

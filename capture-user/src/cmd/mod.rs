@@ -1,6 +1,7 @@
 //! Command-line commands: each parses its own arguments (clap) and is a thin shell over the
 //! library stages.
 
+pub mod agent;
 pub mod capture_args;
 pub mod messages;
 pub mod packets;

@@ -13,7 +13,6 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::cmd::capture_args::parse_port;
 use crate::cmd::record::{FileFormat, read_messages_file};
 use crate::cmd::store_args::StoreArgs;
-use crate::message::HttpMessage;
 use crate::replay::engine::{EngineConfig, PreparedRequest, Replay};
 use crate::replay::report::ReplayReport;
 use crate::replay::schedule::{Pace, Recorded, plan};
@@ -230,68 +229,132 @@ pub fn pace_of(speed: f64, rate: Option<f64>, max: bool) -> Pace {
 }
 
 fn rewrites_of(args: &ReplayArgs) -> anyhow::Result<Rewrites> {
+    rewrites_from(
+        &args.rewrite_urls,
+        &args.set_headers,
+        &args.drop_headers,
+        args.host.as_deref(),
+    )
+}
+
+/// Rewrites from their textual specs (as flags or API fields give them).
+pub fn rewrites_from(
+    urls: &[String],
+    set_headers: &[String],
+    drop_headers: &[String],
+    host: Option<&str>,
+) -> anyhow::Result<Rewrites> {
     let mut rewrites = Rewrites::default();
-    for spec in &args.rewrite_urls {
+    for spec in urls {
         rewrites.add_url_rewrite(spec)?;
     }
-    for spec in &args.set_headers {
+    for spec in set_headers {
         rewrites.add_set_header(spec)?;
     }
-    for name in &args.drop_headers {
+    for name in drop_headers {
         rewrites.add_drop_header(name)?;
     }
-    if let Some(host) = &args.host {
+    if let Some(host) = host {
         rewrites.set_host(host)?;
     }
     Ok(rewrites)
 }
 
-/// Reads the messages of the chosen source and names it.
-fn load(args: &ReplayArgs) -> anyhow::Result<(String, Vec<HttpMessage>)> {
-    if let Some(path) = &args.gor {
-        let (messages, _) = read_messages_file(path, &[], FileFormat::Gor)?;
-        return Ok((format!("GoReplay file {}", path.display()), messages));
-    }
-    if let Some(path) = &args.pcap {
-        let (messages, _) = read_messages_file(path, &args.ports, FileFormat::Pcap)?;
-        return Ok((format!("pcap {}", path.display()), messages));
-    }
-    let Some(name) = &args.name else {
-        bail!("name a recording, or give --gor FILE or --pcap FILE");
-    };
-    let mut store = args.store.open()?;
-    let recording = store.get(name)?;
-    if recording.state == crate::store::RecordingState::Recording {
-        log::warn!("recording {name} is still running; replaying what it holds so far");
-    }
-    let mut stored = Vec::new();
-    store.read(name, &mut |m| {
-        stored.push(m);
-        true
-    })?;
-    Ok((format!("recording {name}"), from_stored(stored)))
+/// Where the requests come from.
+#[derive(Clone, Debug)]
+pub enum ReplaySource {
+    Recording(String),
+    Gor(PathBuf),
+    Pcap { file: PathBuf, ports: Vec<u16> },
 }
 
-/// Runs `capture replay`.
-pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
-    let target: Target = args.target.parse()?;
-    let pace = pace_of(args.speed, args.rate, args.max);
-    let filters = Filters::new(args.filters.clone());
-    let rewrites = rewrites_of(&args)?;
-    if args.concurrency == 0 {
+/// How to replay, whoever asks (the command line or the agent).
+#[derive(Clone, Debug)]
+pub struct ReplayOptions {
+    pub pace: Pace,
+    pub loops: u32,
+    pub exit_after: Option<Duration>,
+    pub concurrency: usize,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    pub filters: Filters,
+    pub rewrites: Rewrites,
+}
+
+/// A replay ready to start: what will be sent and when.
+pub struct LoadedReplay {
+    /// "recording R", "GoReplay file F", ...
+    pub source_name: String,
+    pub source: SourceStats,
+    pub filtered_out: u64,
+    /// Distinct requests (before loops).
+    pub requests: usize,
+    pub prepared: Vec<PreparedRequest>,
+    pub plan: Vec<crate::replay::schedule::Planned>,
+}
+
+impl LoadedReplay {
+    /// Planned time from the first send to the last.
+    pub fn span(&self) -> Duration {
+        self.plan.last().map(|p| p.due).unwrap_or_default()
+    }
+
+    /// Starts sending to `address` on the current runtime.
+    pub fn start(self, address: SocketAddr, options: &ReplayOptions) -> Replay {
+        Replay::start(
+            self.prepared,
+            self.plan,
+            EngineConfig {
+                target: address,
+                connect_timeout: options.connect_timeout,
+                response_timeout: options.timeout,
+                concurrency: options.concurrency,
+                exit_after: options.exit_after,
+            },
+        )
+    }
+}
+
+/// Reads the source (blocking: stores and files), selects, rewrites and plans.
+pub fn load_replay(
+    source: &ReplaySource,
+    store: &StoreArgs,
+    options: &ReplayOptions,
+) -> anyhow::Result<LoadedReplay> {
+    if options.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
-    let address = target.resolve().await?;
-
-    let (source_name, messages) = load(&args)?;
-    let (requests, source) = requests_from_messages(&messages);
+    let (source_name, messages) = match source {
+        ReplaySource::Gor(path) => {
+            let (messages, _) = read_messages_file(path, &[], FileFormat::Gor)?;
+            (format!("GoReplay file {}", path.display()), messages)
+        }
+        ReplaySource::Pcap { file, ports } => {
+            let (messages, _) = read_messages_file(file, ports, FileFormat::Pcap)?;
+            (format!("pcap {}", file.display()), messages)
+        }
+        ReplaySource::Recording(name) => {
+            let mut store = store.open()?;
+            let recording = store.get(name)?;
+            if recording.state == crate::store::RecordingState::Recording {
+                log::warn!("recording {name} is still running; replaying what it holds so far");
+            }
+            let mut stored = Vec::new();
+            store.read(name, &mut |m| {
+                stored.push(m);
+                true
+            })?;
+            (format!("recording {name}"), from_stored(stored))
+        }
+    };
+    let (requests, source_stats) = requests_from_messages(&messages);
     drop(messages);
-    let (requests, filtered_out) = select(requests, &filters)?;
+    let (requests, filtered_out) = select(requests, &options.filters)?;
     if requests.is_empty() {
         bail!(
             "{source_name} has no requests to replay ({} complete requests, {} incomplete skipped, {} left out by --filter)",
-            source.requests,
-            source.incomplete_skipped,
+            source_stats.requests,
+            source_stats.incomplete_skipped,
             filtered_out
         );
     }
@@ -302,36 +365,58 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
             ts_ns: r.ts_ns,
         })
         .collect();
-    let planned = plan(&recorded, pace, args.loops)?;
-    let prepared = prepare(&requests, &rewrites)?;
-    let span = planned.last().map(|p| p.due).unwrap_or_default();
+    let plan = plan(&recorded, options.pace, options.loops)?;
+    let prepared = prepare(&requests, &options.rewrites)?;
+    Ok(LoadedReplay {
+        source_name,
+        source: source_stats,
+        filtered_out,
+        requests: requests.len(),
+        prepared,
+        plan,
+    })
+}
+
+/// Runs `capture replay`.
+pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
+    let target: Target = args.target.parse()?;
+    let options = ReplayOptions {
+        pace: pace_of(args.speed, args.rate, args.max),
+        loops: args.loops,
+        exit_after: args.exit_after,
+        concurrency: args.concurrency,
+        connect_timeout: args.connect_timeout,
+        timeout: args.timeout,
+        filters: Filters::new(args.filters.clone()),
+        rewrites: rewrites_of(&args)?,
+    };
+    let source = match (&args.name, &args.gor, &args.pcap) {
+        (_, Some(gor), _) => ReplaySource::Gor(gor.clone()),
+        (_, _, Some(file)) => ReplaySource::Pcap {
+            file: file.clone(),
+            ports: args.ports.clone(),
+        },
+        (Some(name), _, _) => ReplaySource::Recording(name.clone()),
+        _ => bail!("name a recording, or give --gor FILE or --pcap FILE"),
+    };
+    let address = target.resolve().await?;
+    let loaded = load_replay(&source, &args.store, &options)?;
     eprintln!(
-        "replaying {} requests{} from {source_name} to http://{}:{} ({address}); {} incomplete skipped, {} filtered out; planned span {}",
-        requests.len(),
+        "replaying {} requests{} from {} to http://{}:{} ({address}); {} incomplete skipped, {} filtered out; planned span {}",
+        loaded.requests,
         if args.loops > 1 {
             format!(" x {} loops", args.loops)
         } else {
             String::new()
         },
+        loaded.source_name,
         target.host,
         target.port,
-        source.incomplete_skipped,
-        filtered_out,
-        humantime::format_duration(Duration::from_millis(span.as_millis() as u64)),
+        loaded.source.incomplete_skipped,
+        loaded.filtered_out,
+        humantime::format_duration(Duration::from_millis(loaded.span().as_millis() as u64)),
     );
-    drop(requests);
-
-    let replay = Replay::start(
-        prepared,
-        planned,
-        EngineConfig {
-            target: address,
-            connect_timeout: args.connect_timeout,
-            response_timeout: args.timeout,
-            concurrency: args.concurrency,
-            exit_after: args.exit_after,
-        },
-    );
+    let replay = loaded.start(address, &options);
     let interrupted = watch_progress(&replay, args.quiet).await?;
     let report = replay.finish().await;
     print_report(&report, args.json)?;

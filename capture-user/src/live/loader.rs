@@ -59,6 +59,22 @@ pub struct CaptureConfig {
     pub tc_netlink: bool,
 }
 
+impl LoaderError {
+    /// The caller asked for something impossible (as opposed to the machine failing).
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            Self::InterfaceNotFound(_)
+                | Self::UnsupportedLinkType { .. }
+                | Self::NoInterface
+                | Self::NoPort
+                | Self::PortZero
+                | Self::TooManyPorts { .. }
+                | Self::BadRingSize(_)
+        )
+    }
+}
+
 /// Why a capture could not start. Each message names the thing and the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum LoaderError {

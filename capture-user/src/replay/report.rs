@@ -267,6 +267,11 @@ pub struct ReplayReport {
 }
 
 impl ReplayReport {
+    /// A report of nothing yet.
+    pub fn empty() -> Self {
+        Tally::new(0).report(Duration::ZERO, None)
+    }
+
     /// The replay failed: some request got no response.
     pub fn has_failures(&self) -> bool {
         self.failed > 0

@@ -1,0 +1,511 @@
+//! `capture agent` over real HTTP (curl) in network namespaces: recordings and replays started,
+//! polled and stopped through the API match what the CLI gives; bad calls get the right status
+//! and a message naming the problem; two agents share one Kafka recording; /metrics parses with
+//! the reference Prometheus parser (prometheus-client) and moves with traffic.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::{Value, json};
+use tests::capture::CaptureRun;
+use tests::netns::Topology;
+use tests::nginx::Nginx;
+use tests::{capture_bin, multiset, run_ok};
+
+const TOKEN: &str = "s3cret-token-for-tests";
+const API_PORT: u16 = 9300;
+
+/// An agent in a namespace and how to call it.
+struct Api<'a> {
+    ns: &'a str,
+    base: String,
+}
+
+impl Api<'_> {
+    /// Calls the API with curl (from the agent's namespace) and returns status and JSON body.
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<(u16, Value)> {
+        let (status, text) = self.raw(method, path, body, token)?;
+        let value = if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text)
+                .with_context(|| format!("{method} {path}: not JSON: {text}"))?
+        };
+        Ok((status, value))
+    }
+
+    fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<(u16, String)> {
+        let mut cmd = Topology::exec(self.ns, "curl");
+        cmd.args(["-sS", "-X", method, "-w", "\n%{http_code}"]);
+        if let Some(token) = token {
+            cmd.args(["-H", &format!("Authorization: Bearer {token}")]);
+        }
+        if let Some(body) = body {
+            cmd.args([
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                body,
+            ]);
+        }
+        cmd.arg(format!("{}{path}", self.base));
+        let out = run_ok(&mut cmd)?;
+        let text = String::from_utf8(out.stdout)?;
+        let (body, code) = text.rsplit_once('\n').context("no status from curl")?;
+        Ok((code.trim().parse()?, body.to_string()))
+    }
+
+    fn ok(&self, method: &str, path: &str, body: Option<&str>) -> Result<Value> {
+        let (status, v) = self.call(method, path, body, Some(TOKEN))?;
+        ensure!(
+            (200..300).contains(&status),
+            "{method} {path}: {status} {v}"
+        );
+        Ok(v)
+    }
+
+    /// Polls a replay until it is no longer running.
+    fn wait_replay(&self, id: &str) -> Result<Value> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let v = self.ok("GET", &format!("/v1/replays/{id}"), None)?;
+            if v["state"] != "running" && v["state"] != "finishing" {
+                return Ok(v);
+            }
+            ensure!(Instant::now() < deadline, "replay {id} still running: {v}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The metrics, parsed by prometheus-client into (name, labels, value) samples.
+    fn metrics(&self) -> Result<Vec<(String, Value, f64)>> {
+        let (status, text) = self.raw("GET", "/metrics", None, Some(TOKEN))?;
+        ensure!(status == 200, "/metrics: {status}");
+        let script = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+out = []
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        out.append([s.name, s.labels, s.value])
+print(json.dumps(out))
+"#;
+        let mut child = Command::new("python3")
+            .args(["-c", script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(text.as_bytes())?;
+        let out = child.wait_with_output()?;
+        ensure!(
+            out.status.success(),
+            "prometheus-client rejected /metrics: {}\n{text}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let samples: Vec<(String, Value, f64)> = serde_json::from_slice(&out.stdout)?;
+        Ok(samples)
+    }
+}
+
+fn sample(samples: &[(String, Value, f64)], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|(n, l, _)| n == name && labels.iter().all(|(k, v)| l[*k] == *v))
+        .map(|(_, _, v)| *v)
+}
+
+fn start_agent(
+    topo_ns: &str,
+    listen: &str,
+    data_dir: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Result<CaptureRun> {
+    let token_file = data_dir.join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n"))?;
+    let mut args = vec![
+        "agent".to_string(),
+        "--listen".into(),
+        listen.into(),
+        "--token-file".into(),
+        token_file.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    CaptureRun::start_with_env(topo_ns, &args, env)
+}
+
+fn curl_n(topo: &Topology, port: u16, tag: &str, n: usize) -> Result<()> {
+    for i in 0..n {
+        run_ok(topo.client("curl").args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            &format!("http://{}:{port}/index.html?{tag}={i}", topo.server_ip),
+        ]))?;
+    }
+    Ok(())
+}
+
+/// Waits until `f` holds (live counters update every second).
+fn eventually(what: &str, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if f()? {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bail!("timed out waiting for {what}")
+}
+
+#[test]
+fn recordings_and_replays_over_the_api_match_the_cli_and_metrics_move_with_traffic() -> Result<()> {
+    let topo = Topology::new("agt")?;
+    let nginx = Nginx::start(&topo.server_ns, &[8080])?;
+    let data = tempfile::tempdir()?;
+    let dir = data.path().display().to_string();
+    let listen = format!("{}:{API_PORT}", topo.client_ip);
+    let agent = start_agent(
+        &topo.client_ns,
+        &listen,
+        data.path(),
+        &["--data-dir", &dir],
+        &[],
+    )?;
+    // Called from the server host: the agent listens beyond loopback.
+    let api = Api {
+        ns: &topo.server_ns,
+        base: format!("http://{listen}"),
+    };
+    assert_eq!(api.raw("GET", "/healthz", None, None)?.0, 200);
+
+    let body = json!({"name": "api1", "interfaces": [topo.client_if], "ports": [8080]}).to_string();
+    let started = api.ok("POST", "/v1/recordings", Some(&body))?;
+    assert_eq!(started["state"], "recording");
+    let before = api.metrics()?;
+    curl_n(&topo, 8080, "api", 10)?;
+    eventually("20 messages in the live counters", || {
+        let v = api.ok("GET", "/v1/recordings/api1", None)?;
+        Ok(v["state"] == "recording" && v["live"]["messages_queued"] == 20)
+    })?;
+    let after = api.metrics()?;
+    let messages = |s: &[(String, Value, f64)]| {
+        sample(
+            s,
+            "capture_recording_messages_total",
+            &[("recording", "api1")],
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!((messages(&before), messages(&after)), (0.0, 20.0));
+    let captured = |s: &[(String, Value, f64)]| {
+        sample(
+            s,
+            "capture_kernel_packets_total",
+            &[("recording", "api1"), ("counter", "captured")],
+        )
+        .unwrap_or(0.0)
+    };
+    assert!(
+        captured(&after) > captured(&before),
+        "kernel counters did not move"
+    );
+    assert_eq!(sample(&after, "capture_recordings_active", &[]), Some(1.0));
+
+    let stopped = api.ok("POST", "/v1/recordings/api1/stop", None)?;
+    assert_eq!(stopped["state"], "complete");
+    assert_eq!(stopped["messages"], 20);
+    let list = api.ok("GET", "/v1/recordings", None)?;
+    assert!(
+        list["recordings"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|r| r["name"] == "api1"))
+    );
+    // The CLI sees the same recording.
+    let inspect =
+        run_ok(Command::new(capture_bin()).args(["inspect", "api1", "--data-dir", &dir]))?;
+    assert_eq!(String::from_utf8(inspect.stdout)?.lines().count(), 20);
+
+    // A replay through the API, next to the same replay through the CLI.
+    let target = format!("http://{}:8080", topo.server_ip);
+    let body = json!({"recording": "api1", "target": target, "max": true}).to_string();
+    let created = api.ok("POST", "/v1/replays", Some(&body))?;
+    let id = created["id"].as_str().context("no replay id")?.to_string();
+    let done = api.wait_replay(&id)?;
+    assert_eq!(done["state"], "finished", "{done}");
+    assert_eq!(done["progress"]["completed"], 10);
+    let cli = run_ok(topo.client(&capture_bin().to_string_lossy()).args([
+        "replay",
+        "api1",
+        "--target",
+        &target,
+        "--max",
+        "--json",
+        "--quiet",
+        "--data-dir",
+        &dir,
+    ]))?;
+    let cli: Value = serde_json::from_slice(&cli.stdout)?;
+    for field in [
+        "planned",
+        "completed",
+        "failed",
+        "statuses",
+        "status_mismatches",
+        "connections",
+    ] {
+        assert_eq!(
+            done["report"][field], cli[field],
+            "{field}: API {done} CLI {cli}"
+        );
+    }
+    let log = nginx.access_log()?;
+    assert_eq!(log.len(), 30);
+    let uris = |range: std::ops::Range<usize>| multiset(log[range].iter().map(|e| e.uri.clone()));
+    assert_eq!(uris(10..20), uris(0..10));
+    assert_eq!(uris(20..30), uris(0..10));
+    let m = api.metrics()?;
+    assert_eq!(
+        sample(
+            &m,
+            "capture_replay_requests_total",
+            &[("replay", &id), ("outcome", "completed")]
+        ),
+        Some(10.0)
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "capture_replay_responses_total",
+            &[("replay", &id), ("status", "200")]
+        ),
+        Some(10.0)
+    );
+
+    // A long replay stopped with DELETE.
+    let body = json!({"recording": "api1", "target": target, "rate": 5.0, "loop": 20}).to_string();
+    let created = api.ok("POST", "/v1/replays", Some(&body))?;
+    let id = created["id"].as_str().context("no replay id")?.to_string();
+    std::thread::sleep(Duration::from_millis(1200));
+    let running = api.ok("GET", &format!("/v1/replays/{id}"), None)?;
+    assert_eq!(running["state"], "running");
+    assert!(
+        running["progress"]["done"].as_u64().unwrap_or(0) >= 3,
+        "{running}"
+    );
+    let stopped = api.ok("DELETE", &format!("/v1/replays/{id}"), None)?;
+    assert_eq!(stopped["state"], "stopped");
+    let completed = stopped["report"]["completed"].as_u64().unwrap_or(0);
+    assert!(
+        completed < 200 && stopped["report"]["not_run"].as_u64().unwrap_or(0) > 0,
+        "{stopped}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(nginx.access_log()?.len() as u64, 30 + completed);
+
+    // SIGTERM: the agent ends cleanly and leaves nothing attached.
+    let out = agent.stop(libc::SIGTERM)?;
+    assert!(out.status.success(), "{}", out.stderr.join("\n"));
+    let left = Topology::attachments(&topo.client_ns, &topo.client_if)?.leftovers();
+    assert!(left.is_empty(), "{left:?}");
+    Ok(())
+}
+
+/// Method, path, body, token, expected status, what the message must name.
+type BadCall<'a> = (&'a str, &'a str, String, Option<&'a str>, u16, &'a str);
+
+#[test]
+fn bad_calls_get_the_right_status_and_a_message_naming_the_problem() -> Result<()> {
+    let topo = Topology::new("agb")?;
+    let _nginx = Nginx::start(&topo.server_ns, &[8080])?;
+    let data = tempfile::tempdir()?;
+    let dir = data.path().display().to_string();
+    let listen = format!("{}:{API_PORT}", topo.client_ip);
+    let allowed = format!("{}:8080", topo.server_ip);
+    let agent = start_agent(
+        &topo.client_ns,
+        &listen,
+        data.path(),
+        &["--data-dir", &dir, "--allow-target", &allowed],
+        &[],
+    )?;
+    let api = Api {
+        ns: &topo.client_ns,
+        base: format!("http://{listen}"),
+    };
+
+    // A recording that must survive everything below.
+    let good = json!({"name": "keep", "interfaces": [topo.client_if], "ports": [8080]}).to_string();
+    api.ok("POST", "/v1/recordings", Some(&good))?;
+    curl_n(&topo, 8080, "keep", 5)?;
+
+    let iface = topo.client_if.clone();
+    let cases: Vec<BadCall> = vec![
+        ("POST", "/v1/recordings", "{".into(), Some(TOKEN), 400, "request body"),
+        ("POST", "/v1/recordings", json!({"name": "x", "interfaces": [iface], "ports": [8080], "bogus": 1}).to_string(), Some(TOKEN), 400, "bogus"),
+        ("POST", "/v1/recordings", json!({"name": "x", "interfaces": [iface], "ports": [70000]}).to_string(), Some(TOKEN), 400, "ports: 70000"),
+        ("POST", "/v1/recordings", json!({"name": "x", "interfaces": [iface], "ports": [0]}).to_string(), Some(TOKEN), 400, "ports: 0"),
+        ("POST", "/v1/recordings", json!({"name": "x", "interfaces": ["nosuch0"], "ports": [8080]}).to_string(), Some(TOKEN), 400, "nosuch0"),
+        ("POST", "/v1/recordings", json!({"name": "bad name", "interfaces": [iface], "ports": [8080]}).to_string(), Some(TOKEN), 400, "name"),
+        ("POST", "/v1/recordings", good.clone(), None, 401, "token"),
+        ("POST", "/v1/recordings", good.clone(), Some("wrong-token-of-same-len"), 401, "token"),
+        ("GET", "/v1/recordings", String::new(), Some("x"), 401, "token"),
+        ("POST", "/v1/recordings", good.clone(), Some(TOKEN), 409, "already running"),
+        ("POST", "/v1/recordings/nope/stop", String::new(), Some(TOKEN), 404, "nope"),
+        ("GET", "/v1/recordings/nope", String::new(), Some(TOKEN), 404, "nope"),
+        ("GET", "/v1/replays/r999", String::new(), Some(TOKEN), 404, "r999"),
+        ("POST", "/v1/replays", json!({"recording": "nope", "target": format!("http://{allowed}")}).to_string(), Some(TOKEN), 404, "nope"),
+        ("POST", "/v1/replays", json!({"recording": "keep", "target": "http://10.9.9.9:80"}).to_string(), Some(TOKEN), 403, "allow-target"),
+        ("POST", "/v1/replays", json!({"recording": "keep", "target": "ftp://x"}).to_string(), Some(TOKEN), 400, "target"),
+        ("POST", "/v1/replays", json!({"recording": "keep", "target": format!("http://{allowed}"), "filters": ["colour=red"]}).to_string(), Some(TOKEN), 400, "--filter"),
+        ("POST", "/v1/replays", json!({"recording": "keep", "target": format!("http://{allowed}"), "speed": -1}).to_string(), Some(TOKEN), 400, "--speed"),
+        ("GET", "/v1/nothing", String::new(), Some(TOKEN), 404, "no route"),
+    ];
+    for (method, path, body, token, status, says) in cases {
+        let body = (!body.is_empty()).then_some(body.as_str());
+        let (got, v) = api.call(method, path, body, token)?;
+        let message = v["error"].as_str().unwrap_or_default();
+        assert_eq!(got, status, "{method} {path} {body:?}: {v}");
+        assert!(
+            message.contains(says),
+            "{method} {path} {body:?}: {message:?} lacks {says:?}"
+        );
+    }
+    // Still up, nothing lost, nothing left attached by the failed starts.
+    assert_eq!(api.raw("GET", "/healthz", None, None)?.0, 200);
+    let stopped = api.ok("POST", "/v1/recordings/keep/stop", None)?;
+    assert_eq!(stopped["messages"], 10, "{stopped}");
+    let out = agent.stop(libc::SIGTERM)?;
+    assert!(out.status.success(), "{}", out.stderr.join("\n"));
+    assert!(
+        Topology::attachments(&topo.client_ns, &topo.client_if)?
+            .leftovers()
+            .is_empty()
+    );
+
+    // Beyond loopback without a token: refused at start, one line.
+    let out = topo
+        .client(&capture_bin().to_string_lossy())
+        .args(["agent", "--listen", &listen, "--data-dir", &dir])
+        .output()?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.trim().lines().count() == 1 && stderr.contains("--token-file"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+#[test]
+fn two_agents_record_one_shared_kafka_recording_and_its_replay_sends_both_nodes_requests()
+-> Result<()> {
+    let topo = Topology::new("ag2")?;
+    let nginx = Nginx::start(&topo.server_ns, &[8080, 8081])?;
+    let broker = tests::broker::Tansu::start_on(&topo.client_ns, &topo.client_ip)?;
+    let kafka = broker.bootstrap();
+    let dir_a = tempfile::tempdir()?;
+    let dir_b = tempfile::tempdir()?;
+    let store = [
+        "--kafka",
+        kafka.as_str(),
+        "--topic",
+        "shared-test",
+        "--partitions",
+        "2",
+    ];
+    let listen_a = format!("{}:{API_PORT}", topo.client_ip);
+    let listen_b = format!("{}:{API_PORT}", topo.server_ip);
+    let agent_a = start_agent(
+        &topo.client_ns,
+        &listen_a,
+        dir_a.path(),
+        &store,
+        &[("CAPTURE_NODE", "node-a")],
+    )?;
+    let agent_b = start_agent(
+        &topo.server_ns,
+        &listen_b,
+        dir_b.path(),
+        &store,
+        &[("CAPTURE_NODE", "node-b")],
+    )?;
+    let a = Api {
+        ns: &topo.client_ns,
+        base: format!("http://{listen_a}"),
+    };
+    let b = Api {
+        ns: &topo.server_ns,
+        base: format!("http://{listen_b}"),
+    };
+
+    // Node a sees port 8080 on its veth, node b port 8081 on its own: disjoint traffic.
+    let start = |api: &Api, iface: &str, port: u16| {
+        api.ok(
+            "POST",
+            "/v1/recordings",
+            Some(&json!({"name": "shared", "interfaces": [iface], "ports": [port]}).to_string()),
+        )
+    };
+    assert_eq!(start(&a, &topo.client_if, 8080)?["shared"], true);
+    assert_eq!(start(&b, &topo.server_if, 8081)?["shared"], true);
+    curl_n(&topo, 8080, "a", 5)?;
+    curl_n(&topo, 8081, "b", 7)?;
+    std::thread::sleep(Duration::from_millis(1500));
+    a.ok("POST", "/v1/recordings/shared/stop", None)?;
+    let seen_from_a = a.ok("GET", "/v1/recordings/shared", None)?;
+    assert_eq!(
+        seen_from_a["state"], "recording",
+        "b is still recording: {seen_from_a}"
+    );
+    b.ok("POST", "/v1/recordings/shared/stop", None)?;
+    let rec = a.ok("GET", "/v1/recordings/shared", None)?;
+    assert_eq!(rec["state"], "complete", "{rec}");
+    assert_eq!(rec["messages"], 24, "{rec}");
+    let source = rec["source"].as_str().unwrap_or_default();
+    assert!(
+        source.contains("node-a") && source.contains("node-b"),
+        "{source}"
+    );
+
+    let recorded = nginx.access_log()?;
+    assert_eq!(recorded.len(), 12);
+    let target = format!("http://{}:8080", topo.server_ip);
+    let created = a.ok(
+        "POST",
+        "/v1/replays",
+        Some(&json!({"recording": "shared", "target": target, "max": true}).to_string()),
+    )?;
+    let done = a.wait_replay(created["id"].as_str().context("id")?)?;
+    assert_eq!(done["progress"]["completed"], 12, "{done}");
+    let log = nginx.access_log()?;
+    assert_eq!(
+        multiset(log[12..].iter().map(|e| e.uri.clone())),
+        multiset(recorded.iter().map(|e| e.uri.clone()))
+    );
+    agent_a.stop(libc::SIGTERM)?;
+    agent_b.stop(libc::SIGTERM)?;
+    drop(broker);
+    Ok(())
+}
