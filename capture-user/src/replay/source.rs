@@ -132,6 +132,33 @@ mod tests {
     }
 
     #[test]
+    fn stored_ids_are_made_unique_across_nodes_and_runs() {
+        let stored = |node: &str, m: HttpMessage| StoredMessage {
+            meta: crate::store::meta_for(&m, node, 7, &["r".to_string()]),
+            bytes: m.bytes.clone(),
+        };
+        let messages = from_stored(vec![
+            stored("a", msg(1, 1, 10, get("/a"), None)),
+            stored("b", msg(1, 1, 11, get("/b"), None)),
+            stored(
+                "b",
+                msg(2, 1, 12, MessageKind::Response { status: 500 }, Some(1)),
+            ),
+            stored(
+                "a",
+                msg(2, 1, 13, MessageKind::Response { status: 200 }, Some(1)),
+            ),
+        ]);
+        let (requests, _) = requests_from_messages(&messages);
+        let got: Vec<(&str, Option<u16>)> = requests
+            .iter()
+            .map(|r| (r.uri.as_str(), r.recorded_status))
+            .collect();
+        assert_eq!(got, vec![("/a", Some(200)), ("/b", Some(500))]);
+        assert_ne!(requests[0].conn, requests[1].conn);
+    }
+
+    #[test]
     fn keeps_complete_requests_in_capture_order_with_final_statuses() {
         let mut incomplete = msg(5, 3, 15, get("/cut"), None);
         incomplete.complete = false;

@@ -520,3 +520,70 @@ pub fn resolve_interrupted(
     }
     rec
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(
+        start: &[(i32, i64)],
+        end: Option<&[(i32, i64)]>,
+        state: RecordingState,
+        messages: u64,
+    ) -> Recording {
+        let mut r = Recording::started(
+            "shared",
+            "kafka",
+            Some("t".into()),
+            start.iter().copied().collect(),
+            "node: live",
+        );
+        r.end = end.map(|e| e.iter().copied().collect());
+        r.state = state;
+        r.messages = messages;
+        r.drops.insert("gaps".into(), 1);
+        r
+    }
+
+    #[test]
+    fn shared_parts_merge_into_one_window_spanning_every_node() {
+        let a = part(
+            &[(0, 10), (1, 5)],
+            Some(&[(0, 20), (1, 9)]),
+            RecordingState::Complete,
+            4,
+        );
+        let b = part(
+            &[(0, 12), (1, 3)],
+            Some(&[(0, 30), (1, 7)]),
+            RecordingState::Complete,
+            6,
+        );
+        let m = merge_parts("shared", &[a.clone(), b.clone()]).unwrap();
+        assert_eq!(m.start, BTreeMap::from([(0, 10), (1, 3)]));
+        assert_eq!(m.end, Some(BTreeMap::from([(0, 30), (1, 9)])));
+        assert_eq!(
+            (m.state, m.messages, m.drops["gaps"]),
+            (RecordingState::Complete, 10, 2)
+        );
+        assert!(m.owner.is_none());
+        assert!(m.source.starts_with("shared by 2 nodes"));
+
+        let running = part(&[(0, 15)], None, RecordingState::Recording, 0);
+        let m = merge_parts("shared", &[a.clone(), running]).unwrap();
+        assert_eq!((m.state, m.end), (RecordingState::Recording, None));
+        let dead = part(&[(0, 15)], Some(&[(0, 16)]), RecordingState::Interrupted, 1);
+        assert_eq!(
+            merge_parts("shared", &[a, dead]).unwrap().state,
+            RecordingState::Interrupted
+        );
+        assert!(merge_parts("shared", &[]).is_none());
+    }
+
+    #[test]
+    fn part_keys_never_collide_with_names() {
+        assert_eq!(split_part_key(&part_key("peak", "node-1")), ("peak", true));
+        assert_eq!(split_part_key("peak"), ("peak", false));
+        assert!(validate_name("peak#node").is_err());
+    }
+}
