@@ -324,15 +324,16 @@ impl Agent {
             })?
         };
         recorder.stop();
-        let status_before = recorder.status();
+        let last_seen = recorder.status();
         let result = recorder.finish().await;
         let mut recordings = lock(&self.recordings);
         let entry = recordings
             .get_mut(name)
             .ok_or_else(|| ApiError::not_found(name.to_string()))?;
-        entry.status = status_before;
+        entry.status = last_seen;
         match result {
             Ok(finished) => {
+                entry.status = finished.status.clone();
                 entry.finished = Some(finished.recording.clone());
                 entry.error = finished.store_error.map(|e| format!("{e:#}"));
                 let mut body = recording_json(&finished.recording);

@@ -131,10 +131,30 @@ pub struct RecorderStatus {
     pub pipeline: PipelineStats,
 }
 
+impl RecorderStatus {
+    fn of(
+        started: Instant,
+        messages_queued: u64,
+        store_queue_full: u64,
+        kernel: CounterSnapshot,
+        pipeline: &Pipeline,
+    ) -> Self {
+        Self {
+            elapsed: started.elapsed(),
+            messages_queued,
+            store_queue_full,
+            kernel,
+            pipeline: pipeline.stats(),
+        }
+    }
+}
+
 /// How a recording ended.
 pub struct FinishedRecording {
     /// The catalog entry as the store closed it (messages, bytes, window, drops).
     pub recording: Recording,
+    /// The counters at the end.
+    pub status: RecorderStatus,
     /// Set when storing failed part way (what was stored before is kept).
     pub store_error: Option<anyhow::Error>,
 }
@@ -242,14 +262,8 @@ async fn record(
             _ = tick.tick() => {
                 pipeline.expire(Timestamp::now(), &mut messages);
                 let kernel = capture.stats()?.kernel;
-                let mut st = status.lock().unwrap_or_else(|e| e.into_inner());
-                *st = RecorderStatus {
-                    elapsed: started.elapsed(),
-                    messages_queued: sent,
-                    store_queue_full: queue_full,
-                    kernel,
-                    pipeline: pipeline.stats(),
-                };
+                let now = RecorderStatus::of(started, sent, queue_full, kernel, &pipeline);
+                *status.lock().unwrap_or_else(|e| e.into_inner()) = now;
             }
             _ = stop.wait_for(|s| *s) => break,
         }
@@ -268,16 +282,8 @@ async fn record(
         .context("joining the store thread")?
         .map_err(|_| anyhow::anyhow!("the store thread panicked"))?;
     let kernel = capture_stats.kernel;
-    {
-        let mut st = status.lock().unwrap_or_else(|e| e.into_inner());
-        *st = RecorderStatus {
-            elapsed: started.elapsed(),
-            messages_queued: sent,
-            store_queue_full: queue_full,
-            kernel,
-            pipeline: pipeline.stats(),
-        };
-    }
+    let last = RecorderStatus::of(started, sent, queue_full, kernel, &pipeline);
+    *status.lock().unwrap_or_else(|e| e.into_inner()) = last.clone();
     let drops = drops_of(
         &pipeline.stats(),
         &[
@@ -304,6 +310,7 @@ async fn record(
     let recording = store.end(&config.name, summary)?;
     Ok(FinishedRecording {
         recording,
+        status: last,
         store_error: outcome.error,
     })
 }
