@@ -29,6 +29,7 @@ pub fn ensure_all() -> Result<()> {
     ensure_bpf_linker()?;
     ensure_tansu()?;
     ensure_python_packages()?;
+    ensure_kubernetes_validator()?;
     Ok(())
 }
 
@@ -83,6 +84,29 @@ fn ensure_python_packages() -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// kubernetes-validate checks deploy/kubernetes against the Kubernetes schemas it bundles,
+/// offline (no cluster, no schema download). Pinned: the bundled schemas decide which
+/// Kubernetes versions tests/tests/deploy_manifests.rs can name, so moving to a newer
+/// Kubernetes is a deliberate change of both.
+const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
+
+fn ensure_kubernetes_validator() -> Result<()> {
+    let installed =
+        capture_stdout(Command::new("python3").args(["-m", "kubernetes_validate", "--version"]))
+            .is_ok_and(|v| v.trim() == KUBERNETES_VALIDATE_VERSION);
+    if installed {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: installing kubernetes-validate {KUBERNETES_VALIDATE_VERSION} (checks the Kubernetes manifests offline)"
+    );
+    let package = format!("kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}");
+    quiet(
+        Command::new("python3").args(["-m", "pip", "install", "-q", &package]),
+        &format!("pip install {package}"),
+    )
 }
 
 fn ensure_apt_packages() -> Result<()> {
