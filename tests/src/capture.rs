@@ -39,9 +39,32 @@ impl CaptureRun {
     /// Like [`CaptureRun::start`], with extra environment variables (e.g. `CAPTURE_NODE`); also
     /// waits for an agent's "agent listening" line.
     pub fn start_with_env(ns: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
-        let mut child = Topology::exec(ns, &capture_bin().to_string_lossy())
-            .args(args)
-            .envs(env.iter().copied())
+        let mut cmd = Topology::exec(ns, &capture_bin().to_string_lossy());
+        cmd.args(args).envs(env.iter().copied());
+        Self::spawn_ready(cmd)
+    }
+
+    /// Like [`CaptureRun::start`], as root holding only the capabilities `caps` (setpriv
+    /// names, e.g. `["bpf", "net_admin", "perfmon"]`) with `no_new_privs`, the way a
+    /// container that drops all but these runs it.
+    pub fn start_with_caps(ns: &str, caps: &[&str], args: &[&str]) -> Result<Self> {
+        Self::spawn_ready(Self::with_only_caps(ns, caps, args))
+    }
+
+    /// The command `capture ARGS` in `ns` as root with only `caps` (see
+    /// [`CaptureRun::start_with_caps`]).
+    pub fn with_only_caps(ns: &str, caps: &[&str], args: &[&str]) -> std::process::Command {
+        let keep: String = caps.iter().map(|c| format!(",+{c}")).collect();
+        let mut cmd = Topology::exec(ns, "setpriv");
+        cmd.arg(format!("--bounding-set=-all{keep}"))
+            .args(["--inh-caps=-all", "--no-new-privs", "--"])
+            .arg(capture_bin())
+            .args(args);
+        cmd
+    }
+
+    fn spawn_ready(mut cmd: std::process::Command) -> Result<Self> {
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

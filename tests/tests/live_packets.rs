@@ -203,6 +203,40 @@ fn curl_get_and_post_are_seen_packet_for_packet_in_both_directions() -> Result<(
     assert_clean(&topo.client_ns, &topo.client_if)
 }
 
+#[test]
+fn captures_with_only_cap_bpf_net_admin_and_perfmon_like_the_daemonset() -> Result<()> {
+    let topo = Topology::new("caps")?;
+    let _nginx = Nginx::start(&topo.server_ns, &[PORT])?;
+    let port = PORT.to_string();
+    let capture = CaptureRun::start_with_caps(
+        &topo.client_ns,
+        &["bpf", "net_admin", "perfmon"],
+        &["packets", "--iface", &topo.client_if, "--port", &port],
+    )?;
+    let (status, _, _) = curl(
+        &topo,
+        &format!("http://{}:{PORT}/index.html", topo.server_ip),
+        &[],
+    )?;
+    assert_eq!(status, 200);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let out = capture.stop(libc::SIGTERM)?;
+    assert!(
+        out.status.success(),
+        "capture failed: {:?}\n{}",
+        out.status,
+        out.stderr.join("\n")
+    );
+    let packets = out.packets()?;
+    assert!(
+        packets.iter().any(|p| p.direction == "out" && p.len > 0)
+            && packets.iter().any(|p| p.direction == "in" && p.len > 0),
+        "request and response payload expected: {packets:#?}"
+    );
+    assert_eq!(check_counters(&out)?["dropped_ring_full"], 0);
+    assert_clean(&topo.client_ns, &topo.client_if)
+}
+
 /// A 5 MB POST, captured where the hook sees the client's direction: TC egress on the
 /// client, XDP ingress on the server. Returns (captured client payload, bytes curl sent).
 fn five_mb_post(attach: &str, signal: i32) -> Result<(u64, u64, CaptureOutput)> {
@@ -376,6 +410,12 @@ fn bad_input_and_missing_privileges_give_one_line_errors_and_attach_nothing() ->
         .args(["packets", "--iface", &topo.client_if, "--port", "80"]);
     let msg = expect_one_line_error(&mut unprivileged)?;
     assert!(msg.contains("root") && msg.contains("CAP_BPF"), "{msg}");
+
+    // Root without CAP_PERFMON (and CAP_SYS_ADMIN): the same line, not a verifier dump.
+    let args = ["packets", "--iface", &topo.client_if, "--port", "80"];
+    let mut no_perfmon = CaptureRun::with_only_caps(&topo.client_ns, &["bpf", "net_admin"], &args);
+    let msg = expect_one_line_error(&mut no_perfmon)?;
+    assert!(msg.contains("CAP_PERFMON"), "{msg}");
 
     assert_clean(&topo.client_ns, &topo.client_if)
 }

@@ -95,7 +95,7 @@ pub enum LoaderError {
     #[error("ring size {0} bytes is not a power of two of at least 4096; try 16MiB")]
     BadRingSize(u64),
     #[error(
-        "capturing needs root or CAP_BPF+CAP_NET_ADMIN (+CAP_PERFMON); run with sudo or via `cargo xtask run`"
+        "capturing needs root or CAP_BPF+CAP_NET_ADMIN+CAP_PERFMON; run with sudo or via `cargo xtask run`"
     )]
     MissingPrivileges,
     #[error("loading the eBPF programs failed: {0}")]
@@ -172,9 +172,12 @@ pub fn validate(config: &CaptureConfig) -> Result<(), LoaderError> {
 }
 
 /// True when the effective capabilities allow loading BPF and attaching to interfaces.
+/// CAP_PERFMON (or CAP_SYS_ADMIN) counts too: without it the verifier refuses the packet
+/// parser's pointer arithmetic with a dump no operator can act on.
 fn has_capture_privileges() -> bool {
     const CAP_NET_ADMIN: u32 = 12;
     const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
     const CAP_BPF: u32 = 39;
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
         return false;
@@ -187,7 +190,7 @@ fn has_capture_privileges() -> bool {
         return false;
     };
     let has = |cap: u32| eff & (1u64 << cap) != 0;
-    (has(CAP_BPF) || has(CAP_SYS_ADMIN)) && has(CAP_NET_ADMIN)
+    (has(CAP_SYS_ADMIN) || has(CAP_BPF) && has(CAP_PERFMON)) && has(CAP_NET_ADMIN)
 }
 
 enum AttachedLink {
