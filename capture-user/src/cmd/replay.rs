@@ -58,7 +58,8 @@ pub struct ReplayArgs {
     #[arg(long = "loop", value_name = "N", default_value_t = 1)]
     pub loops: u32,
 
-    /// Stop after this long (e.g. 30s, 5m), whatever is left.
+    /// Stop sending after this long (e.g. 30s, 5m), whatever is left; requests already sent
+    /// get up to 2 s more for their answers. Ctrl-C does the same.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub exit_after: Option<Duration>,
 

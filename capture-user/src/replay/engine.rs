@@ -32,6 +32,11 @@ const CONNECT_LEAD: Duration = Duration::from_millis(50);
 /// Read buffer per connection.
 const READ_BUFFER: usize = 64 << 10;
 
+/// After a stop (--exit-after, Ctrl-C, a stop call), how long requests already written get
+/// for their answers; no new request is written meanwhile. What is still unanswered then is
+/// reported as in flight, not as completed, failed or never run.
+pub const STOP_GRACE: Duration = Duration::from_secs(2);
+
 /// How to reach the target and how long to wait for it.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -188,8 +193,9 @@ async fn run(
         };
         let Ok(permit) = permit else { break };
         let shared = shared.clone();
+        let stop = stop.clone();
         tasks.spawn(async move {
-            replay_connection(&shared, plan).await;
+            replay_connection(&shared, plan, stop).await;
             drop(permit);
         });
         // Finished tasks are reaped as we go, so the set holds at most `concurrency`.
@@ -199,8 +205,14 @@ async fn run(
         tokio::select! {
             next = tasks.join_next() => if next.is_none() { break },
             _ = stopped(&mut stop) => {
-                tasks.abort_all();
-                while tasks.join_next().await.is_some() {}
+                // Connections stop writing by themselves; in-flight answers get the grace.
+                let drained = timeout(STOP_GRACE, async {
+                    while tasks.join_next().await.is_some() {}
+                });
+                if drained.await.is_err() {
+                    tasks.abort_all();
+                    while tasks.join_next().await.is_some() {}
+                }
                 break;
             }
         }
@@ -247,14 +259,28 @@ fn still_open(conn: &Connection) -> bool {
     }
 }
 
-async fn replay_connection(shared: &Shared, plan: ConnectionPlan) {
+async fn replay_connection(
+    shared: &Shared,
+    plan: ConnectionPlan,
+    mut stop: watch::Receiver<Option<String>>,
+) {
     let mut buf = vec![0u8; READ_BUFFER];
     // Opened ahead of the first request (see CONNECT_LEAD); a failure counts at the due time.
-    let mut first_attempt = Some(connect(shared).await);
+    let mut first_attempt = tokio::select! {
+        attempt = connect(shared) => Some(attempt),
+        _ = stopped(&mut stop) => return,
+    };
     let mut open: Option<Connection> = None;
     for (index, due) in plan.sends {
         let due_at = shared.start + due;
-        sleep_until(due_at).await;
+        tokio::select! {
+            _ = sleep_until(due_at) => {}
+            _ = stopped(&mut stop) => return,
+        }
+        // A stop that came exactly at the due time still wins: nothing new after a stop.
+        if stop.borrow().is_some() {
+            return;
+        }
         let attempt = match first_attempt.take() {
             Some(attempt) => attempt,
             None => match open.take() {

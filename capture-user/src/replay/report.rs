@@ -169,13 +169,14 @@ impl Tally {
 
     /// The summary once the replay is over.
     pub fn report(&self, elapsed: Duration, ended_early: Option<&str>) -> ReplayReport {
-        let finished = self.completed + self.failures_total();
+        let accounted = self.completed + self.failures_total() + self.in_flight();
         ReplayReport {
             planned: self.planned,
             sent: self.sent,
             completed: self.completed,
             failed: self.failures_total(),
-            not_run: self.planned.saturating_sub(finished),
+            in_flight: self.in_flight(),
+            not_run: self.planned.saturating_sub(accounted),
             failures: self
                 .failures
                 .iter()
@@ -248,6 +249,9 @@ pub struct ReplayReport {
     pub sent: u64,
     pub completed: u64,
     pub failed: u64,
+    /// Sent and not answered yet; in a final report, requests whose answers did not come
+    /// within the grace after a stop (engine::STOP_GRACE).
+    pub in_flight: u64,
     /// Planned sends that never ran (stopped early by --exit-after, Ctrl-C or a stop call).
     pub not_run: u64,
     pub failures: BTreeMap<String, u64>,
@@ -282,12 +286,13 @@ impl ReplayReport {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "replayed {} of {} planned requests in {:.2} s: {} completed, {} failed, {} not run ({:.1} req/s, {} connections)",
+            "replayed {} of {} planned requests in {:.2} s: {} completed, {} failed, {} in flight, {} not run ({:.1} req/s, {} connections)",
             self.sent,
             self.planned,
             self.elapsed_s,
             self.completed,
             self.failed,
+            self.in_flight,
             self.not_run,
             self.requests_per_second,
             self.connections,
@@ -399,7 +404,7 @@ mod tests {
         t.completed(200, None, 0, Duration::from_millis(1));
         assert_eq!(t.in_flight(), 1);
         let r = t.report(Duration::from_secs(1), None);
-        assert_eq!((r.sent, r.failed, r.not_run), (2, 1, 1));
+        assert_eq!((r.sent, r.failed, r.in_flight, r.not_run), (2, 1, 1, 0));
         assert_eq!(
             Tally::new(0).report(Duration::ZERO, None).latency_ms,
             Percentiles::default()
