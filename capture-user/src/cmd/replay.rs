@@ -325,6 +325,7 @@ pub fn load_replay(
     if options.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
+    crate::replay::schedule::check(options.pace, options.loops)?;
     let (source_name, messages) = match source {
         ReplaySource::Gor(path) => {
             let (messages, _) = read_messages_file(path, &[], FileFormat::Gor)?;

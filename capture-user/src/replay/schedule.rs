@@ -56,9 +56,9 @@ fn duration_from_secs(secs: f64) -> Duration {
     Duration::from_secs_f64(secs.max(0.0))
 }
 
-/// Plans `loops` passes over `requests` (in recorded order) at `pace`, sorted by due time
-/// (ties keep recorded order).
-pub fn plan(requests: &[Recorded], pace: Pace, loops: u32) -> Result<Vec<Planned>, ScheduleError> {
+/// Checks a pace and loop count before anything is read, so bad options fail fast and the
+/// same way whatever the source holds.
+pub fn check(pace: Pace, loops: u32) -> Result<(), ScheduleError> {
     match pace {
         Pace::Original { speed } if !(speed.is_finite() && speed > 0.0) => {
             return Err(ScheduleError::BadSpeed(speed));
@@ -71,6 +71,13 @@ pub fn plan(requests: &[Recorded], pace: Pace, loops: u32) -> Result<Vec<Planned
     if loops == 0 {
         return Err(ScheduleError::BadLoops(loops));
     }
+    Ok(())
+}
+
+/// Plans `loops` passes over `requests` (in recorded order) at `pace`, sorted by due time
+/// (ties keep recorded order).
+pub fn plan(requests: &[Recorded], pace: Pace, loops: u32) -> Result<Vec<Planned>, ScheduleError> {
+    check(pace, loops)?;
     let first = requests.iter().map(|r| r.ts_ns).min().unwrap_or(0);
     let last = requests.iter().map(|r| r.ts_ns).max().unwrap_or(0);
     let span_ns = (last - first) as f64;
