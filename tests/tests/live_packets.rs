@@ -102,6 +102,20 @@ fn assert_clean(ns: &str, ifname: &str) -> Result<()> {
     Ok(())
 }
 
+/// Lets the last packets reach the ring, stops `capture` with `signal` and requires a clean
+/// exit.
+fn settle_and_stop(capture: CaptureRun, signal: i32) -> Result<CaptureOutput> {
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let out = capture.stop(signal)?;
+    ensure!(
+        out.status.success(),
+        "capture failed: {:?}\n{}",
+        out.status,
+        out.stderr.join("\n")
+    );
+    Ok(out)
+}
+
 #[test]
 fn curl_get_and_post_are_seen_packet_for_packet_in_both_directions() -> Result<()> {
     let topo = Topology::new("get")?;
@@ -122,16 +136,9 @@ fn curl_get_and_post_are_seen_packet_for_packet_in_both_directions() -> Result<(
         &[],
     )?;
     assert_eq!(status, 200);
-    std::thread::sleep(std::time::Duration::from_millis(300));
 
-    let out = capture.stop(libc::SIGINT)?;
+    let out = settle_and_stop(capture, libc::SIGINT)?;
     let reference = reference.stop()?;
-    assert!(
-        out.status.success(),
-        "capture failed: {:?}\n{}",
-        out.status,
-        out.stderr.join("\n")
-    );
     let packets = out.packets()?;
 
     // Nothing from the other port, although tcpdump saw that connection.
@@ -219,14 +226,7 @@ fn captures_with_only_cap_bpf_net_admin_and_perfmon_like_the_daemonset() -> Resu
         &[],
     )?;
     assert_eq!(status, 200);
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let out = capture.stop(libc::SIGTERM)?;
-    assert!(
-        out.status.success(),
-        "capture failed: {:?}\n{}",
-        out.status,
-        out.stderr.join("\n")
-    );
+    let out = settle_and_stop(capture, libc::SIGTERM)?;
     let packets = out.packets()?;
     assert!(
         packets.iter().any(|p| p.direction == "out" && p.len > 0)
@@ -260,14 +260,7 @@ fn five_mb_post(attach: &str, signal: i32) -> Result<(u64, u64, CaptureOutput)> 
     )?;
     ensure!(status == 200, "POST answered {status}");
     ensure!(sent_body == 5_000_000, "curl sent {sent_body} body bytes");
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let out = capture.stop(signal)?;
-    ensure!(
-        out.status.success(),
-        "capture failed: {:?}\n{}",
-        out.status,
-        out.stderr.join("\n")
-    );
+    let out = settle_and_stop(capture, signal)?;
     let packets = out.packets()?;
     let captured: u64 = packets
         .iter()
