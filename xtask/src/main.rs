@@ -42,7 +42,8 @@ enum Task {
     },
     /// Set up, then fmt check, clippy (-D warnings), unit and integration tests (as root).
     Test {
-        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        /// Extra arguments: test name filters (`cargo xtask test -- five_mb`), or cargo test
+        /// options before a `--` and filters after it (`cargo xtask test --test replay -- loop`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -210,8 +211,16 @@ fn test(extra: &[String]) -> Result<()> {
         "--no-fail-fast",
     ])
     .env("CAPTURE_BIN", &bin);
-    if !extra.is_empty() {
-        cmd.arg("--").args(extra);
+    match extra.iter().position(|a| a == "--") {
+        Some(split) => {
+            cmd.args(&extra[..split])
+                .arg("--")
+                .args(&extra[split + 1..]);
+        }
+        None if !extra.is_empty() => {
+            cmd.arg("--").args(extra);
+        }
+        None => {}
     }
     check(&mut cmd, "cargo test")?;
     step("all tests passed");
