@@ -202,6 +202,8 @@ fn status_json(st: &RecorderStatus) -> serde_json::Value {
     json!({
         "elapsed_s": st.elapsed.as_secs_f64(),
         "messages_queued": st.messages_queued,
+        "messages_written": st.messages_written,
+        "store_backlog": st.store_backlog(),
         "store_queue_full": st.store_queue_full,
         "kernel": kernel,
     })
@@ -587,70 +589,75 @@ impl Agent {
         self.settle_replays().await;
         let running = self.running_statuses();
         let mut out = String::new();
-        let recordings = lock(&self.recordings);
-        let _ = writeln!(
-            out,
-            "# HELP capture_recordings_active Recordings running on this agent."
-        );
-        let _ = writeln!(out, "# TYPE capture_recordings_active gauge");
-        let _ = writeln!(out, "capture_recordings_active {}", running.len());
-        let _ = writeln!(
-            out,
-            "# HELP capture_recording_messages_total Messages handed to the store, per recording."
-        );
-        let _ = writeln!(out, "# TYPE capture_recording_messages_total counter");
-        for (name, e) in recordings.iter() {
-            let st = running.get(name).unwrap_or(&e.status);
-            let _ = writeln!(
-                out,
-                "capture_recording_messages_total{{recording=\"{}\"}} {}",
-                label(name),
-                st.messages_queued
+        {
+            let recordings = lock(&self.recordings);
+            let statuses: Vec<(String, &RecorderStatus)> = recordings
+                .iter()
+                .map(|(name, e)| {
+                    let st = running.get(name).unwrap_or(&e.status);
+                    (format!("recording=\"{}\"", label(name)), st)
+                })
+                .collect();
+            let per_recording = |value: fn(&RecorderStatus) -> u64| {
+                statuses
+                    .iter()
+                    .map(move |(l, st)| (l.clone(), value(st)))
+                    .collect::<Vec<_>>()
+            };
+            write_family(
+                &mut out,
+                "capture_recordings_active",
+                "gauge",
+                "Recordings running on this agent.",
+                [(String::new(), running.len() as u64)],
+            );
+            write_family(
+                &mut out,
+                "capture_recording_messages_total",
+                "counter",
+                "Messages handed to the store, per recording.",
+                per_recording(|st| st.messages_queued),
+            );
+            write_family(
+                &mut out,
+                "capture_recording_store_backlog_messages",
+                "gauge",
+                "Messages queued for the store thread, not yet written (drops start at the queue's cap).",
+                per_recording(RecorderStatus::store_backlog),
+            );
+            write_family(
+                &mut out,
+                "capture_kernel_packets_total",
+                "counter",
+                "eBPF program counters, per recording.",
+                statuses.iter().flat_map(|(l, st)| {
+                    st.kernel
+                        .pairs()
+                        .map(move |(counter, v)| (format!("{l},counter=\"{counter}\""), v))
+                }),
+            );
+            write_family(
+                &mut out,
+                "capture_recording_drops_total",
+                "counter",
+                "Messages or packets lost, by reason.",
+                statuses.iter().flat_map(|(l, st)| {
+                    [
+                        (
+                            "kernel_ring_full",
+                            st.kernel.get(capture_common::Counter::DroppedRingFull),
+                        ),
+                        (
+                            "kernel_copy_failed",
+                            st.kernel.get(capture_common::Counter::DroppedCopyFailed),
+                        ),
+                        ("store_queue_full", st.store_queue_full),
+                    ]
+                    .map(|(reason, v)| (format!("{l},reason=\"{reason}\""), v))
+                }),
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP capture_kernel_packets_total eBPF program counters, per recording."
-        );
-        let _ = writeln!(out, "# TYPE capture_kernel_packets_total counter");
-        for (name, e) in recordings.iter() {
-            let st = running.get(name).unwrap_or(&e.status);
-            for (counter, v) in st.kernel.pairs() {
-                let _ = writeln!(
-                    out,
-                    "capture_kernel_packets_total{{recording=\"{}\",counter=\"{counter}\"}} {v}",
-                    label(name)
-                );
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP capture_recording_drops_total Messages or packets lost, by reason."
-        );
-        let _ = writeln!(out, "# TYPE capture_recording_drops_total counter");
-        for (name, e) in recordings.iter() {
-            let st = running.get(name).unwrap_or(&e.status);
-            for (reason, v) in [
-                (
-                    "kernel_ring_full",
-                    st.kernel.get(capture_common::Counter::DroppedRingFull),
-                ),
-                (
-                    "kernel_copy_failed",
-                    st.kernel.get(capture_common::Counter::DroppedCopyFailed),
-                ),
-                ("store_queue_full", st.store_queue_full),
-            ] {
-                let _ = writeln!(
-                    out,
-                    "capture_recording_drops_total{{recording=\"{}\",reason=\"{reason}\"}} {v}",
-                    label(name)
-                );
-            }
-        }
-        drop(recordings);
-        let replays = lock(&self.replays);
-        let reports: Vec<(String, ReplayReport, bool)> = replays
+        let reports: Vec<(String, ReplayReport, bool)> = lock(&self.replays)
             .iter()
             .map(|(id, e)| match (&e.replay, &e.report) {
                 (Some(r), _) => (id.clone(), r.report_now(), true),
@@ -658,71 +665,56 @@ impl Agent {
                 (None, None) => (id.clone(), ReplayReport::empty(), false),
             })
             .collect();
-        drop(replays);
-        let _ = writeln!(
-            out,
-            "# HELP capture_replays_active Replays running on this agent."
+        write_family(
+            &mut out,
+            "capture_replays_active",
+            "gauge",
+            "Replays running on this agent.",
+            [(String::new(), reports.iter().filter(|r| r.2).count() as u64)],
         );
-        let _ = writeln!(out, "# TYPE capture_replays_active gauge");
-        let _ = writeln!(
-            out,
-            "capture_replays_active {}",
-            reports.iter().filter(|r| r.2).count()
+        write_family(
+            &mut out,
+            "capture_replay_requests_total",
+            "counter",
+            "Replayed requests by outcome.",
+            reports.iter().flat_map(|(id, r, _)| {
+                [("completed", r.completed), ("failed", r.failed)]
+                    .map(|(outcome, v)| (format!("replay=\"{id}\",outcome=\"{outcome}\""), v))
+            }),
         );
-        let _ = writeln!(
-            out,
-            "# HELP capture_replay_requests_total Replayed requests by outcome."
+        write_family(
+            &mut out,
+            "capture_replay_responses_total",
+            "counter",
+            "Replayed responses by status.",
+            reports.iter().flat_map(|(id, r, _)| {
+                r.statuses
+                    .iter()
+                    .map(move |(status, n)| (format!("replay=\"{id}\",status=\"{status}\""), *n))
+            }),
         );
-        let _ = writeln!(out, "# TYPE capture_replay_requests_total counter");
-        for (id, r, _) in &reports {
-            let _ = writeln!(
-                out,
-                "capture_replay_requests_total{{replay=\"{id}\",outcome=\"completed\"}} {}",
-                r.completed
-            );
-            let _ = writeln!(
-                out,
-                "capture_replay_requests_total{{replay=\"{id}\",outcome=\"failed\"}} {}",
-                r.failed
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP capture_replay_responses_total Replayed responses by status."
+        write_family(
+            &mut out,
+            "capture_replay_failures_total",
+            "counter",
+            "Failed replayed requests by kind.",
+            reports.iter().flat_map(|(id, r, _)| {
+                r.failures
+                    .iter()
+                    .map(move |(kind, n)| (format!("replay=\"{id}\",kind=\"{kind}\""), *n))
+            }),
         );
-        let _ = writeln!(out, "# TYPE capture_replay_responses_total counter");
-        for (id, r, _) in &reports {
-            for (status, n) in &r.statuses {
-                let _ = writeln!(
-                    out,
-                    "capture_replay_responses_total{{replay=\"{id}\",status=\"{status}\"}} {n}"
-                );
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP capture_replay_failures_total Failed replayed requests by kind."
+        let calls: Vec<(String, u64)> = lock(&self.http_requests)
+            .iter()
+            .map(|(code, n)| (format!("code=\"{code}\""), *n))
+            .collect();
+        write_family(
+            &mut out,
+            "capture_agent_http_requests_total",
+            "counter",
+            "API calls answered, by status code.",
+            calls,
         );
-        let _ = writeln!(out, "# TYPE capture_replay_failures_total counter");
-        for (id, r, _) in &reports {
-            for (kind, n) in &r.failures {
-                let _ = writeln!(
-                    out,
-                    "capture_replay_failures_total{{replay=\"{id}\",kind=\"{kind}\"}} {n}"
-                );
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP capture_agent_http_requests_total API calls answered, by status code."
-        );
-        let _ = writeln!(out, "# TYPE capture_agent_http_requests_total counter");
-        for (code, n) in lock(&self.http_requests).iter() {
-            let _ = writeln!(
-                out,
-                "capture_agent_http_requests_total{{code=\"{code}\"}} {n}"
-            );
-        }
         out
     }
 
@@ -844,6 +836,26 @@ fn forget_oldest<T>(map: &mut BTreeMap<String, T>, finished: impl Fn(&T) -> bool
 }
 
 /// Escapes a Prometheus label value.
+/// Writes one Prometheus metric family: HELP, TYPE, then a sample per (labels, value), where
+/// labels are already formatted (`a="x",b="y"`, or empty for none).
+fn write_family(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (String, u64)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {value}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
+    }
+}
+
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")

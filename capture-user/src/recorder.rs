@@ -5,6 +5,7 @@
 //! bounded queue; a full queue is the counted drop `store_queue_full`, never a stall.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,10 +36,12 @@ struct StoreOutcome {
 /// The store thread; joining it gives the store back with what it stored.
 type StoreThread = std::thread::JoinHandle<(Box<dyn Store>, StoreOutcome)>;
 
-/// Runs the store on its own thread (SQLite calls block), fed batches of messages.
+/// Runs the store on its own thread (SQLite calls block), fed batches of messages; `written`
+/// counts the messages it has handed to the store so far (what the queue no longer holds).
 fn spawn_store_thread(
     mut store: Box<dyn Store>,
     name: String,
+    written: Arc<AtomicU64>,
 ) -> (std_mpsc::SyncSender<Vec<HttpMessage>>, StoreThread) {
     let (tx, rx) = std_mpsc::sync_channel::<Vec<HttpMessage>>(STORE_QUEUE_BATCHES);
     let handle = std::thread::spawn(move || {
@@ -62,6 +65,7 @@ fn spawn_store_thread(
                 }
                 outcome.messages += 1;
                 outcome.bytes += m.bytes.len() as u64;
+                written.fetch_add(1, Ordering::Relaxed);
             }
             if last_flush.elapsed() >= FLUSH_EVERY {
                 if let Err(e) = store.flush() {
@@ -123,6 +127,8 @@ pub struct RecorderStatus {
     pub elapsed: Duration,
     /// Messages handed to the store thread.
     pub messages_queued: u64,
+    /// Messages the store thread has written to the store (Kafka: handed to the producer).
+    pub messages_written: u64,
     /// Messages dropped because the store queue was full.
     pub store_queue_full: u64,
     /// Kernel counters (summed over CPUs).
@@ -135,6 +141,7 @@ impl RecorderStatus {
     fn of(
         started: Instant,
         messages_queued: u64,
+        messages_written: &AtomicU64,
         store_queue_full: u64,
         kernel: CounterSnapshot,
         pipeline: &Pipeline,
@@ -142,10 +149,17 @@ impl RecorderStatus {
         Self {
             elapsed: started.elapsed(),
             messages_queued,
+            messages_written: messages_written.load(Ordering::Relaxed),
             store_queue_full,
             kernel,
             pipeline: pipeline.stats(),
         }
+    }
+
+    /// Messages waiting in the bounded queue for the store thread: the backlog that turns
+    /// into `store_queue_full` drops when it reaches the cap.
+    pub fn store_backlog(&self) -> u64 {
+        self.messages_queued.saturating_sub(self.messages_written)
     }
 }
 
@@ -219,7 +233,8 @@ async fn record(
     status: Arc<Mutex<RecorderStatus>>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<FinishedRecording> {
-    let (tx, store_thread) = spawn_store_thread(store, config.name.clone());
+    let written = Arc::new(AtomicU64::new(0));
+    let (tx, store_thread) = spawn_store_thread(store, config.name.clone(), written.clone());
     let mut pipeline = Pipeline::new(PipelineConfig {
         ports: config.capture.ports.clone(),
         ..PipelineConfig::default()
@@ -262,7 +277,8 @@ async fn record(
             _ = tick.tick() => {
                 pipeline.expire(Timestamp::now(), &mut messages);
                 let kernel = capture.stats()?.kernel;
-                let now = RecorderStatus::of(started, sent, queue_full, kernel, &pipeline);
+                let now =
+                    RecorderStatus::of(started, sent, &written, queue_full, kernel, &pipeline);
                 *status.lock().unwrap_or_else(|e| e.into_inner()) = now;
             }
             _ = stop.wait_for(|s| *s) => break,
@@ -282,7 +298,7 @@ async fn record(
         .context("joining the store thread")?
         .map_err(|_| anyhow::anyhow!("the store thread panicked"))?;
     let kernel = capture_stats.kernel;
-    let last = RecorderStatus::of(started, sent, queue_full, kernel, &pipeline);
+    let last = RecorderStatus::of(started, sent, &written, queue_full, kernel, &pipeline);
     *status.lock().unwrap_or_else(|e| e.into_inner()) = last.clone();
     let drops = drops_of(
         &pipeline.stats(),

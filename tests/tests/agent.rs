@@ -207,7 +207,9 @@ fn recordings_and_replays_over_the_api_match_the_cli_and_metrics_move_with_traff
     curl_n(&topo, 8080, "api", 10)?;
     eventually("20 messages in the live counters", || {
         let v = api.ok("GET", "/v1/recordings/api1", None)?;
-        Ok(v["state"] == "recording" && v["live"]["messages_queued"] == 20)
+        Ok(v["state"] == "recording"
+            && v["live"]["messages_queued"] == 20
+            && v["live"]["messages_written"] == 20)
     })?;
     let after = api.metrics()?;
     let messages = |s: &[(String, Value, f64)]| {
@@ -232,6 +234,15 @@ fn recordings_and_replays_over_the_api_match_the_cli_and_metrics_move_with_traff
         "kernel counters did not move"
     );
     assert_eq!(sample(&after, "capture_recordings_active", &[]), Some(1.0));
+    // All 20 written by the store thread: nothing waits in its queue.
+    assert_eq!(
+        sample(
+            &after,
+            "capture_recording_store_backlog_messages",
+            &[("recording", "api1")]
+        ),
+        Some(0.0)
+    );
 
     let stopped = api.ok("POST", "/v1/recordings/api1/stop", None)?;
     assert_eq!(stopped["state"], "complete");

@@ -118,10 +118,11 @@ pub async fn run_record(args: RecordArgs) -> anyhow::Result<()> {
                 }
                 let st = recorder.status();
                 eprintln!(
-                    "recording {}: {:.0}s, {} messages, kernel drops {}, queue drops {}",
+                    "recording {}: {:.0}s, {} messages, store backlog {}, kernel drops {}, queue drops {}",
                     args.name,
                     st.elapsed.as_secs_f64(),
                     st.messages_queued,
+                    st.store_backlog(),
                     st.kernel.get(capture_common::Counter::DroppedRingFull),
                     st.store_queue_full
                 );
