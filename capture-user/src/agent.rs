@@ -653,7 +653,11 @@ impl Agent {
                         ),
                         ("store_queue_full", st.store_queue_full),
                     ]
-                    .map(|(reason, v)| (format!("{l},reason=\"{reason}\""), v))
+                    .map(|(reason, v)| (reason.to_string(), v))
+                    .into_iter()
+                    // Reassembly and framing losses (gaps, incomplete messages, ...) once seen.
+                    .chain(crate::recorder::drops_of(&st.pipeline, &[]))
+                    .map(move |(reason, v)| (format!("{l},reason=\"{reason}\""), v))
                 }),
             );
         }
