@@ -26,9 +26,8 @@ const STORE_QUEUE_BATCHES: usize = 256;
 /// How often the store thread makes queued messages durable.
 const FLUSH_EVERY: Duration = Duration::from_millis(200);
 
-/// Result of the store thread.
+/// Result of the store thread (how many messages it wrote is the shared `written` counter).
 struct StoreOutcome {
-    messages: u64,
     bytes: u64,
     error: Option<anyhow::Error>,
 }
@@ -47,7 +46,6 @@ fn spawn_store_thread(
     let handle = std::thread::spawn(move || {
         let tags = vec![name];
         let mut outcome = StoreOutcome {
-            messages: 0,
             bytes: 0,
             error: None,
         };
@@ -63,7 +61,6 @@ fn spawn_store_thread(
                     outcome.error = Some(e.into());
                     return (store, outcome);
                 }
-                outcome.messages += 1;
                 outcome.bytes += m.bytes.len() as u64;
                 written.fetch_add(1, Ordering::Relaxed);
             }
@@ -319,7 +316,7 @@ async fn record(
         ],
     );
     let summary = RecordingSummary {
-        messages: outcome.messages,
+        messages: written.load(Ordering::Relaxed),
         bytes: outcome.bytes,
         drops,
     };

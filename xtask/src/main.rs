@@ -211,17 +211,11 @@ fn test(extra: &[String]) -> Result<()> {
         "--no-fail-fast",
     ])
     .env("CAPTURE_BIN", &bin);
-    match extra.iter().position(|a| a == "--") {
-        Some(split) => {
-            cmd.args(&extra[..split])
-                .arg("--")
-                .args(&extra[split + 1..]);
-        }
-        None if !extra.is_empty() => {
-            cmd.arg("--").args(extra);
-        }
-        None => {}
-    }
+    let (cargo_args, test_args) = match extra.iter().position(|a| a == "--") {
+        Some(split) => (&extra[..split], &extra[split + 1..]),
+        None => (&[][..], extra),
+    };
+    cmd.args(cargo_args).arg("--").args(test_args);
     check(&mut cmd, "cargo test")?;
     step("all tests passed");
     Ok(())
