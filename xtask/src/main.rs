@@ -24,15 +24,16 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Install what building and testing need (Debian packages, nightly rust-src,
-    /// bpf-linker). Quiet when everything is present.
+    /// Install what building, testing and benchmarking need (Debian packages, nightly
+    /// rust-src, bpf-linker, tansu, Python packages). Quiet when everything is present.
     Setup,
     /// Build the `capture` binary (debug, or --release).
     Build {
         #[arg(long)]
         release: bool,
     },
-    /// Set up, build (release), and run `capture` with the given arguments as root.
+    /// Install what the build needs (nightly rust-src, bpf-linker), build (release), and run
+    /// `capture` with the given arguments as root. Test peers are left to `test`.
     ///
     /// Example: cargo xtask run -- packets --iface lo --port 8080 --duration 10s
     Run {
@@ -85,10 +86,10 @@ fn main() -> ExitCode {
 
 fn run(task: Task) -> Result<()> {
     match task {
-        Task::Setup => setup::ensure_all(),
+        Task::Setup => setup::ensure_test_peers(),
         Task::Build { release } => build(release),
         Task::Run { args } => {
-            setup::ensure_all()?;
+            setup::ensure_build()?;
             build(true)?;
             let bin = workspace_root().join("target/release/capture");
             let status = as_root(&bin)
@@ -177,7 +178,7 @@ fn test(extra: &[String]) -> Result<()> {
             "the integration tests create network namespaces and load eBPF programs: run as root (sudo -E cargo xtask test)"
         );
     }
-    setup::ensure_all()?;
+    setup::ensure_test_peers()?;
     step("cargo fmt --check");
     check(
         cargo().args(["fmt", "--all", "--check"]),
@@ -225,7 +226,7 @@ fn bench(which: &str) -> Result<()> {
     if !is_root() {
         bail!("the benchmarks load eBPF programs and create namespaces: run as root");
     }
-    setup::ensure_all()?;
+    setup::ensure_test_peers()?;
     build(true)?;
     let bin = workspace_root().join("target/release/capture");
     let mut cmd = cargo();
@@ -245,7 +246,7 @@ fn bench(which: &str) -> Result<()> {
 }
 
 fn broker(port: u16) -> Result<()> {
-    setup::ensure_all()?;
+    setup::ensure_broker()?;
     let dir = workspace_root().join("target/tansu");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let url = format!("tcp://127.0.0.1:{port}");
@@ -291,7 +292,7 @@ fn fuzz(target: &str, seconds: u64) -> Result<()> {
     if !["framer", "reassembler"].contains(&target) {
         bail!("unknown fuzz target {target:?}; use framer or reassembler");
     }
-    setup::ensure_all()?;
+    setup::ensure_build()?;
     setup::ensure_cargo_fuzz()?;
     let dir = workspace_root().join("fuzz");
     let corpus = dir.join("corpus").join(target);

@@ -1,5 +1,11 @@
-//! Installs what building and testing need, only when missing, printing nothing when
-//! everything is already there.
+//! Installs what each command needs, only when missing, printing nothing when everything
+//! is already there.
+//!
+//! Three levels, so that a first `cargo xtask run` pays only for the build:
+//! - [`ensure_build`]: what building `capture` needs (nightly rust-src, bpf-linker);
+//! - [`ensure_broker`]: the build plus tansu, the local Kafka-protocol broker;
+//! - [`ensure_test_peers`]: everything the tests and benchmarks run against (Debian
+//!   packages, tansu, Python packages, the manifest validator).
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -22,15 +28,28 @@ const APT_PACKAGES: &[&str] = &[
     "procps",
 ];
 
-/// Everything, in dependency order.
-pub fn ensure_all() -> Result<()> {
-    ensure_apt_packages()?;
+/// What building `capture` needs, and all that running it needs: the eBPF crate is built
+/// with nightly's `core` from source and linked by bpf-linker.
+pub fn ensure_build() -> Result<()> {
     ensure_nightly_rust_src()?;
-    ensure_bpf_linker()?;
+    ensure_bpf_linker()
+}
+
+/// The build plus the local broker (`cargo xtask broker`): tansu, and sqlite3 to index its
+/// database.
+pub fn ensure_broker() -> Result<()> {
+    ensure_build()?;
+    ensure_apt(&["sqlite3"])?;
+    ensure_tansu()
+}
+
+/// Everything the tests and benchmarks use, in dependency order.
+pub fn ensure_test_peers() -> Result<()> {
+    ensure_apt(APT_PACKAGES)?;
+    ensure_build()?;
     ensure_tansu()?;
     ensure_python_packages()?;
-    ensure_kubernetes_validator()?;
-    Ok(())
+    ensure_kubernetes_validator()
 }
 
 /// tansu, the Kafka-protocol broker the tests (and `cargo xtask broker`) run on loopback.
@@ -109,8 +128,8 @@ fn ensure_kubernetes_validator() -> Result<()> {
     )
 }
 
-fn ensure_apt_packages() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+fn ensure_apt(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|pkg| !dpkg_installed(pkg))
