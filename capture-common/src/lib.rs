@@ -143,6 +143,19 @@ impl Counter {
             Counter::DroppedCopyFailed => "dropped_copy_failed",
         }
     }
+
+    /// For counters that count lost packets, the name recordings report that loss by;
+    /// `None` for the others. The one list of what the kernel side loses.
+    pub fn loss_name(self) -> Option<&'static str> {
+        match self {
+            Counter::DroppedRingFull => Some("kernel_ring_full"),
+            Counter::DroppedCopyFailed => Some("kernel_copy_failed"),
+            Counter::Truncated => Some("kernel_truncated"),
+            Counter::Seen | Counter::Matched | Counter::Captured | Counter::SkippedNoPayload => {
+                None
+            }
+        }
+    }
 }
 
 #[cfg(feature = "user")]

@@ -21,16 +21,14 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::cmd::replay::{
-    ReplayOptions, ReplaySource, Target, load_replay, pace_of, rewrites_from,
-};
-use crate::cmd::store_args::StoreArgs;
-use crate::live::{AttachMode, CaptureConfig, EbpfLogLevel, LoaderError};
+use crate::live::{AttachMode, CaptureConfig, DEFAULT_RING_BYTES, LoaderError, parse_ring_size};
 use crate::recorder::{Recorder, RecorderConfig, RecorderStatus};
 use crate::replay::engine::Replay;
+use crate::replay::load::{ReplayOptions, ReplaySource, load_replay, pace_of, rewrites_from};
 use crate::replay::report::ReplayReport;
 use crate::replay::select::{FilterRule, Filters};
-use crate::store::{Recording, StoreError};
+use crate::replay::target::Target;
+use crate::store::{Recording, StoreConfig, StoreError};
 
 /// Largest request body the API reads.
 const MAX_BODY: usize = 1 << 20;
@@ -44,7 +42,7 @@ pub struct AgentConfig {
     /// Bearer token required on every call but /healthz (None: loopback only).
     pub token: Option<String>,
     /// Default store for recordings and replays.
-    pub store: StoreArgs,
+    pub store: StoreConfig,
     /// When not empty, replays may only target these host:port pairs.
     pub allow_targets: Vec<String>,
 }
@@ -134,7 +132,7 @@ struct StartRecording {
     interfaces: Vec<String>,
     ports: Vec<i64>,
     #[serde(default)]
-    attach: Option<String>,
+    attach: Option<AttachMode>,
     /// Kafka bootstrap brokers, overriding the agent's store.
     #[serde(default)]
     kafka: Option<String>,
@@ -198,7 +196,7 @@ fn recording_json(rec: &Recording) -> serde_json::Value {
 }
 
 fn status_json(st: &RecorderStatus) -> serde_json::Value {
-    let kernel: BTreeMap<&str, u64> = st.kernel.pairs().collect();
+    let kernel: BTreeMap<&str, u64> = st.live.capture.kernel.pairs().collect();
     json!({
         "elapsed_s": st.elapsed.as_secs_f64(),
         "messages_queued": st.messages_queued,
@@ -221,15 +219,10 @@ impl Agent {
         })
     }
 
-    fn store_with(&self, kafka: &Option<String>, topic: &Option<String>) -> StoreArgs {
-        let mut store = self.config.store.clone();
-        if let Some(brokers) = kafka {
-            store.kafka = Some(brokers.clone());
-        }
-        if let Some(topic) = topic {
-            store.topic = topic.clone();
-        }
-        store
+    fn store_with(&self, kafka: &Option<String>, topic: &Option<String>) -> StoreConfig {
+        self.config
+            .store
+            .with_kafka(kafka.as_deref(), topic.as_deref())
     }
 
     async fn start_recording(&self, body: &[u8]) -> ApiResult {
@@ -253,17 +246,9 @@ impl Agent {
                 }
             }
         }
-        let attach = match req.attach.as_deref() {
-            None | Some("tc") => AttachMode::Tc,
-            Some("xdp") => AttachMode::Xdp,
-            Some(other) => {
-                return Err(ApiError::bad(format!("attach: {other:?} is not tc or xdp")));
-            }
-        };
         let ring_bytes = match &req.ring_size {
-            None => crate::cmd::capture_args::DEFAULT_RING_BYTES,
-            Some(s) => crate::cmd::capture_args::parse_ring_size(s)
-                .map_err(|e| ApiError::bad(format!("ring_size: {e}")))?,
+            None => DEFAULT_RING_BYTES,
+            Some(s) => parse_ring_size(s).map_err(|e| ApiError::bad(format!("ring_size: {e}")))?,
         };
         crate::store::validate_name(&req.name).map_err(|e| ApiError::bad(format!("name: {e}")))?;
         {
@@ -280,17 +265,17 @@ impl Agent {
         }
         let store_args = self.store_with(&req.kafka, &req.topic);
         let join = store_args.kafka.is_some();
-        let store = tokio::task::spawn_blocking(move || store_args.open())
-            .await
-            .context("opening the store")??;
+        let store =
+            tokio::task::spawn_blocking(move || store_args.open().map_err(anyhow::Error::from))
+                .await
+                .context("opening the store")??;
         let config = RecorderConfig {
             capture: CaptureConfig {
                 interfaces: req.interfaces.clone(),
                 ports,
-                mode: attach,
+                mode: req.attach.unwrap_or(CaptureConfig::default().mode),
                 ring_bytes,
-                ebpf_log: EbpfLogLevel::Off,
-                tc_netlink: false,
+                ..CaptureConfig::default()
             },
             name: req.name.clone(),
             join,
@@ -443,15 +428,20 @@ impl Agent {
             req.host.as_deref(),
         )
         .map_err(|e| ApiError::bad(format!("rewrites: {e:#}")))?;
+        let defaults = ReplayOptions::default();
         let options = ReplayOptions {
-            pace: pace_of(req.speed.unwrap_or(1.0), req.rate, req.max),
-            loops: req.loops.unwrap_or(1),
+            pace: pace_of(
+                req.speed.unwrap_or(ReplayOptions::DEFAULT_SPEED),
+                req.rate,
+                req.max,
+            ),
+            loops: req.loops.unwrap_or(defaults.loops),
             exit_after: duration_field("exit_after", &req.exit_after)?,
-            concurrency: req.concurrency.unwrap_or(256),
-            connect_timeout: Duration::from_secs(5),
-            timeout: duration_field("timeout", &req.timeout)?.unwrap_or(Duration::from_secs(30)),
+            concurrency: req.concurrency.unwrap_or(defaults.concurrency),
+            timeout: duration_field("timeout", &req.timeout)?.unwrap_or(defaults.timeout),
             filters: Filters::new(rules),
             rewrites,
+            ..defaults
         };
         let address = target
             .resolve()
@@ -631,7 +621,9 @@ impl Agent {
                 "counter",
                 "eBPF program counters, per recording.",
                 statuses.iter().flat_map(|(l, st)| {
-                    st.kernel
+                    st.live
+                        .capture
+                        .kernel
                         .pairs()
                         .map(move |(counter, v)| (format!("{l},counter=\"{counter}\""), v))
                 }),
@@ -642,22 +634,9 @@ impl Agent {
                 "counter",
                 "Messages or packets lost, by reason.",
                 statuses.iter().flat_map(|(l, st)| {
-                    [
-                        (
-                            "kernel_ring_full",
-                            st.kernel.get(capture_common::Counter::DroppedRingFull),
-                        ),
-                        (
-                            "kernel_copy_failed",
-                            st.kernel.get(capture_common::Counter::DroppedCopyFailed),
-                        ),
-                        ("store_queue_full", st.store_queue_full),
-                    ]
-                    .map(|(reason, v)| (reason.to_string(), v))
-                    .into_iter()
-                    // Reassembly and framing losses (gaps, incomplete messages, ...) once seen.
-                    .chain(crate::recorder::drops_of(&st.pipeline, &[]))
-                    .map(move |(reason, v)| (format!("{l},reason=\"{reason}\""), v))
+                    st.losses()
+                        .into_iter()
+                        .map(move |(reason, v)| (format!("{l},reason=\"{reason}\""), v))
                 }),
             );
         }

@@ -5,15 +5,16 @@
 //! TCP reassembly -> HTTP framing -> sinks.
 
 pub mod decode;
+pub mod files;
 pub mod http;
 pub mod message;
 pub mod packet;
-pub mod pcap;
 pub mod pipeline;
 pub mod reassembly;
 pub mod recorder;
 pub mod replay;
 pub mod store;
+pub mod units;
 
 pub mod agent;
 pub mod cmd;

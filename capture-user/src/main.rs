@@ -73,6 +73,7 @@ fn main() -> ExitCode {
     let default_level = match &cli.command {
         Command::Packets(args) => log_level(args.capture.ebpf_log),
         Command::Record(args) => log_level(args.capture.ebpf_log),
+        Command::Messages(args) => log_level(args.capture.ebpf_log),
         _ => "warn",
     };
     // librdkafka reports every reconnect attempt as an error; the store reports what matters.

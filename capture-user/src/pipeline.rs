@@ -60,6 +60,39 @@ impl PipelineStats {
         pairs
     }
 
+    /// What was lost or could not be framed, by reason (zero values included; decode errors
+    /// only once seen): what recordings and `/metrics` report as drops.
+    pub fn losses(&self) -> Vec<(String, u64)> {
+        // Until the reassembly and framing counters say which of them are losses.
+        const STAGE_LOSSES: [&str; 10] = [
+            "connection_cap_hits",
+            "buffer_cap_hits",
+            "total_buffer_cap_hits",
+            "gaps",
+            "incomplete_messages",
+            "header_too_large",
+            "bad_message_head",
+            "bad_framing",
+            "body_too_large",
+            "upgrades",
+        ];
+        let stages = self
+            .reassembly
+            .pairs()
+            .into_iter()
+            .chain(self.http.pairs())
+            .filter(|(name, _)| STAGE_LOSSES.contains(name))
+            .map(|(name, v)| (name.to_string(), v));
+        let decode = self
+            .decode_errors
+            .iter()
+            .map(|(reason, n)| (format!("decode_error_{reason}"), *n));
+        std::iter::once(("truncated_packets".to_string(), self.truncated_packets))
+            .chain(decode)
+            .chain(stages)
+            .collect()
+    }
+
     /// The counters on one line.
     pub fn to_line(&self) -> String {
         self.pairs()

@@ -4,7 +4,6 @@
 //! The store runs on a thread of its own (SQLite and librdkafka calls block) fed through a
 //! bounded queue; a full queue is the counted drop `store_queue_full`, never a stall.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
@@ -13,10 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use tokio::sync::watch;
 
-use crate::live::{CaptureConfig, CounterSnapshot, LiveCapture};
+use crate::live::{CaptureConfig, LiveMessages, LiveStats};
 use crate::message::HttpMessage;
-use crate::packet::Timestamp;
-use crate::pipeline::{Pipeline, PipelineConfig, PipelineStats};
 use crate::store::{Recording, RecordingSummary, Store};
 
 /// Messages waiting for the store thread (batches). When full, new messages are dropped and
@@ -80,35 +77,6 @@ fn spawn_store_thread(
     (tx, handle)
 }
 
-pub(crate) fn drops_of(pipeline: &PipelineStats, extra: &[(&str, u64)]) -> BTreeMap<String, u64> {
-    let anomalies = [
-        "truncated_packets",
-        "connection_cap_hits",
-        "buffer_cap_hits",
-        "total_buffer_cap_hits",
-        "gaps",
-        "incomplete_messages",
-        "header_too_large",
-        "bad_message_head",
-        "bad_framing",
-        "body_too_large",
-        "upgrades",
-    ];
-    let mut drops: BTreeMap<String, u64> = pipeline
-        .pairs()
-        .into_iter()
-        .filter(|(k, v)| {
-            *v > 0 && (anomalies.contains(&k.as_str()) || k.starts_with("decode_error_"))
-        })
-        .collect();
-    for (k, v) in extra {
-        if *v > 0 {
-            drops.insert((*k).to_string(), *v);
-        }
-    }
-    drops
-}
-
 /// What to record.
 #[derive(Clone, Debug)]
 pub struct RecorderConfig {
@@ -128,35 +96,24 @@ pub struct RecorderStatus {
     pub messages_written: u64,
     /// Messages dropped because the store queue was full.
     pub store_queue_full: u64,
-    /// Kernel counters (summed over CPUs).
-    pub kernel: CounterSnapshot,
-    /// Reassembly and framing counters.
-    pub pipeline: PipelineStats,
+    /// Kernel, ring and framing counters.
+    pub live: LiveStats,
 }
 
 impl RecorderStatus {
-    fn of(
-        started: Instant,
-        messages_queued: u64,
-        messages_written: &AtomicU64,
-        store_queue_full: u64,
-        kernel: CounterSnapshot,
-        pipeline: &Pipeline,
-    ) -> Self {
-        Self {
-            elapsed: started.elapsed(),
-            messages_queued,
-            messages_written: messages_written.load(Ordering::Relaxed),
-            store_queue_full,
-            kernel,
-            pipeline: pipeline.stats(),
-        }
-    }
-
     /// Messages waiting in the bounded queue for the store thread: the backlog that turns
     /// into `store_queue_full` drops when it reaches the cap.
     pub fn store_backlog(&self) -> u64 {
         self.messages_queued.saturating_sub(self.messages_written)
+    }
+
+    /// Everything this recording lost, by reason (zero values included): the kernel's,
+    /// reassembly's and framing's, and the store queue's. The catalog entry keeps the
+    /// reasons that occurred; `/metrics` shows them all.
+    pub fn losses(&self) -> Vec<(String, u64)> {
+        let mut losses = self.live.losses();
+        losses.push(("store_queue_full".to_string(), self.store_queue_full));
+        losses
     }
 }
 
@@ -182,7 +139,7 @@ impl Recorder {
     /// behind), opens the recording in `store`, and starts recording.
     pub async fn start(config: RecorderConfig, mut store: Box<dyn Store>) -> anyhow::Result<Self> {
         crate::store::validate_name(&config.name)?;
-        let capture = LiveCapture::start(&config.capture)?;
+        let live = LiveMessages::start(&config.capture)?;
         let source = format!(
             "live {} ports {:?}",
             config.capture.interfaces.join(","),
@@ -195,7 +152,7 @@ impl Recorder {
         }
         let status = Arc::new(Mutex::new(RecorderStatus::default()));
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(record(config, capture, store, status.clone(), stop_rx));
+        let task = tokio::spawn(record(config, live, store, status.clone(), stop_rx));
         Ok(Self { status, stop, task })
     }
 
@@ -223,102 +180,98 @@ impl Recorder {
     }
 }
 
+/// The bounded queue to the store thread, with what went through it and what it dropped.
+struct StoreQueue {
+    tx: std_mpsc::SyncSender<Vec<HttpMessage>>,
+    written: Arc<AtomicU64>,
+    queued: u64,
+    full: u64,
+}
+
+impl StoreQueue {
+    /// Hands `messages` on without waiting; a full queue drops them and counts the drop.
+    /// False once the store thread is gone (it failed).
+    fn offer(&mut self, messages: &mut Vec<HttpMessage>) -> bool {
+        if messages.is_empty() {
+            return true;
+        }
+        let n = messages.len() as u64;
+        match self.tx.try_send(std::mem::take(messages)) {
+            Ok(()) => self.queued += n,
+            Err(std_mpsc::TrySendError::Full(_)) => self.full += n,
+            Err(std_mpsc::TrySendError::Disconnected(_)) => return false,
+        }
+        true
+    }
+
+    /// Hands the last messages on, waiting for room: nothing captured is dropped at the end.
+    fn close(mut self, messages: &mut Vec<HttpMessage>) -> Self {
+        let n = messages.len() as u64;
+        if n > 0 && self.tx.send(std::mem::take(messages)).is_ok() {
+            self.queued += n;
+        }
+        self
+    }
+
+    fn status(&self, started: Instant, live: LiveStats) -> RecorderStatus {
+        RecorderStatus {
+            elapsed: started.elapsed(),
+            messages_queued: self.queued,
+            messages_written: self.written.load(Ordering::Relaxed),
+            store_queue_full: self.full,
+            live,
+        }
+    }
+}
+
 async fn record(
     config: RecorderConfig,
-    mut capture: LiveCapture,
+    mut live: LiveMessages,
     store: Box<dyn Store>,
     status: Arc<Mutex<RecorderStatus>>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<FinishedRecording> {
     let written = Arc::new(AtomicU64::new(0));
     let (tx, store_thread) = spawn_store_thread(store, config.name.clone(), written.clone());
-    let mut pipeline = Pipeline::new(PipelineConfig {
-        ports: config.capture.ports.clone(),
-        ..PipelineConfig::default()
-    });
-    let mut queue_full: u64 = 0;
-    let mut sent: u64 = 0;
-    let mut messages = Vec::new();
-    let forward = |messages: &mut Vec<HttpMessage>, queue_full: &mut u64, sent: &mut u64| -> bool {
-        if messages.is_empty() {
-            return true;
-        }
-        let n = messages.len() as u64;
-        match tx.try_send(std::mem::take(messages)) {
-            Ok(()) => {
-                *sent += n;
-                true
-            }
-            Err(std_mpsc::TrySendError::Full(_)) => {
-                *queue_full += n;
-                true
-            }
-            Err(std_mpsc::TrySendError::Disconnected(_)) => false,
-        }
+    let mut queue = StoreQueue {
+        tx,
+        written,
+        queued: 0,
+        full: 0,
     };
+    let publish = |now: RecorderStatus| *status.lock().unwrap_or_else(|e| e.into_inner()) = now;
+    let mut messages = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let started = Instant::now();
     loop {
         tokio::select! {
-            batch = capture.recv() => match batch {
-                Some(batch) => {
-                    for packet in &batch {
-                        pipeline.push_packet(packet, &mut messages);
-                    }
-                    if !forward(&mut messages, &mut queue_full, &mut sent) {
-                        break;
-                    }
+            more = live.next(&mut messages) => {
+                if !more || !queue.offer(&mut messages) {
+                    break;
                 }
-                None => break,
-            },
-            _ = tick.tick() => {
-                pipeline.expire(Timestamp::now(), &mut messages);
-                let kernel = capture.stats()?.kernel;
-                let now =
-                    RecorderStatus::of(started, sent, &written, queue_full, kernel, &pipeline);
-                *status.lock().unwrap_or_else(|e| e.into_inner()) = now;
             }
+            _ = tick.tick() => publish(queue.status(started, live.stats()?)),
             _ = stop.wait_for(|s| *s) => break,
         }
     }
-    let capture_stats = crate::cmd::finish_live(capture, &mut pipeline, &mut messages).await?;
-    // The tail goes in with a blocking send: nothing already captured is dropped at the end.
-    if !messages.is_empty() {
-        let n = messages.len() as u64;
-        if tx.send(std::mem::take(&mut messages)).is_ok() {
-            sent += n;
-        }
-    }
+    let live_stats = live.finish(&mut messages).await?;
+    let queue = queue.close(&mut messages);
+    let last = queue.status(started, live_stats);
+    let StoreQueue { tx, written, .. } = queue;
     drop(tx);
     let (mut store, outcome) = tokio::task::spawn_blocking(move || store_thread.join())
         .await
         .context("joining the store thread")?
         .map_err(|_| anyhow::anyhow!("the store thread panicked"))?;
-    let kernel = capture_stats.kernel;
-    let last = RecorderStatus::of(started, sent, &written, queue_full, kernel, &pipeline);
-    *status.lock().unwrap_or_else(|e| e.into_inner()) = last.clone();
-    let drops = drops_of(
-        &pipeline.stats(),
-        &[
-            (
-                "kernel_ring_full",
-                kernel.get(capture_common::Counter::DroppedRingFull),
-            ),
-            (
-                "kernel_copy_failed",
-                kernel.get(capture_common::Counter::DroppedCopyFailed),
-            ),
-            (
-                "kernel_truncated",
-                kernel.get(capture_common::Counter::Truncated),
-            ),
-            ("store_queue_full", queue_full),
-        ],
-    );
+    let last = RecorderStatus {
+        messages_written: written.load(Ordering::Relaxed),
+        ..last
+    };
+    publish(last.clone());
     let summary = RecordingSummary {
-        messages: written.load(Ordering::Relaxed),
+        messages: last.messages_written,
         bytes: outcome.bytes,
-        drops,
+        drops: crate::store::drops_seen(last.losses()),
     };
     let recording = store.end(&config.name, summary)?;
     Ok(FinishedRecording {

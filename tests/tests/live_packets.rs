@@ -262,11 +262,7 @@ fn five_mb_post(attach: &str, signal: i32) -> Result<(u64, u64, CaptureOutput)> 
     ensure!(sent_body == 5_000_000, "curl sent {sent_body} body bytes");
     let out = settle_and_stop(capture, signal)?;
     let packets = out.packets()?;
-    let captured: u64 = packets
-        .iter()
-        .filter(|p| p.dst.port() == PORT)
-        .map(|p| p.len)
-        .sum();
+    let captured = distinct_stream_bytes(packets.iter().filter(|p| p.dst.port() == PORT));
     check_counters(&out)?;
     assert_clean(ns, ifname)?;
     let log = nginx.access_log()?;
@@ -275,6 +271,39 @@ fn five_mb_post(attach: &str, signal: i32) -> Result<(u64, u64, CaptureOutput)> 
         .find(|e| e.uri == "/upload")
         .context("no /upload in access log")?;
     Ok((captured, upload.request_length, out))
+}
+
+/// Bytes of the TCP stream the packets cover, each byte once: a loaded machine retransmits,
+/// and a retransmitted segment carries bytes the stream already had.
+fn distinct_stream_bytes<'a>(packets: impl Iterator<Item = &'a PacketLine>) -> u64 {
+    let packets: Vec<&PacketLine> = packets.collect();
+    // Offsets relative to the SYN, the lowest sequence number (they wrap at 2^32).
+    let Some(first) = packets
+        .iter()
+        .find(|p| p.flags.contains('S'))
+        .or(packets.first())
+        .map(|p| p.seq)
+    else {
+        return 0;
+    };
+    let segments: Vec<(u32, u64)> = packets.iter().map(|p| (p.seq, p.len)).collect();
+    let mut ranges: Vec<(u64, u64)> = segments
+        .iter()
+        .map(|(seq, len)| {
+            let start = u64::from(seq.wrapping_sub(first));
+            (start, start + len)
+        })
+        .collect();
+    ranges.sort_unstable();
+    let (mut covered, mut reach) = (0u64, 0u64);
+    for (start, end) in ranges {
+        let start = start.max(reach);
+        if end > start {
+            covered += end - start;
+            reach = end;
+        }
+    }
+    covered
 }
 
 #[test]

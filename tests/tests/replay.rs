@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use bytes::Bytes;
-use capture_user::store::gor::{GorPayload, write_payload};
+use capture_user::files::gor::{GorPayload, write_payload};
 use serde_json::Value;
 use tests::capture::{CaptureRun, Tcpdump};
 use tests::netns::Topology;

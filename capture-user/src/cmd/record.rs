@@ -5,15 +5,14 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::cmd::capture_args::{CaptureArgs, parse_port};
+use crate::cmd::capture_args::CaptureArgs;
 use crate::cmd::store_args::StoreArgs;
-use crate::message::HttpMessage;
-use crate::pipeline::{Pipeline, PipelineConfig};
-use crate::recorder::{Recorder, RecorderConfig, drops_of};
+use crate::recorder::{Recorder, RecorderConfig};
 use crate::store::{Recording, RecordingSummary};
+use crate::units::parse_port;
 
 /// Arguments of `capture record`.
 #[derive(Clone, Debug, clap::Args)]
@@ -90,7 +89,7 @@ pub fn print_summary(rec: &Recording) {
 
 /// Runs `capture record`.
 pub async fn run_record(args: RecordArgs) -> anyhow::Result<()> {
-    let store = args.store.open()?;
+    let store = args.store.to_config().open()?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let config = RecorderConfig {
@@ -104,7 +103,7 @@ pub async fn run_record(args: RecordArgs) -> anyhow::Result<()> {
         args.name,
         args.capture.interfaces.join(", "),
         args.capture.ports,
-        args.store.describe()
+        args.store.to_config().describe()
     );
     let deadline = tokio::time::sleep(args.duration.unwrap_or(Duration::MAX / 4));
     tokio::pin!(deadline);
@@ -123,7 +122,7 @@ pub async fn run_record(args: RecordArgs) -> anyhow::Result<()> {
                     st.elapsed.as_secs_f64(),
                     st.messages_queued,
                     st.store_backlog(),
-                    st.kernel.get(capture_common::Counter::DroppedRingFull),
+                    st.live.capture.kernel.get(capture_common::Counter::DroppedRingFull),
                     st.store_queue_full
                 );
             }
@@ -144,67 +143,11 @@ pub async fn run_record(args: RecordArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What a file of messages is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FileFormat {
-    /// pcap/pcapng (gzip too) or GoReplay, told apart by their first bytes.
-    Detect,
-    Pcap,
-    Gor,
-}
-
-/// Reads a pcap (framed by the capture pipeline, `ports` as in `capture messages`) or a
-/// GoReplay file into messages, with what was lost on the way (same names as live drops).
-pub fn read_messages_file(
-    path: &std::path::Path,
-    ports: &[u16],
-    format: FileFormat,
-) -> anyhow::Result<(Vec<HttpMessage>, BTreeMap<String, u64>)> {
-    let is_gor = match format {
-        FileFormat::Pcap => false,
-        FileFormat::Gor => true,
-        FileFormat::Detect => {
-            use std::io::Read as _;
-            let mut head = [0u8; 2];
-            let mut f = std::fs::File::open(path)
-                .with_context(|| format!("cannot open {}", path.display()))?;
-            let n = f
-                .read(&mut head)
-                .with_context(|| format!("reading {}", path.display()))?;
-            if n == 0 {
-                bail!("{} is empty", path.display());
-            }
-            matches!(head[0], b'1' | b'2' | b'3') && head[1] == b' '
-        }
-    };
-    if is_gor {
-        let data =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let payloads = crate::store::gor::parse(&data)
-            .with_context(|| format!("{} (GoReplay format)", path.display()))?;
-        let (messages, skipped) = crate::store::gor::to_messages(&payloads);
-        let drops = BTreeMap::from_iter(
-            (skipped > 0).then(|| ("replayed_responses_skipped".to_string(), skipped)),
-        );
-        return Ok((messages, drops));
-    }
-    let packets = crate::pcap::open(path)?;
-    let mut pipeline = Pipeline::new(PipelineConfig {
-        ports: ports.to_vec(),
-        ..PipelineConfig::default()
-    });
-    let mut messages = Vec::new();
-    for packet in packets {
-        pipeline.push_packet(&packet?, &mut messages);
-    }
-    pipeline.finish(&mut messages);
-    Ok((messages, drops_of(&pipeline.stats(), &[])))
-}
-
 /// Runs `capture import`.
 pub fn run_import(args: ImportArgs) -> anyhow::Result<()> {
-    let (messages, drops) = read_messages_file(&args.file, &args.ports, FileFormat::Detect)?;
-    let mut store = args.store.open()?;
+    let (messages, drops) =
+        crate::files::read_messages(&args.file, &args.ports, crate::files::FileFormat::Detect)?;
+    let mut store = args.store.to_config().open()?;
     let source = format!("import {}", args.file.display());
     store.begin(&args.name, &source)?;
     let tags = vec![args.name.clone()];

@@ -3,21 +3,19 @@
 //! runs and a summary at the end.
 
 use std::io::IsTerminal as _;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::cmd::capture_args::parse_port;
-use crate::cmd::record::{FileFormat, read_messages_file};
 use crate::cmd::store_args::StoreArgs;
-use crate::replay::engine::{EngineConfig, PreparedRequest, Replay};
+use crate::replay::engine::Replay;
+use crate::replay::load::{ReplayOptions, ReplaySource, load_replay, pace_of, rewrites_from};
 use crate::replay::report::ReplayReport;
-use crate::replay::schedule::{Pace, Recorded, plan};
-use crate::replay::select::{FilterRule, Filters, RequestHead, Rewrites};
-use crate::replay::source::{ReplayRequest, SourceStats, from_stored, requests_from_messages};
+use crate::replay::select::{FilterRule, Filters, Rewrites};
+use crate::replay::target::Target;
+use crate::units::parse_port;
 
 /// Arguments of `capture replay`.
 #[derive(Clone, Debug, clap::Args)]
@@ -43,7 +41,7 @@ pub struct ReplayArgs {
     pub target: String,
 
     /// Recorded inter-arrival times divided by this (2 = twice as fast, 0.5 = half speed).
-    #[arg(long, value_name = "X", default_value_t = 1.0, conflicts_with_all = ["rate", "max"])]
+    #[arg(long, value_name = "X", default_value_t = ReplayOptions::DEFAULT_SPEED, conflicts_with_all = ["rate", "max"])]
     pub speed: f64,
 
     /// A fixed rate instead of the recorded timing, in requests per second.
@@ -55,7 +53,7 @@ pub struct ReplayArgs {
     pub max: bool,
 
     /// Replay the whole set this many times, one pass after the other.
-    #[arg(long = "loop", value_name = "N", default_value_t = 1)]
+    #[arg(long = "loop", value_name = "N", default_value_t = ReplayOptions::default().loops)]
     pub loops: u32,
 
     /// Stop sending after this long (e.g. 30s, 5m), whatever is left; requests already sent
@@ -64,16 +62,16 @@ pub struct ReplayArgs {
     pub exit_after: Option<Duration>,
 
     /// Most connections open at once; each replays one recorded connection.
-    #[arg(long, value_name = "N", default_value_t = 256)]
+    #[arg(long, value_name = "N", default_value_t = ReplayOptions::default().concurrency)]
     pub concurrency: usize,
 
     /// How long to wait for a connection to the target.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
-    pub connect_timeout: Duration,
+    #[arg(long, value_name = "DURATION", default_value_t = ReplayOptions::default().connect_timeout.into())]
+    pub connect_timeout: humantime::Duration,
 
     /// How long to wait for a complete response, from the first byte sent.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub timeout: Duration,
+    #[arg(long, value_name = "DURATION", default_value_t = ReplayOptions::default().timeout.into())]
+    pub timeout: humantime::Duration,
 
     /// Replay only matching requests (repeat: all must match). Forms: method=GET,POST,
     /// method!=OPTIONS, url=REGEX, url!=REGEX, header:NAME=REGEX, header:NAME!=REGEX.
@@ -108,127 +106,6 @@ pub struct ReplayArgs {
     pub store: StoreArgs,
 }
 
-/// An http:// target, parsed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Target {
-    pub host: String,
-    pub port: u16,
-}
-
-impl std::str::FromStr for Target {
-    type Err = anyhow::Error;
-
-    fn from_str(url: &str) -> anyhow::Result<Self> {
-        let Some(rest) = url.strip_prefix("http://") else {
-            if url.starts_with("https://") {
-                bail!("--target {url}: https is not supported; replay to an http:// endpoint");
-            }
-            bail!("--target must look like http://HOST[:PORT], got {url:?}");
-        };
-        let authority = rest.strip_suffix('/').unwrap_or(rest);
-        if authority.is_empty() || authority.contains(['/', '?', '#', '@', ' ']) {
-            bail!(
-                "--target must look like http://HOST[:PORT] without a path (use --rewrite-url to change paths), got {url:?}"
-            );
-        }
-        let (host, port) = match authority.rsplit_once(':') {
-            // An IPv6 literal in brackets has colons of its own.
-            Some((host, port)) if !port.contains(']') => {
-                let port: u16 = port
-                    .parse()
-                    .ok()
-                    .filter(|p| *p > 0)
-                    .with_context(|| format!("--target {url}: port must be 1-65535"))?;
-                (host, port)
-            }
-            _ => (authority, 80),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() {
-            bail!("--target {url}: no host");
-        }
-        Ok(Self {
-            host: host.to_string(),
-            port,
-        })
-    }
-}
-
-impl Target {
-    /// The first address the host resolves to.
-    pub async fn resolve(&self) -> anyhow::Result<SocketAddr> {
-        tokio::net::lookup_host((self.host.as_str(), self.port))
-            .await
-            .ok()
-            .and_then(|mut addrs| addrs.next())
-            .with_context(|| format!("cannot resolve target host {}", self.host))
-    }
-}
-
-/// The requests to replay and what was left out on the way.
-pub struct Selection {
-    pub requests: Vec<ReplayRequest>,
-    pub source: SourceStats,
-    /// Requests the filters left out.
-    pub filtered_out: u64,
-}
-
-/// Applies filters: the requests that pass, in order.
-pub fn select(
-    requests: Vec<ReplayRequest>,
-    filters: &Filters,
-) -> anyhow::Result<(Vec<ReplayRequest>, u64)> {
-    if filters.is_empty() {
-        return Ok((requests, 0));
-    }
-    let total = requests.len() as u64;
-    let mut kept = Vec::with_capacity(requests.len());
-    for r in requests {
-        let head = RequestHead::parse(&r.bytes)
-            .with_context(|| format!("recorded request {} {}", r.method, r.uri))?;
-        if filters.matches(&head) {
-            kept.push(r);
-        }
-    }
-    let filtered_out = total - kept.len() as u64;
-    Ok((kept, filtered_out))
-}
-
-/// Applies rewrites: the bytes each request is sent as.
-pub fn prepare(
-    requests: &[ReplayRequest],
-    rewrites: &Rewrites,
-) -> anyhow::Result<Vec<PreparedRequest>> {
-    requests
-        .iter()
-        .map(|r| {
-            let bytes = if rewrites.is_empty() {
-                r.bytes.clone()
-            } else {
-                bytes::Bytes::from(
-                    rewrites
-                        .apply(&r.bytes)
-                        .with_context(|| format!("rewriting {} {}", r.method, r.uri))?
-                        .into_owned(),
-                )
-            };
-            Ok(PreparedRequest {
-                bytes,
-                recorded_status: r.recorded_status,
-            })
-        })
-        .collect()
-}
-
-/// The pace the flags ask for.
-pub fn pace_of(speed: f64, rate: Option<f64>, max: bool) -> Pace {
-    match (max, rate) {
-        (true, _) => Pace::Max,
-        (false, Some(per_second)) => Pace::Rate { per_second },
-        (false, None) => Pace::Original { speed },
-    }
-}
-
 fn rewrites_of(args: &ReplayArgs) -> anyhow::Result<Rewrites> {
     rewrites_from(
         &args.rewrite_urls,
@@ -236,147 +113,6 @@ fn rewrites_of(args: &ReplayArgs) -> anyhow::Result<Rewrites> {
         &args.drop_headers,
         args.host.as_deref(),
     )
-}
-
-/// Rewrites from their textual specs (as flags or API fields give them).
-pub fn rewrites_from(
-    urls: &[String],
-    set_headers: &[String],
-    drop_headers: &[String],
-    host: Option<&str>,
-) -> anyhow::Result<Rewrites> {
-    let mut rewrites = Rewrites::default();
-    for spec in urls {
-        rewrites.add_url_rewrite(spec)?;
-    }
-    for spec in set_headers {
-        rewrites.add_set_header(spec)?;
-    }
-    for name in drop_headers {
-        rewrites.add_drop_header(name)?;
-    }
-    if let Some(host) = host {
-        rewrites.set_host(host)?;
-    }
-    Ok(rewrites)
-}
-
-/// Where the requests come from.
-#[derive(Clone, Debug)]
-pub enum ReplaySource {
-    Recording(String),
-    Gor(PathBuf),
-    Pcap { file: PathBuf, ports: Vec<u16> },
-}
-
-/// How to replay, whoever asks (the command line or the agent).
-#[derive(Clone, Debug)]
-pub struct ReplayOptions {
-    pub pace: Pace,
-    pub loops: u32,
-    pub exit_after: Option<Duration>,
-    pub concurrency: usize,
-    pub connect_timeout: Duration,
-    pub timeout: Duration,
-    pub filters: Filters,
-    pub rewrites: Rewrites,
-}
-
-/// A replay ready to start: what will be sent and when.
-pub struct LoadedReplay {
-    /// "recording R", "GoReplay file F", ...
-    pub source_name: String,
-    pub source: SourceStats,
-    pub filtered_out: u64,
-    /// Distinct requests (before loops).
-    pub requests: usize,
-    pub prepared: Vec<PreparedRequest>,
-    pub plan: Vec<crate::replay::schedule::Planned>,
-}
-
-impl LoadedReplay {
-    /// Planned time from the first send to the last.
-    pub fn span(&self) -> Duration {
-        self.plan.last().map(|p| p.due).unwrap_or_default()
-    }
-
-    /// Starts sending to `address` on the current runtime.
-    pub fn start(self, address: SocketAddr, options: &ReplayOptions) -> Replay {
-        Replay::start(
-            self.prepared,
-            self.plan,
-            EngineConfig {
-                target: address,
-                connect_timeout: options.connect_timeout,
-                response_timeout: options.timeout,
-                concurrency: options.concurrency,
-                exit_after: options.exit_after,
-            },
-        )
-    }
-}
-
-/// Reads the source (blocking: stores and files), selects, rewrites and plans.
-pub fn load_replay(
-    source: &ReplaySource,
-    store: &StoreArgs,
-    options: &ReplayOptions,
-) -> anyhow::Result<LoadedReplay> {
-    if options.concurrency == 0 {
-        bail!("--concurrency must be at least 1");
-    }
-    crate::replay::schedule::check(options.pace, options.loops)?;
-    let (source_name, messages) = match source {
-        ReplaySource::Gor(path) => {
-            let (messages, _) = read_messages_file(path, &[], FileFormat::Gor)?;
-            (format!("GoReplay file {}", path.display()), messages)
-        }
-        ReplaySource::Pcap { file, ports } => {
-            let (messages, _) = read_messages_file(file, ports, FileFormat::Pcap)?;
-            (format!("pcap {}", file.display()), messages)
-        }
-        ReplaySource::Recording(name) => {
-            let mut store = store.open()?;
-            let recording = store.get(name)?;
-            if recording.state == crate::store::RecordingState::Recording {
-                log::warn!("recording {name} is still running; replaying what it holds so far");
-            }
-            let mut stored = Vec::new();
-            store.read(name, &mut |m| {
-                stored.push(m);
-                true
-            })?;
-            (format!("recording {name}"), from_stored(stored))
-        }
-    };
-    let (requests, source_stats) = requests_from_messages(&messages);
-    drop(messages);
-    let (requests, filtered_out) = select(requests, &options.filters)?;
-    if requests.is_empty() {
-        bail!(
-            "{source_name} has no requests to replay ({} complete requests, {} incomplete skipped, {} left out by --filter)",
-            source_stats.requests,
-            source_stats.incomplete_skipped,
-            filtered_out
-        );
-    }
-    let recorded: Vec<Recorded> = requests
-        .iter()
-        .map(|r| Recorded {
-            conn: r.conn,
-            ts_ns: r.ts_ns,
-        })
-        .collect();
-    let plan = plan(&recorded, options.pace, options.loops)?;
-    let prepared = prepare(&requests, &options.rewrites)?;
-    Ok(LoadedReplay {
-        source_name,
-        source: source_stats,
-        filtered_out,
-        requests: requests.len(),
-        prepared,
-        plan,
-    })
 }
 
 /// Runs `capture replay`.
@@ -387,8 +123,8 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
         loops: args.loops,
         exit_after: args.exit_after,
         concurrency: args.concurrency,
-        connect_timeout: args.connect_timeout,
-        timeout: args.timeout,
+        connect_timeout: args.connect_timeout.into(),
+        timeout: args.timeout.into(),
         filters: Filters::new(args.filters.clone()),
         rewrites: rewrites_of(&args)?,
     };
@@ -402,7 +138,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
         _ => bail!("name a recording, or give --gor FILE or --pcap FILE"),
     };
     let address = target.resolve().await?;
-    let loaded = load_replay(&source, &args.store, &options)?;
+    let loaded = load_replay(&source, &args.store.to_config(), &options)?;
     eprintln!(
         "replaying {} requests{} from {} to http://{}:{} ({address}); {} incomplete skipped, {} filtered out; planned span {}",
         loaded.requests,
@@ -501,40 +237,4 @@ fn print_report(report: &ReplayReport, json: bool) -> anyhow::Result<()> {
         write!(out, "{}", report.to_text())?;
     }
     out.flush().context("writing the summary")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn targets_parse_with_clear_errors() {
-        let t: Target = "http://10.0.0.2:8080".parse().unwrap();
-        assert_eq!((t.host.as_str(), t.port), ("10.0.0.2", 8080));
-        let t: Target = "http://staging/".parse().unwrap();
-        assert_eq!((t.host.as_str(), t.port), ("staging", 80));
-        let t: Target = "http://[::1]:9000".parse().unwrap();
-        assert_eq!((t.host.as_str(), t.port), ("::1", 9000));
-        for (bad, says) in [
-            ("https://x", "https is not supported"),
-            ("x:80", "http://HOST"),
-            ("http://x/api", "without a path"),
-            ("http://x:0", "1-65535"),
-            ("http://x:99999", "1-65535"),
-            ("http://", "http://HOST"),
-        ] {
-            let err = bad.parse::<Target>().unwrap_err().to_string();
-            assert!(err.contains(says), "{bad}: {err}");
-        }
-    }
-
-    #[test]
-    fn pace_follows_the_flags() {
-        assert_eq!(pace_of(2.0, None, false), Pace::Original { speed: 2.0 });
-        assert_eq!(
-            pace_of(1.0, Some(50.0), false),
-            Pace::Rate { per_second: 50.0 }
-        );
-        assert_eq!(pace_of(1.0, None, true), Pace::Max);
-    }
 }

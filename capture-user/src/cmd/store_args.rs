@@ -1,10 +1,10 @@
-//! Where recordings are kept, shared by every command that reads or writes them.
+//! The store flags every command that reads or writes recordings takes; they build a
+//! [`StoreConfig`], whose defaults they show.
 
 use std::path::PathBuf;
 
-use crate::store::Store;
-use crate::store::embedded::EmbeddedStore;
-use crate::store::kafka::{KafkaConfig, KafkaStore};
+use crate::store::StoreConfig;
+use crate::store::kafka::KafkaConfig;
 
 /// Which store to use.
 #[derive(Clone, Debug, clap::Args)]
@@ -19,27 +19,22 @@ pub struct StoreArgs {
     pub kafka: Option<String>,
 
     /// Kafka topic for the messages (created with --partitions if missing).
-    #[arg(
-        long,
-        value_name = "TOPIC",
-        default_value = "capture-messages",
-        requires = "kafka"
-    )]
+    #[arg(long, value_name = "TOPIC", default_value_t = KafkaConfig::default().topic, requires = "kafka")]
     pub topic: String,
 
     /// Partitions when creating the Kafka topic.
-    #[arg(long, value_name = "N", default_value_t = 3, requires = "kafka")]
+    #[arg(long, value_name = "N", default_value_t = KafkaConfig::default().partitions, requires = "kafka")]
     pub partitions: i32,
 
     /// Kafka compression codec.
-    #[arg(long, default_value = "lz4", value_parser = ["lz4", "gzip", "none"], requires = "kafka")]
+    #[arg(long, default_value_t = KafkaConfig::default().compression, value_parser = ["lz4", "gzip", "none"], requires = "kafka")]
     pub compression: String,
 
     /// Producer queue cap in messages; beyond it messages are dropped and counted.
     #[arg(
         long,
         value_name = "N",
-        default_value_t = 100_000,
+        default_value_t = KafkaConfig::default().queue_max_messages,
         requires = "kafka",
         hide = true
     )]
@@ -47,43 +42,18 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
-    /// The data directory in effect.
-    pub fn dir(&self) -> PathBuf {
-        if let Some(dir) = &self.data_dir {
-            return dir.clone();
-        }
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
-            return PathBuf::from("/var/lib/capture");
-        }
-        let home = std::env::var_os("HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("."));
-        std::env::var_os("XDG_DATA_HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| home.join(".local/share"))
-            .join("capture")
-    }
-
-    /// Opens the store: Kafka when --kafka is given, else the embedded one.
-    pub fn open(&self) -> anyhow::Result<Box<dyn Store>> {
-        Ok(match &self.kafka {
-            Some(brokers) => {
-                let mut config = KafkaConfig::new(brokers, &self.topic);
-                config.partitions = self.partitions;
-                config.compression = self.compression.clone();
-                config.queue_max_messages = self.kafka_queue_messages;
-                Box::new(KafkaStore::open(config)?)
-            }
-            None => Box::new(EmbeddedStore::open(&self.dir())?),
-        })
-    }
-
-    /// Where recordings go, for messages.
-    pub fn describe(&self) -> String {
-        match &self.kafka {
-            Some(brokers) => format!("Kafka {brokers} topic {}", self.topic),
-            None => self.dir().display().to_string(),
+    /// The store these flags describe.
+    pub fn to_config(&self) -> StoreConfig {
+        StoreConfig {
+            data_dir: self.data_dir.clone(),
+            kafka: self.kafka.as_ref().map(|brokers| KafkaConfig {
+                brokers: brokers.clone(),
+                topic: self.topic.clone(),
+                partitions: self.partitions,
+                compression: self.compression.clone(),
+                queue_max_messages: self.kafka_queue_messages,
+                ..KafkaConfig::default()
+            }),
         }
     }
 }

@@ -21,7 +21,10 @@ use log::{info, warn};
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/capture"));
 
 /// Which kernel hook captures packets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum AttachMode {
     /// TC classifier on ingress and egress: sees requests and responses.
     Tc,
@@ -41,6 +44,24 @@ pub enum EbpfLogLevel {
     Trace,
 }
 
+/// Ring size when none is given: absorbs bursts of a busy node for tens of milliseconds.
+pub const DEFAULT_RING_BYTES: u32 = 16 << 20;
+
+/// Checks a ring size: the kernel wants a power of two of at least a page, and more than
+/// 1 GiB of locked memory per capture is never what a node wants.
+pub fn check_ring_bytes(bytes: u64) -> Result<u32, LoaderError> {
+    if bytes < 4096 || !bytes.is_power_of_two() || bytes > 1 << 30 {
+        return Err(LoaderError::BadRingSize(bytes));
+    }
+    Ok(bytes as u32)
+}
+
+/// Parses a ring size as people write it (`16MiB`), checked by [`check_ring_bytes`].
+pub fn parse_ring_size(text: &str) -> Result<u32, String> {
+    let bytes = crate::units::parse_byte_size(text)?;
+    check_ring_bytes(bytes).map_err(|e| e.to_string())
+}
+
 /// What to capture and where.
 #[derive(Clone, Debug)]
 pub struct CaptureConfig {
@@ -57,6 +78,21 @@ pub struct CaptureConfig {
     /// Use legacy netlink TC filters (with a clsact qdisc) instead of TCX links. The default
     /// picks TCX on kernels that have it (6.6+); this exists to exercise the legacy path.
     pub tc_netlink: bool,
+}
+
+impl Default for CaptureConfig {
+    /// Nothing to capture yet (interfaces and ports must be given), TC hooks, the default
+    /// ring, no eBPF logs.
+    fn default() -> Self {
+        Self {
+            interfaces: Vec::new(),
+            ports: Vec::new(),
+            mode: AttachMode::Tc,
+            ring_bytes: DEFAULT_RING_BYTES,
+            ebpf_log: EbpfLogLevel::Off,
+            tc_netlink: false,
+        }
+    }
 }
 
 impl LoaderError {
@@ -92,7 +128,7 @@ pub enum LoaderError {
     PortZero,
     #[error("{count} ports given but at most {max} fit the port map")]
     TooManyPorts { count: usize, max: u32 },
-    #[error("ring size {0} bytes is not a power of two of at least 4096; try 16MiB")]
+    #[error("ring size {0} bytes is not a power of two between 4KiB and 1GiB; try 16MiB")]
     BadRingSize(u64),
     #[error(
         "capturing needs root or CAP_BPF+CAP_NET_ADMIN+CAP_PERFMON; run with sudo or via `cargo xtask run`"
@@ -146,10 +182,7 @@ pub fn validate(config: &CaptureConfig) -> Result<(), LoaderError> {
             max: MAX_PORTS,
         });
     }
-    let ring = u64::from(config.ring_bytes);
-    if ring < 4096 || !ring.is_power_of_two() {
-        return Err(LoaderError::BadRingSize(ring));
-    }
+    check_ring_bytes(u64::from(config.ring_bytes))?;
     for iface in &config.interfaces {
         let dir = Path::new("/sys/class/net").join(iface);
         if iface.is_empty() || iface.contains('/') || !dir.exists() {
@@ -488,6 +521,14 @@ impl CounterSnapshot {
     /// `name=value` pairs in slot order, the same names as the metrics.
     pub fn pairs(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
         Counter::ALL.iter().map(|c| (c.name(), self.get(*c)))
+    }
+
+    /// The counters that count lost packets, under the names recordings report drops by
+    /// (zero values included).
+    pub fn losses(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        Counter::ALL
+            .iter()
+            .filter_map(|c| Some((c.loss_name()?, self.get(*c))))
     }
 }
 

@@ -3,6 +3,7 @@
 //! shutdown order (detach, drain, close) so no caller can get it wrong.
 
 pub mod loader;
+pub mod messages;
 pub mod ring;
 
 use std::collections::HashMap;
@@ -11,7 +12,11 @@ use anyhow::Context as _;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
-pub use loader::{AttachMode, CaptureConfig, CounterSnapshot, EbpfLogLevel, LoaderError};
+pub use loader::{
+    AttachMode, CaptureConfig, CounterSnapshot, DEFAULT_RING_BYTES, EbpfLogLevel, LoaderError,
+    parse_ring_size,
+};
+pub use messages::{LiveMessages, LiveStats};
 pub use ring::{PacketBatch, RingStatsSnapshot};
 
 use loader::{AttachedCapture, KernelCounters};

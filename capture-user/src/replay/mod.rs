@@ -1,10 +1,13 @@
 //! Replay: sending a recording's requests to a target. The sans-IO parts decide what is sent
 //! (`source`, `select`), when (`schedule`), how answers are read (`response`) and what is
-//! reported (`report`); `engine` is the async shell that opens connections and sends.
+//! reported (`report`); `engine` is the async shell that opens connections and sends; `load` joins them
+//! into a replay ready to start, for the command line and the agent alike.
 
 pub mod engine;
+pub mod load;
 pub mod report;
 pub mod response;
 pub mod schedule;
 pub mod select;
 pub mod source;
+pub mod target;

@@ -51,18 +51,29 @@ pub struct KafkaConfig {
     pub timeout: Duration,
 }
 
-impl KafkaConfig {
-    /// Defaults for a topic on the given brokers.
-    pub fn new(brokers: &str, topic: &str) -> Self {
+impl Default for KafkaConfig {
+    /// The settings `capture` uses unless told otherwise; `brokers` must still be given.
+    fn default() -> Self {
         Self {
-            brokers: brokers.to_string(),
-            topic: topic.to_string(),
+            brokers: String::new(),
+            topic: "capture-messages".into(),
             catalog_topic: "capture-recordings".into(),
             partitions: 3,
             compression: "lz4".into(),
             fragment_bytes: 900 * 1024,
             queue_max_messages: 100_000,
             timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// Defaults for a topic on the given brokers.
+    pub fn new(brokers: &str, topic: &str) -> Self {
+        Self {
+            brokers: brokers.to_string(),
+            topic: topic.to_string(),
+            ..Self::default()
         }
     }
 }

@@ -9,9 +9,11 @@
 //! - messages larger than the backend's limit are stored as ordered fragments and rejoined;
 //! - a recorder that dies leaves its recording `interrupted`, readable up to what was stored.
 
+pub mod config;
 pub mod embedded;
-pub mod gor;
 pub mod kafka;
+
+pub use config::StoreConfig;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -386,6 +388,11 @@ pub fn validate_name(name: &str) -> Result<(), StoreError> {
     } else {
         Err(StoreError::BadName(name.to_string()))
     }
+}
+
+/// Losses as a recording's catalog entry keeps them: only the reasons that occurred.
+pub fn drops_seen(losses: impl IntoIterator<Item = (String, u64)>) -> BTreeMap<String, u64> {
+    losses.into_iter().filter(|(_, v)| *v > 0).collect()
 }
 
 /// What a recorder reports when it stops.

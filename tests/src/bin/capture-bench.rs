@@ -428,9 +428,9 @@ fn replay_rates() -> Result<()> {
     for i in 0..5000u64 {
         t_ns += 1_000_000 + (i * 2_654_435_761 % 2_000_000);
         let request = format!("GET /index.html?lag={i} HTTP/1.1\r\nHost: bench\r\n\r\n");
-        capture_user::store::gor::write_payload(
+        capture_user::files::gor::write_payload(
             &mut file,
-            &capture_user::store::gor::GorPayload {
+            &capture_user::files::gor::GorPayload {
                 kind: 1,
                 id: format!("{i:024x}"),
                 ts_ns: t_ns,

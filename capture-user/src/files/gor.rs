@@ -11,9 +11,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use bytes::Bytes;
 
-use super::{StoredKind, StoredMessage};
 use crate::message::{HttpMessage, MessageKind};
 use crate::packet::Timestamp;
+use crate::store::{StoredKind, StoredMessage};
 
 /// The separator GoReplay writes after every payload.
 pub const SEPARATOR: &str = "\n🐵🙈🙉\n";

@@ -1,0 +1,62 @@
+//! Ports and byte sizes as people write them (`8080`, `16MiB`), parsed with messages that
+//! say what is accepted; the command line and the agent's API share them.
+
+/// Parses a TCP port with a message that says the valid range.
+pub fn parse_port(text: &str) -> Result<u16, String> {
+    match text.trim().parse::<u32>() {
+        Ok(port @ 1..=65535) => Ok(port as u16),
+        Ok(_) => Err(format!("TCP ports are 1-65535, got {text}")),
+        Err(_) => Err(format!("not a port number: {text:?}; use 1-65535")),
+    }
+}
+
+/// Parses a byte size such as `4096`, `512KiB`, `16MiB`, `1GiB` (K/M/G are binary too).
+pub fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("not a size: {text:?}; write e.g. 16MiB"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?}; use KiB, MiB, GiB or TiB"
+            ));
+        }
+    };
+    value
+        .checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("size {text} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_outside_the_tcp_range_are_refused_with_the_range() {
+        assert_eq!(parse_port("8080"), Ok(8080));
+        assert_eq!(parse_port("65535"), Ok(65535));
+        assert!(parse_port("0").unwrap_err().contains("1-65535"));
+        assert!(parse_port("70000").unwrap_err().contains("1-65535"));
+        assert!(parse_port("http").unwrap_err().contains("1-65535"));
+    }
+
+    #[test]
+    fn sizes_accept_binary_units() {
+        assert_eq!(parse_byte_size("4096"), Ok(4096));
+        assert_eq!(parse_byte_size("16MiB"), Ok(16 << 20));
+        assert_eq!(parse_byte_size("2k"), Ok(2048));
+        assert_eq!(parse_byte_size("1TiB"), Ok(1 << 40));
+        assert!(parse_byte_size("12 parsecs").is_err());
+        assert!(parse_byte_size("99999999999999999999").is_err());
+    }
+}
