@@ -10,7 +10,7 @@
 //! `capture.src`, `capture.dst`, `capture.node`, `capture.recordings` (comma-separated),
 //! `capture.fragment` (`i/n`).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -18,15 +18,19 @@ use std::time::{Duration, Instant};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+mod window;
+
+use window::merge_by_capture_time;
+
 use super::{
-    FragmentJoiner, MessageMeta, Recording, RecordingState, RecordingSummary, Store, StoreError,
-    StoredKind, StoredMessage, exists_error, fragments, merge_parts, meta_for, node_name, part_key,
+    MessageMeta, Recording, RecordingState, RecordingSummary, Store, StoreError, StoredKind,
+    StoredMessage, exists_error, fragments, merge_parts, meta_for, node_name, part_key,
     resolve_interrupted, split_part_key, validate_name,
 };
 use crate::message::HttpMessage;
@@ -129,10 +133,6 @@ fn kafka_err(config: &KafkaConfig, what: &str, e: impl std::fmt::Display) -> Sto
         path: format!("kafka {} topic {}", config.brokers, config.topic),
         message: format!("{what}: {e}"),
     }
-}
-
-fn header_text<'a>(h: &'a rdkafka::message::BorrowedHeaders, key: &str) -> Option<&'a [u8]> {
-    h.iter().find(|x| x.key == key).and_then(|x| x.value)
 }
 
 impl KafkaStore {
@@ -257,16 +257,6 @@ impl KafkaStore {
                     .map_err(|e| self.err("reading watermarks", e))
             })
             .collect()
-    }
-
-    fn consumer(&self) -> Result<BaseConsumer, StoreError> {
-        ClientConfig::new()
-            .set("bootstrap.servers", &self.config.brokers)
-            .set("group.id", format!("capture-reader-{}", std::process::id()))
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "false")
-            .create()
-            .map_err(|e| self.err("creating a consumer", e))
     }
 
     /// The catalog: the last record per name, tombstones removing names.
@@ -563,91 +553,8 @@ impl Store for KafkaStore {
             Some(end) => end.clone(),
             None => self.watermarks()?,
         };
-        let consumer = self.consumer()?;
-        let mut tpl = TopicPartitionList::new();
-        let mut remaining: HashMap<i32, i64> = HashMap::new();
-        for (&p, &start) in &rec.start {
-            let stop = end.get(&p).copied().unwrap_or(start);
-            if stop > start {
-                tpl.add_partition_offset(
-                    rec.topic.as_deref().unwrap_or(&self.config.topic),
-                    p,
-                    Offset::Offset(start),
-                )
-                .map_err(|e| self.err("assigning partitions", e))?;
-                remaining.insert(p, stop);
-            }
-        }
-        let mut per_partition: BTreeMap<i32, Vec<StoredMessage>> = BTreeMap::new();
-        let mut joiners: HashMap<i32, FragmentJoiner> = HashMap::new();
-        if !remaining.is_empty() {
-            consumer
-                .assign(&tpl)
-                .map_err(|e| self.err("assigning partitions", e))?;
-        }
-        let mut last_progress = Instant::now();
-        while !remaining.is_empty() {
-            if last_progress.elapsed() > self.config.timeout * 3 {
-                return Err(self.err(
-                    "reading the window",
-                    format!("no progress; partitions left {remaining:?}"),
-                ));
-            }
-            let Some(result) = consumer.poll(Duration::from_millis(200)) else {
-                continue;
-            };
-            let msg = result.map_err(|e| self.err("reading the window", e))?;
-            last_progress = Instant::now();
-            let p = msg.partition();
-            let Some(&stop) = remaining.get(&p) else {
-                continue;
-            };
-            if msg.offset() >= stop {
-                remaining.remove(&p);
-                continue;
-            }
-            if msg.offset() + 1 >= stop {
-                remaining.remove(&p);
-            }
-            let position = format!("partition {p} offset {}", msg.offset());
-            let Some(encoded) = msg.headers().and_then(|h| header_text(h, "capture.meta")) else {
-                continue; // not ours
-            };
-            let meta: MessageMeta =
-                postcard::from_bytes(encoded).map_err(|e| StoreError::Corrupt {
-                    position: position.clone(),
-                    message: e.to_string(),
-                })?;
-            if !meta.recordings.iter().any(|r| r == name) {
-                continue;
-            }
-            let joiner = joiners.entry(p).or_default();
-            if let Some(m) = joiner.push(meta, msg.payload().unwrap_or_default(), &position)? {
-                per_partition.entry(p).or_default().push(m);
-            }
-        }
-        // Capture order across partitions; each partition's (each connection's) order kept.
-        let mut cursors: Vec<std::iter::Peekable<std::vec::IntoIter<StoredMessage>>> =
-            per_partition
-                .into_values()
-                .map(|v| v.into_iter().peekable())
-                .collect();
-        loop {
-            let next = cursors
-                .iter_mut()
-                .enumerate()
-                .filter_map(|(i, c)| c.peek().map(|m| (m.meta.first_ts, i)))
-                .min();
-            let Some((_, i)) = next else {
-                break;
-            };
-            let Some(m) = cursors[i].next() else {
-                break;
-            };
-            if !visit(m) {
-                break;
-            }
-        }
+        let per_partition = self.consume_window(&rec, &end)?;
+        merge_by_capture_time(per_partition, visit);
         Ok(())
     }
 }
