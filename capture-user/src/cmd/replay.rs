@@ -13,7 +13,8 @@ use crate::cmd::store_args::StoreArgs;
 use crate::replay::engine::Replay;
 use crate::replay::load::{ReplayOptions, ReplaySource, load_replay, pace_of, rewrites_from};
 use crate::replay::report::ReplayReport;
-use crate::replay::select::{FilterRule, Filters, Rewrites};
+use crate::replay::rewrite::Rewrites;
+use crate::replay::select::{FilterRule, Filters};
 use crate::replay::target::Target;
 use crate::units::parse_port;
 

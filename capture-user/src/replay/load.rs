@@ -11,8 +11,9 @@ use anyhow::{Context as _, bail};
 
 use crate::files::{FileFormat, read_messages};
 use crate::replay::engine::{EngineConfig, PreparedRequest, Replay};
+use crate::replay::rewrite::Rewrites;
 use crate::replay::schedule::{Pace, Planned, Recorded, plan};
-use crate::replay::select::{Filters, RequestHead, Rewrites};
+use crate::replay::select::{Filters, RequestHead};
 use crate::replay::source::{ReplayRequest, SourceStats, from_stored, requests_from_messages};
 use crate::store::{RecordingState, StoreConfig};
 
