@@ -1,8 +1,10 @@
-//! A live recording as a running thing: capture -> pipeline -> store, started, watched and
+//! A live recording as a running thing: capture -> framing -> store, started, watched and
 //! stopped by whoever owns it (the `record` command, or the agent on behalf of an API call).
 //!
-//! The store runs on a thread of its own (SQLite and librdkafka calls block) fed through a
-//! bounded queue; a full queue is the counted drop `store_queue_full`, never a stall.
+//! Three threads carry the data and none of them is the async runtime's: the ring thread
+//! drains the kernel ring and frames messages, the store thread writes them, and a bounded
+//! queue joins the two. A full queue is the counted drop `store_queue_full`, never a stall
+//! of capture. The async task only starts, watches and stops.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
@@ -12,70 +14,16 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use tokio::sync::watch;
 
-use crate::live::{CaptureConfig, LiveMessages, LiveStats};
+use crate::live::{CaptureConfig, LiveMessages, LiveStats, MessageSink};
 use crate::message::HttpMessage;
 use crate::store::{Recording, RecordingSummary, Store};
 
-/// Messages waiting for the store thread (batches). When full, new messages are dropped and
+/// Message batches waiting for the store thread. When full, new messages are dropped and
 /// counted as `store_queue_full` instead of stalling capture.
 const STORE_QUEUE_BATCHES: usize = 256;
 
 /// How often the store thread makes queued messages durable.
 const FLUSH_EVERY: Duration = Duration::from_millis(200);
-
-/// Result of the store thread (how many messages it wrote is the shared `written` counter).
-struct StoreOutcome {
-    bytes: u64,
-    error: Option<anyhow::Error>,
-}
-
-/// The store thread; joining it gives the store back with what it stored.
-type StoreThread = std::thread::JoinHandle<(Box<dyn Store>, StoreOutcome)>;
-
-/// Runs the store on its own thread (SQLite calls block), fed batches of messages; `written`
-/// counts the messages it has handed to the store so far (what the queue no longer holds).
-fn spawn_store_thread(
-    mut store: Box<dyn Store>,
-    name: String,
-    written: Arc<AtomicU64>,
-) -> (std_mpsc::SyncSender<Vec<HttpMessage>>, StoreThread) {
-    let (tx, rx) = std_mpsc::sync_channel::<Vec<HttpMessage>>(STORE_QUEUE_BATCHES);
-    let handle = std::thread::spawn(move || {
-        let tags = vec![name];
-        let mut outcome = StoreOutcome {
-            bytes: 0,
-            error: None,
-        };
-        let mut last_flush = Instant::now();
-        loop {
-            let batch = match rx.recv_timeout(FLUSH_EVERY) {
-                Ok(batch) => Some(batch),
-                Err(std_mpsc::RecvTimeoutError::Timeout) => None,
-                Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
-            };
-            for m in batch.iter().flatten() {
-                if let Err(e) = store.append(m, &tags) {
-                    outcome.error = Some(e.into());
-                    return (store, outcome);
-                }
-                outcome.bytes += m.bytes.len() as u64;
-                written.fetch_add(1, Ordering::Relaxed);
-            }
-            if last_flush.elapsed() >= FLUSH_EVERY {
-                if let Err(e) = store.flush() {
-                    outcome.error = Some(e.into());
-                    return (store, outcome);
-                }
-                last_flush = Instant::now();
-            }
-        }
-        if let Err(e) = store.flush() {
-            outcome.error = Some(e.into());
-        }
-        (store, outcome)
-    });
-    (tx, handle)
-}
 
 /// What to record.
 #[derive(Clone, Debug)]
@@ -127,6 +75,110 @@ pub struct FinishedRecording {
     pub store_error: Option<anyhow::Error>,
 }
 
+/// Counters of the queue to the store thread, shared by both of its ends and the status.
+#[derive(Default)]
+struct QueueCounters {
+    /// Messages put in the queue.
+    queued: AtomicU64,
+    /// Messages dropped because the queue was full.
+    full: AtomicU64,
+    /// Messages the store thread has handed to the store.
+    written: AtomicU64,
+}
+
+/// The ring thread's end of the queue to the store thread.
+struct StoreQueue {
+    tx: std_mpsc::SyncSender<Vec<HttpMessage>>,
+    counters: Arc<QueueCounters>,
+}
+
+impl MessageSink for StoreQueue {
+    /// Hands the messages on without waiting; a full queue drops them and counts the drop.
+    /// False once the store thread is gone (it failed).
+    fn deliver(&mut self, messages: &mut Vec<HttpMessage>) -> bool {
+        let n = messages.len() as u64;
+        match self.tx.try_send(std::mem::take(messages)) {
+            Ok(()) => self.counters.queued.fetch_add(n, Ordering::Relaxed),
+            Err(std_mpsc::TrySendError::Full(_)) => {
+                self.counters.full.fetch_add(n, Ordering::Relaxed)
+            }
+            Err(std_mpsc::TrySendError::Disconnected(_)) => return false,
+        };
+        true
+    }
+
+    /// The tail waits for room: nothing captured is dropped at the end.
+    fn deliver_last(&mut self, messages: &mut Vec<HttpMessage>) {
+        let n = messages.len() as u64;
+        if n > 0 && self.tx.send(std::mem::take(messages)).is_ok() {
+            self.counters.queued.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What the store thread did (how many messages it wrote is in the shared counters).
+struct StoreOutcome {
+    bytes: u64,
+    error: Option<anyhow::Error>,
+}
+
+/// The store thread; joining it gives the store back with what it stored.
+type StoreThread = std::thread::JoinHandle<(Box<dyn Store>, StoreOutcome)>;
+
+/// Runs the store on its own thread (store calls block on disk or on the broker), writing
+/// the batches the queue brings and making them durable every [`FLUSH_EVERY`]. It ends
+/// when the queue closes, or at the first error, which `failed` announces at once.
+fn spawn_store_thread(
+    mut store: Box<dyn Store>,
+    name: String,
+    rx: std_mpsc::Receiver<Vec<HttpMessage>>,
+    counters: Arc<QueueCounters>,
+    failed: watch::Sender<bool>,
+) -> std::io::Result<StoreThread> {
+    std::thread::Builder::new()
+        .name("capture-store".into())
+        .spawn(move || {
+            let tags = vec![name];
+            let mut outcome = StoreOutcome {
+                bytes: 0,
+                error: None,
+            };
+            if let Err(e) = store_until_closed(&mut *store, &tags, &rx, &counters, &mut outcome) {
+                outcome.error = Some(e);
+                let _ = failed.send(true);
+            }
+            (store, outcome)
+        })
+}
+
+fn store_until_closed(
+    store: &mut dyn Store,
+    tags: &[String],
+    rx: &std_mpsc::Receiver<Vec<HttpMessage>>,
+    counters: &QueueCounters,
+    outcome: &mut StoreOutcome,
+) -> anyhow::Result<()> {
+    let mut last_flush = Instant::now();
+    loop {
+        let batch = match rx.recv_timeout(FLUSH_EVERY) {
+            Ok(batch) => Some(batch),
+            Err(std_mpsc::RecvTimeoutError::Timeout) => None,
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        for m in batch.iter().flatten() {
+            store.append(m, tags)?;
+            outcome.bytes += m.bytes.len() as u64;
+            counters.written.fetch_add(1, Ordering::Relaxed);
+        }
+        if last_flush.elapsed() >= FLUSH_EVERY {
+            store.flush()?;
+            last_flush = Instant::now();
+        }
+    }
+    store.flush()?;
+    Ok(())
+}
+
 /// A recording in progress.
 pub struct Recorder {
     status: Arc<Mutex<RecorderStatus>>,
@@ -139,7 +191,13 @@ impl Recorder {
     /// behind), opens the recording in `store`, and starts recording.
     pub async fn start(config: RecorderConfig, mut store: Box<dyn Store>) -> anyhow::Result<Self> {
         crate::store::validate_name(&config.name)?;
-        let live = LiveMessages::start(&config.capture)?;
+        let (tx, rx) = std_mpsc::sync_channel(STORE_QUEUE_BATCHES);
+        let counters = Arc::new(QueueCounters::default());
+        let queue = StoreQueue {
+            tx,
+            counters: counters.clone(),
+        };
+        let live = LiveMessages::start(&config.capture, queue)?;
         let source = format!(
             "live {} ports {:?}",
             config.capture.interfaces.join(","),
@@ -150,9 +208,21 @@ impl Recorder {
         } else {
             store.begin(&config.name, &source)?;
         }
+        let (failed_tx, failed) = watch::channel(false);
+        let store_thread =
+            spawn_store_thread(store, config.name.clone(), rx, counters.clone(), failed_tx)
+                .context("starting the store thread")?;
         let status = Arc::new(Mutex::new(RecorderStatus::default()));
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(record(config, live, store, status.clone(), stop_rx));
+        let running = Running {
+            name: config.name,
+            live,
+            counters,
+            store_thread,
+            status: status.clone(),
+            started: Instant::now(),
+        };
+        let task = tokio::spawn(running.record(stop_rx, failed));
         Ok(Self { status, stop, task })
     }
 
@@ -180,103 +250,92 @@ impl Recorder {
     }
 }
 
-/// The bounded queue to the store thread, with what went through it and what it dropped.
-struct StoreQueue {
-    tx: std_mpsc::SyncSender<Vec<HttpMessage>>,
-    written: Arc<AtomicU64>,
-    queued: u64,
-    full: u64,
+/// The parts of a running recording the watching task holds.
+struct Running {
+    name: String,
+    live: LiveMessages<StoreQueue>,
+    counters: Arc<QueueCounters>,
+    store_thread: StoreThread,
+    status: Arc<Mutex<RecorderStatus>>,
+    started: Instant,
 }
 
-impl StoreQueue {
-    /// Hands `messages` on without waiting; a full queue drops them and counts the drop.
-    /// False once the store thread is gone (it failed).
-    fn offer(&mut self, messages: &mut Vec<HttpMessage>) -> bool {
-        if messages.is_empty() {
-            return true;
-        }
-        let n = messages.len() as u64;
-        match self.tx.try_send(std::mem::take(messages)) {
-            Ok(()) => self.queued += n,
-            Err(std_mpsc::TrySendError::Full(_)) => self.full += n,
-            Err(std_mpsc::TrySendError::Disconnected(_)) => return false,
-        }
-        true
-    }
-
-    /// Hands the last messages on, waiting for room: nothing captured is dropped at the end.
-    fn close(mut self, messages: &mut Vec<HttpMessage>) -> Self {
-        let n = messages.len() as u64;
-        if n > 0 && self.tx.send(std::mem::take(messages)).is_ok() {
-            self.queued += n;
-        }
-        self
-    }
-
-    fn status(&self, started: Instant, live: LiveStats) -> RecorderStatus {
+impl Running {
+    fn status_of(&self, live: LiveStats) -> RecorderStatus {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         RecorderStatus {
-            elapsed: started.elapsed(),
-            messages_queued: self.queued,
-            messages_written: self.written.load(Ordering::Relaxed),
-            store_queue_full: self.full,
+            elapsed: self.started.elapsed(),
+            messages_queued: get(&self.counters.queued),
+            messages_written: get(&self.counters.written),
+            store_queue_full: get(&self.counters.full),
             live,
         }
     }
-}
 
-async fn record(
-    config: RecorderConfig,
-    mut live: LiveMessages,
-    store: Box<dyn Store>,
-    status: Arc<Mutex<RecorderStatus>>,
-    mut stop: watch::Receiver<bool>,
-) -> anyhow::Result<FinishedRecording> {
-    let written = Arc::new(AtomicU64::new(0));
-    let (tx, store_thread) = spawn_store_thread(store, config.name.clone(), written.clone());
-    let mut queue = StoreQueue {
-        tx,
-        written,
-        queued: 0,
-        full: 0,
-    };
-    let publish = |now: RecorderStatus| *status.lock().unwrap_or_else(|e| e.into_inner()) = now;
-    let mut messages = Vec::new();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let started = Instant::now();
-    loop {
-        tokio::select! {
-            more = live.next(&mut messages) => {
-                if !more || !queue.offer(&mut messages) {
-                    break;
-                }
-            }
-            _ = tick.tick() => publish(queue.status(started, live.stats()?)),
-            _ = stop.wait_for(|s| *s) => break,
-        }
+    fn publish(&self, now: RecorderStatus) {
+        *self.status.lock().unwrap_or_else(|e| e.into_inner()) = now;
     }
-    let live_stats = live.finish(&mut messages).await?;
-    let queue = queue.close(&mut messages);
-    let last = queue.status(started, live_stats);
-    let StoreQueue { tx, written, .. } = queue;
-    drop(tx);
-    let (mut store, outcome) = tokio::task::spawn_blocking(move || store_thread.join())
-        .await
-        .context("joining the store thread")?
-        .map_err(|_| anyhow::anyhow!("the store thread panicked"))?;
-    let last = RecorderStatus {
-        messages_written: written.load(Ordering::Relaxed),
-        ..last
-    };
-    publish(last.clone());
-    let summary = RecordingSummary {
-        messages: last.messages_written,
-        bytes: outcome.bytes,
-        drops: crate::store::drops_seen(last.losses()),
-    };
-    let recording = store.end(&config.name, summary)?;
-    Ok(FinishedRecording {
-        recording,
-        status: last,
-        store_error: outcome.error,
-    })
+
+    /// Publishes the counters every second until asked to stop, until storing fails, or
+    /// until the capture ends on its own; then ends the recording.
+    async fn record(
+        self,
+        mut stop: watch::Receiver<bool>,
+        mut failed: watch::Receiver<bool>,
+    ) -> anyhow::Result<FinishedRecording> {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    self.publish(self.status_of(self.live.stats()?));
+                    if !self.live.is_running() {
+                        break;
+                    }
+                }
+                _ = stop.wait_for(|s| *s) => break,
+                _ = failed.wait_for(|f| *f) => break,
+            }
+        }
+        self.end().await
+    }
+
+    /// Detaches and frames the tail (off the async workers: it blocks), lets the store
+    /// thread write everything queued, and closes the catalog entry with the final counts.
+    async fn end(self) -> anyhow::Result<FinishedRecording> {
+        let Self {
+            name,
+            live,
+            counters,
+            store_thread,
+            status,
+            started,
+        } = self;
+        let (live_stats, queue) = tokio::task::spawn_blocking(move || live.finish())
+            .await
+            .context("joining the capture")??;
+        drop(queue); // closes the queue: the store thread writes what is left and ends
+        let (mut store, outcome) = tokio::task::spawn_blocking(move || store_thread.join())
+            .await
+            .context("joining the store thread")?
+            .map_err(|_| anyhow::anyhow!("the store thread panicked"))?;
+        let last = RecorderStatus {
+            elapsed: started.elapsed(),
+            messages_queued: counters.queued.load(Ordering::Relaxed),
+            messages_written: counters.written.load(Ordering::Relaxed),
+            store_queue_full: counters.full.load(Ordering::Relaxed),
+            live: live_stats,
+        };
+        *status.lock().unwrap_or_else(|e| e.into_inner()) = last.clone();
+        let summary = RecordingSummary {
+            messages: last.messages_written,
+            bytes: outcome.bytes,
+            drops: crate::store::drops_seen(last.losses()),
+        };
+        let recording = store.end(&name, summary)?;
+        Ok(FinishedRecording {
+            recording,
+            status: last,
+            store_error: outcome.error,
+        })
+    }
 }

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cmd::capture_args::CaptureArgs;
-use crate::live::LiveMessages;
+use crate::live::{LiveMessages, MessageSink};
 use crate::message::HttpMessage;
 use crate::pipeline::PipelineStats;
 
@@ -76,33 +76,44 @@ pub fn run_pcap(
     Ok(framed.stats)
 }
 
+/// Prints messages on the ring thread as they are framed; a closed stdout stops capture.
+struct Printer {
+    requests_only: bool,
+}
+
+impl MessageSink for Printer {
+    fn deliver(&mut self, messages: &mut Vec<HttpMessage>) -> bool {
+        print(messages, self.requests_only).is_ok()
+    }
+}
+
 async fn run_live(args: MessagesArgs) -> anyhow::Result<()> {
     let config = args.capture.to_config();
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut live = LiveMessages::start(&config)?;
+    let printer = Printer {
+        requests_only: args.requests_only,
+    };
+    let live = LiveMessages::start(&config, printer)?;
     eprintln!(
         "capturing HTTP on {} ports {:?}; stop with Ctrl-C",
         config.interfaces.join(", "),
         config.ports
     );
-    let mut messages = Vec::new();
     let deadline = tokio::time::sleep(args.duration.unwrap_or(Duration::MAX / 4));
     tokio::pin!(deadline);
+    let mut check = tokio::time::interval(Duration::from_millis(200));
     loop {
         tokio::select! {
-            more = live.next(&mut messages) => {
-                if !more || print(&mut messages, args.requests_only).is_err() {
-                    break;
-                }
-            }
+            _ = check.tick() => if !live.is_running() { break },
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = &mut deadline, if args.duration.is_some() => break,
         }
     }
-    let stats = live.finish(&mut messages).await?;
-    let _ = print(&mut messages, args.requests_only);
+    let (stats, _) = tokio::task::spawn_blocking(move || live.finish())
+        .await
+        .context("joining the capture")??;
     eprintln!("counters: {}", stats.to_line());
     Ok(())
 }

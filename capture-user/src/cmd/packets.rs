@@ -11,7 +11,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cmd::capture_args::CaptureArgs;
 use crate::decode::decode_tcp;
-use crate::live::{AttachMode, CaptureStats, LiveCapture, PacketBatch};
+use crate::live::{AttachMode, CaptureStats, LivePackets, PacketBatch};
 use crate::packet::{CapturedPacket, Direction};
 
 /// Arguments of `capture packets`.
@@ -48,7 +48,7 @@ pub async fn run(args: PacketsArgs) -> anyhow::Result<()> {
     let config = args.capture.to_config();
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut capture = LiveCapture::start(&config)?;
+    let mut capture = LivePackets::start(&config)?;
     eprintln!(
         "capturing TCP ports {} on {} ({} hooks); stop with Ctrl-C",
         join(&config.ports),
@@ -58,7 +58,7 @@ pub async fn run(args: PacketsArgs) -> anyhow::Result<()> {
             AttachMode::Xdp => "xdp ingress",
         }
     );
-    let mut printer = Printer::new(args.quiet, capture.interface_names().clone());
+    let mut printer = Printer::new(args.quiet, capture.capture().interface_names().clone());
     let deadline = tokio::time::sleep(args.duration.unwrap_or(Duration::MAX / 4));
     tokio::pin!(deadline);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -76,7 +76,7 @@ pub async fn run(args: PacketsArgs) -> anyhow::Result<()> {
             _ = sigterm.recv() => break StopReason::Terminate,
             _ = &mut deadline, if args.duration.is_some() => break StopReason::Duration,
             _ = tick.tick(), if args.stats => {
-                eprintln!("stats: {}", capture.stats()?.to_line());
+                eprintln!("stats: {}", capture.capture().stats()?.to_line());
             }
         }
     };

@@ -1,6 +1,7 @@
 //! Live capture: the eBPF programs attached to interfaces and the ring drained into packet
 //! batches. [`LiveCapture`] ties the loader and the ring reader together and owns the
-//! shutdown order (detach, drain, close) so no caller can get it wrong.
+//! shutdown order (detach, drain, close) so no caller can get it wrong; [`LivePackets`]
+//! hands the packets to async code, [`LiveMessages`] frames them on the ring thread.
 
 pub mod loader;
 pub mod messages;
@@ -16,24 +17,23 @@ pub use loader::{
     AttachMode, CaptureConfig, CounterSnapshot, DEFAULT_RING_BYTES, EbpfLogLevel, LoaderError,
     parse_ring_size,
 };
-pub use messages::{LiveMessages, LiveStats};
-pub use ring::{PacketBatch, RingStatsSnapshot};
+pub use messages::{LiveMessages, LiveStats, MessageSink};
+pub use ring::{PacketBatch, PacketSink, RingStatsSnapshot};
 
 use loader::{AttachedCapture, KernelCounters};
-use ring::{ClockOffset, RingReader};
+use ring::{ChannelSink, ClockOffset, RingReader};
 
-/// Batches queued between the ring thread and the consumer. With up to
-/// [`ring::MAX_BATCH_PACKETS`] packets each this bounds userspace memory; beyond it the ring
-/// fills and the kernel counts drops.
+/// Batches queued between the ring thread and an async consumer ([`LivePackets`]). With up
+/// to [`ring::MAX_BATCH_PACKETS`] packets each this bounds userspace memory; beyond it the
+/// ring fills and the kernel counts drops.
 pub const CHANNEL_BATCHES: usize = 64;
 
-/// A running capture. Receive batches with [`LiveCapture::recv`]; call
-/// [`LiveCapture::stop`] to detach and drain, then keep receiving until `None`.
-pub struct LiveCapture {
+/// A running capture whose packets go to a [`PacketSink`] on the ring thread. Stop it with
+/// [`LiveCapture::stop`], which detaches, drains and gives the sink back.
+pub struct LiveCapture<S> {
     attached: AttachedCapture,
     counters: KernelCounters,
-    reader: RingReader,
-    rx: mpsc::Receiver<PacketBatch>,
+    reader: RingReader<S>,
     logger: Option<tokio::task::JoinHandle<()>>,
     interface_names: HashMap<u32, String>,
 }
@@ -59,9 +59,10 @@ impl CaptureStats {
     }
 }
 
-impl LiveCapture {
-    /// Loads, attaches and starts draining. Must be called inside a tokio runtime.
-    pub fn start(config: &CaptureConfig) -> anyhow::Result<Self> {
+impl<S: PacketSink> LiveCapture<S> {
+    /// Loads, attaches and starts draining into `sink`. Must be called inside a tokio
+    /// runtime (the eBPF log forwarder, when asked for, is a task).
+    pub fn start(config: &CaptureConfig, sink: S) -> anyhow::Result<Self> {
         let mut attached = AttachedCapture::start(config)?;
         let counters = attached.take_counters()?;
         let ring = attached.take_ring()?;
@@ -70,8 +71,7 @@ impl LiveCapture {
         } else {
             None
         };
-        let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
-        let reader = ring::spawn_reader(ring, ClockOffset::now(), tx)
+        let reader = ring::spawn_reader(ring, ClockOffset::now(), sink)
             .context("starting the ring reader thread")?;
         let interface_names = config
             .interfaces
@@ -82,15 +82,9 @@ impl LiveCapture {
             attached,
             counters,
             reader,
-            rx,
             logger,
             interface_names,
         })
-    }
-
-    /// Next batch of packets; `None` once stopped and fully drained.
-    pub async fn recv(&mut self) -> Option<PacketBatch> {
-        self.rx.recv().await
     }
 
     /// Names of the captured-on interfaces by ifindex, for display.
@@ -106,19 +100,20 @@ impl LiveCapture {
         })
     }
 
-    /// Stops capturing and hands every packet still in flight to `sink`: detaches every
-    /// program (nothing new enters the ring), lets the reader drain the ring, and receives
-    /// until the channel closes. The returned counters are final: every captured packet was
-    /// either handed on or counted as discarded.
-    pub async fn stop_and_drain(
-        self,
-        mut sink: impl FnMut(PacketBatch),
-    ) -> anyhow::Result<CaptureStats> {
+    /// False once the ring thread ended on its own (its sink gave up).
+    pub fn is_running(&self) -> bool {
+        self.reader.is_running()
+    }
+
+    /// Stops capturing: detaches every program (nothing new enters the ring), lets the
+    /// reader drain the ring into the sink, and gives the sink back with the final counters:
+    /// every captured packet was either handed to the sink or counted as discarded. Blocks
+    /// until the ring thread ends (run it off the async runtime's workers).
+    pub fn stop(self) -> anyhow::Result<(CaptureStats, S)> {
         let Self {
             mut attached,
             counters,
             mut reader,
-            mut rx,
             logger,
             ..
         } = self;
@@ -126,20 +121,55 @@ impl LiveCapture {
         if let Some(logger) = logger {
             logger.abort();
         }
-        // The reader may be blocked on a full channel, so join it off this task while
-        // this task keeps receiving.
-        let join = tokio::task::spawn_blocking(move || {
-            reader.stop();
-            reader
-        });
+        let sink = reader
+            .stop()
+            .context("the ring reader thread panicked; packets still in the ring are lost")?;
+        let stats = CaptureStats {
+            kernel: counters.snapshot()?,
+            ring: reader.stats().snapshot(),
+        };
+        Ok((stats, sink))
+    }
+}
+
+/// Live capture handing packet batches to async code (`capture packets`).
+pub struct LivePackets {
+    capture: LiveCapture<ChannelSink>,
+    rx: mpsc::Receiver<PacketBatch>,
+}
+
+impl LivePackets {
+    /// Loads, attaches and starts draining. Must be called inside a tokio runtime.
+    pub fn start(config: &CaptureConfig) -> anyhow::Result<Self> {
+        let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
+        let capture = LiveCapture::start(config, ChannelSink(tx))?;
+        Ok(Self { capture, rx })
+    }
+
+    /// Next batch of packets; `None` once the reader ended.
+    pub async fn recv(&mut self) -> Option<PacketBatch> {
+        self.rx.recv().await
+    }
+
+    /// The capture behind it (counters, interface names).
+    pub fn capture(&self) -> &LiveCapture<ChannelSink> {
+        &self.capture
+    }
+
+    /// Stops capturing and hands every packet still in flight to `sink`; the counters
+    /// returned are final.
+    pub async fn stop_and_drain(
+        self,
+        mut sink: impl FnMut(PacketBatch),
+    ) -> anyhow::Result<CaptureStats> {
+        let Self { capture, mut rx } = self;
+        // The reader may be blocked on a full channel, so stop it off this task while this
+        // task keeps receiving; dropping the returned sender closes the channel.
+        let stopping = tokio::task::spawn_blocking(move || capture.stop().map(|(stats, _)| stats));
         while let Some(batch) = rx.recv().await {
             sink(batch);
         }
-        let reader = join.await.context("joining the ring reader")?;
-        Ok(CaptureStats {
-            kernel: counters.snapshot()?,
-            ring: reader.stats().snapshot(),
-        })
+        stopping.await.context("joining the ring reader")?
     }
 }
 
