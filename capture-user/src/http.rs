@@ -104,11 +104,6 @@ pub struct IdAllocator {
 }
 
 impl IdAllocator {
-    /// Starts after `last` (ids are never 0).
-    pub fn starting_after(last: u64) -> Self {
-        Self { next: last }
-    }
-
     fn next(&mut self) -> u64 {
         self.next += 1;
         self.next
@@ -709,13 +704,11 @@ impl ConnectionFramer {
                             let method = req.method.unwrap_or("").to_string();
                             let uri = req.path.unwrap_or("").to_string();
                             let framing = body_framing(req.headers, stats, true);
-                            let upgrade = header(req.headers, "upgrade").next().is_some();
                             Ok((
                                 n,
                                 MessageKind::Request { method, uri },
                                 req.version.unwrap_or(1),
                                 framing,
-                                upgrade,
                             ))
                         }
                         Ok(httparse::Status::Partial) => Err(None),
@@ -727,7 +720,6 @@ impl ConnectionFramer {
                                     MessageKind::Request { method, uri },
                                     1,
                                     BodyFraming::None,
-                                    false,
                                 ))
                             }
                             Lenient::NeedMore => Err(None),
@@ -746,7 +738,6 @@ impl ConnectionFramer {
                                 MessageKind::Response { status },
                                 resp.version.unwrap_or(1),
                                 framing,
-                                false,
                             ))
                         }
                         Ok(httparse::Status::Partial) => Err(None),
@@ -756,7 +747,7 @@ impl ConnectionFramer {
             }
         };
         let half = &mut self.halves[i];
-        let (n, kind, minor_version, framing, _upgrade) = match parsed {
+        let (n, kind, minor_version, framing) = match parsed {
             Ok(p) => p,
             Err(None) => {
                 if half.buf.len() > max_header {
