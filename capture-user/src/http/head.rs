@@ -3,9 +3,100 @@
 //! say about where the body ends (RFC 9112 section 6).
 
 use super::HttpStats;
+use crate::message::MessageKind;
 use crate::reassembly::FlowDir;
 
-pub(super) const METHODS: &[&[u8]] = &[
+/// A request or status line and headers, copied out of the input so it can be consumed.
+pub(super) struct Head {
+    /// Bytes of the head, up to and including the empty line that ends it.
+    pub(super) len: usize,
+    pub(super) kind: MessageKind,
+    pub(super) minor_version: u8,
+    /// Where the body ends, as the headers say (before pairing adds what the method and
+    /// status say).
+    pub(super) framing: BodyFraming,
+}
+
+/// What reading a head gave.
+pub(super) enum HeadParse {
+    Complete(Head),
+    /// The head has not ended yet.
+    Partial,
+    /// Not a head: the stream must resynchronise.
+    Invalid(httparse::Error),
+}
+
+/// Most headers one head may have; more is counted as a head too large.
+const MAX_HEADERS: usize = 128;
+
+/// Reads a request line and headers. Heads httparse refuses are read leniently (see
+/// [`lenient_request_head`]), since servers answer them and they must be recorded.
+pub(super) fn request_head(buf: &[u8], stats: &mut HttpStats) -> HeadParse {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => {
+            let method = req.method.unwrap_or("").to_string();
+            let uri = req.path.unwrap_or("").to_string();
+            let framing = body_framing(req.headers, stats, true);
+            HeadParse::Complete(Head {
+                len,
+                kind: MessageKind::Request { method, uri },
+                minor_version: req.version.unwrap_or(1),
+                framing,
+            })
+        }
+        Ok(httparse::Status::Partial) => HeadParse::Partial,
+        Err(e) => match lenient_request_head(buf) {
+            Lenient::Head { len, method, uri } => {
+                stats.lenient_heads += 1;
+                HeadParse::Complete(Head {
+                    len,
+                    kind: MessageKind::Request { method, uri },
+                    minor_version: 1,
+                    framing: BodyFraming::None,
+                })
+            }
+            Lenient::NeedMore => HeadParse::Partial,
+            Lenient::NotRequest => HeadParse::Invalid(e),
+        },
+    }
+}
+
+/// Reads a status line and headers; no leniency, since a response httparse refuses cannot
+/// be framed reliably.
+pub(super) fn response_head(buf: &[u8], stats: &mut HttpStats) -> HeadParse {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => {
+            let status = resp.code.unwrap_or(0);
+            let framing = body_framing(resp.headers, stats, false);
+            HeadParse::Complete(Head {
+                len,
+                kind: MessageKind::Response { status },
+                minor_version: resp.version.unwrap_or(1),
+                framing,
+            })
+        }
+        Ok(httparse::Status::Partial) => HeadParse::Partial,
+        Err(e) => HeadParse::Invalid(e),
+    }
+}
+
+/// Method and URI of a request head that the close cut short, read from its first line as
+/// well as it goes (each empty when missing).
+pub(super) fn cut_request_line(buf: &[u8]) -> (String, String) {
+    let line_end = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
+    let line = String::from_utf8_lossy(&buf[..line_end]).trim().to_string();
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or_default().to_string();
+    let uri = parts.next().unwrap_or_default().to_string();
+    (method, uri)
+}
+
+/// Methods a request may start with when looking for the next message after a gap.
+const METHODS: &[&[u8]] = &[
     b"GET ",
     b"POST ",
     b"PUT ",
@@ -93,6 +184,7 @@ pub(super) fn header<'a>(
 }
 
 /// How a message's body is delimited, from its headers.
+#[derive(Clone, Copy, Debug)]
 pub(super) enum BodyFraming {
     None,
     Length(u64),

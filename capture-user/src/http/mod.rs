@@ -6,8 +6,16 @@
 //! close-delimited, no body for HEAD/1xx/204/304), pairs responses with requests, stops at
 //! Upgrade/CONNECT tunnels, and resynchronises at the next message start after a gap. Every
 //! anomaly is counted; nothing is guessed silently.
+//!
+//! Files, in the order bytes meet them: `framer` (the per-connection framer: runs each
+//! direction, pairs responses with requests, stops at tunnels), `head` (where a message
+//! starts, its request or status line and headers, what they say about the body), `half`
+//! (one direction's state, buffer and message in progress) and `body` (Content-Length,
+//! chunked and close-delimited bodies).
 
+mod body;
 mod framer;
+mod half;
 mod head;
 #[cfg(test)]
 mod tests;
