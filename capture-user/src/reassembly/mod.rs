@@ -6,7 +6,11 @@
 //! glues bytes across a hole: a hole that cannot be filled becomes a [`StreamEvent::Gap`]
 //! and the consumer resynchronises. Every cap (connections, buffered bytes per connection and
 //! in total) is enforced and counted.
+//!
+//! This file tracks connections (open, find, close, expire); `stream` holds one direction's
+//! sequence space and the steps each segment goes through there.
 
+mod stream;
 #[cfg(test)]
 mod tests;
 
@@ -17,6 +21,8 @@ use bytes::Bytes;
 
 use crate::decode::TcpSegment;
 use crate::packet::Timestamp;
+
+use stream::{HalfStream, Sink};
 
 /// Direction of bytes within a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -148,37 +154,12 @@ impl ReassemblyStats {
     }
 }
 
-/// A segment held until the bytes before it arrive.
-struct Held {
-    seq: u32,
-    ts: Timestamp,
-    bytes: Bytes,
-}
-
-/// One direction of a connection.
-#[derive(Default)]
-struct HalfStream {
-    /// Sequence number of the next byte to deliver; `None` until known.
-    next_seq: Option<u32>,
-    /// Out-of-order segments, unsorted (few at a time).
-    held: Vec<Held>,
-    held_bytes: usize,
-    /// Sequence number just after the FIN, once a FIN was seen.
-    fin_seq: Option<u32>,
-    /// All bytes up to the FIN were delivered.
-    finished: bool,
-}
-
+/// A tracked connection.
 struct Connection {
     id: u64,
     client: SocketAddr,
     halves: [HalfStream; 2],
     last_ts: Timestamp,
-}
-
-/// Signed distance from `b` to `a` in sequence space (RFC 1982 style).
-fn seq_diff(a: u32, b: u32) -> i64 {
-    i64::from(a.wrapping_sub(b) as i32)
 }
 
 /// Normalised key: the two endpoints in a fixed order.
@@ -233,11 +214,7 @@ impl Reassembler {
     /// Feeds one segment; events are appended to `out`.
     pub fn push(&mut self, ts: Timestamp, seg: &TcpSegment, out: &mut Vec<StreamEvent>) {
         self.stats.segments += 1;
-        // Idle expiry, checked at most once a second of capture time.
-        if ts.0 >= self.last_expiry_check + 1_000_000_000 {
-            self.last_expiry_check = ts.0;
-            self.expire(ts, out);
-        }
+        self.expire_if_due(ts, out);
         let key = conn_key(seg.src, seg.dst);
         if !self.conns.contains_key(&key) && !self.open(key, ts, seg, out) {
             return;
@@ -251,185 +228,35 @@ impl Reassembler {
         } else {
             FlowDir::ToClient
         };
-        let conn_id = conn.id;
         if seg.flags.rst() {
             self.stats.resets += 1;
             self.close(key, ts, CloseReason::Reset, out);
             return;
         }
-        let cfg_cap = self.config.max_buffered_per_direction;
-        let total_cap = self.config.max_buffered_total;
-        let half = &mut conn.halves[dir.index()];
-        // The SYN occupies one sequence number; data starts after it.
-        let mut seq = if seg.flags.syn() {
-            seg.seq.wrapping_add(1)
-        } else {
-            seg.seq
-        };
-        let next = *half.next_seq.get_or_insert(seq);
-        let mut payload = seg.payload.clone();
-        if seg.flags.fin() {
-            half.fin_seq = Some(seq.wrapping_add(payload.len() as u32).wrapping_add(1));
-        }
-        if !payload.is_empty() {
-            let offset = seq_diff(seq, next);
-            if offset < 0 {
-                // Starts before what we have delivered: a retransmission or an overlap.
-                let already = (-offset) as usize;
-                if already >= payload.len() {
-                    self.stats.duplicate_segments += 1;
-                    payload = Bytes::new();
-                } else {
-                    self.stats.overlapping_bytes += already as u64;
-                    payload = payload.slice(already..);
-                    seq = next;
-                }
-            }
-            if !payload.is_empty() {
-                if seq == next {
-                    half.next_seq = Some(next.wrapping_add(payload.len() as u32));
-                    out.push(StreamEvent::Data {
-                        conn: conn_id,
-                        dir,
-                        ts,
-                        bytes: payload,
-                    });
-                } else {
-                    // Ahead of a hole: hold it, within the caps.
-                    self.stats.out_of_order_segments += 1;
-                    let duplicate = half
-                        .held
-                        .iter()
-                        .any(|h| h.seq == seq && h.bytes.len() >= payload.len());
-                    if duplicate {
-                        self.stats.duplicate_segments += 1;
-                    } else {
-                        half.held_bytes += payload.len();
-                        self.held_total += payload.len();
-                        half.held.push(Held {
-                            seq,
-                            ts,
-                            bytes: payload,
-                        });
-                    }
-                    if half.held_bytes > cfg_cap {
-                        self.stats.buffer_cap_hits += 1;
-                        Self::skip_hole(
-                            half,
-                            conn_id,
-                            dir,
-                            ts,
-                            &mut self.stats,
-                            &mut self.held_total,
-                            out,
-                        );
-                    } else if self.held_total > total_cap {
-                        self.stats.total_buffer_cap_hits += 1;
-                        Self::skip_hole(
-                            half,
-                            conn_id,
-                            dir,
-                            ts,
-                            &mut self.stats,
-                            &mut self.held_total,
-                            out,
-                        );
-                    }
-                }
-            }
-        }
-        Self::drain_held(
-            half,
-            conn_id,
+        let mut sink = Sink {
+            conn: conn.id,
             dir,
-            &mut self.stats,
-            &mut self.held_total,
+            stats: &mut self.stats,
+            held_total: &mut self.held_total,
             out,
-        );
-        Self::check_fin(half);
+        };
+        conn.halves[dir.index()].push(ts, seg, &self.config, &mut sink);
         if conn.halves.iter().all(|h| h.finished) {
             self.close(key, ts, CloseReason::Fin, out);
         }
     }
 
-    /// Delivers held segments that became contiguous.
-    fn drain_held(
-        half: &mut HalfStream,
-        conn: u64,
-        dir: FlowDir,
-        stats: &mut ReassemblyStats,
-        held_total: &mut usize,
-        out: &mut Vec<StreamEvent>,
-    ) {
-        let Some(mut next) = half.next_seq else {
-            return;
-        };
-        // Any held segment that starts at or before `next` continues the stream.
-        while let Some(pos) = half.held.iter().position(|h| seq_diff(h.seq, next) <= 0) {
-            let held = half.held.swap_remove(pos);
-            half.held_bytes -= held.bytes.len();
-            *held_total -= held.bytes.len();
-            let already = (-seq_diff(held.seq, next)) as usize;
-            if already >= held.bytes.len() {
-                stats.duplicate_segments += 1;
-                continue;
-            }
-            stats.overlapping_bytes += already as u64;
-            let bytes = held.bytes.slice(already..);
-            next = next.wrapping_add(bytes.len() as u32);
-            out.push(StreamEvent::Data {
-                conn,
-                dir,
-                ts: held.ts,
-                bytes,
-            });
-        }
-        half.next_seq = Some(next);
-    }
-
-    /// Gives up on the hole before the earliest held segment: reports a gap and jumps there.
-    fn skip_hole(
-        half: &mut HalfStream,
-        conn: u64,
-        dir: FlowDir,
-        ts: Timestamp,
-        stats: &mut ReassemblyStats,
-        held_total: &mut usize,
-        out: &mut Vec<StreamEvent>,
-    ) {
-        let Some(next) = half.next_seq else {
-            return;
-        };
-        let Some(earliest) = half
-            .held
-            .iter()
-            .map(|h| h.seq)
-            .min_by_key(|&s| seq_diff(s, next))
-        else {
-            return;
-        };
-        let missing = seq_diff(earliest, next).max(0) as u64;
-        stats.gaps += 1;
-        stats.gap_bytes += missing;
-        out.push(StreamEvent::Gap {
-            conn,
-            dir,
-            ts,
-            missing,
-        });
-        half.next_seq = Some(earliest);
-        Self::drain_held(half, conn, dir, stats, held_total, out);
-    }
-
-    fn check_fin(half: &mut HalfStream) {
-        if let (Some(fin), Some(next)) = (half.fin_seq, half.next_seq) {
-            // The FIN itself takes one sequence number after the last data byte.
-            if seq_diff(next.wrapping_add(1), fin) >= 0 && half.held.is_empty() {
-                half.finished = true;
-            }
+    /// Idle expiry, checked at most once a second of capture time, since each check scans
+    /// every connection.
+    fn expire_if_due(&mut self, ts: Timestamp, out: &mut Vec<StreamEvent>) {
+        if ts.0 >= self.last_expiry_check + 1_000_000_000 {
+            self.last_expiry_check = ts.0;
+            self.expire(ts, out);
         }
     }
 
+    /// Starts tracking the connection of a segment not seen before, deciding which side is
+    /// the client; false when it is not tracked (a bare ACK/FIN/RST, or the cap is reached).
     fn open(
         &mut self,
         key: (SocketAddr, SocketAddr),
@@ -501,18 +328,14 @@ impl Reassembler {
             return;
         };
         for dir in [FlowDir::ToServer, FlowDir::ToClient] {
-            let half = &mut conn.halves[dir.index()];
-            while !half.held.is_empty() {
-                Self::skip_hole(
-                    half,
-                    conn.id,
-                    dir,
-                    ts,
-                    &mut self.stats,
-                    &mut self.held_total,
-                    out,
-                );
-            }
+            let mut sink = Sink {
+                conn: conn.id,
+                dir,
+                stats: &mut self.stats,
+                held_total: &mut self.held_total,
+                out,
+            };
+            conn.halves[dir.index()].skip_all_holes(ts, &mut sink);
         }
         out.push(StreamEvent::Closed {
             conn: conn.id,
