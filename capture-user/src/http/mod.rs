@@ -66,25 +66,50 @@ pub struct HttpStats {
     pub unpaired_responses: u64,
 }
 
+/// Marks of the counter tables: a counter of messages lost or not recorded whole, or
+/// a tally of what went through.
+const LOSS: bool = true;
+const TALLY: bool = false;
+
+/// A row of the counter table: the counter's name, how to read it, and whether it is a loss.
+type Counter = (&'static str, fn(&HttpStats) -> u64, bool);
+
 impl HttpStats {
+    /// Every counter once, in summary order: its name (as in summaries and metrics), how to
+    /// read it, and whether it is a loss. `pairs` and `losses` both derive from it, so which
+    /// counters are losses is said once, here; a unit test checks it against the fields.
+    const COUNTERS: [Counter; 14] = [
+        ("requests", |s| s.requests, TALLY),
+        ("responses", |s| s.responses, TALLY),
+        ("interim_responses", |s| s.interim_responses, TALLY),
+        ("incomplete_messages", |s| s.incomplete_messages, LOSS),
+        ("header_too_large", |s| s.header_too_large, LOSS),
+        ("bad_message_head", |s| s.bad_message_head, LOSS),
+        ("bad_framing", |s| s.bad_framing, LOSS),
+        ("ambiguous_length", |s| s.ambiguous_length, TALLY),
+        ("body_too_large", |s| s.body_too_large, LOSS),
+        ("resync_skipped_bytes", |s| s.resync_skipped_bytes, TALLY),
+        ("lenient_heads", |s| s.lenient_heads, TALLY),
+        ("upgrades", |s| s.upgrades, LOSS),
+        ("tunnel_bytes_ignored", |s| s.tunnel_bytes_ignored, TALLY),
+        ("unpaired_responses", |s| s.unpaired_responses, TALLY),
+    ];
+
     /// `name=value` pairs.
     pub fn pairs(&self) -> Vec<(&'static str, u64)> {
-        vec![
-            ("requests", self.requests),
-            ("responses", self.responses),
-            ("interim_responses", self.interim_responses),
-            ("incomplete_messages", self.incomplete_messages),
-            ("header_too_large", self.header_too_large),
-            ("bad_message_head", self.bad_message_head),
-            ("bad_framing", self.bad_framing),
-            ("ambiguous_length", self.ambiguous_length),
-            ("body_too_large", self.body_too_large),
-            ("resync_skipped_bytes", self.resync_skipped_bytes),
-            ("lenient_heads", self.lenient_heads),
-            ("upgrades", self.upgrades),
-            ("tunnel_bytes_ignored", self.tunnel_bytes_ignored),
-            ("unpaired_responses", self.unpaired_responses),
-        ]
+        Self::COUNTERS
+            .iter()
+            .map(|(name, value, _)| (*name, value(self)))
+            .collect()
+    }
+
+    /// The loss counters as `name=value` pairs, zero values included.
+    pub fn losses(&self) -> Vec<(&'static str, u64)> {
+        Self::COUNTERS
+            .iter()
+            .filter(|(_, _, loss)| *loss)
+            .map(|(name, value, _)| (*name, value(self)))
+            .collect()
     }
 }
 

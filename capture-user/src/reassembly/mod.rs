@@ -129,28 +129,54 @@ pub struct ReassemblyStats {
     pub resets: u64,
 }
 
+/// Marks of the counter tables: a counter of traffic lost or not recorded whole, or
+/// a tally of what went through.
+const LOSS: bool = true;
+const TALLY: bool = false;
+
+/// A row of the counter table: the counter's name, how to read it, and whether it is a loss.
+type Counter = (&'static str, fn(&ReassemblyStats) -> u64, bool);
+
 impl ReassemblyStats {
+    /// Every counter once, in summary order: its name (as in summaries and metrics), how to
+    /// read it, and whether it is a loss. `pairs` and `losses` both derive from it, so which
+    /// counters are losses is said once, here; a unit test checks it against the fields.
+    const COUNTERS: [Counter; 14] = [
+        ("connections", |s| s.connections, TALLY),
+        ("connections_midstream", |s| s.connections_midstream, TALLY),
+        ("connection_cap_hits", |s| s.connection_cap_hits, LOSS),
+        ("segments", |s| s.segments, TALLY),
+        (
+            "segments_ignored_after_close",
+            |s| s.segments_ignored_after_close,
+            TALLY,
+        ),
+        ("duplicate_segments", |s| s.duplicate_segments, TALLY),
+        ("overlapping_bytes", |s| s.overlapping_bytes, TALLY),
+        ("out_of_order_segments", |s| s.out_of_order_segments, TALLY),
+        ("buffer_cap_hits", |s| s.buffer_cap_hits, LOSS),
+        ("total_buffer_cap_hits", |s| s.total_buffer_cap_hits, LOSS),
+        ("gaps", |s| s.gaps, LOSS),
+        ("gap_bytes", |s| s.gap_bytes, TALLY),
+        ("idle_timeouts", |s| s.idle_timeouts, TALLY),
+        ("resets", |s| s.resets, TALLY),
+    ];
+
     /// `name=value` pairs.
     pub fn pairs(&self) -> Vec<(&'static str, u64)> {
-        vec![
-            ("connections", self.connections),
-            ("connections_midstream", self.connections_midstream),
-            ("connection_cap_hits", self.connection_cap_hits),
-            ("segments", self.segments),
-            (
-                "segments_ignored_after_close",
-                self.segments_ignored_after_close,
-            ),
-            ("duplicate_segments", self.duplicate_segments),
-            ("overlapping_bytes", self.overlapping_bytes),
-            ("out_of_order_segments", self.out_of_order_segments),
-            ("buffer_cap_hits", self.buffer_cap_hits),
-            ("total_buffer_cap_hits", self.total_buffer_cap_hits),
-            ("gaps", self.gaps),
-            ("gap_bytes", self.gap_bytes),
-            ("idle_timeouts", self.idle_timeouts),
-            ("resets", self.resets),
-        ]
+        Self::COUNTERS
+            .iter()
+            .map(|(name, value, _)| (*name, value(self)))
+            .collect()
+    }
+
+    /// The loss counters as `name=value` pairs, zero values included.
+    pub fn losses(&self) -> Vec<(&'static str, u64)> {
+        Self::COUNTERS
+            .iter()
+            .filter(|(_, _, loss)| *loss)
+            .map(|(name, value, _)| (*name, value(self)))
+            .collect()
     }
 }
 
