@@ -1,0 +1,251 @@
+//! Reading a message head: where a message starts in a stream, the request or status line
+//! and headers (with `httparse`, and leniently for requests it refuses), and what the headers
+//! say about where the body ends (RFC 9112 section 6).
+
+use super::HttpStats;
+use crate::message::MessageKind;
+use crate::reassembly::FlowDir;
+
+/// A request or status line and headers, copied out of the input so it can be consumed.
+pub(super) struct Head {
+    /// Bytes of the head, up to and including the empty line that ends it.
+    pub(super) len: usize,
+    pub(super) kind: MessageKind,
+    pub(super) minor_version: u8,
+    /// Where the body ends, as the headers say (before pairing adds what the method and
+    /// status say).
+    pub(super) framing: BodyFraming,
+}
+
+/// What reading a head gave.
+pub(super) enum HeadParse {
+    Complete(Head),
+    /// The head has not ended yet.
+    Partial,
+    /// Not a head: the stream must resynchronise.
+    Invalid(httparse::Error),
+}
+
+/// Most headers one head may have; more is counted as a head too large.
+const MAX_HEADERS: usize = 128;
+
+/// Reads a request line and headers. Heads httparse refuses are read leniently (see
+/// [`lenient_request_head`]), since servers answer them and they must be recorded.
+pub(super) fn request_head(buf: &[u8], stats: &mut HttpStats) -> HeadParse {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => {
+            let method = req.method.unwrap_or("").to_string();
+            let uri = req.path.unwrap_or("").to_string();
+            let framing = body_framing(req.headers, stats, true);
+            HeadParse::Complete(Head {
+                len,
+                kind: MessageKind::Request { method, uri },
+                minor_version: req.version.unwrap_or(1),
+                framing,
+            })
+        }
+        Ok(httparse::Status::Partial) => HeadParse::Partial,
+        Err(e) => match lenient_request_head(buf) {
+            Lenient::Head { len, method, uri } => {
+                stats.lenient_heads += 1;
+                HeadParse::Complete(Head {
+                    len,
+                    kind: MessageKind::Request { method, uri },
+                    minor_version: 1,
+                    framing: BodyFraming::None,
+                })
+            }
+            Lenient::NeedMore => HeadParse::Partial,
+            Lenient::NotRequest => HeadParse::Invalid(e),
+        },
+    }
+}
+
+/// Reads a status line and headers; no leniency, since a response httparse refuses cannot
+/// be framed reliably.
+pub(super) fn response_head(buf: &[u8], stats: &mut HttpStats) -> HeadParse {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => {
+            let status = resp.code.unwrap_or(0);
+            let framing = body_framing(resp.headers, stats, false);
+            HeadParse::Complete(Head {
+                len,
+                kind: MessageKind::Response { status },
+                minor_version: resp.version.unwrap_or(1),
+                framing,
+            })
+        }
+        Ok(httparse::Status::Partial) => HeadParse::Partial,
+        Err(e) => HeadParse::Invalid(e),
+    }
+}
+
+/// Method and URI of a request head that the close cut short, read from its first line as
+/// well as it goes (each empty when missing).
+pub(super) fn cut_request_line(buf: &[u8]) -> (String, String) {
+    let line_end = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
+    let line = String::from_utf8_lossy(&buf[..line_end]).trim().to_string();
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or_default().to_string();
+    let uri = parts.next().unwrap_or_default().to_string();
+    (method, uri)
+}
+
+/// Methods a request may start with when looking for the next message after a gap.
+const METHODS: &[&[u8]] = &[
+    b"GET ",
+    b"POST ",
+    b"PUT ",
+    b"DELETE ",
+    b"HEAD ",
+    b"OPTIONS ",
+    b"PATCH ",
+    b"CONNECT ",
+    b"TRACE ",
+];
+
+/// Position of the first plausible message start at a line start in `buf`.
+pub(super) fn find_message_start(buf: &[u8], dir: FlowDir) -> Option<usize> {
+    let starts_at = |p: usize| -> bool {
+        let rest = &buf[p..];
+        match dir {
+            FlowDir::ToServer => METHODS.iter().any(|m| rest.starts_with(m)),
+            FlowDir::ToClient => rest.starts_with(b"HTTP/1."),
+        }
+    };
+    (0..buf.len()).find(|&p| (p == 0 || buf[p - 1] == b'\n') && starts_at(p))
+}
+
+/// What [`lenient_request_head`] found.
+pub(super) enum Lenient {
+    /// A head of `len` bytes with this method and URI (URI empty when missing).
+    Head {
+        len: usize,
+        method: String,
+        uri: String,
+    },
+    /// Looks like a request; its head has not ended yet.
+    NeedMore,
+    /// Not a request.
+    NotRequest,
+}
+
+/// Reads request heads that httparse refuses but servers answer (a missing URI or version,
+/// odd spacing), so such requests are still recorded byte-exact instead of lost. The first
+/// line must start with a method-like token (upper-case letters, `_`, `-`).
+pub(super) fn lenient_request_head(buf: &[u8]) -> Lenient {
+    let line_end = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
+    let line = buf[..line_end]
+        .strip_suffix(b"\r")
+        .unwrap_or(&buf[..line_end]);
+    let mut parts = line.split(|&b| b == b' ').filter(|p| !p.is_empty());
+    let Some(method) = parts.next() else {
+        return Lenient::NotRequest;
+    };
+    let method_like = method.len() <= 32
+        && method
+            .iter()
+            .all(|b| b.is_ascii_uppercase() || *b == b'_' || *b == b'-');
+    if !method_like || (line_end == buf.len() && buf.len() > 64 << 10) {
+        return Lenient::NotRequest;
+    }
+    let uri = parts.next().unwrap_or_default();
+    let end = [&b"\r\n\r\n"[..], b"\n\n"]
+        .iter()
+        .filter_map(|t| {
+            buf.windows(t.len())
+                .position(|w| w == *t)
+                .map(|p| p + t.len())
+        })
+        .min();
+    match end {
+        Some(len) => Lenient::Head {
+            len,
+            method: String::from_utf8_lossy(method).into_owned(),
+            uri: String::from_utf8_lossy(uri).into_owned(),
+        },
+        None => Lenient::NeedMore,
+    }
+}
+
+/// Values of every header called `name` (case-insensitive), without allocating.
+pub(super) fn header<'a>(
+    headers: &'a [httparse::Header<'a>],
+    name: &'static str,
+) -> impl Iterator<Item = &'a [u8]> + 'a {
+    headers
+        .iter()
+        .filter(move |h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value)
+}
+
+/// How a message's body is delimited, from its headers.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum BodyFraming {
+    None,
+    Length(u64),
+    Chunked,
+    UntilClose,
+    Invalid,
+}
+
+/// Content-Length / Transfer-Encoding rules of RFC 9112 section 6.
+pub(super) fn body_framing(
+    headers: &[httparse::Header<'_>],
+    stats: &mut HttpStats,
+    is_request: bool,
+) -> BodyFraming {
+    let te: Vec<&[u8]> = header(headers, "transfer-encoding").collect();
+    let cl: Vec<&[u8]> = header(headers, "content-length").collect();
+    if !te.is_empty() {
+        if !cl.is_empty() {
+            // Both: a classic request-smuggling shape. TE wins, and we say so.
+            stats.ambiguous_length += 1;
+        }
+        let last = te
+            .last()
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.rsplit(',').next())
+            .map(|v| v.trim().to_ascii_lowercase());
+        return match last.as_deref() {
+            Some("chunked") => BodyFraming::Chunked,
+            _ if is_request => BodyFraming::Invalid,
+            _ => BodyFraming::UntilClose,
+        };
+    }
+    if cl.is_empty() {
+        return if is_request {
+            BodyFraming::None
+        } else {
+            BodyFraming::UntilClose
+        };
+    }
+    let mut value: Option<u64> = None;
+    for raw in cl {
+        for part in raw.split(|&b| b == b',') {
+            let text = std::str::from_utf8(part).unwrap_or("").trim();
+            let parsed = if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+                text.parse::<u64>().ok()
+            } else {
+                None
+            };
+            match (parsed, value) {
+                (None, _) => return BodyFraming::Invalid,
+                (Some(v), Some(prev)) if v != prev => {
+                    stats.ambiguous_length += 1;
+                    return BodyFraming::Invalid;
+                }
+                (Some(v), _) => value = Some(v),
+            }
+        }
+    }
+    match value {
+        Some(0) => BodyFraming::None,
+        Some(n) => BodyFraming::Length(n),
+        None => BodyFraming::Invalid,
+    }
+}
