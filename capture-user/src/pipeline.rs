@@ -63,25 +63,11 @@ impl PipelineStats {
     /// What was lost or could not be framed, by reason (zero values included; decode errors
     /// only once seen): what recordings and `/metrics` report as drops.
     pub fn losses(&self) -> Vec<(String, u64)> {
-        // Until the reassembly and framing counters say which of them are losses.
-        const STAGE_LOSSES: [&str; 10] = [
-            "connection_cap_hits",
-            "buffer_cap_hits",
-            "total_buffer_cap_hits",
-            "gaps",
-            "incomplete_messages",
-            "header_too_large",
-            "bad_message_head",
-            "bad_framing",
-            "body_too_large",
-            "upgrades",
-        ];
         let stages = self
             .reassembly
-            .pairs()
+            .losses()
             .into_iter()
-            .chain(self.http.pairs())
-            .filter(|(name, _)| STAGE_LOSSES.contains(name))
+            .chain(self.http.losses())
             .map(|(name, v)| (name.to_string(), v));
         let decode = self
             .decode_errors
@@ -276,5 +262,31 @@ impl Pipeline {
                 complete: m.complete,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn losses_gather_every_stage_and_name_decode_errors_by_reason() {
+        let mut stats = PipelineStats {
+            truncated_packets: 2,
+            ..PipelineStats::default()
+        };
+        stats.decode_errors.insert("not_tcp", 3);
+        stats.reassembly.gaps = 4;
+        stats.http.incomplete_messages = 5;
+        stats.http.requests = 99; // a count, not a loss
+        let losses: BTreeMap<String, u64> = stats.losses().into_iter().collect();
+        assert_eq!(losses["truncated_packets"], 2);
+        assert_eq!(losses["decode_error_not_tcp"], 3);
+        assert_eq!(losses["gaps"], 4);
+        assert_eq!(losses["incomplete_messages"], 5);
+        assert!(!losses.contains_key("requests"));
+        // Every stage's loss counters are listed even when zero.
+        assert_eq!(losses["buffer_cap_hits"], 0);
+        assert_eq!(losses["header_too_large"], 0);
     }
 }
