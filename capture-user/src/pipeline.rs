@@ -79,6 +79,19 @@ impl PipelineStats {
             .collect()
     }
 
+    /// Adds another pipeline's counters to these: several framing threads, one view.
+    pub fn add(&mut self, other: &Self) {
+        self.packets += other.packets;
+        self.truncated_packets += other.truncated_packets;
+        self.other_ports += other.other_ports;
+        for (reason, n) in &other.decode_errors {
+            *self.decode_errors.entry(reason).or_insert(0) += n;
+        }
+        self.reassembly.add(&other.reassembly);
+        self.http.add(&other.http);
+        self.messages += other.messages;
+    }
+
     /// The counters on one line.
     pub fn to_line(&self) -> String {
         self.pairs()
@@ -288,5 +301,26 @@ mod tests {
         // Every stage's loss counters are listed even when zero.
         assert_eq!(losses["buffer_cap_hits"], 0);
         assert_eq!(losses["header_too_large"], 0);
+    }
+
+    #[test]
+    fn adding_counters_of_several_pipelines_sums_every_counter() {
+        let mut one = PipelineStats {
+            packets: 10,
+            messages: 4,
+            ..PipelineStats::default()
+        };
+        one.decode_errors.insert("not_tcp", 1);
+        one.reassembly.gaps = 2;
+        one.http.requests = 3;
+        let mut total = one.clone();
+        total.add(&one);
+        assert_eq!((total.packets, total.messages), (20, 8));
+        assert_eq!(total.decode_errors["not_tcp"], 2);
+        assert_eq!((total.reassembly.gaps, total.http.requests), (4, 6));
+        // Through the tables: every pair doubled.
+        let doubled: Vec<(String, u64)> =
+            one.pairs().into_iter().map(|(k, v)| (k, 2 * v)).collect();
+        assert_eq!(total.pairs(), doubled);
     }
 }

@@ -71,36 +71,52 @@ pub struct HttpStats {
 const LOSS: bool = true;
 const TALLY: bool = false;
 
-/// A row of the counter table: the counter's name, how to read it, and whether it is a loss.
-type Counter = (&'static str, fn(&HttpStats) -> u64, bool);
+/// A row of the counter table: the counter's name, its field, and whether it is a loss.
+type Counter = (&'static str, fn(&mut HttpStats) -> &mut u64, bool);
 
 impl HttpStats {
-    /// Every counter once, in summary order: its name (as in summaries and metrics), how to
-    /// read it, and whether it is a loss. `pairs` and `losses` both derive from it, so which
+    /// Every counter once, in summary order: its name (as in summaries and metrics),
+    /// its field, and whether it is a loss. `pairs`, `losses` and `add` derive from it, so which
     /// counters are losses is said once, here; a unit test checks it against the fields.
     const COUNTERS: [Counter; 14] = [
-        ("requests", |s| s.requests, TALLY),
-        ("responses", |s| s.responses, TALLY),
-        ("interim_responses", |s| s.interim_responses, TALLY),
-        ("incomplete_messages", |s| s.incomplete_messages, LOSS),
-        ("header_too_large", |s| s.header_too_large, LOSS),
-        ("bad_message_head", |s| s.bad_message_head, LOSS),
-        ("bad_framing", |s| s.bad_framing, LOSS),
-        ("ambiguous_length", |s| s.ambiguous_length, TALLY),
-        ("body_too_large", |s| s.body_too_large, LOSS),
-        ("resync_skipped_bytes", |s| s.resync_skipped_bytes, TALLY),
-        ("lenient_heads", |s| s.lenient_heads, TALLY),
-        ("upgrades", |s| s.upgrades, LOSS),
-        ("tunnel_bytes_ignored", |s| s.tunnel_bytes_ignored, TALLY),
-        ("unpaired_responses", |s| s.unpaired_responses, TALLY),
+        ("requests", |s| &mut s.requests, TALLY),
+        ("responses", |s| &mut s.responses, TALLY),
+        ("interim_responses", |s| &mut s.interim_responses, TALLY),
+        ("incomplete_messages", |s| &mut s.incomplete_messages, LOSS),
+        ("header_too_large", |s| &mut s.header_too_large, LOSS),
+        ("bad_message_head", |s| &mut s.bad_message_head, LOSS),
+        ("bad_framing", |s| &mut s.bad_framing, LOSS),
+        ("ambiguous_length", |s| &mut s.ambiguous_length, TALLY),
+        ("body_too_large", |s| &mut s.body_too_large, LOSS),
+        (
+            "resync_skipped_bytes",
+            |s| &mut s.resync_skipped_bytes,
+            TALLY,
+        ),
+        ("lenient_heads", |s| &mut s.lenient_heads, TALLY),
+        ("upgrades", |s| &mut s.upgrades, LOSS),
+        (
+            "tunnel_bytes_ignored",
+            |s| &mut s.tunnel_bytes_ignored,
+            TALLY,
+        ),
+        ("unpaired_responses", |s| &mut s.unpaired_responses, TALLY),
     ];
 
     /// `name=value` pairs.
     pub fn pairs(&self) -> Vec<(&'static str, u64)> {
         Self::COUNTERS
             .iter()
-            .map(|(name, value, _)| (*name, value(self)))
+            .map(|(name, field, _)| (*name, *field(&mut { *self })))
             .collect()
+    }
+
+    /// Adds another's counters to these (framing threads' counters into one view).
+    pub fn add(&mut self, other: &Self) {
+        let mut other = *other;
+        for (_, field, _) in Self::COUNTERS {
+            *field(self) += *field(&mut other);
+        }
     }
 
     /// The loss counters as `name=value` pairs, zero values included.
@@ -108,7 +124,7 @@ impl HttpStats {
         Self::COUNTERS
             .iter()
             .filter(|(_, _, loss)| *loss)
-            .map(|(name, value, _)| (*name, value(self)))
+            .map(|(name, field, _)| (*name, *field(&mut { *self })))
             .collect()
     }
 }

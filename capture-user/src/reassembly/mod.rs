@@ -134,40 +134,60 @@ pub struct ReassemblyStats {
 const LOSS: bool = true;
 const TALLY: bool = false;
 
-/// A row of the counter table: the counter's name, how to read it, and whether it is a loss.
-type Counter = (&'static str, fn(&ReassemblyStats) -> u64, bool);
+/// A row of the counter table: the counter's name, its field, and whether it is a loss.
+type Counter = (&'static str, fn(&mut ReassemblyStats) -> &mut u64, bool);
 
 impl ReassemblyStats {
-    /// Every counter once, in summary order: its name (as in summaries and metrics), how to
-    /// read it, and whether it is a loss. `pairs` and `losses` both derive from it, so which
+    /// Every counter once, in summary order: its name (as in summaries and metrics),
+    /// its field, and whether it is a loss. `pairs`, `losses` and `add` derive from it, so which
     /// counters are losses is said once, here; a unit test checks it against the fields.
     const COUNTERS: [Counter; 14] = [
-        ("connections", |s| s.connections, TALLY),
-        ("connections_midstream", |s| s.connections_midstream, TALLY),
-        ("connection_cap_hits", |s| s.connection_cap_hits, LOSS),
-        ("segments", |s| s.segments, TALLY),
+        ("connections", |s| &mut s.connections, TALLY),
         (
-            "segments_ignored_after_close",
-            |s| s.segments_ignored_after_close,
+            "connections_midstream",
+            |s| &mut s.connections_midstream,
             TALLY,
         ),
-        ("duplicate_segments", |s| s.duplicate_segments, TALLY),
-        ("overlapping_bytes", |s| s.overlapping_bytes, TALLY),
-        ("out_of_order_segments", |s| s.out_of_order_segments, TALLY),
-        ("buffer_cap_hits", |s| s.buffer_cap_hits, LOSS),
-        ("total_buffer_cap_hits", |s| s.total_buffer_cap_hits, LOSS),
-        ("gaps", |s| s.gaps, LOSS),
-        ("gap_bytes", |s| s.gap_bytes, TALLY),
-        ("idle_timeouts", |s| s.idle_timeouts, TALLY),
-        ("resets", |s| s.resets, TALLY),
+        ("connection_cap_hits", |s| &mut s.connection_cap_hits, LOSS),
+        ("segments", |s| &mut s.segments, TALLY),
+        (
+            "segments_ignored_after_close",
+            |s| &mut s.segments_ignored_after_close,
+            TALLY,
+        ),
+        ("duplicate_segments", |s| &mut s.duplicate_segments, TALLY),
+        ("overlapping_bytes", |s| &mut s.overlapping_bytes, TALLY),
+        (
+            "out_of_order_segments",
+            |s| &mut s.out_of_order_segments,
+            TALLY,
+        ),
+        ("buffer_cap_hits", |s| &mut s.buffer_cap_hits, LOSS),
+        (
+            "total_buffer_cap_hits",
+            |s| &mut s.total_buffer_cap_hits,
+            LOSS,
+        ),
+        ("gaps", |s| &mut s.gaps, LOSS),
+        ("gap_bytes", |s| &mut s.gap_bytes, TALLY),
+        ("idle_timeouts", |s| &mut s.idle_timeouts, TALLY),
+        ("resets", |s| &mut s.resets, TALLY),
     ];
 
     /// `name=value` pairs.
     pub fn pairs(&self) -> Vec<(&'static str, u64)> {
         Self::COUNTERS
             .iter()
-            .map(|(name, value, _)| (*name, value(self)))
+            .map(|(name, field, _)| (*name, *field(&mut { *self })))
             .collect()
+    }
+
+    /// Adds another's counters to these (framing threads' counters into one view).
+    pub fn add(&mut self, other: &Self) {
+        let mut other = *other;
+        for (_, field, _) in Self::COUNTERS {
+            *field(self) += *field(&mut other);
+        }
     }
 
     /// The loss counters as `name=value` pairs, zero values included.
@@ -175,7 +195,7 @@ impl ReassemblyStats {
         Self::COUNTERS
             .iter()
             .filter(|(_, _, loss)| *loss)
-            .map(|(name, value, _)| (*name, value(self)))
+            .map(|(name, field, _)| (*name, *field(&mut { *self })))
             .collect()
     }
 }
