@@ -279,6 +279,7 @@ impl Agent {
             },
             name: req.name.clone(),
             join,
+            threads: crate::recorder::DEFAULT_THREADS,
         };
         let recorder = Recorder::start(config, store).await?;
         let mut recordings = lock(&self.recordings);

@@ -32,7 +32,16 @@ pub struct RecorderConfig {
     pub name: String,
     /// Join a same-name recording other nodes make (Kafka), instead of requiring a new name.
     pub join: bool,
+    /// Framing threads: 1 frames on the ring thread; more spread connections over threads.
+    pub threads: usize,
 }
+
+/// Framing threads unless told otherwise: framing on the ring thread costs the least.
+pub const DEFAULT_THREADS: usize = 1;
+
+/// Framing threads a recording may ask for: beyond a few, the single store thread and the
+/// ring thread are the limit anyway.
+pub const MAX_THREADS: usize = 16;
 
 /// A recording's counters while it runs.
 #[derive(Clone, Debug, Default)]
@@ -86,7 +95,8 @@ struct QueueCounters {
     written: AtomicU64,
 }
 
-/// The ring thread's end of the queue to the store thread.
+/// The framing threads' end of the queue to the store thread.
+#[derive(Clone)]
 struct StoreQueue {
     tx: std_mpsc::SyncSender<Vec<HttpMessage>>,
     counters: Arc<QueueCounters>,
@@ -197,7 +207,13 @@ impl Recorder {
             tx,
             counters: counters.clone(),
         };
-        let live = LiveMessages::start(&config.capture, queue)?;
+        if !(1..=MAX_THREADS).contains(&config.threads) {
+            anyhow::bail!(
+                "--threads must be 1-{MAX_THREADS} (framing threads), got {}",
+                config.threads
+            );
+        }
+        let live = LiveMessages::start(&config.capture, config.threads, queue)?;
         let source = format!(
             "live {} ports {:?}",
             config.capture.interfaces.join(","),
@@ -310,10 +326,11 @@ impl Running {
             status,
             started,
         } = self;
-        let (live_stats, queue) = tokio::task::spawn_blocking(move || live.finish())
+        // Ending the capture drops every end of the queue: the store thread writes what is
+        // left and ends.
+        let live_stats = tokio::task::spawn_blocking(move || live.finish())
             .await
             .context("joining the capture")??;
-        drop(queue); // closes the queue: the store thread writes what is left and ends
         let (mut store, outcome) = tokio::task::spawn_blocking(move || store_thread.join())
             .await
             .context("joining the store thread")?

@@ -77,6 +77,7 @@ pub fn run_pcap(
 }
 
 /// Prints messages on the ring thread as they are framed; a closed stdout stops capture.
+#[derive(Clone)]
 struct Printer {
     requests_only: bool,
 }
@@ -94,7 +95,7 @@ async fn run_live(args: MessagesArgs) -> anyhow::Result<()> {
     let printer = Printer {
         requests_only: args.requests_only,
     };
-    let live = LiveMessages::start(&config, printer)?;
+    let live = LiveMessages::start(&config, 1, printer)?;
     eprintln!(
         "capturing HTTP on {} ports {:?}; stop with Ctrl-C",
         config.interfaces.join(", "),
@@ -111,7 +112,7 @@ async fn run_live(args: MessagesArgs) -> anyhow::Result<()> {
             _ = &mut deadline, if args.duration.is_some() => break,
         }
     }
-    let (stats, _) = tokio::task::spawn_blocking(move || live.finish())
+    let stats = tokio::task::spawn_blocking(move || live.finish())
         .await
         .context("joining the capture")??;
     eprintln!("counters: {}", stats.to_line());

@@ -28,6 +28,11 @@ pub struct RecordArgs {
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
 
+    /// Framing threads: 1 frames where the ring is drained; more spread connections over
+    /// that many threads (each connection stays on one, in order) for a busy node.
+    #[arg(long, value_name = "N", default_value_t = crate::recorder::DEFAULT_THREADS)]
+    pub threads: usize,
+
     /// Join a recording of the same name that other nodes are making (Kafka only): each
     /// node stores its part, and the recording's window spans them all.
     #[arg(long, requires = "kafka")]
@@ -96,6 +101,7 @@ pub async fn run_record(args: RecordArgs) -> anyhow::Result<()> {
         capture: args.capture.to_config(),
         name: args.name.clone(),
         join: args.join,
+        threads: args.threads,
     };
     let recorder = Recorder::start(config, store).await?;
     eprintln!(

@@ -5,13 +5,16 @@
 //! is still in flight, close open connections), so the last messages are never lost at
 //! shutdown, whoever stops it.
 
+use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
 
 use super::ring::PacketBatch;
 use super::{CaptureConfig, CaptureStats, LiveCapture, PacketSink};
 use crate::message::HttpMessage;
-use crate::packet::Timestamp;
+use crate::packet::{CapturedPacket, Timestamp};
 use crate::pipeline::{Pipeline, PipelineConfig, PipelineStats};
 
 /// How often connections idle past the reassembly timeout are closed and their messages
@@ -59,7 +62,8 @@ impl LiveStats {
     }
 }
 
-/// The packet sink behind [`LiveMessages`]: frames each batch and hands the messages on.
+/// One framing pipeline and where its messages go: run on the ring thread itself, or on one
+/// of the shard threads.
 pub struct Framer<M> {
     pipeline: Pipeline,
     sink: M,
@@ -67,6 +71,62 @@ pub struct Framer<M> {
     /// The pipeline's counters as of the last idle check, for [`LiveMessages::stats`].
     published: Arc<Mutex<PipelineStats>>,
     last_check: Instant,
+    /// This framer's place among the shards: ids and connection numbers it hands out are
+    /// renumbered `n * count + index`, unique across shards and still increasing.
+    shard: Shard,
+}
+
+/// Which of how many framers: `index` of `count`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Shard {
+    index: u64,
+    count: u64,
+}
+
+impl Shard {
+    fn renumber(&self, messages: &mut [HttpMessage]) {
+        if self.count <= 1 {
+            return;
+        }
+        let global = |n: u64| n * self.count + self.index;
+        for m in messages {
+            m.id = global(m.id);
+            m.request_id = m.request_id.map(global);
+            m.conn_id = global(m.conn_id);
+        }
+    }
+}
+
+impl<M: MessageSink> Framer<M> {
+    fn new(config: &CaptureConfig, sink: M, shard: Shard) -> Self {
+        Self {
+            pipeline: Pipeline::new(PipelineConfig {
+                ports: config.ports.clone(),
+                ..PipelineConfig::default()
+            }),
+            sink,
+            messages: Vec::new(),
+            published: Arc::new(Mutex::new(PipelineStats::default())),
+            last_check: Instant::now(),
+            shard,
+        }
+    }
+
+    fn deliver(&mut self) -> bool {
+        if self.messages.is_empty() {
+            return true;
+        }
+        self.shard.renumber(&mut self.messages);
+        self.sink.deliver(&mut self.messages)
+    }
+
+    /// Closes what is open and hands the last messages on; the final counters.
+    fn finish(mut self) -> PipelineStats {
+        self.pipeline.finish(&mut self.messages);
+        self.shard.renumber(&mut self.messages);
+        self.sink.deliver_last(&mut self.messages);
+        self.pipeline.stats()
+    }
 }
 
 impl<M: MessageSink> PacketSink for Framer<M> {
@@ -74,7 +134,7 @@ impl<M: MessageSink> PacketSink for Framer<M> {
         for packet in batch.iter() {
             self.pipeline.push_packet(packet, &mut self.messages);
         }
-        self.messages.is_empty() || self.sink.deliver(&mut self.messages)
+        self.deliver()
     }
 
     fn idle(&mut self) {
@@ -83,10 +143,158 @@ impl<M: MessageSink> PacketSink for Framer<M> {
         }
         self.last_check = Instant::now();
         self.pipeline.expire(Timestamp::now(), &mut self.messages);
-        if !self.messages.is_empty() {
-            self.sink.deliver(&mut self.messages);
-        }
+        self.deliver();
         *lock(&self.published) = self.pipeline.stats();
+    }
+}
+
+/// Packet batches queued for each shard thread; beyond it the ring thread waits, the ring
+/// fills and the kernel counts drops.
+const SHARD_QUEUE_BATCHES: usize = 64;
+
+/// The packet sink of a sharded capture, on the ring thread: sends each packet to the shard
+/// thread of its connection (both directions of a connection hash alike), so each
+/// connection's order is kept and the shards frame in parallel.
+pub struct Shards<M> {
+    queues: Vec<std_mpsc::SyncSender<PacketBatch>>,
+    pending: Vec<PacketBatch>,
+    threads: Vec<std::thread::JoinHandle<Framer<M>>>,
+}
+
+impl<M: MessageSink> PacketSink for Shards<M> {
+    fn packets(&mut self, batch: &mut PacketBatch) -> bool {
+        let count = self.queues.len();
+        for packet in batch.drain(..) {
+            let shard = connection_hash(&packet) as usize % count;
+            self.pending[shard].push(packet);
+        }
+        for (queue, pending) in self.queues.iter().zip(self.pending.iter_mut()) {
+            if !pending.is_empty() && queue.send(std::mem::take(pending)).is_err() {
+                return false; // a shard's sink gave up
+            }
+        }
+        true
+    }
+}
+
+/// Runs one shard: frames what the ring thread sends, checks for idle connections when
+/// nothing comes, and ends when the ring thread drops its queue.
+fn run_shard<M: MessageSink>(
+    mut framer: Framer<M>,
+    queue: std_mpsc::Receiver<PacketBatch>,
+) -> Framer<M> {
+    loop {
+        match queue.recv_timeout(EXPIRE_EVERY) {
+            Ok(mut batch) => {
+                if !framer.packets(&mut batch) {
+                    return framer;
+                }
+            }
+            Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => return framer,
+        }
+        framer.idle();
+    }
+}
+
+/// A hash of a packet's connection that both directions share (`decode` failures go to
+/// shard 0, where the pipeline counts them).
+fn connection_hash(packet: &CapturedPacket) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let Ok(segment) = crate::decode::decode_tcp(packet.link, &packet.data) else {
+        return 0;
+    };
+    let (a, b) = if segment.src <= segment.dst {
+        (segment.src, segment.dst)
+    } else {
+        (segment.dst, segment.src)
+    };
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (a, b).hash(&mut h);
+    h.finish()
+}
+
+/// How packets are framed: on the ring thread, or spread over shard threads.
+pub enum Framing<M> {
+    Inline(Box<Framer<M>>),
+    Sharded(Shards<M>),
+}
+
+impl<M: MessageSink> PacketSink for Framing<M> {
+    fn packets(&mut self, batch: &mut PacketBatch) -> bool {
+        match self {
+            Self::Inline(framer) => framer.packets(batch),
+            Self::Sharded(shards) => shards.packets(batch),
+        }
+    }
+
+    fn idle(&mut self) {
+        if let Self::Inline(framer) = self {
+            framer.idle();
+        }
+    }
+}
+
+impl<M: MessageSink + Clone> Framing<M> {
+    /// `threads` framers for `config`'s ports, each handing its messages to a clone of
+    /// `sink`; one framer runs on the ring thread itself.
+    fn start(
+        config: &CaptureConfig,
+        threads: usize,
+        sink: M,
+    ) -> anyhow::Result<(Self, Vec<Arc<Mutex<PipelineStats>>>)> {
+        let count = threads.max(1);
+        let shard = |index: usize| Shard {
+            index: index as u64,
+            count: count as u64,
+        };
+        if count == 1 {
+            let framer = Framer::new(config, sink, shard(0));
+            let published = vec![framer.published.clone()];
+            return Ok((Self::Inline(Box::new(framer)), published));
+        }
+        let mut shards = Shards {
+            queues: Vec::new(),
+            pending: vec![Vec::new(); count],
+            threads: Vec::new(),
+        };
+        let mut published = Vec::new();
+        for index in 0..count {
+            let framer = Framer::new(config, sink.clone(), shard(index));
+            published.push(framer.published.clone());
+            let (tx, rx) = std_mpsc::sync_channel(SHARD_QUEUE_BATCHES);
+            let thread = std::thread::Builder::new()
+                .name(format!("capture-frame-{index}"))
+                .spawn(move || run_shard(framer, rx))
+                .context("starting a framing thread")?;
+            shards.queues.push(tx);
+            shards.threads.push(thread);
+        }
+        Ok((Self::Sharded(shards), published))
+    }
+
+    /// Ends framing after the ring thread stopped: each framer closes what is open and hands
+    /// its last messages on. The counters of all framers, added up.
+    fn finish(self) -> anyhow::Result<PipelineStats> {
+        let framers = match self {
+            Self::Inline(framer) => vec![*framer],
+            Self::Sharded(shards) => {
+                drop(shards.queues); // the shard threads drain their queues and end
+                shards
+                    .threads
+                    .into_iter()
+                    .map(|t| {
+                        t.join()
+                            .map_err(|_| anyhow::anyhow!("a framing thread panicked"))
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?
+            }
+        };
+        let mut total = PipelineStats::default();
+        for framer in framers {
+            total.add(&framer.finish());
+        }
+        Ok(total)
     }
 }
 
@@ -97,54 +305,45 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// A running capture whose packets are framed into messages as they arrive and handed to a
 /// [`MessageSink`].
 pub struct LiveMessages<M> {
-    capture: LiveCapture<Framer<M>>,
-    published: Arc<Mutex<PipelineStats>>,
+    capture: LiveCapture<Framing<M>>,
+    published: Vec<Arc<Mutex<PipelineStats>>>,
 }
 
-impl<M: MessageSink> LiveMessages<M> {
-    /// Attaches the capture (see [`LiveCapture::start`]) with a pipeline for its ports, the
-    /// messages going to `sink`.
-    pub fn start(config: &CaptureConfig, sink: M) -> anyhow::Result<Self> {
-        let published = Arc::new(Mutex::new(PipelineStats::default()));
-        let framer = Framer {
-            pipeline: Pipeline::new(PipelineConfig {
-                ports: config.ports.clone(),
-                ..PipelineConfig::default()
-            }),
-            sink,
-            messages: Vec::new(),
-            published: published.clone(),
-            last_check: Instant::now(),
-        };
-        let capture = LiveCapture::start(config, framer)?;
+impl<M: MessageSink + Clone> LiveMessages<M> {
+    /// Attaches the capture (see [`LiveCapture::start`]) with `threads` framing pipelines
+    /// for its ports (1: framing on the ring thread; more: connections spread over that many
+    /// threads by a hash of their addresses), the messages going to `sink` (cloned per
+    /// thread).
+    pub fn start(config: &CaptureConfig, threads: usize, sink: M) -> anyhow::Result<Self> {
+        let (framing, published) = Framing::start(config, threads, sink)?;
+        let capture = LiveCapture::start(config, framing)?;
         Ok(Self { capture, published })
     }
 
     /// Counters now (framing counters as of the last second).
     pub fn stats(&self) -> anyhow::Result<LiveStats> {
+        let mut pipeline = PipelineStats::default();
+        for published in &self.published {
+            pipeline.add(&lock(published));
+        }
         Ok(LiveStats {
             capture: self.capture.stats()?,
-            pipeline: lock(&self.published).clone(),
+            pipeline,
         })
     }
 
-    /// False once the ring thread ended on its own (the sink gave up).
+    /// False once the ring thread ended on its own (a sink gave up).
     pub fn is_running(&self) -> bool {
         self.capture.is_running()
     }
 
     /// Ends the capture: detaches, frames every packet still in flight and closes open
-    /// connections, handing the last messages to the sink with
-    /// [`MessageSink::deliver_last`]. Gives the sink back with the final counters. Blocks
-    /// until the ring thread ends (run it off the async runtime's workers).
-    pub fn finish(self) -> anyhow::Result<(LiveStats, M)> {
-        let (capture, mut framer) = self.capture.stop()?;
-        framer.pipeline.finish(&mut framer.messages);
-        framer.sink.deliver_last(&mut framer.messages);
-        let stats = LiveStats {
-            capture,
-            pipeline: framer.pipeline.stats(),
-        };
-        Ok((stats, framer.sink))
+    /// connections, handing the last messages to the sinks with
+    /// [`MessageSink::deliver_last`], then drops the sinks. Blocks until every thread ended
+    /// (run it off the async runtime's workers).
+    pub fn finish(self) -> anyhow::Result<LiveStats> {
+        let (capture, framing) = self.capture.stop()?;
+        let pipeline = framing.finish()?;
+        Ok(LiveStats { capture, pipeline })
     }
 }
