@@ -9,7 +9,7 @@ use std::borrow::Cow;
 
 use regex::Regex;
 
-use super::select::{RequestHead, SelectError, is_token, lines, regex};
+use super::select::{Line, RequestHead, SelectError, is_token, lines, regex};
 
 /// The rewrites applied to every replayed request.
 #[derive(Clone, Debug, Default)]
@@ -98,9 +98,26 @@ impl Rewrites {
         let first = lines.first().ok_or(SelectError::NoHead)?;
         let eol: &[u8] = &request[first.end..first.next];
         let mut out = Vec::with_capacity(request.len() + 64);
-        let mut changed = false;
+        let mut changed = self.request_line(request, first, &mut out)?;
+        out.extend_from_slice(eol);
+        changed |= self.header_lines(request, &lines[1..], eol, &mut out);
+        if !changed {
+            return Ok(Cow::Borrowed(request));
+        }
+        // The blank line as recorded, then the body untouched.
+        out.extend_from_slice(&request[lines.last().map_or(first.next, |l| l.next)..head_len]);
+        out.extend_from_slice(&request[head_len..]);
+        Ok(Cow::Owned(out))
+    }
 
-        // Request line: METHOD SP URI SP VERSION, with only the URI rewritten.
+    /// Writes the request line (METHOD SP URI SP VERSION) with only the URI rewritten;
+    /// true when the URI changed.
+    fn request_line(
+        &self,
+        request: &[u8],
+        first: &Line,
+        out: &mut Vec<u8>,
+    ) -> Result<bool, SelectError> {
         let line = &request[first.start..first.end];
         let line_str = std::str::from_utf8(line).map_err(|_| SelectError::NoHead)?;
         let head = RequestHead::parse(request)?;
@@ -110,30 +127,34 @@ impl Rewrites {
                 uri = Cow::Owned(new);
             }
         }
-        if uri != head.uri {
-            if uri
-                .bytes()
-                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
-            {
-                return Err(SelectError::BadRewrittenUri(uri.into_owned()));
-            }
-            let at = line_str.find(head.uri).ok_or(SelectError::NoHead)?;
-            out.extend_from_slice(&line[..at]);
-            out.extend_from_slice(uri.as_bytes());
-            out.extend_from_slice(&line[at + head.uri.len()..]);
-            changed = true;
-        } else {
+        if uri == head.uri {
             out.extend_from_slice(line);
+            return Ok(false);
         }
-        out.extend_from_slice(eol);
+        if uri
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        {
+            return Err(SelectError::BadRewrittenUri(uri.into_owned()));
+        }
+        let at = line_str.find(head.uri).ok_or(SelectError::NoHead)?;
+        out.extend_from_slice(&line[..at]);
+        out.extend_from_slice(uri.as_bytes());
+        out.extend_from_slice(&line[at + head.uri.len()..]);
+        Ok(true)
+    }
 
-        // Header lines: kept as recorded unless dropped or replaced (the first of a replaced
-        // name takes the new line; later ones go).
+    /// Writes the header lines: kept as recorded unless dropped or replaced (the first of a
+    /// replaced name takes the new line; later ones go), then the set lines no recorded
+    /// header took. True when anything changed.
+    fn header_lines(&self, request: &[u8], lines: &[Line], eol: &[u8], out: &mut Vec<u8>) -> bool {
+        let mut changed = false;
         let mut placed: Vec<&str> = Vec::new();
         let mut skipping = false;
-        for line in &lines[1..] {
+        for line in lines {
             let content = &request[line.start..line.end];
             if matches!(content.first(), Some(b' ' | b'\t')) {
+                // A folded continuation goes with the line it continues.
                 if !skipping {
                     out.extend_from_slice(&request[line.start..line.next]);
                 }
@@ -153,15 +174,15 @@ impl Rewrites {
                 }
                 if let Some((lower, new_line)) = self.set.iter().find(|(n, _)| *n == name) {
                     skipping = true;
-                    if !placed.contains(&lower.as_str()) {
+                    if placed.contains(&lower.as_str()) {
+                        changed = true;
+                    } else {
                         placed.push(lower);
+                        // An identical single line changes nothing.
                         changed |= new_line.as_bytes() != content;
                         out.extend_from_slice(new_line.as_bytes());
                         out.extend_from_slice(eol);
-                    } else {
-                        changed = true;
                     }
-                    // An identical single line changes nothing.
                     continue;
                 }
             }
@@ -174,13 +195,7 @@ impl Rewrites {
                 changed = true;
             }
         }
-        if !changed {
-            return Ok(Cow::Borrowed(request));
-        }
-        // The blank line as recorded, then the body untouched.
-        out.extend_from_slice(&request[lines.last().map_or(first.next, |l| l.next)..head_len]);
-        out.extend_from_slice(&request[head_len..]);
-        Ok(Cow::Owned(out))
+        changed
     }
 }
 
