@@ -504,3 +504,6 @@ impl Drop for EmbeddedStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
