@@ -22,6 +22,8 @@ pub const VERSION: u8 = 1;
 pub const HEAD_LEN: usize = 72;
 /// Largest variable header a head may claim (node and recording names are far smaller).
 pub const MAX_VAR_LEN: u32 = 1 << 20;
+/// A batch larger than this is tried on this many bytes before LZ4 is spent on all of it.
+pub const SAMPLE_BYTES: usize = 64 << 10;
 /// Largest payload (stored or decoded) a head may claim.
 pub const MAX_PAYLOAD_LEN: u32 = 3 << 30;
 
@@ -427,15 +429,27 @@ impl Builder {
     }
 
     /// Compresses the collected messages (raw when LZ4 saves under 1/16) and frames them.
+    /// A batch over `SAMPLE_BYTES` is first tried on its first `SAMPLE_BYTES`: when those do
+    /// not shrink, the batch is stored raw without spending LZ4 on the rest.
     pub fn seal(&mut self) -> Sealed<'_> {
-        let max = lz4_flex::block::get_maximum_output_size(self.raw.len());
+        let raw_len = self.raw.len();
+        let pays = |packed: usize, of: usize| packed < of - of / 16;
+        let max = lz4_flex::block::get_maximum_output_size(raw_len);
         if self.packed.len() < max {
             self.packed.resize(max, 0);
         }
-        let packed =
-            lz4_flex::block::compress_into_with_table(&self.raw, &mut self.packed, &mut self.table)
-                .unwrap_or(usize::MAX);
-        let (codec, payload) = if packed < self.raw.len() - self.raw.len() / 16 {
+        let mut compress = |input: &[u8]| {
+            lz4_flex::block::compress_into_with_table(input, &mut self.packed, &mut self.table)
+                .unwrap_or(usize::MAX)
+        };
+        let sample = &self.raw[..raw_len.min(SAMPLE_BYTES)];
+        let worth_trying = raw_len <= SAMPLE_BYTES || pays(compress(sample), sample.len());
+        let packed = if worth_trying {
+            compress(&self.raw)
+        } else {
+            usize::MAX
+        };
+        let (codec, payload) = if pays(packed, raw_len) {
             (Codec::Lz4, &self.packed[..packed])
         } else {
             (Codec::Raw, &self.raw[..])

@@ -251,3 +251,16 @@ fn tags_reject_trailing_or_short_bytes() {
     buf.push(0);
     assert!(Tags::parse(&buf).is_err());
 }
+
+#[test]
+fn a_large_batch_is_stored_raw_when_its_sample_does_not_shrink() {
+    let random: Vec<_> = (1..=100).map(|i| message(i, &noise(1000, i))).collect();
+    let (buf, codec) = batch_bytes(&random, &["r"]);
+    assert!(Frame::parse(&buf).unwrap().head.uncompressed_len as usize > SAMPLE_BYTES);
+    assert_eq!(codec, Codec::Raw);
+    assert_eq!(decode_all(&buf), random);
+    let repeated: Vec<_> = (1..=300).map(|i| message(i, &[b'x'; 300])).collect();
+    let (buf, codec) = batch_bytes(&repeated, &["r"]);
+    assert_eq!(codec, Codec::Lz4);
+    assert_eq!(decode_all(&buf), repeated);
+}
