@@ -301,8 +301,21 @@ fn fill(dir: &Path) {
     let mut f = std::fs::File::create(dir.join("filler")).unwrap();
     let chunk = vec![1u8; 64 << 10];
     while f.write_all(&chunk).is_ok() {}
-    let mut byte = [1u8; 1];
-    while f.write_all(&mut byte).is_ok() {}
+    while f.write_all(&[1u8]).is_ok() {}
+}
+
+/// Appends 1000-byte messages to `name` (flushing every 50) until the store refuses one.
+fn append_until_error(store: &mut EmbeddedStore, name: &str) -> StoreError {
+    let tags = vec![name.to_string()];
+    for id in 1..=20_000 {
+        let stored = store
+            .append(&message(id, 1000), &tags)
+            .and_then(|()| if id % 50 == 0 { store.flush() } else { Ok(()) });
+        if let Err(e) = stored {
+            return e;
+        }
+    }
+    panic!("20 MB of messages did not fill the disk");
 }
 
 #[test]
@@ -319,25 +332,15 @@ fn a_full_disk_fails_the_recording_honestly_and_reading_needs_no_space() {
     let mut store = EmbeddedStore::open_with(fs.path(), config.clone()).unwrap();
     store.begin("full", "t").unwrap();
     assert!(fs.path().join("ballast").exists());
-    let tags = vec!["full".to_string()];
     let started = Instant::now();
-    let mut error = None;
-    for id in 1..=20_000 {
-        let stored = store
-            .append(&message(id, 1000), &tags)
-            .and_then(|()| if id % 50 == 0 { store.flush() } else { Ok(()) });
-        if let Err(e) = stored {
-            error = Some(e);
-            break;
-        }
-    }
-    let error = error.expect("12 MiB should fill up");
+    let error = append_until_error(&mut store, "full");
     assert!(error.is_disk_full(), "{error}");
     assert!(error.to_string().contains("filesystem is full"), "{error}");
     assert!(
         !fs.path().join("ballast").exists(),
         "the ballast is released"
     );
+    let tags = vec!["full".to_string()];
     assert!(matches!(
         store.append(&message(1, 1), &tags),
         Err(StoreError::Backend { .. })

@@ -110,7 +110,9 @@ fn window_of(rec: &Recording) -> (u64, Option<u64>) {
 /// log's readable end and its counts are what can be read in it (from batch heads). Saving
 /// that is best-effort, so reading works on a full disk.
 fn resolve(catalog: &Catalog, log_dir: &Path, rec: Recording) -> Result<Recording, StoreError> {
-    if rec.state != RecordingState::Recording {
+    let dead = rec.state == RecordingState::Recording
+        && rec.owner.as_ref().is_some_and(|o| !o.may_be_alive());
+    if !dead {
         return Ok(rec);
     }
     let tail = window::tail(log_dir)?;
@@ -388,7 +390,7 @@ impl Store for EmbeddedStore {
         self.builder.push(message);
         let full = self.builder.raw_len() >= self.config.batch_bytes
             || self.builder.count() >= self.config.batch_messages;
-        let old = self.builder.count() % 256 == 0
+        let old = self.builder.count().is_multiple_of(256)
             && self.batch_started.elapsed() >= self.config.batch_age;
         if full || old {
             self.write_batch()?;
