@@ -290,7 +290,7 @@ mod tests {
             dst,
             bytes: Bytes::from(format!("HTTP bytes of {id}").repeat(id as usize % 4)),
             body_len: id * 10,
-            complete: id % 2 == 0,
+            complete: id.is_multiple_of(2),
         }
     }
 
