@@ -315,10 +315,14 @@ async fn record(
             ("store_queue_full", queue_full),
         ],
     );
+    // A store that failed part way (a full disk) ends the recording `failed`, counting what
+    // it can read back rather than what was handed to it.
+    let committed = store.committed(&config.name);
     let summary = RecordingSummary {
-        messages: written.load(Ordering::Relaxed),
-        bytes: outcome.bytes,
+        messages: committed.map_or(written.load(Ordering::Relaxed), |c| c.messages),
+        bytes: committed.map_or(outcome.bytes, |c| c.bytes),
         drops,
+        failure: outcome.error.as_ref().map(|e| format!("{e:#}")),
     };
     let recording = store.end(&config.name, summary)?;
     Ok(FinishedRecording {
