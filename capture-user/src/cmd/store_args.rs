@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use crate::store::Store;
-use crate::store::embedded::EmbeddedStore;
+use crate::store::embedded::{EmbeddedConfig, EmbeddedStore};
 use crate::store::kafka::{KafkaConfig, KafkaStore};
 
 /// Which store to use.
@@ -13,6 +13,17 @@ pub struct StoreArgs {
     /// root, else ~/.local/share/capture.
     #[arg(long, value_name = "DIR", env = "CAPTURE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+
+    /// Cap on the embedded store's size in bytes: past it the oldest finished recordings are
+    /// deleted (a recording still running is never deleted; when running ones alone pass the
+    /// cap, recording stops as failed). Default: no cap.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        env = "CAPTURE_RETENTION_BYTES",
+        conflicts_with = "kafka"
+    )]
+    pub retention_bytes: Option<u64>,
 
     /// Store in Kafka instead (bootstrap brokers, host:port[,host:port]).
     #[arg(long, value_name = "BROKERS", env = "CAPTURE_KAFKA")]
@@ -75,7 +86,13 @@ impl StoreArgs {
                 config.queue_max_messages = self.kafka_queue_messages;
                 Box::new(KafkaStore::open(config)?)
             }
-            None => Box::new(EmbeddedStore::open(&self.dir())?),
+            None => {
+                let config = EmbeddedConfig {
+                    retention_bytes: self.retention_bytes,
+                    ..EmbeddedConfig::default()
+                };
+                Box::new(EmbeddedStore::open_with(&self.dir(), config)?)
+            }
         })
     }
 
