@@ -3,8 +3,8 @@
 //! data directory. Before each append the appender catches up with what other processes wrote
 //! since its last append (their batches' heads give the next offset), and on its first use it
 //! checks the tail deeply (the last batch's payload CRC too): a torn batch left by a writer
-//! that died mid-write is cut off, reported once with `log::warn!`, and returned so the store
-//! can count its messages as dropped. Readers never take the lock (`window.rs`).
+//! that died mid-write is cut off and returned, so the store reports it once (`log::warn!`)
+//! and counts its messages as dropped. Readers never take the lock (`window.rs`).
 //!
 //! Durability: a batch is one write at the end of the segment; `sync` makes it durable
 //! (fdatasync) and the store calls it at most every second; a segment is synced before the
@@ -237,7 +237,7 @@ impl Appender {
                 }
                 Next::End => break,
                 Next::Torn(t) => {
-                    self.cut(&reader, t.position)?;
+                    self.cut(t.position)?;
                     torn.push(t);
                     break;
                 }
@@ -265,7 +265,7 @@ impl Appender {
             let mut t = reader.torn(position, &[]);
             t.messages = Some(frame.head.count);
             t.recordings = frame.tags.recordings.clone();
-            self.cut(&reader, position)?;
+            self.cut(position)?;
             if let Some(a) = &mut self.active {
                 a.len = position;
             }
@@ -277,7 +277,8 @@ impl Appender {
     }
 
     /// Cuts the active segment (and its index) back to `position`.
-    fn cut(&self, reader: &SegmentReader, position: u64) -> Result<(), StoreError> {
+    /// (The store reports it, with what the batch held.)
+    fn cut(&self, position: u64) -> Result<(), StoreError> {
         let Some(a) = &self.active else {
             return Ok(());
         };
@@ -289,11 +290,6 @@ impl Appender {
         if let Ok(f) = OpenOptions::new().write(true).open(&idx) {
             let _ = f.set_len(keep * 16);
         }
-        log::warn!(
-            "{}: cut a torn batch at byte {position} ({} bytes) left by a writer that stopped mid-write",
-            reader.path.display(),
-            reader.len - position
-        );
         Ok(())
     }
 

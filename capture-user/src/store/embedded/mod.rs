@@ -258,7 +258,7 @@ impl EmbeddedStore {
     fn note_torn(&self, torn: Vec<Torn>) {
         for t in torn {
             ::log::warn!(
-                "{} byte {}: dropped a torn batch of {} bytes ({} messages of {:?})",
+                "{} byte {}: cut a torn batch of {} bytes ({} messages of recordings {:?}) left by a writer that stopped mid-write",
                 t.path.display(),
                 t.position,
                 t.bytes,

@@ -312,3 +312,23 @@ fn a_v1_data_directory_is_refused_with_the_way_out() {
         "{err}"
     );
 }
+
+#[test]
+fn delete_reclaims_the_segments_no_other_window_overlaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_dir = dir.path().join("log");
+    let mut store = small(dir.path());
+    record(&mut store, "old", 1..=200);
+    record(&mut store, "new", 201..=400);
+    let before = segment::list(&log_dir).unwrap();
+    let bytes_before = store.log_bytes().unwrap();
+    store.delete("old").unwrap();
+    let after = segment::list(&log_dir).unwrap();
+    assert!(after.len() < before.len() - 2, "{before:?} -> {after:?}");
+    assert!(store.log_bytes().unwrap() < bytes_before / 2 + (16 << 10));
+    // The segment where "old" ends and "new" begins stays, and "new" reads back whole.
+    let new_start = store.get("new").unwrap().start[&0] as u64;
+    assert!(after[0] <= new_start);
+    assert_eq!(ids(&mut store, "new"), (201..=400).collect::<Vec<_>>());
+    assert!(matches!(store.get("old"), Err(StoreError::NotFound(_))));
+}
