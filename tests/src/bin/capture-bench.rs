@@ -261,24 +261,31 @@ fn bench_message(id: u64, size: usize, body: Body) -> capture_user::message::Htt
     }
 }
 
-/// CPU seconds (user + system) this thread has used.
-fn thread_cpu_seconds() -> f64 {
+/// CPU seconds (user, system) this thread has used.
+fn thread_cpu_seconds() -> (f64, f64) {
     // SAFETY: getrusage fills the struct it is given.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: a valid pointer to a rusage.
     unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    secs(usage.ru_utime) + secs(usage.ru_stime)
+    (secs(usage.ru_utime), secs(usage.ru_stime))
+}
+
+/// CPU (user, system) seconds since `before`.
+fn cpu_since(before: (f64, f64)) -> (f64, f64) {
+    let now = thread_cpu_seconds();
+    (now.0 - before.0, now.1 - before.1)
 }
 
 /// Wall and CPU (this thread) seconds of one store round.
 struct Round {
     write: f64,
-    write_cpu: f64,
+    /// (user, system) CPU seconds.
+    write_cpu: (f64, f64),
     /// Of `write`: the final `end` (flush and fdatasync).
     end: f64,
     read: f64,
-    read_cpu: f64,
+    read_cpu: (f64, f64),
 }
 
 /// Writes `n` messages as one recording and reads the window back.
@@ -299,14 +306,14 @@ fn store_round(
     let ending = Instant::now();
     let rec = store.end(name, capture_user::store::RecordingSummary::default())?;
     let end = ending.elapsed().as_secs_f64();
-    let (write, write_cpu) = (started.elapsed().as_secs_f64(), thread_cpu_seconds() - cpu);
+    let (write, write_cpu) = (started.elapsed().as_secs_f64(), cpu_since(cpu));
     let mut read_n = 0u64;
     let (started, cpu) = (Instant::now(), thread_cpu_seconds());
     store.read(name, &mut |_| {
         read_n += 1;
         true
     })?;
-    let (read, read_cpu) = (started.elapsed().as_secs_f64(), thread_cpu_seconds() - cpu);
+    let (read, read_cpu) = (started.elapsed().as_secs_f64(), cpu_since(cpu));
     if read_n != n {
         bail!(
             "read {read_n} of {n} messages back (stored {})",
@@ -393,15 +400,16 @@ fn embedded_store_rates() -> Result<()> {
         let mut embedded = capture_user::store::embedded::EmbeddedStore::open(dir.path())?;
         let r = store_round(&mut embedded, "bench", n, size, body)?;
         let n = n as f64;
+        let us = |(user, sys): (f64, f64)| format!("{:.2}+{:.2}", user * 1e6 / n, sys * 1e6 / n);
         println!(
-            "embedded, {label:<13}: write {:>8.0} msg/s ({:>5.0} MB/s, {:.2} us CPU/msg, end+fdatasync {:.2} s), window read {:>8.0} msg/s ({:>5.0} MB/s, {:.2} us CPU/msg), {:.0} MB on disk",
+            "embedded, {label:<13}: write {:>8.0} msg/s ({:>5.0} MB/s, CPU {} us/msg user+sys, end+fdatasync {:.2} s), window read {:>8.0} msg/s ({:>5.0} MB/s, CPU {} us/msg), {:.0} MB on disk",
             n / r.write,
             n * size as f64 / r.write / 1e6,
-            r.write_cpu * 1e6 / n,
+            us(r.write_cpu),
             r.end,
             n / r.read,
             n * size as f64 / r.read / 1e6,
-            r.read_cpu * 1e6 / n,
+            us(r.read_cpu),
             embedded.log_bytes()? as f64 / 1e6
         );
     }
