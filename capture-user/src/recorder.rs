@@ -343,10 +343,14 @@ impl Running {
             live: live_stats,
         };
         *status.lock().unwrap_or_else(|e| e.into_inner()) = last.clone();
+        // What the store can read back is what counts (a store that failed part way, on a
+        // full disk, wrote less than it was handed); a failure ends the recording `failed`.
+        let committed = store.committed(&name);
         let summary = RecordingSummary {
-            messages: last.messages_written,
-            bytes: outcome.bytes,
+            messages: committed.map_or(last.messages_written, |c| c.messages),
+            bytes: committed.map_or(outcome.bytes, |c| c.bytes),
             drops: crate::store::drops_seen(last.losses()),
+            failure: outcome.error.as_ref().map(|e| format!("{e:#}")),
         };
         let recording = store.end(&name, summary)?;
         Ok(FinishedRecording {

@@ -198,10 +198,10 @@ fn embedded_store_keeps_the_recording_contract() {
     let dirs: std::cell::RefCell<Vec<tempfile::TempDir>> = Default::default();
     run_contract(|| {
         let dir = tempfile::tempdir().unwrap();
-        // A small fragment size, so large messages really are split.
+        // Small batches, so a recording spans many and a large message outgrows one.
         let store = EmbeddedStore::open(dir.path())
             .unwrap()
-            .with_fragment_bytes(64 * 1024);
+            .with_batch_bytes(64 * 1024);
         dirs.borrow_mut().push(dir);
         Box::new(store)
     });

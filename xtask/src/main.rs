@@ -67,7 +67,7 @@ enum Task {
     },
     /// Set up, build (release), and run the benchmarks, printing figures.
     Bench {
-        /// Which benchmarks: all, ebpf, drain, store, replay.
+        /// Which benchmarks: all, ebpf, drain, store (store-embedded: without Kafka), replay.
         #[arg(default_value = "all")]
         which: String,
     },

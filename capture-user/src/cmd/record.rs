@@ -168,6 +168,7 @@ pub fn run_import(args: ImportArgs) -> anyhow::Result<()> {
             messages: messages.len() as u64,
             bytes,
             drops,
+            failure: None,
         },
     )?;
     print_summary(&rec);

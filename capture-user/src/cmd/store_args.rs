@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use crate::store::StoreConfig;
+use crate::store::config::Retention;
 use crate::store::kafka::KafkaConfig;
 
 /// Which store to use.
@@ -13,6 +14,13 @@ pub struct StoreArgs {
     /// root, else ~/.local/share/capture.
     #[arg(long, value_name = "DIR", env = "CAPTURE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+
+    /// How large the embedded store may grow: a size (20GiB), a share of the data
+    /// directory's filesystem (50%), or unlimited. Past it the oldest finished recordings are
+    /// deleted; a running recording is never deleted, and one that alone reaches the cap ends
+    /// there (complete, saying so).
+    #[arg(long, value_name = "SIZE|PCT%", env = "CAPTURE_MAX_STORE_SIZE", default_value_t = Retention::default(), conflicts_with = "kafka")]
+    pub max_store_size: Retention,
 
     /// Store in Kafka instead (bootstrap brokers, host:port[,host:port]).
     #[arg(long, value_name = "BROKERS", env = "CAPTURE_KAFKA")]
@@ -46,6 +54,7 @@ impl StoreArgs {
     pub fn to_config(&self) -> StoreConfig {
         StoreConfig {
             data_dir: self.data_dir.clone(),
+            retention: self.max_store_size,
             kafka: self.kafka.as_ref().map(|brokers| KafkaConfig {
                 brokers: brokers.clone(),
                 topic: self.topic.clone(),

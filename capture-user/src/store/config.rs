@@ -3,18 +3,109 @@
 
 use std::path::PathBuf;
 
-use super::embedded::EmbeddedStore;
+use super::embedded::{EmbeddedConfig, EmbeddedStore, create_data_dir};
 use super::kafka::{KafkaConfig, KafkaStore};
 use super::{Store, StoreError};
 
 /// Which backend to use, and its settings. `Default` is the embedded store in the default
-/// data directory.
+/// data directory with the default retention.
 #[derive(Clone, Debug, Default)]
 pub struct StoreConfig {
     /// Directory of the embedded store; `None` means [`default_data_dir`].
     pub data_dir: Option<PathBuf>,
+    /// How large the embedded store may grow.
+    pub retention: Retention,
     /// Store in Kafka instead of the embedded store.
     pub kafka: Option<KafkaConfig>,
+}
+
+/// How large the embedded store may grow before its oldest finished recordings are deleted
+/// (a running recording is never deleted; one that alone reaches the cap ends there). A
+/// forgotten recorder must not fill a node's disk, so there is a cap unless told otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retention {
+    /// No cap: recording goes on until the disk is full (and then ends `failed`).
+    Unlimited,
+    /// At most this many bytes of log.
+    Bytes(u64),
+    /// At most this share of the size of the filesystem holding the data directory.
+    PercentOfFilesystem(u8),
+}
+
+impl Default for Retention {
+    /// Half the data directory's filesystem: room for a long recording, and never a full disk.
+    fn default() -> Self {
+        Self::PercentOfFilesystem(50)
+    }
+}
+
+impl std::fmt::Display for Retention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unlimited => f.write_str("unlimited"),
+            Self::Bytes(n) => write!(f, "{n}"),
+            Self::PercentOfFilesystem(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+impl std::str::FromStr for Retention {
+    type Err = String;
+
+    /// `unlimited`, a size (`20GiB`), or a share of the filesystem (`50%`).
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if text.eq_ignore_ascii_case("unlimited") {
+            return Ok(Self::Unlimited);
+        }
+        if let Some(percent) = text.strip_suffix('%') {
+            return match percent.trim().parse::<u8>() {
+                Ok(p @ 1..=100) => Ok(Self::PercentOfFilesystem(p)),
+                _ => Err(format!(
+                    "{text} is not a share of the filesystem; use 1%-100%, a size such as 20GiB, or unlimited"
+                )),
+            };
+        }
+        let bytes = crate::units::parse_byte_size(text)
+            .map_err(|e| format!("{e}; or give a share such as 50%, or unlimited"))?;
+        if bytes == 0 {
+            return Err(
+                "a store of 0 bytes holds nothing; give a size, a share, or unlimited".into(),
+            );
+        }
+        Ok(Self::Bytes(bytes))
+    }
+}
+
+impl Retention {
+    /// The cap in bytes for a store in `dir` (which must exist), `None` when unlimited.
+    pub fn bytes_for(&self, dir: &std::path::Path) -> Result<Option<u64>, StoreError> {
+        match *self {
+            Self::Unlimited => Ok(None),
+            Self::Bytes(n) => Ok(Some(n)),
+            Self::PercentOfFilesystem(p) => {
+                let size = filesystem_bytes(dir).map_err(|e| StoreError::Backend {
+                    path: dir.display().to_string(),
+                    message: format!("cannot size its filesystem for the retention cap ({e})"),
+                })?;
+                Ok(Some(size / 100 * u64::from(p)))
+            }
+        }
+    }
+}
+
+/// Size of the filesystem holding `dir`.
+fn filesystem_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: statvfs is plain data; an all-zero value is a valid initial state.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a valid NUL-terminated string and `stat` a valid, writable statvfs.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stat.f_blocks.saturating_mul(stat.f_frsize))
 }
 
 /// The embedded store's directory when none is given: /var/lib/capture as root (a node's
@@ -57,7 +148,15 @@ impl StoreConfig {
     pub fn open(&self) -> Result<Box<dyn Store>, StoreError> {
         Ok(match &self.kafka {
             Some(kafka) => Box::new(KafkaStore::open(kafka.clone())?),
-            None => Box::new(EmbeddedStore::open(&self.dir())?),
+            None => {
+                let dir = self.dir();
+                create_data_dir(&dir)?;
+                let config = EmbeddedConfig {
+                    retention_bytes: self.retention.bytes_for(&dir)?,
+                    ..EmbeddedConfig::default()
+                };
+                Box::new(EmbeddedStore::open_with(&dir, config)?)
+            }
         })
     }
 
@@ -67,5 +166,25 @@ impl StoreConfig {
             Some(kafka) => format!("Kafka {} topic {}", kafka.brokers, kafka.topic),
             None => self.dir().display().to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_reads_sizes_shares_and_unlimited() {
+        assert_eq!("unlimited".parse(), Ok(Retention::Unlimited));
+        assert_eq!("50%".parse(), Ok(Retention::PercentOfFilesystem(50)));
+        assert_eq!("20MiB".parse(), Ok(Retention::Bytes(20 << 20)));
+        for bad in ["0", "0%", "101%", "lots", "-5%"] {
+            assert!(bad.parse::<Retention>().is_err(), "{bad}");
+        }
+        assert_eq!(Retention::default().to_string(), "50%");
+        let dir = std::env::temp_dir();
+        let half = Retention::default().bytes_for(&dir).unwrap().unwrap();
+        assert!(half > 0);
+        assert_eq!(Retention::Unlimited.bytes_for(&dir).unwrap(), None);
     }
 }

@@ -7,11 +7,16 @@
 //!   recording returns exactly its messages even when recordings overlap;
 //! - reading returns messages in capture order, and a connection's messages in order;
 //! - messages larger than the backend's limit are stored as ordered fragments and rejoined;
-//! - a recorder that dies leaves its recording `interrupted`, readable up to what was stored.
+//! - a recorder that dies leaves its recording `interrupted`, readable up to what was stored;
+//! - a recording whose storing failed (a full disk) ends `failed`, with a reason, counting
+//!   exactly what can be read back.
 
 pub mod config;
 pub mod embedded;
 pub mod kafka;
+mod owner;
+
+pub use owner::{Owner, node_name};
 
 pub use config::StoreConfig;
 
@@ -45,6 +50,36 @@ pub enum StoreError {
     Backend { path: String, message: String },
     #[error("stored record at position {position} is corrupt: {message}")]
     Corrupt { position: String, message: String },
+    #[error(
+        "data directory {path} holds the v1 store format (capture.sqlite, one SQLite row per message), which this capture does not read; export its recordings with an older capture (`capture export NAME --gor FILE`) or use another --data-dir"
+    )]
+    OldFormat { path: String },
+    #[error("cannot write {path}: {cause}; {}", write_hint(cause))]
+    Write {
+        path: String,
+        #[source]
+        cause: std::io::Error,
+    },
+    #[error(
+        "the store holds {used} bytes, over its retention cap of {cap} bytes, and only running recordings are left to delete; stop a recording or raise the cap"
+    )]
+    RetentionFull { used: u64, cap: u64 },
+}
+
+fn write_hint(cause: &std::io::Error) -> &'static str {
+    if cause.raw_os_error() == Some(libc::ENOSPC) || cause.raw_os_error() == Some(libc::EDQUOT) {
+        "the filesystem is full: free space or cap the store (retention); what was written before stays readable"
+    } else {
+        "what was written before stays readable"
+    }
+}
+
+impl StoreError {
+    /// Did a write fail for lack of space?
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, Self::Write { cause, .. }
+            if matches!(cause.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)))
+    }
 }
 
 /// State of a recording in the catalog.
@@ -57,6 +92,9 @@ pub enum RecordingState {
     Complete,
     /// Its recorder died; the window ends at what was stored.
     Interrupted,
+    /// Storing failed part way (see the recording's `reason`); the window ends at what was
+    /// stored, and its counts are what can be read back.
+    Failed,
 }
 
 impl std::fmt::Display for RecordingState {
@@ -65,71 +103,9 @@ impl std::fmt::Display for RecordingState {
             Self::Recording => "recording",
             Self::Complete => "complete",
             Self::Interrupted => "interrupted",
+            Self::Failed => "failed",
         })
     }
-}
-
-/// The process that owns a running recording, to tell a live recorder from a dead one.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Owner {
-    pub node: String,
-    pub pid: u32,
-    /// Kernel boot id: a pid is only meaningful within one boot.
-    pub boot_id: String,
-    /// Process start time (clock ticks since boot), against pid reuse.
-    pub start_ticks: u64,
-}
-
-impl Owner {
-    /// This process.
-    pub fn this_process() -> Self {
-        let pid = std::process::id();
-        Self {
-            node: node_name(),
-            pid,
-            boot_id: boot_id(),
-            start_ticks: process_start_ticks(pid).unwrap_or(0),
-        }
-    }
-
-    /// False only when it is certain the owner is gone (same node, and the process is dead,
-    /// or a different process now has its pid, or the node rebooted).
-    pub fn may_be_alive(&self) -> bool {
-        if self.node != node_name() {
-            return true;
-        }
-        if self.boot_id != boot_id() {
-            return false;
-        }
-        match process_start_ticks(self.pid) {
-            Some(ticks) => ticks == self.start_ticks,
-            None => false,
-        }
-    }
-}
-
-/// This node's name: `$CAPTURE_NODE`, else the hostname.
-pub fn node_name() -> String {
-    std::env::var("CAPTURE_NODE")
-        .ok()
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_string())
-                .unwrap_or_else(|_| "localhost".into())
-        })
-}
-
-fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
-
-fn process_start_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = stat.rsplit_once(')')?.1;
-    after.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// A recording as the catalog keeps it.
@@ -155,6 +131,9 @@ pub struct Recording {
     pub bytes: u64,
     /// Drops and anomalies by reason, from capture and framing.
     pub drops: BTreeMap<String, u64>,
+    /// Why it failed (state `failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl Recording {
@@ -180,6 +159,7 @@ impl Recording {
             messages: 0,
             bytes: 0,
             drops: BTreeMap::new(),
+            reason: None,
         }
     }
 }
@@ -401,6 +381,16 @@ pub struct RecordingSummary {
     pub messages: u64,
     pub bytes: u64,
     pub drops: BTreeMap<String, u64>,
+    /// Set when storing failed: the recording ends `failed` with this reason.
+    pub failure: Option<String>,
+}
+
+/// Messages and bytes of a recording that this store handle has written so far and that
+/// can be read back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Committed {
+    pub messages: u64,
+    pub bytes: u64,
 }
 
 /// A storage backend for recordings.
@@ -420,7 +410,15 @@ pub trait Store: Send {
         let _ = source;
         Err(StoreError::JoinUnsupported(name.to_string()))
     }
-    /// Stops a recording: flushes, takes the end positions, marks it complete.
+    /// What this handle has stored of recording `name` so far, when the backend knows it
+    /// exactly (the embedded store does); a recorder whose storing failed ends the recording
+    /// with these counts.
+    fn committed(&self, name: &str) -> Option<Committed> {
+        let _ = name;
+        None
+    }
+    /// Stops a recording: flushes, takes the end positions, marks it complete (or `failed`
+    /// when `summary.failure` is set; ending a failed recording must work on a full disk).
     fn end(&mut self, name: &str, summary: RecordingSummary) -> Result<Recording, StoreError>;
     /// Every recording, with dead recorders' recordings shown as interrupted.
     fn list(&mut self) -> Result<Vec<Recording>, StoreError>;
@@ -495,11 +493,14 @@ pub fn merge_parts(name: &str, parts: &[Recording]) -> Option<Recording> {
     merged.end = all_ended.then_some(end);
     merged.state = if parts.iter().any(|p| p.state == RecordingState::Recording) {
         RecordingState::Recording
+    } else if parts.iter().any(|p| p.state == RecordingState::Failed) {
+        RecordingState::Failed
     } else if parts.iter().any(|p| p.state == RecordingState::Interrupted) {
         RecordingState::Interrupted
     } else {
         RecordingState::Complete
     };
+    merged.reason = parts.iter().find_map(|p| p.reason.clone());
     merged.source = format!("shared by {} nodes: {}", parts.len(), sources.join("; "));
     Some(merged)
 }

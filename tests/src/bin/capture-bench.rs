@@ -5,9 +5,9 @@
 //!   for packets on a port not in the set, for TC and XDP.
 //! - drain: packets/s and MB/s through the ring into userspace under wrk load against nginx
 //!   in a network namespace, with drops and the capture process's CPU time per request.
-//! - store: sustained store rate into the broker (tansu) next to a plain librdkafka
-//!   producer's rate for the same messages (ratio), and the embedded store's write and
-//!   window-read rates.
+//! - store: the embedded store's write and window-read rates (store-embedded runs only
+//!   these), then the sustained store rate into the broker (tansu) next to a plain
+//!   librdkafka producer's rate for the same messages (ratio).
 //! - replay: `capture replay --max` of a recording of wrk's keep-alive traffic next to wrk
 //!   itself against the same nginx (ratio), and the schedule lag of `--speed 1` on a
 //!   recording of 500 requests/s.
@@ -36,8 +36,11 @@ fn main() -> Result<()> {
         "ebpf" => ebpf_cost(),
         "drain" => drain_rate(),
         "store" => store_rates(),
+        "store-embedded" => embedded_store_rates(),
         "replay" => replay_rates(),
-        other => bail!("unknown benchmark {other:?}; use all, ebpf, drain, store or replay"),
+        other => bail!(
+            "unknown benchmark {other:?}; use all, ebpf, drain, store, store-embedded or replay"
+        ),
     }
 }
 
@@ -213,12 +216,32 @@ fn drain_rate() -> Result<()> {
     Ok(())
 }
 
+/// What a benchmark message's body is made of.
+#[derive(Clone, Copy)]
+enum Body {
+    /// All 'x': as compressible as it gets.
+    Repeated,
+    /// Pseudo-random bytes: LZ4 cannot shrink them (the honest figure).
+    Random,
+}
+
 /// A realistic 1 KiB request as a framed message.
-fn bench_message(id: u64, size: usize) -> capture_user::message::HttpMessage {
+fn bench_message(id: u64, size: usize, body: Body) -> capture_user::message::HttpMessage {
     let head = format!("POST /api/items/{id} HTTP/1.1\r\nHost: shop\r\nContent-Length: ");
     let body_len = size.saturating_sub(head.len() + 10);
     let mut bytes = format!("{head}{body_len}\r\n\r\n").into_bytes();
-    bytes.resize(bytes.len() + body_len, b'x');
+    match body {
+        Body::Repeated => bytes.resize(bytes.len() + body_len, b'x'),
+        Body::Random => {
+            let mut x = id.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            bytes.extend((0..body_len).map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            }));
+        }
+    }
     capture_user::message::HttpMessage {
         id,
         conn_id: id % 64,
@@ -238,36 +261,72 @@ fn bench_message(id: u64, size: usize) -> capture_user::message::HttpMessage {
     }
 }
 
-/// Writes `n` messages as one recording and reads the window back; (write s, read s).
+/// CPU seconds (user, system) this thread has used.
+fn thread_cpu_seconds() -> (f64, f64) {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a rusage.
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    (secs(usage.ru_utime), secs(usage.ru_stime))
+}
+
+/// CPU (user, system) seconds since `before`.
+fn cpu_since(before: (f64, f64)) -> (f64, f64) {
+    let now = thread_cpu_seconds();
+    (now.0 - before.0, now.1 - before.1)
+}
+
+/// Wall and CPU (this thread) seconds of one store round.
+struct Round {
+    write: f64,
+    /// (user, system) CPU seconds.
+    write_cpu: (f64, f64),
+    /// Of `write`: the final `end` (flush and fdatasync).
+    end: f64,
+    read: f64,
+    read_cpu: (f64, f64),
+}
+
+/// Writes `n` messages as one recording and reads the window back.
 fn store_round(
     store: &mut dyn capture_user::store::Store,
     name: &str,
     n: u64,
     size: usize,
-) -> Result<(f64, f64)> {
+    body: Body,
+) -> Result<Round> {
     let tags = vec![name.to_string()];
-    let messages: Vec<_> = (1..=n).map(|i| bench_message(i, size)).collect();
-    let started = Instant::now();
+    let messages: Vec<_> = (1..=n).map(|i| bench_message(i, size, body)).collect();
+    let (started, cpu) = (Instant::now(), thread_cpu_seconds());
     store.begin(name, "bench")?;
     for m in &messages {
         store.append(m, &tags)?;
     }
+    let ending = Instant::now();
     let rec = store.end(name, capture_user::store::RecordingSummary::default())?;
-    let write = started.elapsed().as_secs_f64();
+    let end = ending.elapsed().as_secs_f64();
+    let (write, write_cpu) = (started.elapsed().as_secs_f64(), cpu_since(cpu));
     let mut read_n = 0u64;
-    let started = Instant::now();
+    let (started, cpu) = (Instant::now(), thread_cpu_seconds());
     store.read(name, &mut |_| {
         read_n += 1;
         true
     })?;
-    let read = started.elapsed().as_secs_f64();
+    let (read, read_cpu) = (started.elapsed().as_secs_f64(), cpu_since(cpu));
     if read_n != n {
         bail!(
             "read {read_n} of {n} messages back (stored {})",
             rec.messages
         );
     }
-    Ok((write, read))
+    Ok(Round {
+        write,
+        write_cpu,
+        end,
+        read,
+        read_cpu,
+    })
 }
 
 /// A plain librdkafka producer with the same settings, for the ratio.
@@ -288,7 +347,7 @@ fn plain_producer_seconds(
         .set("linger.ms", "50")
         .set("queue.buffering.max.messages", "1000000")
         .create()?;
-    let payload = bench_message(1, size).bytes;
+    let payload = bench_message(1, size, Body::Repeated).bytes;
     let started = Instant::now();
     for i in 0..n {
         let key = format!("node/1/{}", i % 64);
@@ -317,21 +376,53 @@ fn plain_producer_seconds(
     Ok(started.elapsed().as_secs_f64())
 }
 
-fn store_rates() -> Result<()> {
-    println!("== store rates (1 KiB messages) ==");
+/// The embedded store: write and window-read rates for compressible and random bodies.
+fn embedded_store_rates() -> Result<()> {
+    println!("== embedded store (segment log) rates, 1 KiB messages ==");
     let size = 1024;
-    let dir = tempfile::tempdir()?;
-    let mut embedded = capture_user::store::embedded::EmbeddedStore::open(dir.path())?;
-    let n = 100_000;
-    let (write, read) = store_round(&mut embedded, "bench", n, size)?;
+    let n = 200_000;
+    // `store-embedded random` (or `repeated`) runs one kind only, for profiling.
+    let only = std::env::args().nth(2);
+    let kinds = [
+        ("'x' bodies", Body::Repeated),
+        ("random bodies", Body::Random),
+    ];
+    for (label, body) in kinds.into_iter().filter(|(_, b)| {
+        only.as_deref().is_none_or(|o| {
+            o == if matches!(b, Body::Random) {
+                "random"
+            } else {
+                "repeated"
+            }
+        })
+    }) {
+        let dir = tempfile::tempdir()?;
+        let mut embedded = capture_user::store::embedded::EmbeddedStore::open(dir.path())?;
+        let r = store_round(&mut embedded, "bench", n, size, body)?;
+        let n = n as f64;
+        let us = |(user, sys): (f64, f64)| format!("{:.2}+{:.2}", user * 1e6 / n, sys * 1e6 / n);
+        println!(
+            "embedded, {label:<13}: write {:>8.0} msg/s ({:>5.0} MB/s, CPU {} us/msg user+sys, end+fdatasync {:.2} s), window read {:>8.0} msg/s ({:>5.0} MB/s, CPU {} us/msg), {:.0} MB on disk",
+            n / r.write,
+            n * size as f64 / r.write / 1e6,
+            us(r.write_cpu),
+            r.end,
+            n / r.read,
+            n * size as f64 / r.read / 1e6,
+            us(r.read_cpu),
+            embedded.log_bytes()? as f64 / 1e6
+        );
+    }
     println!(
-        "embedded (SQLite WAL): write {:.0} msg/s ({:.1} MB/s), window read {:.0} msg/s ({:.1} MB/s), {n} messages",
-        n as f64 / write,
-        n as f64 * size as f64 / write / 1e6,
-        n as f64 / read,
-        n as f64 * size as f64 / read / 1e6
+        "(write is begin, appends and end, whose fdatasync makes the recording durable; CPU is the calling thread's, where the embedded store does all its work)"
     );
+    Ok(())
+}
 
+fn store_rates() -> Result<()> {
+    embedded_store_rates()?;
+    println!("== Kafka store rates (1 KiB messages) ==");
+    let size = 1024;
     let broker = tests::broker::Tansu::start()?;
     let n = 20_000;
     // tansu does not create topics on demand: create the plain producer's topic first.
@@ -343,7 +434,7 @@ fn store_rates() -> Result<()> {
     let mut config = capture_user::store::kafka::KafkaConfig::new(&broker.bootstrap(), "bench");
     config.queue_max_messages = 1_000_000;
     let mut kafka = capture_user::store::kafka::KafkaStore::open(config)?;
-    let (write, read) = store_round(&mut kafka, "bench", n, size)?;
+    let Round { write, read, .. } = store_round(&mut kafka, "bench", n, size, Body::Repeated)?;
     println!(
         "kafka store (tansu, lz4, idempotent): write {:.0} msg/s ({:.1} MB/s), window read {:.0} msg/s, {n} messages",
         n as f64 / write,
