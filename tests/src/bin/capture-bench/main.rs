@@ -11,31 +11,70 @@
 //! - replay: `capture replay --max` of a recording of wrk's keep-alive traffic next to wrk
 //!   itself against the same nginx (ratio), and the schedule lag of `--speed 1` on a
 //!   recording of 500 requests/s.
+//! - overhead: what recording costs the node next to nginx under wrk, row by row (no
+//!   capture, `packets`, `messages`, `record` with TC, XDP and `--threads 2`, tcpdump), as a
+//!   Markdown table for the README; `--repeat N` prints N tables (about 2 minutes each).
 
 mod drain;
 mod ebpf;
 mod measure;
+mod overhead;
 mod replay;
 mod store;
 
-use anyhow::{Result, bail};
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Parser, ValueEnum};
 
 /// The port nginx listens on in every benchmark.
 const PORT: u16 = 8080;
 
+/// Benchmarks of the capture workspace, printed for the notes (run by `cargo xtask bench`).
+#[derive(Debug, Parser)]
+#[command(name = "capture-bench")]
+struct Cli {
+    /// Which benchmark (`all` runs every one).
+    #[arg(value_enum, default_value_t = Which::All)]
+    which: Which,
+    /// overhead: how many times to run the whole table (each is printed).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    repeat: u32,
+    /// overhead: how long wrk runs for each row (whole seconds).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Which {
+    All,
+    Ebpf,
+    Drain,
+    Store,
+    Replay,
+    Overhead,
+}
+
 fn main() -> Result<()> {
-    let which = std::env::args().nth(1).unwrap_or_else(|| "all".into());
-    match which.as_str() {
-        "all" => {
+    let cli = Cli::parse();
+    let overhead = || {
+        overhead::overhead(&overhead::Options {
+            duration: cli.duration,
+            repeat: cli.repeat,
+        })
+    };
+    match cli.which {
+        Which::All => {
             ebpf::ebpf_cost()?;
             drain::drain_rate()?;
             store::store_rates()?;
-            replay::replay_rates()
+            replay::replay_rates()?;
+            overhead()
         }
-        "ebpf" => ebpf::ebpf_cost(),
-        "drain" => drain::drain_rate(),
-        "store" => store::store_rates(),
-        "replay" => replay::replay_rates(),
-        other => bail!("unknown benchmark {other:?}; use all, ebpf, drain, store or replay"),
+        Which::Ebpf => ebpf::ebpf_cost(),
+        Which::Drain => drain::drain_rate(),
+        Which::Store => store::store_rates(),
+        Which::Replay => replay::replay_rates(),
+        Which::Overhead => overhead(),
     }
 }

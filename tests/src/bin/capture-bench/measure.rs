@@ -65,9 +65,7 @@ pub fn cpu_seconds(pid: i32) -> Result<f64> {
         .context("stat format")?;
     let f: Vec<&str> = after.split_whitespace().collect();
     let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok(ticks as f64 / hz)
+    Ok(ticks as f64 / clock_ticks())
 }
 
 /// Requests per second in wrk's output.
@@ -76,4 +74,51 @@ pub fn wrk_requests_per_second(out: &str) -> f64 {
         .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or(0.0)
+}
+
+/// Clock ticks per second, the unit of /proc/stat and /proc/PID/stat.
+pub fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
+}
+
+/// Busy time of all CPUs together since boot, in clock ticks: every field of /proc/stat's
+/// `cpu` line except idle and iowait (guest time is already inside user and nice).
+pub fn node_busy_ticks() -> Result<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .context("no cpu line in /proc/stat")?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().context("a /proc/stat field"))
+        .collect::<Result<_>>()?;
+    // user nice system idle iowait irq softirq steal [guest guest_nice]
+    if f.len() < 8 {
+        anyhow::bail!("short cpu line in /proc/stat: {line:?}");
+    }
+    Ok(f[0] + f[1] + f[2] + f[5] + f[6] + f[7])
+}
+
+/// run_time_ns summed over the distinct BPF programs process `pid` holds (the kernel counts
+/// only while `kernel.bpf_stats_enabled` is 1, see [`BpfStats`]).
+pub fn ebpf_run_ns(pid: i32) -> Result<u64> {
+    let mut per_prog = BTreeMap::new();
+    let dir = format!("/proc/{pid}/fdinfo");
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let Ok(text) = std::fs::read_to_string(entry?.path()) else {
+            continue;
+        };
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        if let (Some(id), Some(ns)) = (field("prog_id:"), field("run_time_ns:")) {
+            per_prog.insert(id, ns);
+        }
+    }
+    Ok(per_prog.values().sum())
 }
