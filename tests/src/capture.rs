@@ -63,20 +63,39 @@ impl CaptureRun {
         cmd
     }
 
-    fn spawn_ready(mut cmd: std::process::Command) -> Result<Self> {
+    /// Like [`CaptureRun::start`], with stdout written to `file` instead of collected (for
+    /// output too large to hold, or to leave pipe costs out of a measurement);
+    /// [`CaptureOutput::stdout`] is then empty.
+    pub fn start_stdout_to(ns: &str, args: &[&str], file: std::fs::File) -> Result<Self> {
+        let mut cmd = Topology::exec(ns, &capture_bin().to_string_lossy());
+        cmd.args(args);
+        Self::spawn_ready_with(cmd, Some(file))
+    }
+
+    fn spawn_ready(cmd: std::process::Command) -> Result<Self> {
+        Self::spawn_ready_with(cmd, None)
+    }
+
+    fn spawn_ready_with(
+        mut cmd: std::process::Command,
+        stdout_file: Option<std::fs::File>,
+    ) -> Result<Self> {
+        let stdout = stdout_file.map_or_else(Stdio::piped, Stdio::from);
         let mut child = cmd
-            .stdout(Stdio::piped())
+            .stdout(stdout)
             .stderr(Stdio::piped())
             .spawn()
             .context("starting capture")?;
-        let stdout = child.stdout.take().context("capture stdout")?;
         let stderr = child.stderr.take().context("capture stderr")?;
         let (ready_tx, ready_rx) = mpsc::channel::<()>();
-        let stdout = std::thread::spawn(move || {
-            BufReader::new(stdout)
-                .lines()
-                .map_while(|l| l.ok())
-                .collect::<Vec<_>>()
+        // Piped (so there to collect) unless it goes to a file.
+        let stdout = child.stdout.take().map(|stdout| {
+            std::thread::spawn(move || {
+                BufReader::new(stdout)
+                    .lines()
+                    .map_while(|l| l.ok())
+                    .collect::<Vec<_>>()
+            })
         });
         let stderr = std::thread::spawn(move || {
             let mut lines = Vec::new();
@@ -93,7 +112,7 @@ impl CaptureRun {
         });
         let mut run = CaptureRun {
             child,
-            stdout: Some(stdout),
+            stdout,
             stderr: Some(stderr),
         };
         match ready_rx.recv_timeout(Duration::from_secs(30)) {
@@ -171,7 +190,8 @@ impl CaptureRun {
 
 impl Drop for CaptureRun {
     fn drop(&mut self) {
-        if self.stdout.is_some() {
+        // `finish` takes the stderr reader: still there means the process was never reaped.
+        if self.stderr.is_some() {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }

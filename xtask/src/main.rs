@@ -66,10 +66,18 @@ enum Task {
         seconds: u64,
     },
     /// Set up, build (release), and run the benchmarks, printing figures.
+    ///
+    /// Example: cargo xtask bench overhead --repeat 3
     Bench {
-        /// Which benchmarks: all, ebpf, drain, store (store-embedded: without Kafka), replay.
+        /// Which benchmarks: all, ebpf, drain, store (store-embedded: without Kafka), replay, or
+        /// overhead (what recording costs next to nginx, beside tcpdump, as a Markdown table;
+        /// about 2 minutes a table).
         #[arg(default_value = "all")]
         which: String,
+        /// Options for the benchmark: for overhead, --repeat N (print N tables, the VM is
+        /// noisy) and --duration 10s (wrk's time per row).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
 }
 
@@ -102,7 +110,7 @@ fn run(task: Task) -> Result<()> {
             Ok(())
         }
         Task::Test { args } => test(&args),
-        Task::Bench { which } => bench(&which),
+        Task::Bench { which, args } => bench(&which, &args),
         Task::Fuzz { target, seconds } => fuzz(&target, seconds),
         Task::Broker { port } => broker(port),
     }
@@ -222,7 +230,7 @@ fn test(extra: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn bench(which: &str) -> Result<()> {
+fn bench(which: &str, args: &[String]) -> Result<()> {
     if !is_root() {
         bail!("the benchmarks load eBPF programs and create namespaces: run as root");
     }
@@ -241,6 +249,7 @@ fn bench(which: &str) -> Result<()> {
         "--",
         which,
     ])
+    .args(args.iter().filter(|a| *a != "--"))
     .env("CAPTURE_BIN", &bin);
     check(&mut cmd, "capture-bench")
 }
