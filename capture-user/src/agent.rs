@@ -280,6 +280,7 @@ impl Agent {
             name: req.name.clone(),
             join,
             threads: crate::recorder::DEFAULT_THREADS,
+            limits: Default::default(),
         };
         let recorder = Recorder::start(config, store).await?;
         let mut recordings = lock(&self.recordings);

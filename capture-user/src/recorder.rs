@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use crate::live::{CaptureConfig, LiveMessages, LiveStats, MessageSink};
 use crate::message::HttpMessage;
-use crate::store::{Recording, RecordingSummary, Store};
+use crate::store::{Ending, Recording, RecordingSummary, Store, StoreError};
 
 /// Message batches waiting for the store thread. When full, new messages are dropped and
 /// counted as `store_queue_full` instead of stalling capture.
@@ -34,6 +34,39 @@ pub struct RecorderConfig {
     pub join: bool,
     /// Framing threads: 1 frames on the ring thread; more spread connections over threads.
     pub threads: usize,
+    /// Where the recording stops by itself.
+    pub limits: Limits,
+}
+
+/// Where a recording stops by itself, ending `complete` with the limit as its reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Messages stored at most.
+    pub max_messages: Option<u64>,
+    /// Bytes of messages (as seen on the wire) stored at most.
+    pub max_bytes: Option<u64>,
+}
+
+impl Limits {
+    /// Why storing `message` would pass a limit, given what is stored so far.
+    fn passed_by(
+        &self,
+        stored_messages: u64,
+        stored_bytes: u64,
+        message: &HttpMessage,
+    ) -> Option<String> {
+        if let Some(max) = self.max_messages
+            && stored_messages >= max
+        {
+            return Some(format!("reached its limit of {max} messages"));
+        }
+        if let Some(max) = self.max_bytes
+            && stored_bytes + message.bytes.len() as u64 > max
+        {
+            return Some(format!("reached its limit of {max} bytes"));
+        }
+        None
+    }
 }
 
 /// Framing threads unless told otherwise: framing on the ring thread costs the least.
@@ -129,6 +162,8 @@ impl MessageSink for StoreQueue {
 /// What the store thread did (how many messages it wrote is in the shared counters).
 struct StoreOutcome {
     bytes: u64,
+    ending: Ending,
+    /// The store error behind a `failed` ending.
     error: Option<anyhow::Error>,
 }
 
@@ -136,39 +171,59 @@ struct StoreOutcome {
 type StoreThread = std::thread::JoinHandle<(Box<dyn Store>, StoreOutcome)>;
 
 /// Runs the store on its own thread (store calls block on disk or on the broker), writing
-/// the batches the queue brings and making them durable every [`FLUSH_EVERY`]. It ends
-/// when the queue closes, or at the first error, which `failed` announces at once.
+/// the batches the queue brings and making them durable every [`FLUSH_EVERY`]. It ends when
+/// the queue closes, at a limit, or at the first error; `ended` announces the last two at
+/// once so capture stops.
 fn spawn_store_thread(
     mut store: Box<dyn Store>,
-    name: String,
+    config: &RecorderConfig,
     rx: std_mpsc::Receiver<Vec<HttpMessage>>,
     counters: Arc<QueueCounters>,
-    failed: watch::Sender<bool>,
+    ended: watch::Sender<bool>,
 ) -> std::io::Result<StoreThread> {
+    let tags = vec![config.name.clone()];
+    let limits = config.limits;
     std::thread::Builder::new()
         .name("capture-store".into())
         .spawn(move || {
-            let tags = vec![name];
             let mut outcome = StoreOutcome {
                 bytes: 0,
+                ending: Ending::Stopped,
                 error: None,
             };
-            if let Err(e) = store_until_closed(&mut *store, &tags, &rx, &counters, &mut outcome) {
-                outcome.error = Some(e);
-                let _ = failed.send(true);
+            let result =
+                store_until_closed(&mut *store, &tags, limits, &rx, &counters, &mut outcome);
+            outcome.ending = match result {
+                Ok(None) => Ending::Stopped,
+                Ok(Some(limit)) => Ending::Limit(limit),
+                // The store's own cap, with only running recordings left to delete: a limit.
+                Err(StoreError::RetentionFull { used, cap }) => Ending::Limit(format!(
+                    "the store reached its size cap (--max-store-size): {used} of {cap} bytes"
+                )),
+                Err(e) => {
+                    let why = e.to_string();
+                    outcome.error = Some(e.into());
+                    Ending::Failed(why)
+                }
+            };
+            if outcome.ending != Ending::Stopped {
+                let _ = ended.send(true);
             }
             (store, outcome)
         })
 }
 
+/// Stores what the queue brings until it closes (`None`) or a limit is reached (why).
 fn store_until_closed(
     store: &mut dyn Store,
     tags: &[String],
+    limits: Limits,
     rx: &std_mpsc::Receiver<Vec<HttpMessage>>,
     counters: &QueueCounters,
     outcome: &mut StoreOutcome,
-) -> anyhow::Result<()> {
+) -> Result<Option<String>, StoreError> {
     let mut last_flush = Instant::now();
+    let mut written = 0u64;
     loop {
         let batch = match rx.recv_timeout(FLUSH_EVERY) {
             Ok(batch) => Some(batch),
@@ -176,7 +231,12 @@ fn store_until_closed(
             Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
         };
         for m in batch.iter().flatten() {
+            if let Some(limit) = limits.passed_by(written, outcome.bytes, m) {
+                store.flush()?;
+                return Ok(Some(limit));
+            }
             store.append(m, tags)?;
+            written += 1;
             outcome.bytes += m.bytes.len() as u64;
             counters.written.fetch_add(1, Ordering::Relaxed);
         }
@@ -186,7 +246,7 @@ fn store_until_closed(
         }
     }
     store.flush()?;
-    Ok(())
+    Ok(None)
 }
 
 /// A recording in progress.
@@ -224,10 +284,9 @@ impl Recorder {
         } else {
             store.begin(&config.name, &source)?;
         }
-        let (failed_tx, failed) = watch::channel(false);
-        let store_thread =
-            spawn_store_thread(store, config.name.clone(), rx, counters.clone(), failed_tx)
-                .context("starting the store thread")?;
+        let (ended_tx, ended) = watch::channel(false);
+        let store_thread = spawn_store_thread(store, &config, rx, counters.clone(), ended_tx)
+            .context("starting the store thread")?;
         let status = Arc::new(Mutex::new(RecorderStatus::default()));
         let (stop, stop_rx) = watch::channel(false);
         let running = Running {
@@ -238,7 +297,7 @@ impl Recorder {
             status: status.clone(),
             started: Instant::now(),
         };
-        let task = tokio::spawn(running.record(stop_rx, failed));
+        let task = tokio::spawn(running.record(stop_rx, ended));
         Ok(Self { status, stop, task })
     }
 
@@ -292,12 +351,13 @@ impl Running {
         *self.status.lock().unwrap_or_else(|e| e.into_inner()) = now;
     }
 
-    /// Publishes the counters every second until asked to stop, until storing fails, or
-    /// until the capture ends on its own; then ends the recording.
+    /// Publishes the counters every second until asked to stop, until the store thread
+    /// ended (a limit, a failure), or until the capture ends on its own; then ends the
+    /// recording.
     async fn record(
         self,
         mut stop: watch::Receiver<bool>,
-        mut failed: watch::Receiver<bool>,
+        mut ended: watch::Receiver<bool>,
     ) -> anyhow::Result<FinishedRecording> {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -309,7 +369,7 @@ impl Running {
                     }
                 }
                 _ = stop.wait_for(|s| *s) => break,
-                _ = failed.wait_for(|f| *f) => break,
+                _ = ended.wait_for(|e| *e) => break,
             }
         }
         self.end().await
@@ -350,7 +410,7 @@ impl Running {
             messages: committed.map_or(last.messages_written, |c| c.messages),
             bytes: committed.map_or(outcome.bytes, |c| c.bytes),
             drops: crate::store::drops_seen(last.losses()),
-            failure: outcome.error.as_ref().map(|e| format!("{e:#}")),
+            ending: outcome.ending,
         };
         let recording = store.end(&name, summary)?;
         Ok(FinishedRecording {

@@ -157,16 +157,22 @@ impl CaptureRun {
         self.finish()
     }
 
-    /// Waits for exit (e.g. after `--duration`) and collects the output.
-    pub fn finish(mut self) -> Result<CaptureOutput> {
-        let deadline = Instant::now() + Duration::from_secs(30);
+    /// Waits for exit (e.g. after `--duration`) and collects the output (fails after 30 s).
+    pub fn finish(self) -> Result<CaptureOutput> {
+        self.finish_within(Duration::from_secs(30))
+    }
+
+    /// Waits up to `limit` for the process to end by itself (a recording that stops at a
+    /// limit or a full disk) and collects the output.
+    pub fn finish_within(mut self, limit: Duration) -> Result<CaptureOutput> {
+        let deadline = Instant::now() + limit;
         let status = loop {
             if let Some(status) = self.child.try_wait()? {
                 break status;
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                bail!("capture did not exit within 30 s");
+                bail!("capture did not exit within {limit:?}");
             }
             std::thread::sleep(Duration::from_millis(20));
         };

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use capture_user::message::{HttpMessage, MessageKind};
 use capture_user::packet::Timestamp;
 use capture_user::store::embedded::{EmbeddedConfig, EmbeddedStore, TORN_TAIL_DROP};
-use capture_user::store::{RecordingState, RecordingSummary, Store, StoreError};
+use capture_user::store::{Ending, RecordingState, RecordingSummary, Store, StoreError};
 
 /// A request with a pseudo-random body (LZ4 cannot shrink it).
 fn message(id: u64, body: usize) -> HttpMessage {
@@ -348,7 +348,7 @@ fn a_full_disk_fails_the_recording_honestly_and_reading_needs_no_space() {
     let committed = store.committed("full").unwrap();
     assert!(committed.messages > 1000, "{committed:?}");
     let summary = RecordingSummary {
-        failure: Some(error.to_string()),
+        ending: Ending::Failed(error.to_string()),
         ..RecordingSummary::default()
     };
     let rec = store

@@ -10,8 +10,8 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cmd::capture_args::CaptureArgs;
 use crate::cmd::store_args::StoreArgs;
-use crate::recorder::{Recorder, RecorderConfig};
-use crate::store::{Recording, RecordingSummary};
+use crate::recorder::{Limits, Recorder, RecorderConfig};
+use crate::store::{Recording, RecordingState, RecordingSummary};
 use crate::units::parse_port;
 
 /// Arguments of `capture record`.
@@ -27,6 +27,15 @@ pub struct RecordArgs {
     /// Stop after this long (e.g. 30s, 5m); otherwise Ctrl-C or SIGTERM.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
+
+    /// End the recording (complete) once it holds this many messages.
+    #[arg(long, value_name = "N")]
+    pub max_messages: Option<u64>,
+
+    /// End the recording (complete) before its messages pass this size (bytes as seen on
+    /// the wire, e.g. 500MiB).
+    #[arg(long, value_name = "SIZE", value_parser = crate::units::parse_byte_size)]
+    pub max_size: Option<u64>,
 
     /// Framing threads: 1 frames where the ring is drained; more spread connections over
     /// that many threads (each connection stays on one, in order) for a busy node.
@@ -84,6 +93,9 @@ pub fn print_summary(rec: &Recording) {
         window(&start),
         window(&rec.end)
     );
+    if let (RecordingState::Complete, Some(why)) = (rec.state, &rec.reason) {
+        eprintln!("ended by itself: it {why}");
+    }
     if rec.drops.is_empty() {
         eprintln!("drops: none");
     } else {
@@ -102,6 +114,10 @@ pub async fn run_record(args: RecordArgs) -> anyhow::Result<()> {
         name: args.name.clone(),
         join: args.join,
         threads: args.threads,
+        limits: Limits {
+            max_messages: args.max_messages,
+            max_bytes: args.max_size,
+        },
     };
     let recorder = Recorder::start(config, store).await?;
     eprintln!(
@@ -142,7 +158,7 @@ pub async fn run_record(args: RecordArgs) -> anyhow::Result<()> {
     print_summary(&finished.recording);
     if let Some(e) = finished.store_error {
         return Err(e.context(format!(
-            "storing recording {} failed after {} messages (those are kept)",
+            "recording {} failed; the {} messages stored before are kept and readable",
             args.name, finished.recording.messages
         )));
     }
@@ -168,7 +184,7 @@ pub fn run_import(args: ImportArgs) -> anyhow::Result<()> {
             messages: messages.len() as u64,
             bytes,
             drops,
-            failure: None,
+            ending: Default::default(),
         },
     )?;
     print_summary(&rec);

@@ -94,6 +94,9 @@ pub fn run_recordings(cmd: RecordingsCommand) -> anyhow::Result<()> {
                 print_summary(&rec);
                 println!("name: {}", rec.name);
                 println!("state: {}", rec.state);
+                if let Some(why) = &rec.reason {
+                    println!("reason: {why}");
+                }
                 println!("backend: {}", rec.backend);
                 println!("source: {}", rec.source);
                 println!("started: {}", Timestamp(rec.started_at_ns).to_rfc3339());

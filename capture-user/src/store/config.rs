@@ -151,9 +151,16 @@ impl StoreConfig {
             None => {
                 let dir = self.dir();
                 create_data_dir(&dir)?;
+                let retention_bytes = self.retention.bytes_for(&dir)?;
+                let defaults = EmbeddedConfig::default();
+                // Space comes back a segment at a time: a small cap wants small segments.
+                let segment_bytes = retention_bytes.map_or(defaults.segment_bytes, |cap| {
+                    (cap / 16).clamp(1 << 20, defaults.segment_bytes)
+                });
                 let config = EmbeddedConfig {
-                    retention_bytes: self.retention.bytes_for(&dir)?,
-                    ..EmbeddedConfig::default()
+                    retention_bytes,
+                    segment_bytes,
+                    ..defaults
                 };
                 Box::new(EmbeddedStore::open_with(&dir, config)?)
             }

@@ -55,11 +55,7 @@ pub enum StoreError {
     )]
     OldFormat { path: String },
     #[error("cannot write {path}: {cause}; {}", write_hint(cause))]
-    Write {
-        path: String,
-        #[source]
-        cause: std::io::Error,
-    },
+    Write { path: String, cause: std::io::Error },
     #[error(
         "the store holds {used} bytes, over its retention cap of {cap} bytes, and only running recordings are left to delete; stop a recording or raise the cap"
     )]
@@ -131,7 +127,8 @@ pub struct Recording {
     pub bytes: u64,
     /// Drops and anomalies by reason, from capture and framing.
     pub drops: BTreeMap<String, u64>,
-    /// Why it failed (state `failed`).
+    /// Why it ended when it was not asked to: the limit it reached (`complete`) or what
+    /// failed (`failed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
@@ -381,8 +378,32 @@ pub struct RecordingSummary {
     pub messages: u64,
     pub bytes: u64,
     pub drops: BTreeMap<String, u64>,
-    /// Set when storing failed: the recording ends `failed` with this reason.
-    pub failure: Option<String>,
+    /// Why the recording ended.
+    pub ending: Ending,
+}
+
+/// Why a recording ended, as its catalog entry says it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Ending {
+    /// Asked to stop (Ctrl-C, SIGTERM, --duration, the API): `complete`, no reason.
+    #[default]
+    Stopped,
+    /// Stopped itself at a limit it was given: `complete`, the limit as the reason.
+    Limit(String),
+    /// Storing failed (a full disk, say): `failed`, the cause as the reason; what was written
+    /// before is kept and counted.
+    Failed(String),
+}
+
+impl Ending {
+    /// The state and reason a catalog entry records for this ending.
+    pub fn state_and_reason(&self) -> (RecordingState, Option<String>) {
+        match self {
+            Self::Stopped => (RecordingState::Complete, None),
+            Self::Limit(why) => (RecordingState::Complete, Some(why.clone())),
+            Self::Failed(why) => (RecordingState::Failed, Some(why.clone())),
+        }
+    }
 }
 
 /// Messages and bytes of a recording that this store handle has written so far and that
@@ -417,8 +438,8 @@ pub trait Store: Send {
         let _ = name;
         None
     }
-    /// Stops a recording: flushes, takes the end positions, marks it complete (or `failed`
-    /// when `summary.failure` is set; ending a failed recording must work on a full disk).
+    /// Stops a recording: flushes, takes the end positions, records how it ended
+    /// (`summary.ending`; ending a failed recording must work on a full disk).
     fn end(&mut self, name: &str, summary: RecordingSummary) -> Result<Recording, StoreError>;
     /// Every recording, with dead recorders' recordings shown as interrupted.
     fn list(&mut self) -> Result<Vec<Recording>, StoreError>;

@@ -37,8 +37,8 @@ use self::log::Appender;
 use self::retention::{Plan, SegmentSize, Span};
 use self::segment::Torn;
 use super::{
-    Committed, Recording, RecordingState, RecordingSummary, Store, StoreError, StoredMessage,
-    exists_error, node_name, resolve_interrupted, validate_name,
+    Committed, Ending, Recording, RecordingState, RecordingSummary, Store, StoreError,
+    StoredMessage, exists_error, node_name, resolve_interrupted, validate_name,
 };
 use crate::message::HttpMessage;
 use crate::packet::Timestamp;
@@ -427,7 +427,10 @@ impl Store for EmbeddedStore {
                 Err(e) => write_error = Some(e),
             }
         }
-        let failure = summary.failure.clone().or_else(|| self.failed.clone());
+        let ending = match (&summary.ending, &self.failed) {
+            (Ending::Failed(_), _) | (_, None) => summary.ending.clone(),
+            (_, Some(error)) => Ending::Failed(error.clone()),
+        };
         let mut rec = self
             .catalog
             .load(name)?
@@ -446,11 +449,7 @@ impl Store for EmbeddedStore {
         };
         rec.end = Some(BTreeMap::from([(0, end as i64)]));
         rec.stopped_at_ns = Some(Timestamp::now().0);
-        rec.state = match failure {
-            Some(_) => RecordingState::Failed,
-            None => RecordingState::Complete,
-        };
-        rec.reason = failure;
+        (rec.state, rec.reason) = ending.state_and_reason();
         rec.owner = None;
         // What was written is what counts as stored (as the Kafka store counts acks).
         rec.messages = counts.messages;

@@ -285,19 +285,19 @@ fn retention_deletes_the_oldest_finished_recordings_and_their_segments() {
         "{over:?}"
     );
     let committed = store.committed("huge").unwrap();
-    let failure = Some("retention cap reached".to_string());
+    let limit = Ending::Limit("reached the retention cap".to_string());
     let rec = store
         .end(
             "huge",
             RecordingSummary {
-                failure,
+                ending: limit,
                 ..Default::default()
             },
         )
         .unwrap();
     assert_eq!(
         (rec.state, rec.messages),
-        (RecordingState::Failed, committed.messages)
+        (RecordingState::Complete, committed.messages)
     );
     assert_eq!(ids(&mut store, "huge").len() as u64, committed.messages);
 }

@@ -495,11 +495,7 @@ impl Store for KafkaStore {
             .ok_or_else(|| StoreError::NotFound(name.to_string()))?;
         rec.end = Some(self.watermarks()?);
         rec.stopped_at_ns = Some(Timestamp::now().0);
-        rec.state = match summary.failure {
-            Some(_) => RecordingState::Failed,
-            None => RecordingState::Complete,
-        };
-        rec.reason = summary.failure.take();
+        (rec.state, rec.reason) = summary.ending.state_and_reason();
         rec.owner = None;
         // What the broker acknowledged is what counts as stored.
         let stored = self.deliveries.messages.load(Ordering::Relaxed);
