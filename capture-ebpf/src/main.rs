@@ -9,11 +9,12 @@
 #![no_std]
 #![no_main]
 
+use core::{cell::Cell, mem::MaybeUninit};
+
 use aya_ebpf::{
     Global,
     bindings::{
-        __sk_buff, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC,
-        xdp_action, xdp_md,
+        BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC, xdp_action,
     },
     helpers::{
         bpf_get_smp_processor_id, bpf_ktime_get_ns,
@@ -72,49 +73,128 @@ const MAX_IPV6_EXT_HEADERS: u32 = 6;
 /// Byte access to the packet, the same for TC (`__sk_buff`) and XDP (`xdp_md`, multi-buffer
 /// aware), so parsing and copying are written once.
 trait PacketBytes {
+    /// Start and end of the linear packet data the program may read directly.
+    fn linear(&self) -> (usize, usize);
     /// Full packet length, including non-linear parts.
     fn len(&self) -> u32;
     /// Copies `len` bytes from `offset` into `dst`; false if out of bounds.
     fn load(&self, offset: u32, dst: *mut u8, len: u32) -> bool;
+}
 
+/// Where the parser reads headers from.
+trait Headers {
+    /// The `N` bytes at `offset`, or `None` when this source cannot give them. `buf` is room
+    /// for a copy, used only by sources that copy.
+    fn read<'b, const N: usize>(
+        &'b self,
+        offset: u32,
+        buf: &'b mut MaybeUninit<[u8; N]>,
+    ) -> Option<&'b [u8; N]>;
+}
+
+/// Headers read straight from the linear packet data (`data..data_end`), where they nearly
+/// always are: no helper call, no copy, and only the bytes the parser looks at are loaded.
+/// A read outside it fails and sets `missed`, so the caller parses again with [`Loaded`].
+struct Direct {
+    start: usize,
+    end: usize,
+    missed: Cell<bool>,
+}
+
+impl Direct {
     #[inline(always)]
-    fn load_array<const N: usize>(&self, offset: u32) -> Option<[u8; N]> {
-        let mut buf = [0u8; N];
-        if self.load(offset, buf.as_mut_ptr(), N as u32) {
-            Some(buf)
+    fn new<P: PacketBytes>(pkt: &P) -> Self {
+        let (start, end) = pkt.linear();
+        Self {
+            start,
+            end,
+            missed: Cell::new(false),
+        }
+    }
+}
+
+impl Headers for Direct {
+    #[inline(always)]
+    fn read<'b, const N: usize>(
+        &'b self,
+        offset: u32,
+        _buf: &'b mut MaybeUninit<[u8; N]>,
+    ) -> Option<&'b [u8; N]> {
+        // The bound lets the verifier accept a variable offset into the packet; headers
+        // further in (only behind many IPv6 extension headers) are left to the helper.
+        if offset <= MAX_DIRECT_OFFSET {
+            let at = self.start + offset as usize;
+            if at + N <= self.end {
+                // SAFETY: [at, at + N) lies inside the linear packet data, checked against
+                // data_end just above (the check the verifier wants before a packet read);
+                // nothing writes the packet while the program runs, and [u8; N] has no
+                // alignment requirement.
+                return Some(unsafe { &*(at as *const [u8; N]) });
+            }
+        }
+        self.missed.set(true);
+        None
+    }
+}
+
+/// Headers copied out with the load helper: any part of the packet, linear or not.
+struct Loaded<'a, P>(&'a P);
+
+impl<P: PacketBytes> Headers for Loaded<'_, P> {
+    #[inline(always)]
+    fn read<'b, const N: usize>(
+        &'b self,
+        offset: u32,
+        buf: &'b mut MaybeUninit<[u8; N]>,
+    ) -> Option<&'b [u8; N]> {
+        if self.0.load(offset, buf.as_mut_ptr().cast(), N as u32) {
+            // SAFETY: the helper succeeded, so it wrote all N bytes.
+            Some(unsafe { buf.assume_init_ref() })
         } else {
             None
         }
     }
 }
 
-struct Skb(*mut __sk_buff);
+/// Largest header offset read directly from the packet (well under the verifier's 64 KiB
+/// limit on packet offsets).
+const MAX_DIRECT_OFFSET: u32 = 0x3FFF;
 
-impl PacketBytes for Skb {
+struct Skb<'a>(&'a TcContext);
+
+impl PacketBytes for Skb<'_> {
+    #[inline(always)]
+    fn linear(&self) -> (usize, usize) {
+        (self.0.data(), self.0.data_end())
+    }
     #[inline(always)]
     fn len(&self) -> u32 {
         // SAFETY: the context pointer handed to the program is valid for its whole run.
-        unsafe { (*self.0).len }
+        unsafe { (*self.0.skb.skb).len }
     }
     #[inline(always)]
     fn load(&self, offset: u32, dst: *mut u8, len: u32) -> bool {
         // SAFETY: the helper checks bounds itself; dst points at `len` writable bytes.
-        unsafe { bpf_skb_load_bytes(self.0 as *const _, offset, dst as *mut _, len) == 0 }
+        unsafe { bpf_skb_load_bytes(self.0.skb.skb as *const _, offset, dst as *mut _, len) == 0 }
     }
 }
 
-struct Xdp(*mut xdp_md);
+struct Xdp<'a>(&'a XdpContext);
 
-impl PacketBytes for Xdp {
+impl PacketBytes for Xdp<'_> {
+    #[inline(always)]
+    fn linear(&self) -> (usize, usize) {
+        (self.0.data(), self.0.data_end())
+    }
     #[inline(always)]
     fn len(&self) -> u32 {
         // SAFETY: valid context pointer; the helper covers fragments of multi-buffer packets.
-        unsafe { bpf_xdp_get_buff_len(self.0) as u32 }
+        unsafe { bpf_xdp_get_buff_len(self.0.ctx) as u32 }
     }
     #[inline(always)]
     fn load(&self, offset: u32, dst: *mut u8, len: u32) -> bool {
         // SAFETY: the helper checks bounds itself; dst points at `len` writable bytes.
-        unsafe { bpf_xdp_load_bytes(self.0, offset, dst as *mut _, len) == 0 }
+        unsafe { bpf_xdp_load_bytes(self.0.ctx, offset, dst as *mut _, len) == 0 }
     }
 }
 
@@ -137,102 +217,158 @@ struct TcpMatch {
     payload_len: u32,
 }
 
-/// Parses Ethernet (optionally one VLAN tag), IPv4 or IPv6 and the TCP header; `None` unless
-/// the packet is TCP (first fragment) with a configured source or destination port.
+/// Where the IP header and the TCP header start, and where the IP packet ends.
+struct Layers {
+    /// Offset of the TCP header.
+    l4: u32,
+    /// Offset just past the IP packet, or 0 when the IP header does not say (BIG TCP GSO
+    /// packets carry length 0: the packet length is the truth then).
+    ip_end: u32,
+}
+
+/// Parses Ethernet (optionally one VLAN tag) and IPv4 or IPv6 (with extension headers) down
+/// to the TCP header; `None` unless the packet is TCP and carries its TCP header (first
+/// fragment).
 #[inline(always)]
-fn parse<P: PacketBytes>(pkt: &P) -> Option<TcpMatch> {
-    let pkt_len = pkt.len();
-    let eth: [u8; 2] = pkt.load_array(12)?;
-    let mut ethertype = u16::from_be_bytes(eth);
+fn parse_ip<H: Headers>(pkt: &H) -> Option<Layers> {
+    let mut eth_buf = MaybeUninit::uninit();
+    let eth: &[u8; 2] = pkt.read(12, &mut eth_buf)?;
+    let mut ethertype = u16::from_be_bytes(*eth);
     let mut l3 = ETH_HDR_LEN;
     if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-        let inner: [u8; 2] = pkt.load_array(16)?;
-        ethertype = u16::from_be_bytes(inner);
+        let mut inner_buf = MaybeUninit::uninit();
+        let inner: &[u8; 2] = pkt.read(16, &mut inner_buf)?;
+        ethertype = u16::from_be_bytes(*inner);
         l3 += 4;
     }
-    let (l4, l3_end) = match ethertype {
+    match ethertype {
         ETH_P_IPV4 => {
-            let ip: [u8; 20] = pkt.load_array(l3)?;
+            let mut ip_buf = MaybeUninit::uninit();
+            let ip: &[u8; 10] = pkt.read(l3, &mut ip_buf)?;
             if ip[0] >> 4 != 4 || ip[9] != IPPROTO_TCP {
                 return None;
             }
             // Later fragments carry no TCP header.
-            if be16(&ip, 6) & 0x1FFF != 0 {
+            if be16(ip, 6) & 0x1FFF != 0 {
                 return None;
             }
             let ihl = ((ip[0] & 0x0F) as u32) * 4;
             if ihl < 20 {
                 return None;
             }
-            let total = be16(&ip, 2) as u32;
-            // BIG TCP GSO packets carry total length 0: the skb length is the truth then.
-            let end = if total == 0 { pkt_len } else { l3 + total };
-            (l3 + ihl, end)
+            let total = be16(ip, 2) as u32;
+            Some(Layers {
+                l4: l3 + ihl,
+                ip_end: if total == 0 { 0 } else { l3 + total },
+            })
         }
         ETH_P_IPV6 => {
-            let ip: [u8; 8] = pkt.load_array(l3)?;
+            let mut ip_buf = MaybeUninit::uninit();
+            let ip: &[u8; 8] = pkt.read(l3, &mut ip_buf)?;
             if ip[0] >> 4 != 6 {
                 return None;
             }
-            let payload = be16(&ip, 4) as u32;
-            let end = if payload == 0 {
-                pkt_len
-            } else {
-                l3 + 40 + payload
-            };
-            let mut next = ip[6];
-            let mut off = l3 + 40;
-            let mut i = 0;
-            while i < MAX_IPV6_EXT_HEADERS {
-                match next {
-                    IPPROTO_TCP => break,
-                    // Hop-by-hop, routing, destination options: length in 8-octet units.
-                    0 | 43 | 60 => {
-                        let ext: [u8; 2] = pkt.load_array(off)?;
-                        next = ext[0];
-                        off += (ext[1] as u32 + 1) * 8;
-                    }
-                    // Fragment header: only the first fragment has the TCP header.
-                    44 => {
-                        let frag: [u8; 4] = pkt.load_array(off)?;
-                        if be16(&frag, 2) & 0xFFF8 != 0 {
-                            return None;
-                        }
-                        next = frag[0];
-                        off += 8;
-                    }
-                    // Authentication header: length in 4-octet units, minus 2.
-                    51 => {
-                        let ext: [u8; 2] = pkt.load_array(off)?;
-                        next = ext[0];
-                        off += (ext[1] as u32 + 2) * 4;
-                    }
-                    _ => return None,
-                }
-                i += 1;
-            }
-            if next != IPPROTO_TCP {
-                return None;
-            }
-            (off, end)
+            let payload = be16(ip, 4) as u32;
+            Some(Layers {
+                l4: ipv6_tcp_offset(pkt, ip[6], l3 + 40)?,
+                ip_end: if payload == 0 { 0 } else { l3 + 40 + payload },
+            })
         }
-        _ => return None,
-    };
-    let tcp: [u8; 14] = pkt.load_array(l4)?;
-    let src_port = be16(&tcp, 0);
-    let dst_port = be16(&tcp, 2);
+        _ => None,
+    }
+}
+
+/// Walks IPv6 extension headers from `off` (next header `next`) to the TCP header's offset;
+/// `None` if the packet is not TCP, is a later fragment, or has too many extension headers.
+#[inline(always)]
+fn ipv6_tcp_offset<H: Headers>(pkt: &H, mut next: u8, mut off: u32) -> Option<u32> {
+    let mut i = 0;
+    while i < MAX_IPV6_EXT_HEADERS {
+        match next {
+            IPPROTO_TCP => return Some(off),
+            // Hop-by-hop, routing, destination options: length in 8-octet units.
+            0 | 43 | 60 => {
+                let mut ext_buf = MaybeUninit::uninit();
+                let ext: &[u8; 2] = pkt.read(off, &mut ext_buf)?;
+                next = ext[0];
+                off += (ext[1] as u32 + 1) * 8;
+            }
+            // Fragment header: only the first fragment has the TCP header.
+            44 => {
+                let mut frag_buf = MaybeUninit::uninit();
+                let frag: &[u8; 4] = pkt.read(off, &mut frag_buf)?;
+                if be16(frag, 2) & 0xFFF8 != 0 {
+                    return None;
+                }
+                next = frag[0];
+                off += 8;
+            }
+            // Authentication header: length in 4-octet units, minus 2.
+            51 => {
+                let mut ext_buf = MaybeUninit::uninit();
+                let ext: &[u8; 2] = pkt.read(off, &mut ext_buf)?;
+                next = ext[0];
+                off += (ext[1] as u32 + 2) * 4;
+            }
+            _ => return None,
+        }
+        i += 1;
+    }
+    if next == IPPROTO_TCP { Some(off) } else { None }
+}
+
+/// What the parser learned about a TCP packet on a configured port.
+struct Found {
+    flags: u8,
+    /// Offset of the TCP payload.
+    payload_start: u32,
+    /// As [`Layers::ip_end`].
+    ip_end: u32,
+}
+
+/// Parses down to the TCP header and checks the ports; `None` unless the packet is TCP (first
+/// fragment) with a configured source or destination port. Reads no more than that needs, so
+/// a packet of another port costs little.
+#[inline(always)]
+fn parse<H: Headers>(pkt: &H) -> Option<Found> {
+    let layers = parse_ip(pkt)?;
+    let mut tcp_buf = MaybeUninit::uninit();
+    let tcp: &[u8; 14] = pkt.read(layers.l4, &mut tcp_buf)?;
+    let src_port = be16(tcp, 0);
+    let dst_port = be16(tcp, 2);
     // SAFETY: read-only lookups in a map userspace fills before attaching.
     let wanted = unsafe { PORTS.get(&dst_port).is_some() || PORTS.get(&src_port).is_some() };
     if !wanted {
         return None;
     }
-    let data_offset = ((tcp[12] >> 4) as u32) * 4;
-    // Ethernet padding after a short IP packet is not payload: bound by the IP length.
-    let end = if l3_end < pkt_len { l3_end } else { pkt_len };
-    let payload_len = end.saturating_sub(l4 + data_offset);
-    Some(TcpMatch {
+    Some(Found {
         flags: tcp[13],
-        payload_len,
+        payload_start: layers.l4 + ((tcp[12] >> 4) as u32) * 4,
+        ip_end: layers.ip_end,
+    })
+}
+
+/// Parses the packet's headers where they are cheapest to read: directly, and only when
+/// that misses through the helper. Then measures the payload (the packet length is only
+/// read for a match: XDP needs a helper call for it).
+#[inline(always)]
+fn classify<P: PacketBytes>(pkt: &P) -> Option<TcpMatch> {
+    let direct = Direct::new(pkt);
+    let mut found = parse(&direct);
+    if found.is_none() && direct.missed.get() {
+        found = parse(&Loaded(pkt));
+    }
+    let found = found?;
+    let pkt_len = pkt.len();
+    // Ethernet padding after a short IP packet is not payload: bound by the IP length.
+    let end = if found.ip_end != 0 && found.ip_end < pkt_len {
+        found.ip_end
+    } else {
+        pkt_len
+    };
+    Some(TcpMatch {
+        flags: found.flags,
+        payload_len: end.saturating_sub(found.payload_start),
     })
 }
 
@@ -333,7 +469,7 @@ fn handle<P: PacketBytes, C: aya_ebpf::EbpfContext>(
     direction: Direction,
 ) {
     count(Counter::Seen);
-    let Some(tcp) = parse(pkt) else {
+    let Some(tcp) = classify(pkt) else {
         return;
     };
     if tcp.payload_len == 0 && tcp.flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 {
@@ -349,7 +485,7 @@ fn handle<P: PacketBytes, C: aya_ebpf::EbpfContext>(
 pub fn capture_tc_ingress(ctx: TcContext) -> i32 {
     // SAFETY: the skb pointer is valid for the program run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    handle(&ctx, &Skb(ctx.skb.skb), ifindex, Direction::Ingress);
+    handle(&ctx, &Skb(&ctx), ifindex, Direction::Ingress);
     TC_ACT_UNSPEC
 }
 
@@ -358,7 +494,7 @@ pub fn capture_tc_ingress(ctx: TcContext) -> i32 {
 pub fn capture_tc_egress(ctx: TcContext) -> i32 {
     // SAFETY: the skb pointer is valid for the program run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    handle(&ctx, &Skb(ctx.skb.skb), ifindex, Direction::Egress);
+    handle(&ctx, &Skb(&ctx), ifindex, Direction::Egress);
     TC_ACT_UNSPEC
 }
 
@@ -367,7 +503,7 @@ pub fn capture_tc_egress(ctx: TcContext) -> i32 {
 pub fn capture_xdp(ctx: XdpContext) -> u32 {
     // SAFETY: the xdp_md pointer is valid for the program run.
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    handle(&ctx, &Xdp(ctx.ctx), ifindex, Direction::Ingress);
+    handle(&ctx, &Xdp(&ctx), ifindex, Direction::Ingress);
     xdp_action::XDP_PASS
 }
 
