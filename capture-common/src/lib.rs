@@ -16,11 +16,23 @@ pub const CHUNK_LEN: u32 = 16384;
 /// Upper bound on chunks per packet (`MAX_PACKET_LEN / CHUNK_LEN`).
 pub const MAX_CHUNKS: u32 = MAX_PACKET_LEN / CHUNK_LEN;
 
-/// Capacity of the port set map. Far above the 64 ports a node usually needs.
+/// Most ports one capture takes. Far above the 64 ports a node usually needs (the port map
+/// itself holds every port).
 pub const MAX_PORTS: u32 = 1024;
 
-/// Name of the BPF hash map holding the ports to capture (key: port in host order, value: 1).
+/// Name of the BPF array holding the ports to capture as a bitmap of [`PORT_WORDS`] words:
+/// port `p` (host order) is wanted when bit `p % 64` of word `p / 64` is set. An array lookup
+/// is inlined by the verifier, so checking a port costs a few instructions, no hashing.
 pub const PORTS_MAP: &str = "PORTS";
+
+/// Words of the [`PORTS_MAP`] bitmap: 64 ports each, every port covered.
+pub const PORT_WORDS: u32 = 65536 / 64;
+
+/// Where port `port` lives in the [`PORTS_MAP`] bitmap: (word index, bit mask).
+#[inline(always)]
+pub const fn port_bit(port: u16) -> (u32, u64) {
+    ((port >> 6) as u32, 1 << (port & 63))
+}
 /// Name of the BPF ring buffer map the programs write packet chunks into.
 pub const RING_MAP: &str = "PACKETS";
 /// Name of the per-CPU array of [`Counter`] values.

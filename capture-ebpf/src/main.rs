@@ -21,18 +21,19 @@ use aya_ebpf::{
         generated::{bpf_skb_load_bytes, bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
     },
     macros::{classifier, map, xdp},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::debug;
 use capture_common::{
     CHUNK_HEADER_LEN, CHUNK_LEN, COUNTER_SLOTS, ChunkHeader, Counter, Direction, FLAG_LAST_CHUNK,
-    FLAG_TRUNCATED, MAX_CHUNKS, MAX_PACKET_LEN, MAX_PORTS,
+    FLAG_TRUNCATED, MAX_CHUNKS, MAX_PACKET_LEN, PORT_WORDS, port_bit,
 };
 
-/// Ports to capture, host byte order. A packet matches when its source or destination port is here.
+/// Ports to capture as a bitmap (see `PORTS_MAP`). A packet matches when its source or
+/// destination port is set.
 #[map(name = "PORTS")]
-static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_PORTS, 0);
+static PORTS: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
 
 /// Packet chunks for userspace. Userspace resizes it at load time (`--ring-size`).
 #[map(name = "PACKETS")]
@@ -206,6 +207,13 @@ fn count(counter: Counter) {
     }
 }
 
+/// Whether `port` is in the port set: one inlined array lookup and a bit test.
+#[inline(always)]
+fn port_wanted(port: u16) -> bool {
+    let (word, bit) = port_bit(port);
+    PORTS.get(word).is_some_and(|w| *w & bit != 0)
+}
+
 #[inline(always)]
 fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
@@ -336,9 +344,7 @@ fn parse<H: Headers>(pkt: &H) -> Option<Found> {
     let tcp: &[u8; 14] = pkt.read(layers.l4, &mut tcp_buf)?;
     let src_port = be16(tcp, 0);
     let dst_port = be16(tcp, 2);
-    // SAFETY: read-only lookups in a map userspace fills before attaching.
-    let wanted = unsafe { PORTS.get(&dst_port).is_some() || PORTS.get(&src_port).is_some() };
-    if !wanted {
+    if !port_wanted(dst_port) && !port_wanted(src_port) {
         return None;
     }
     Some(Found {
