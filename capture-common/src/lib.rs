@@ -13,6 +13,14 @@ pub const MAX_PACKET_LEN: u32 = 65536;
 /// bound lengths with a mask; a packet longer than this is split into several chunks.
 pub const CHUNK_LEN: u32 = 16384;
 
+/// Data capacities of the ring records the kernel side reserves, smallest first: a packet's
+/// last (or only) chunk goes into the smallest that holds it, every other chunk fills a
+/// [`CHUNK_LEN`] one. Ring records must have a size the verifier knows, so this is the price
+/// of copying packets straight into the ring: the bytes past the chunk are slack (under half
+/// the data area, a quarter on average). 1536 holds a full-size Ethernet frame (1514 bytes,
+/// 1518 tagged) with little to spare.
+pub const RECORD_DATA_SIZES: [u32; 9] = [128, 256, 512, 1024, 1536, 2048, 4096, 8192, CHUNK_LEN];
+
 /// Upper bound on chunks per packet (`MAX_PACKET_LEN / CHUNK_LEN`).
 pub const MAX_CHUNKS: u32 = MAX_PACKET_LEN / CHUNK_LEN;
 
@@ -68,7 +76,9 @@ pub const FLAG_LAST_CHUNK: u8 = 1;
 /// [`ChunkHeader::flags`]: the packet was longer than [`MAX_PACKET_LEN`] and was cut.
 pub const FLAG_TRUNCATED: u8 = 2;
 
-/// Header of every ring buffer record; `chunk_len` bytes of packet data follow it.
+/// Header of every ring buffer record; `chunk_len` bytes of packet data follow it. The record
+/// may be longer than that (one of [`RECORD_DATA_SIZES`] after the header): the bytes past
+/// `chunk_len` are slack the kernel never wrote, to be ignored.
 ///
 /// A packet is one or more consecutive chunks from the same CPU sharing `cpu` and `packet_seq`;
 /// the reader joins them and discards a packet whose chunks do not line up (one was lost
@@ -78,7 +88,8 @@ pub const FLAG_TRUNCATED: u8 = 2;
 pub struct ChunkHeader {
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the packet was seen.
     pub ts_ns: u64,
-    /// Per-CPU packet sequence number, to tie chunks to their packet.
+    /// Per-CPU packet sequence number (the CPU's `matched` count), to tie chunks to their
+    /// packet.
     pub packet_seq: u64,
     /// CPU that produced the record.
     pub cpu: u32,

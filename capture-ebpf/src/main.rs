@@ -27,7 +27,7 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use capture_common::{
     CHUNK_HEADER_LEN, CHUNK_LEN, COUNTER_SLOTS, ChunkHeader, Counter, Direction, FLAG_LAST_CHUNK,
-    FLAG_TRUNCATED, MAX_CHUNKS, MAX_PACKET_LEN, PORT_WORDS, port_bit,
+    FLAG_TRUNCATED, MAX_CHUNKS, MAX_PACKET_LEN, PORT_WORDS, RECORD_DATA_SIZES, port_bit,
 };
 
 /// Ports to capture as a bitmap (see `PORTS_MAP`). A packet matches when its source or
@@ -42,18 +42,6 @@ static PACKETS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
 /// Per-CPU counters, indexed by [`Counter`].
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
-
-/// Per-CPU staging area: a chunk is assembled here (header + data) then copied into the ring
-/// with one variable-length `bpf_ringbuf_output`, so small packets take small records.
-#[repr(C)]
-struct Scratch {
-    packet_seq: u64,
-    header: ChunkHeader,
-    data: [u8; CHUNK_LEN as usize],
-}
-
-#[map(name = "SCRATCH")]
-static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Ring fill level (bytes) from which a record wakes the reader; set by userspace at load.
 #[unsafe(no_mangle)]
@@ -199,11 +187,17 @@ impl PacketBytes for Xdp<'_> {
     }
 }
 
+/// Adds one to this CPU's `counter`; returns the new value.
 #[inline(always)]
-fn count(counter: Counter) {
-    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
-        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
-        unsafe { *slot += 1 };
+fn count(counter: Counter) -> u64 {
+    match COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs (programs do
+        // not nest on a CPU: TC and XDP run with bottom halves off).
+        Some(slot) => unsafe {
+            *slot += 1;
+            *slot
+        },
+        None => 0,
     }
 }
 
@@ -223,6 +217,8 @@ fn be16(b: &[u8], at: usize) -> u16 {
 struct TcpMatch {
     flags: u8,
     payload_len: u32,
+    /// Length of the whole packet.
+    wire_len: u32,
 }
 
 /// Where the IP header and the TCP header start, and where the IP packet ends.
@@ -375,40 +371,38 @@ fn classify<P: PacketBytes>(pkt: &P) -> Option<TcpMatch> {
     Some(TcpMatch {
         flags: found.flags,
         payload_len: end.saturating_sub(found.payload_start),
+        wire_len: pkt_len,
     })
 }
 
 /// Copies a matched packet into the ring, chunk by chunk, and counts the outcome.
+///
+/// Each chunk is a record reserved in the ring and filled by the load helper straight from
+/// the packet: one copy. Reserved sizes must be constants the verifier sees, so every chunk
+/// but the last is a full [`CHUNK_LEN`] and the last takes the smallest of
+/// [`RECORD_DATA_SIZES`] that holds it; its header says how much of it is data.
 #[inline(always)]
 fn copy_packet<P: PacketBytes, C: aya_ebpf::EbpfContext>(
     ctx: &C,
     pkt: &P,
+    tcp: &TcpMatch,
     ifindex: u32,
     direction: Direction,
+    packet_seq: u64,
 ) {
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: per-CPU map value, exclusive to this CPU for the duration of the program.
-    let scratch = unsafe { &mut *scratch };
-    let wire_len = pkt.len();
-    let captured_len = if wire_len > MAX_PACKET_LEN {
-        MAX_PACKET_LEN
-    } else {
-        wire_len
-    };
+    let wire_len = tcp.wire_len;
     let truncated = wire_len > MAX_PACKET_LEN;
-    scratch.packet_seq = scratch.packet_seq.wrapping_add(1);
-    scratch.header = ChunkHeader {
+    let captured_len = if truncated { MAX_PACKET_LEN } else { wire_len };
+    let mut header = ChunkHeader {
         // SAFETY: helpers without preconditions.
         ts_ns: unsafe { bpf_ktime_get_ns() },
-        packet_seq: scratch.packet_seq,
+        packet_seq,
         cpu: unsafe { bpf_get_smp_processor_id() },
         ifindex,
         wire_len,
         captured_len,
         chunk_offset: 0,
-        chunk_len: 0,
+        chunk_len: CHUNK_LEN,
         direction: direction as u8,
         flags: if truncated { FLAG_TRUNCATED } else { 0 },
         _pad: [0; 6],
@@ -421,50 +415,104 @@ fn copy_packet<P: PacketBytes, C: aya_ebpf::EbpfContext>(
         BPF_RB_NO_WAKEUP
     } as u64;
 
-    let mut offset: u32 = 0;
-    let mut chunk = 0;
-    while chunk < MAX_CHUNKS {
-        if offset >= captured_len {
-            break;
+    // Full chunks while more than one chunk is left (at most MAX_CHUNKS - 1 of them).
+    let mut chunk = 1;
+    while chunk < MAX_CHUNKS && captured_len - header.chunk_offset > CHUNK_LEN {
+        if let Err(lost) = emit::<P, { CHUNK_LEN as usize }>(pkt, &header, wakeup) {
+            return lost_packet(ctx, lost, wire_len);
         }
-        let remaining = captured_len - offset;
-        let want = if remaining > CHUNK_LEN {
-            CHUNK_LEN
-        } else {
-            remaining
-        };
-        // Same value, written so the verifier can see it lies in 1..=CHUNK_LEN.
-        let len = ((want - 1) & (CHUNK_LEN - 1)) + 1;
-        if !pkt.load(offset, scratch.data.as_mut_ptr(), len) {
-            count(Counter::DroppedCopyFailed);
-            return;
-        }
-        scratch.header.chunk_offset = offset;
-        scratch.header.chunk_len = len;
-        if offset + len >= captured_len {
-            scratch.header.flags |= FLAG_LAST_CHUNK;
-        }
-        let record_len = CHUNK_HEADER_LEN + len as usize;
-        // SAFETY: header and data are contiguous in the repr(C) Scratch, and record_len is at
-        // most size_of(header) + CHUNK_LEN.
-        let record = unsafe {
-            core::slice::from_raw_parts(
-                &scratch.header as *const ChunkHeader as *const u8,
-                record_len,
-            )
-        };
-        if PACKETS.output::<[u8]>(record, wakeup).is_err() {
-            count(Counter::DroppedRingFull);
-            debug!(ctx, "ring full: dropped packet of {} bytes", wire_len);
-            return;
-        }
-        offset += len;
+        header.chunk_offset += CHUNK_LEN;
         chunk += 1;
+    }
+    header.chunk_len = captured_len - header.chunk_offset;
+    header.flags |= FLAG_LAST_CHUNK;
+    if let Err(lost) = emit_last(pkt, &header, wakeup) {
+        return lost_packet(ctx, lost, wire_len);
     }
     count(Counter::Captured);
     if truncated {
         count(Counter::Truncated);
     }
+}
+
+/// Counts a matched packet that could not be copied whole (`lost` says why).
+#[inline(always)]
+fn lost_packet<C: aya_ebpf::EbpfContext>(ctx: &C, lost: Counter, wire_len: u32) {
+    count(lost);
+    debug!(
+        ctx,
+        "dropped packet of {} bytes (counter {})", wire_len, lost as u32
+    );
+}
+
+/// Writes the last chunk of a packet (1..=CHUNK_LEN bytes) into the smallest record size of
+/// [`RECORD_DATA_SIZES`] that holds it.
+#[inline(always)]
+fn emit_last<P: PacketBytes>(pkt: &P, header: &ChunkHeader, wakeup: u64) -> Result<(), Counter> {
+    const SIZES: [u32; 9] = RECORD_DATA_SIZES;
+    let len = header.chunk_len;
+    if len <= SIZES[0] {
+        emit::<P, { SIZES[0] as usize }>(pkt, header, wakeup)
+    } else if len <= SIZES[1] {
+        emit::<P, { SIZES[1] as usize }>(pkt, header, wakeup)
+    } else if len <= SIZES[2] {
+        emit::<P, { SIZES[2] as usize }>(pkt, header, wakeup)
+    } else if len <= SIZES[3] {
+        emit::<P, { SIZES[3] as usize }>(pkt, header, wakeup)
+    } else if len <= SIZES[4] {
+        emit::<P, { SIZES[4] as usize }>(pkt, header, wakeup)
+    } else if len <= SIZES[5] {
+        emit::<P, { SIZES[5] as usize }>(pkt, header, wakeup)
+    } else if len <= SIZES[6] {
+        emit::<P, { SIZES[6] as usize }>(pkt, header, wakeup)
+    } else if len <= SIZES[7] {
+        emit::<P, { SIZES[7] as usize }>(pkt, header, wakeup)
+    } else {
+        emit::<P, { SIZES[8] as usize }>(pkt, header, wakeup)
+    }
+}
+
+/// Reserves a ring record of the header and `N` data bytes, writes `header` into it and loads
+/// the chunk it describes (`chunk_len` bytes, 1..=N, from `chunk_offset`) from the packet
+/// behind it; submits it, or discards it when the load fails. `Err` names the counter of
+/// the loss.
+#[inline(always)]
+fn emit<P: PacketBytes, const N: usize>(
+    pkt: &P,
+    header: &ChunkHeader,
+    wakeup: u64,
+) -> Result<(), Counter> {
+    let Some(mut record) = PACKETS.reserve_bytes(CHUNK_HEADER_LEN + N, 0) else {
+        return Err(Counter::DroppedRingFull);
+    };
+    let base = record.as_mut_ptr();
+    // SAFETY: ring records are 8-byte aligned (ChunkHeader's alignment) and this one is
+    // CHUNK_HEADER_LEN + N bytes long.
+    unsafe { base.cast::<ChunkHeader>().write(*header) };
+    // SAFETY: the data area starts right after the header, inside the record.
+    let data = unsafe { base.add(CHUNK_HEADER_LEN) };
+    if !pkt.load(
+        header.chunk_offset,
+        data,
+        bounded_len::<N>(header.chunk_len),
+    ) {
+        record.discard(BPF_RB_NO_WAKEUP as u64);
+        return Err(Counter::DroppedCopyFailed);
+    }
+    record.submit(wakeup);
+    Ok(())
+}
+
+/// `len` (already 1..=N) written so the verifier can see it lies in 1..=N: the load helper
+/// must not write past the record, and a length it cannot bound is rejected.
+#[inline(always)]
+fn bounded_len<const N: usize>(len: u32) -> u32 {
+    // The optimiser knows len <= N from the size choice and would drop the mask and the
+    // clamp below; the verifier may not know it (it tracked another register), so hide it.
+    let len = core::hint::black_box(len);
+    let mask = (N as u32).next_power_of_two() - 1;
+    let len = ((len.wrapping_sub(1)) & mask) + 1;
+    if len > N as u32 { N as u32 } else { len }
 }
 
 #[inline(always)]
@@ -482,8 +530,9 @@ fn handle<P: PacketBytes, C: aya_ebpf::EbpfContext>(
         count(Counter::SkippedNoPayload);
         return;
     }
-    count(Counter::Matched);
-    copy_packet(ctx, pkt, ifindex, direction);
+    // The CPU's matched count numbers its packets: it ties a packet's chunks together.
+    let packet_seq = count(Counter::Matched);
+    copy_packet(ctx, pkt, &tcp, ifindex, direction, packet_seq);
 }
 
 /// TC classifier for the ingress hook.
