@@ -45,9 +45,11 @@ pub const fn port_bit(port: u16) -> (u32, u64) {
 pub const RING_MAP: &str = "PACKETS";
 /// Name of the per-CPU array of [`Counter`] values.
 pub const COUNTERS_MAP: &str = "COUNTERS";
-/// Name of the global set by userspace at load time: ring fill level (bytes) from which a
-/// record wakes the reader. Below it records are written without a wake-up, and the reader
-/// finds them on its next timed poll; this batches wake-ups under load.
+/// Name of the global set by userspace at load time: the wake-up step, in bytes, a power of
+/// two. A record wakes the reader only when it takes the ring's fill level across a multiple
+/// of the step (the reader is woken once the ring holds that much, and once more per step
+/// while it lags); other records are written without a wake-up and the reader finds them on
+/// its next timed poll. This batches wake-ups under load.
 pub const WAKEUP_BYTES_GLOBAL: &str = "WAKEUP_BYTES";
 
 /// Direction of a packet relative to the interface it was captured on.

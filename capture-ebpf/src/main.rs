@@ -43,7 +43,8 @@ static PACKETS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
-/// Ring fill level (bytes) from which a record wakes the reader; set by userspace at load.
+/// Wake-up step (bytes, a power of two; see `WAKEUP_BYTES_GLOBAL`): a record wakes the reader
+/// when it takes the ring's fill level across a multiple of it. Set by userspace at load.
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: Global<u64> = Global::new(0);
 
@@ -407,13 +408,7 @@ fn copy_packet<P: PacketBytes, C: aya_ebpf::EbpfContext>(
         flags: if truncated { FLAG_TRUNCATED } else { 0 },
         _pad: [0; 6],
     };
-    // Batched wake-ups: only wake the reader once a good amount of data waits; it polls on a
-    // short timer otherwise.
-    let wakeup = if PACKETS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BYTES.load() {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
-    } as u64;
+    let wakeup = wakeup_flags(captured_len);
 
     // Full chunks while more than one chunk is left (at most MAX_CHUNKS - 1 of them).
     let mut chunk = 1;
@@ -432,6 +427,24 @@ fn copy_packet<P: PacketBytes, C: aya_ebpf::EbpfContext>(
     count(Counter::Captured);
     if truncated {
         count(Counter::Truncated);
+    }
+}
+
+/// Batched wake-ups: the packet's records wake the reader only when they take the ring's
+/// fill level across a multiple of `WAKEUP_BYTES`; otherwise the reader finds them on its
+/// next timed poll. Waking on every record once the ring is that full (what a threshold
+/// alone does while the reader lags) costs an interrupt per record, more than the copy.
+#[inline(always)]
+fn wakeup_flags(captured_len: u32) -> u64 {
+    let before = PACKETS.query(BPF_RB_AVAIL_DATA as u64);
+    // Close enough: ring record headers and size-class slack are left out.
+    let after = before + u64::from(captured_len) + CHUNK_HEADER_LEN as u64;
+    // With a power-of-two step, a multiple lies in (before, after] exactly when the two
+    // differ in a bit at or above the step's.
+    if before ^ after >= WAKEUP_BYTES.load() {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
     }
 }
 

@@ -269,6 +269,7 @@ impl AttachedCapture {
     /// On any error, whatever was attached so far is detached before returning.
     pub fn start(config: &CaptureConfig) -> Result<Self, LoaderError> {
         validate(config)?;
+        // A power of two, as the programs need: ring sizes are.
         let wakeup_bytes: u64 = u64::from(config.ring_bytes) / 8;
         let log_level: u8 = config.ebpf_log as u8;
         let mut ebpf = EbpfLoader::new()
