@@ -110,11 +110,68 @@ pub struct ChunkHeader {
     /// `FLAG_*` bits.
     pub flags: u8,
     /// Explicit padding so the layout has no implicit holes.
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    /// [`flow_hash`] of the packet's TCP connection: the same in both directions.
+    pub flow_hash: u32,
 }
 
 /// Size of [`ChunkHeader`] on both sides.
 pub const CHUNK_HEADER_LEN: usize = core::mem::size_of::<ChunkHeader>();
+
+// 48 bytes, every field at its natural alignment, no implicit padding.
+const _: () = assert!(CHUNK_HEADER_LEN == 48);
+const _: () = assert!(core::mem::offset_of!(ChunkHeader, direction) == 40);
+const _: () = assert!(core::mem::offset_of!(ChunkHeader, flow_hash) == 44);
+
+/// Symmetric hash of a TCP connection: both directions of a connection get the same value,
+/// so it can shard connections over threads without looking at the packets again.
+///
+/// `addr_fold` is [`fold_v4`] or [`fold_v6`] of the source address XOR the same fold of the
+/// destination address; the ports are the TCP ports in host order. XOR makes both
+/// symmetric; the multiply and the finaliser (MurmurHash3's `fmix32`) spread the result over
+/// all 32 bits. The kernel side computes it from packet bytes, userspace from decoded
+/// addresses ([`flow_hash_of`]); both must give the same value.
+#[inline(always)]
+pub const fn flow_hash(addr_fold: u32, src_port: u16, dst_port: u16) -> u32 {
+    let ports = (src_port ^ dst_port) as u32;
+    let mut h = addr_fold ^ ports.wrapping_mul(0x9E37_79B1);
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85EB_CA6B);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xC2B2_AE35);
+    h ^= h >> 16;
+    h
+}
+
+/// An IPv4 address (network byte order, as on the wire) folded for [`flow_hash`].
+#[inline(always)]
+pub const fn fold_v4(addr: [u8; 4]) -> u32 {
+    u32::from_be_bytes(addr)
+}
+
+/// An IPv6 address (network byte order) folded for [`flow_hash`]: its four 32-bit words
+/// XORed. An IPv4-mapped IPv6 address does not fold like the IPv4 address; a connection is
+/// one or the other on the wire.
+#[inline(always)]
+pub const fn fold_v6(addr: [u8; 16]) -> u32 {
+    let mut fold = 0;
+    let mut i = 0;
+    while i < 16 {
+        fold ^= u32::from_be_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
+        i += 4;
+    }
+    fold
+}
+
+/// [`flow_hash`] of a segment from `src` to `dst`, from decoded addresses (the userspace
+/// twin of what the kernel side writes into [`ChunkHeader::flow_hash`]).
+pub fn flow_hash_of(src: core::net::SocketAddr, dst: core::net::SocketAddr) -> u32 {
+    let fold = |addr: core::net::IpAddr| match addr {
+        core::net::IpAddr::V4(v4) => fold_v4(v4.octets()),
+        core::net::IpAddr::V6(v6) => fold_v6(v6.octets()),
+    };
+    flow_hash(fold(src.ip()) ^ fold(dst.ip()), src.port(), dst.port())
+}
 
 /// Index of each per-CPU counter in the [`COUNTERS_MAP`] array.
 ///

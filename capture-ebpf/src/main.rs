@@ -27,7 +27,7 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use capture_common::{
     CHUNK_HEADER_LEN, CHUNK_LEN, COUNTER_SLOTS, ChunkHeader, Counter, Direction, FLAG_LAST_CHUNK,
-    FLAG_TRUNCATED, MAX_CHUNKS, MAX_PACKET_LEN, PORT_WORDS, RECORD_DATA_SIZES, port_bit,
+    FLAG_TRUNCATED, MAX_CHUNKS, MAX_PACKET_LEN, PORT_WORDS, RECORD_DATA_SIZES, flow_hash, port_bit,
 };
 
 /// Ports to capture as a bitmap (see `PORTS_MAP`). A packet matches when its source or
@@ -220,10 +220,16 @@ struct TcpMatch {
     payload_len: u32,
     /// Length of the whole packet.
     wire_len: u32,
+    /// The connection's `flow_hash`.
+    flow_hash: u32,
 }
 
 /// Where the IP header and the TCP header start, and where the IP packet ends.
 struct Layers {
+    /// Offset of the IP header.
+    l3: u32,
+    /// IPv6 rather than IPv4.
+    v6: bool,
     /// Offset of the TCP header.
     l4: u32,
     /// Offset just past the IP packet, or 0 when the IP header does not say (BIG TCP GSO
@@ -263,6 +269,8 @@ fn parse_ip<H: Headers>(pkt: &H) -> Option<Layers> {
             }
             let total = be16(ip, 2) as u32;
             Some(Layers {
+                l3,
+                v6: false,
                 l4: l3 + ihl,
                 ip_end: if total == 0 { 0 } else { l3 + total },
             })
@@ -275,6 +283,8 @@ fn parse_ip<H: Headers>(pkt: &H) -> Option<Layers> {
             }
             let payload = be16(ip, 4) as u32;
             Some(Layers {
+                l3,
+                v6: true,
                 l4: ipv6_tcp_offset(pkt, ip[6], l3 + 40)?,
                 ip_end: if payload == 0 { 0 } else { l3 + 40 + payload },
             })
@@ -329,6 +339,8 @@ struct Found {
     payload_start: u32,
     /// As [`Layers::ip_end`].
     ip_end: u32,
+    /// The connection's `flow_hash`.
+    flow_hash: u32,
 }
 
 /// Parses down to the TCP header and checks the ports; `None` unless the packet is TCP (first
@@ -348,7 +360,34 @@ fn parse<H: Headers>(pkt: &H) -> Option<Found> {
         flags: tcp[13],
         payload_start: layers.l4 + ((tcp[12] >> 4) as u32) * 4,
         ip_end: layers.ip_end,
+        flow_hash: flow_hash(addr_fold(pkt, &layers)?, src_port, dst_port),
     })
+}
+
+/// The source and destination addresses folded for `flow_hash`: `fold_v4(src) ^ fold_v4(dst)`
+/// (or `fold_v6`), computed as the XOR of every big-endian 32-bit word of the two addresses,
+/// which lie next to each other in both IP headers.
+#[inline(always)]
+fn addr_fold<H: Headers>(pkt: &H, layers: &Layers) -> Option<u32> {
+    if layers.v6 {
+        let mut buf = MaybeUninit::uninit();
+        Some(xor_words::<32>(pkt.read(layers.l3 + 8, &mut buf)?))
+    } else {
+        let mut buf = MaybeUninit::uninit();
+        Some(xor_words::<8>(pkt.read(layers.l3 + 12, &mut buf)?))
+    }
+}
+
+/// XOR of the big-endian 32-bit words of `bytes` (N a multiple of 4).
+#[inline(always)]
+fn xor_words<const N: usize>(bytes: &[u8; N]) -> u32 {
+    let mut folded = [0u8; 4];
+    let mut i = 0;
+    while i < N {
+        folded[i % 4] ^= bytes[i];
+        i += 1;
+    }
+    u32::from_be_bytes(folded)
 }
 
 /// Parses the packet's headers where they are cheapest to read: directly, and only when
@@ -373,6 +412,7 @@ fn classify<P: PacketBytes>(pkt: &P) -> Option<TcpMatch> {
         flags: found.flags,
         payload_len: end.saturating_sub(found.payload_start),
         wire_len: pkt_len,
+        flow_hash: found.flow_hash,
     })
 }
 
@@ -406,7 +446,8 @@ fn copy_packet<P: PacketBytes, C: aya_ebpf::EbpfContext>(
         chunk_len: CHUNK_LEN,
         direction: direction as u8,
         flags: if truncated { FLAG_TRUNCATED } else { 0 },
-        _pad: [0; 6],
+        _pad: [0; 2],
+        flow_hash: tcp.flow_hash,
     };
     let wakeup = wakeup_flags(captured_len);
 

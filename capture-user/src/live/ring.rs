@@ -247,6 +247,7 @@ impl ChunkAssembler {
             // Both hooks hand over frames starting at an Ethernet header (lo included).
             link: LinkType::Ethernet,
             wire_len: header.wire_len,
+            flow_hash: header.flow_hash,
             data,
         }
     }
@@ -472,7 +473,8 @@ mod tests {
             chunk_len: data.len() as u32,
             direction: Direction::Egress as u8,
             flags: if last { FLAG_LAST_CHUNK } else { 0 },
-            _pad: [0; 6],
+            _pad: [0; 2],
+            flow_hash: 0xA5A5_0F0F,
         };
         // SAFETY: ChunkHeader is repr(C) plain data without padding holes.
         let head: [u8; CHUNK_HEADER_LEN] = unsafe { std::mem::transmute(header) };
@@ -496,6 +498,7 @@ mod tests {
         assert_eq!(p.ifindex, 7);
         assert_eq!(p.direction, Direction::Egress);
         assert_eq!(p.wire_len, 3);
+        assert_eq!(p.flow_hash, 0xA5A5_0F0F);
         assert_eq!(p.ts, Timestamp(1_000_000_000_005));
     }
 
