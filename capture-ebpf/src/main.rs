@@ -67,6 +67,9 @@ trait PacketBytes {
     fn linear(&self) -> (usize, usize);
     /// Full packet length, including non-linear parts.
     fn len(&self) -> u32;
+    /// Index of the interface the packet was seen on (read only for packets copied: it
+    /// takes pointer loads through the device).
+    fn ifindex(&self) -> u32;
     /// Copies `len` bytes from `offset` into `dst`; false if out of bounds.
     fn load(&self, offset: u32, dst: *mut u8, len: u32) -> bool;
 }
@@ -158,6 +161,11 @@ impl PacketBytes for Skb<'_> {
         (self.0.data(), self.0.data_end())
     }
     #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // SAFETY: the context pointer handed to the program is valid for its whole run.
+        unsafe { (*self.0.skb.skb).ifindex }
+    }
+    #[inline(always)]
     fn len(&self) -> u32 {
         // SAFETY: the context pointer handed to the program is valid for its whole run.
         unsafe { (*self.0.skb.skb).len }
@@ -175,6 +183,11 @@ impl PacketBytes for Xdp<'_> {
     #[inline(always)]
     fn linear(&self) -> (usize, usize) {
         (self.0.data(), self.0.data_end())
+    }
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // SAFETY: the context pointer handed to the program is valid for its whole run.
+        unsafe { (*self.0.ctx).ingress_ifindex }
     }
     #[inline(always)]
     fn len(&self) -> u32 {
@@ -427,7 +440,6 @@ fn copy_packet<P: PacketBytes, C: aya_ebpf::EbpfContext>(
     ctx: &C,
     pkt: &P,
     tcp: &TcpMatch,
-    ifindex: u32,
     direction: Direction,
     packet_seq: u64,
 ) {
@@ -439,7 +451,7 @@ fn copy_packet<P: PacketBytes, C: aya_ebpf::EbpfContext>(
         ts_ns: unsafe { bpf_ktime_get_ns() },
         packet_seq,
         cpu: unsafe { bpf_get_smp_processor_id() },
-        ifindex,
+        ifindex: pkt.ifindex(),
         wire_len,
         captured_len,
         chunk_offset: 0,
@@ -570,12 +582,7 @@ fn bounded_len<const N: usize>(len: u32) -> u32 {
 }
 
 #[inline(always)]
-fn handle<P: PacketBytes, C: aya_ebpf::EbpfContext>(
-    ctx: &C,
-    pkt: &P,
-    ifindex: u32,
-    direction: Direction,
-) {
+fn handle<P: PacketBytes, C: aya_ebpf::EbpfContext>(ctx: &C, pkt: &P, direction: Direction) {
     count(Counter::Seen);
     let Some(tcp) = classify(pkt) else {
         return;
@@ -586,33 +593,27 @@ fn handle<P: PacketBytes, C: aya_ebpf::EbpfContext>(
     }
     // The CPU's matched count numbers its packets: it ties a packet's chunks together.
     let packet_seq = count(Counter::Matched);
-    copy_packet(ctx, pkt, &tcp, ifindex, direction, packet_seq);
+    copy_packet(ctx, pkt, &tcp, direction, packet_seq);
 }
 
 /// TC classifier for the ingress hook.
 #[classifier]
 pub fn capture_tc_ingress(ctx: TcContext) -> i32 {
-    // SAFETY: the skb pointer is valid for the program run.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    handle(&ctx, &Skb(&ctx), ifindex, Direction::Ingress);
+    handle(&ctx, &Skb(&ctx), Direction::Ingress);
     TC_ACT_UNSPEC
 }
 
 /// TC classifier for the egress hook.
 #[classifier]
 pub fn capture_tc_egress(ctx: TcContext) -> i32 {
-    // SAFETY: the skb pointer is valid for the program run.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    handle(&ctx, &Skb(&ctx), ifindex, Direction::Egress);
+    handle(&ctx, &Skb(&ctx), Direction::Egress);
     TC_ACT_UNSPEC
 }
 
 /// XDP program for ingress; multi-buffer aware so large frames are copied whole.
 #[xdp(frags)]
 pub fn capture_xdp(ctx: XdpContext) -> u32 {
-    // SAFETY: the xdp_md pointer is valid for the program run.
-    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    handle(&ctx, &Xdp(&ctx), ifindex, Direction::Ingress);
+    handle(&ctx, &Xdp(&ctx), Direction::Ingress);
     xdp_action::XDP_PASS
 }
 
