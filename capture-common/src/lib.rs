@@ -21,6 +21,16 @@ pub const CHUNK_LEN: u32 = 16384;
 /// 1518 tagged) with little to spare.
 pub const RECORD_DATA_SIZES: [u32; 9] = [128, 256, 512, 1024, 1536, 2048, 4096, 8192, CHUNK_LEN];
 
+// Ascending, ending at a full chunk (the kernel side picks the first that holds a chunk).
+const _: () = {
+    let mut i = 1;
+    while i < RECORD_DATA_SIZES.len() {
+        assert!(RECORD_DATA_SIZES[i - 1] < RECORD_DATA_SIZES[i]);
+        i += 1;
+    }
+    assert!(RECORD_DATA_SIZES[RECORD_DATA_SIZES.len() - 1] == CHUNK_LEN);
+};
+
 /// Upper bound on chunks per packet (`MAX_PACKET_LEN / CHUNK_LEN`).
 pub const MAX_CHUNKS: u32 = MAX_PACKET_LEN / CHUNK_LEN;
 

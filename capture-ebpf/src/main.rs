@@ -2,6 +2,11 @@
 //! TCP packets of configured ports into a ring buffer, whole (up to 64 KiB, chunked), with
 //! per-CPU counters so nothing is lost silently.
 //!
+//! Cost per packet is what the design is about: headers are read by direct packet access
+//! (the load helpers only when a header is outside the linear data), a packet of another
+//! port is rejected after the port bitmap lookup, and a matched packet is copied once,
+//! straight from the packet into records reserved in the ring.
+//!
 //! The programs never change a packet's fate: TC returns `TC_ACT_UNSPEC` (TCX_NEXT: the
 //! next program in the TCX chain, or the next cls_bpf filter, runs as if we were not there;
 //! any other verdict would end the chain and hide packets from programs attached after us,
