@@ -13,21 +13,53 @@ pub const MAX_PACKET_LEN: u32 = 65536;
 /// bound lengths with a mask; a packet longer than this is split into several chunks.
 pub const CHUNK_LEN: u32 = 16384;
 
+/// Data capacities of the ring records the kernel side reserves, smallest first: a packet's
+/// last (or only) chunk goes into the smallest that holds it, every other chunk fills a
+/// [`CHUNK_LEN`] one. Ring records must have a size the verifier knows, so this is the price
+/// of copying packets straight into the ring: the bytes past the chunk are slack (under half
+/// the data area, a quarter on average). 1536 holds a full-size Ethernet frame (1514 bytes,
+/// 1518 tagged) with little to spare.
+pub const RECORD_DATA_SIZES: [u32; 9] = [128, 256, 512, 1024, 1536, 2048, 4096, 8192, CHUNK_LEN];
+
+// Ascending, ending at a full chunk (the kernel side picks the first that holds a chunk).
+const _: () = {
+    let mut i = 1;
+    while i < RECORD_DATA_SIZES.len() {
+        assert!(RECORD_DATA_SIZES[i - 1] < RECORD_DATA_SIZES[i]);
+        i += 1;
+    }
+    assert!(RECORD_DATA_SIZES[RECORD_DATA_SIZES.len() - 1] == CHUNK_LEN);
+};
+
 /// Upper bound on chunks per packet (`MAX_PACKET_LEN / CHUNK_LEN`).
 pub const MAX_CHUNKS: u32 = MAX_PACKET_LEN / CHUNK_LEN;
 
-/// Capacity of the port set map. Far above the 64 ports a node usually needs.
+/// Most ports one capture takes. Far above the 64 ports a node usually needs (the port map
+/// itself holds every port).
 pub const MAX_PORTS: u32 = 1024;
 
-/// Name of the BPF hash map holding the ports to capture (key: port in host order, value: 1).
+/// Name of the BPF array holding the ports to capture as a bitmap of [`PORT_WORDS`] words:
+/// port `p` (host order) is wanted when bit `p % 64` of word `p / 64` is set. An array lookup
+/// is inlined by the verifier, so checking a port costs a few instructions, no hashing.
 pub const PORTS_MAP: &str = "PORTS";
+
+/// Words of the [`PORTS_MAP`] bitmap: 64 ports each, every port covered.
+pub const PORT_WORDS: u32 = 65536 / 64;
+
+/// Where port `port` lives in the [`PORTS_MAP`] bitmap: (word index, bit mask).
+#[inline(always)]
+pub const fn port_bit(port: u16) -> (u32, u64) {
+    ((port >> 6) as u32, 1 << (port & 63))
+}
 /// Name of the BPF ring buffer map the programs write packet chunks into.
 pub const RING_MAP: &str = "PACKETS";
 /// Name of the per-CPU array of [`Counter`] values.
 pub const COUNTERS_MAP: &str = "COUNTERS";
-/// Name of the global set by userspace at load time: ring fill level (bytes) from which a
-/// record wakes the reader. Below it records are written without a wake-up, and the reader
-/// finds them on its next timed poll; this batches wake-ups under load.
+/// Name of the global set by userspace at load time: the wake-up step, in bytes, a power of
+/// two. A record wakes the reader only when it takes the ring's fill level across a multiple
+/// of the step (the reader is woken once the ring holds that much, and once more per step
+/// while it lags); other records are written without a wake-up and the reader finds them on
+/// its next timed poll. This batches wake-ups under load.
 pub const WAKEUP_BYTES_GLOBAL: &str = "WAKEUP_BYTES";
 
 /// Direction of a packet relative to the interface it was captured on.
@@ -56,7 +88,9 @@ pub const FLAG_LAST_CHUNK: u8 = 1;
 /// [`ChunkHeader::flags`]: the packet was longer than [`MAX_PACKET_LEN`] and was cut.
 pub const FLAG_TRUNCATED: u8 = 2;
 
-/// Header of every ring buffer record; `chunk_len` bytes of packet data follow it.
+/// Header of every ring buffer record; `chunk_len` bytes of packet data follow it. The record
+/// may be longer than that (one of [`RECORD_DATA_SIZES`] after the header): the bytes past
+/// `chunk_len` are slack the kernel never wrote, to be ignored.
 ///
 /// A packet is one or more consecutive chunks from the same CPU sharing `cpu` and `packet_seq`;
 /// the reader joins them and discards a packet whose chunks do not line up (one was lost
@@ -66,7 +100,8 @@ pub const FLAG_TRUNCATED: u8 = 2;
 pub struct ChunkHeader {
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the packet was seen.
     pub ts_ns: u64,
-    /// Per-CPU packet sequence number, to tie chunks to their packet.
+    /// Per-CPU packet sequence number (the CPU's `matched` count), to tie chunks to their
+    /// packet.
     pub packet_seq: u64,
     /// CPU that produced the record.
     pub cpu: u32,
@@ -85,11 +120,68 @@ pub struct ChunkHeader {
     /// `FLAG_*` bits.
     pub flags: u8,
     /// Explicit padding so the layout has no implicit holes.
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    /// [`flow_hash`] of the packet's TCP connection: the same in both directions.
+    pub flow_hash: u32,
 }
 
 /// Size of [`ChunkHeader`] on both sides.
 pub const CHUNK_HEADER_LEN: usize = core::mem::size_of::<ChunkHeader>();
+
+// 48 bytes, every field at its natural alignment, no implicit padding.
+const _: () = assert!(CHUNK_HEADER_LEN == 48);
+const _: () = assert!(core::mem::offset_of!(ChunkHeader, direction) == 40);
+const _: () = assert!(core::mem::offset_of!(ChunkHeader, flow_hash) == 44);
+
+/// Symmetric hash of a TCP connection: both directions of a connection get the same value,
+/// so it can shard connections over threads without looking at the packets again.
+///
+/// `addr_fold` is [`fold_v4`] or [`fold_v6`] of the source address XOR the same fold of the
+/// destination address; the ports are the TCP ports in host order. XOR makes both
+/// symmetric; the multiply and the finaliser (MurmurHash3's `fmix32`) spread the result over
+/// all 32 bits. The kernel side computes it from packet bytes, userspace from decoded
+/// addresses ([`flow_hash_of`]); both must give the same value.
+#[inline(always)]
+pub const fn flow_hash(addr_fold: u32, src_port: u16, dst_port: u16) -> u32 {
+    let ports = (src_port ^ dst_port) as u32;
+    let mut h = addr_fold ^ ports.wrapping_mul(0x9E37_79B1);
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85EB_CA6B);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xC2B2_AE35);
+    h ^= h >> 16;
+    h
+}
+
+/// An IPv4 address (network byte order, as on the wire) folded for [`flow_hash`].
+#[inline(always)]
+pub const fn fold_v4(addr: [u8; 4]) -> u32 {
+    u32::from_be_bytes(addr)
+}
+
+/// An IPv6 address (network byte order) folded for [`flow_hash`]: its four 32-bit words
+/// XORed. An IPv4-mapped IPv6 address does not fold like the IPv4 address; a connection is
+/// one or the other on the wire.
+#[inline(always)]
+pub const fn fold_v6(addr: [u8; 16]) -> u32 {
+    let mut fold = 0;
+    let mut i = 0;
+    while i < 16 {
+        fold ^= u32::from_be_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
+        i += 4;
+    }
+    fold
+}
+
+/// [`flow_hash`] of a segment from `src` to `dst`, from decoded addresses (the userspace
+/// twin of what the kernel side writes into [`ChunkHeader::flow_hash`]).
+pub fn flow_hash_of(src: core::net::SocketAddr, dst: core::net::SocketAddr) -> u32 {
+    let fold = |addr: core::net::IpAddr| match addr {
+        core::net::IpAddr::V4(v4) => fold_v4(v4.octets()),
+        core::net::IpAddr::V6(v6) => fold_v6(v6.octets()),
+    };
+    flow_hash(fold(src.ip()) ^ fold(dst.ip()), src.port(), dst.port())
+}
 
 /// Index of each per-CPU counter in the [`COUNTERS_MAP`] array.
 ///

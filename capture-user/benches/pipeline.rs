@@ -6,7 +6,7 @@
 //! Run: `cargo bench -p capture-user --bench pipeline` (figures in the closing notes).
 
 use bytes::Bytes;
-use capture_user::decode::LinkType;
+use capture_user::decode::{LinkType, frame_flow_hash};
 use capture_user::http::{ConnectionFramer, HttpConfig, HttpStats, IdAllocator};
 use capture_user::packet::{CapturedPacket, Direction, Timestamp};
 use capture_user::pipeline::{Pipeline, PipelineConfig};
@@ -100,13 +100,15 @@ fn frame(from_client: bool, conn: u16, seq: u32, flags: &str, payload: &[u8]) ->
     }
     let mut data = Vec::new();
     builder.write(&mut data, payload).expect("frame");
+    let data = Bytes::from(data);
     CapturedPacket {
         ts: Timestamp(1),
         ifindex: 1,
         direction: Direction::Ingress,
         link: LinkType::Ethernet,
         wire_len: data.len() as u32,
-        data: Bytes::from(data),
+        flow_hash: frame_flow_hash(LinkType::Ethernet, &data),
+        data,
     }
 }
 

@@ -111,6 +111,22 @@ pub struct TcpSegment {
     pub payload: Bytes,
 }
 
+impl TcpSegment {
+    /// The symmetric hash of the segment's connection, the userspace twin of what the kernel
+    /// side puts in each ring record (see [`capture_common::flow_hash`]): both directions of
+    /// a connection get the same value.
+    pub fn flow_hash(&self) -> u32 {
+        capture_common::flow_hash_of(self.src, self.dst)
+    }
+}
+
+/// [`TcpSegment::flow_hash`] of a frame, or 0 when it is not a TCP segment: equal to what
+/// live capture gets from the kernel for the same frame (tests and benchmarks build packets
+/// with it).
+pub fn frame_flow_hash(link: LinkType, frame: &Bytes) -> u32 {
+    decode_tcp(link, frame).map_or(0, |segment| segment.flow_hash())
+}
+
 /// Why a frame did not yield a TCP segment. Each variant is one counted reason.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -255,6 +271,158 @@ mod tests {
         assert!(seg.flags.psh() && seg.flags.ack() && !seg.flags.syn());
         assert_eq!(&seg.payload[..], b"GET / HTTP/1.1\r\n\r\n");
         assert_eq!(seg.flags.to_string(), "P.");
+    }
+
+    /// An Ethernet frame (802.1Q-tagged when `vlan`) with a TCP segment from `src` to `dst`.
+    fn tcp_frame(src: SocketAddr, dst: SocketAddr, vlan: bool) -> Bytes {
+        let eth = PacketBuilder::ethernet2([1; 6], [2; 6]);
+        let ip = match (src.ip(), dst.ip()) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => etherparse::IpHeaders::Ipv4(
+                etherparse::Ipv4Header::new(
+                    0,
+                    64,
+                    etherparse::IpNumber::TCP,
+                    s.octets(),
+                    d.octets(),
+                )
+                .expect("ipv4 header"),
+                Default::default(),
+            ),
+            (IpAddr::V6(s), IpAddr::V6(d)) => etherparse::IpHeaders::Ipv6(
+                etherparse::Ipv6Header {
+                    hop_limit: 64,
+                    source: s.octets(),
+                    destination: d.octets(),
+                    ..Default::default()
+                },
+                Default::default(),
+            ),
+            _ => panic!("mixed address families"),
+        };
+        let mut out = Vec::new();
+        if vlan {
+            eth.single_vlan(etherparse::VlanId::try_new(7).expect("valid vlan id"))
+                .ip(ip)
+                .tcp(src.port(), dst.port(), 1, 100)
+                .write(&mut out, b"x")
+        } else {
+            eth.ip(ip)
+                .tcp(src.port(), dst.port(), 1, 100)
+                .write(&mut out, b"x")
+        }
+        .expect("build");
+        Bytes::from(out)
+    }
+
+    fn addr(text: &str) -> SocketAddr {
+        text.parse().expect("socket address")
+    }
+
+    #[test]
+    fn flow_hash_is_the_same_both_ways_and_matches_the_frame() {
+        for (a, b) in [
+            ("10.0.0.1:40000", "10.0.0.2:8080"),
+            ("[2001:db8::10]:51234", "[2001:db8:1::20]:443"),
+        ] {
+            let (a, b) = (addr(a), addr(b));
+            let there = capture_common::flow_hash_of(a, b);
+            assert_eq!(there, capture_common::flow_hash_of(b, a), "{a} {b}");
+            for vlan in [false, true] {
+                let out = tcp_frame(a, b, vlan);
+                let back = tcp_frame(b, a, vlan);
+                assert_eq!(frame_flow_hash(LinkType::Ethernet, &out), there);
+                assert_eq!(frame_flow_hash(LinkType::Ethernet, &back), there);
+                let seg = decode_tcp(LinkType::Ethernet, &back).expect("decodes");
+                assert_eq!(seg.flow_hash(), there);
+            }
+        }
+        // Another connection between the same hosts hashes elsewhere.
+        assert_ne!(
+            capture_common::flow_hash_of(addr("10.0.0.1:40000"), addr("10.0.0.2:8080")),
+            capture_common::flow_hash_of(addr("10.0.0.1:40001"), addr("10.0.0.2:8080"))
+        );
+    }
+
+    #[test]
+    fn flow_hash_keeps_its_values() {
+        // Computed independently (a few lines of Python following capture_common::flow_hash)
+        // so a change of the function, which the kernel side shares, is noticed.
+        let v4 = capture_common::flow_hash_of(addr("192.168.1.10:51234"), addr("93.184.216.34:80"));
+        assert_eq!(v4, 0x953b_875f);
+        let v6 = capture_common::flow_hash_of(
+            addr("[2001:db8::10]:51234"),
+            addr("[2001:db8:1::20]:443"),
+        );
+        assert_eq!(v6, 0x035c_ec89);
+    }
+
+    /// Largest deviation of a shard's count from the mean when `hashes` are spread over
+    /// `shards` by `hash % shards`, in standard deviations of a uniform random spread
+    /// (about sqrt(mean)): a good hash stays within a few, a poor one is off by dozens.
+    fn worst_shard_deviation(hashes: &[u32], shards: u32) -> f64 {
+        let mut counts = vec![0u64; shards as usize];
+        for h in hashes {
+            counts[(h % shards) as usize] += 1;
+        }
+        let mean = hashes.len() as f64 / f64::from(shards);
+        counts
+            .iter()
+            .map(|&c| (c as f64 - mean).abs() / mean.sqrt())
+            .fold(0.0, f64::max)
+    }
+
+    #[test]
+    fn flow_hash_spreads_connections_evenly_over_shards() {
+        let server = addr("10.1.0.1:8080");
+        // One client, every ephemeral port (what one busy load balancer looks like).
+        let ports: Vec<u32> = (32768..61000u16)
+            .map(|p| {
+                capture_common::flow_hash_of(SocketAddr::new(addr("10.2.0.7:1").ip(), p), server)
+            })
+            .collect();
+        // Many clients, a few ports each.
+        let hosts: Vec<u32> = (0..20_000u32)
+            .map(|i| {
+                let ip = std::net::Ipv4Addr::from(0x0a03_0000 + i / 4);
+                let port = 40000 + (i % 4) as u16;
+                capture_common::flow_hash_of(SocketAddr::new(ip.into(), port), server)
+            })
+            .collect();
+        // IPv6 clients differing in the low bits only.
+        let v6: Vec<u32> = (0..20_000u128)
+            .map(|i| {
+                let ip = std::net::Ipv6Addr::from(0x2001_0db8_0000_0000_0000_0000_0001_0000 + i);
+                capture_common::flow_hash_of(SocketAddr::new(ip.into(), 50000), server)
+            })
+            .collect();
+        for (name, hashes) in [("ports", &ports), ("hosts", &hosts), ("v6", &v6)] {
+            for shards in [2, 3, 4, 7, 8, 16] {
+                let worst = worst_shard_deviation(hashes, shards);
+                assert!(
+                    worst < 4.5,
+                    "{name}: {shards} shards, worst {worst:.2} sigma"
+                );
+            }
+            // High bits too, for shard choices that take them.
+            let top: Vec<u32> = hashes.iter().map(|h| h >> 28).collect();
+            let worst = worst_shard_deviation(&top, 16);
+            assert!(worst < 4.5, "{name}: high bits, worst {worst:.2} sigma");
+        }
+    }
+
+    #[test]
+    fn frames_that_are_not_tcp_hash_to_zero() {
+        let mut out = Vec::new();
+        PacketBuilder::ethernet2([1; 6], [2; 6])
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .udp(53, 53)
+            .write(&mut out, b"dns")
+            .expect("build");
+        assert_eq!(frame_flow_hash(LinkType::Ethernet, &Bytes::from(out)), 0);
+        assert_eq!(
+            frame_flow_hash(LinkType::Ethernet, &Bytes::from_static(b"short")),
+            0
+        );
     }
 
     #[test]

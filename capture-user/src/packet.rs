@@ -1,7 +1,7 @@
 //! The unit that flows from a packet source (live ring buffer or pcap file) into decode.
 
 use bytes::Bytes;
-pub use capture_common::Direction;
+pub use capture_common::{Direction, flow_hash_of};
 
 use crate::decode::LinkType;
 
@@ -67,6 +67,13 @@ pub struct CapturedPacket {
     pub link: LinkType,
     /// Length of the packet as the kernel had it; larger than `data` when truncated.
     pub wire_len: u32,
+    /// Symmetric hash of the packet's TCP connection ([`capture_common::flow_hash`]): the
+    /// same for both directions, stable for the connection's life, well spread; made to shard
+    /// connections over threads before anything is decoded. Live capture takes it from the
+    /// kernel. Files leave it 0: they are framed on one thread, and decoding every frame
+    /// twice to compute it would cost what sharding is meant to save
+    /// ([`crate::decode::frame_flow_hash`] gives the kernel's value when wanted).
+    pub flow_hash: u32,
     /// The frame's captured bytes.
     pub data: Bytes,
 }

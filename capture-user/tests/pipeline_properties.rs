@@ -4,7 +4,7 @@
 //! original messages, byte for byte, paired correctly.
 
 use bytes::Bytes;
-use capture_user::decode::LinkType;
+use capture_user::decode::{LinkType, frame_flow_hash};
 use capture_user::message::MessageKind;
 use capture_user::packet::{CapturedPacket, Direction, Timestamp};
 use capture_user::pipeline::{Pipeline, PipelineConfig};
@@ -178,13 +178,15 @@ fn frame(from_client: bool, seq: u32, flags: &str, payload: &[u8]) -> CapturedPa
     }
     let mut data = Vec::new();
     builder.write(&mut data, payload).expect("frame");
+    let data = Bytes::from(data);
     CapturedPacket {
         ts: Timestamp(1_000),
         ifindex: 1,
         direction: Direction::Ingress,
         link: LinkType::Ethernet,
         wire_len: data.len() as u32,
-        data: Bytes::from(data),
+        flow_hash: frame_flow_hash(LinkType::Ethernet, &data),
+        data,
     }
 }
 

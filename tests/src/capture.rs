@@ -238,13 +238,21 @@ pub struct PacketLine {
     pub flags: String,
     pub seq: u32,
     pub len: u64,
+    /// The flow hash the packet carried (the kernel's, for live capture).
+    pub flow: u32,
 }
 
 impl PacketLine {
-    /// Parses `TIME IFACE DIR SRC > DST Flags [F] seq N ack N win N len N`.
+    /// Parses `TIME IFACE DIR SRC > DST Flags [F] seq N ack N win N len N flow HEX`.
     pub fn parse(line: &str) -> Result<Self> {
         let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 16 || f[4] != ">" || f[6] != "Flags" || f[8] != "seq" || f[14] != "len" {
+        if f.len() < 18
+            || f[4] != ">"
+            || f[6] != "Flags"
+            || f[8] != "seq"
+            || f[14] != "len"
+            || f[16] != "flow"
+        {
             bail!("unexpected packet line {line:?}");
         }
         Ok(PacketLine {
@@ -259,6 +267,8 @@ impl PacketLine {
             flags: f[7].trim_matches(['[', ']']).to_string(),
             seq: f[9].parse()?,
             len: f[15].parse()?,
+            flow: u32::from_str_radix(f[17], 16)
+                .with_context(|| format!("flow hash in {line:?}"))?,
         })
     }
 }

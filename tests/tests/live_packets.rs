@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
+use capture_user::packet::flow_hash_of;
 use tests::capture::{CaptureOutput, CaptureRun, PacketLine, RefPacket, Tcpdump, flag_letters};
 use tests::netns::Topology;
 use tests::nginx::Nginx;
@@ -93,6 +94,28 @@ fn check_counters(out: &CaptureOutput) -> Result<HashMap<String, u64>> {
     Ok(c)
 }
 
+/// Checks the flow hash the kernel put on each packet: the userspace twin computed from the
+/// decoded addresses gives the same value, so both directions of a connection share it.
+fn check_flow_hashes(packets: &[PacketLine]) -> Result<()> {
+    let mut by_connection: HashMap<(SocketAddr, SocketAddr), u32> = HashMap::new();
+    for p in packets {
+        let twin = flow_hash_of(p.src, p.dst);
+        ensure!(
+            p.flow == twin,
+            "kernel flow hash {:08x} != userspace {twin:08x} for {p:?}",
+            p.flow
+        );
+        let key = if p.src < p.dst {
+            (p.src, p.dst)
+        } else {
+            (p.dst, p.src)
+        };
+        let first = *by_connection.entry(key).or_insert(p.flow);
+        ensure!(first == p.flow, "two flow hashes for one connection: {p:?}");
+    }
+    Ok(())
+}
+
 fn assert_clean(ns: &str, ifname: &str) -> Result<()> {
     let leftovers = Topology::attachments(ns, ifname)?.leftovers();
     ensure!(
@@ -140,6 +163,11 @@ fn curl_get_and_post_are_seen_packet_for_packet_in_both_directions() -> Result<(
     let out = settle_and_stop(capture, libc::SIGINT)?;
     let reference = reference.stop()?;
     let packets = out.packets()?;
+    check_flow_hashes(&packets)?;
+    ensure!(
+        packets.iter().any(|p| p.direction == "in") && packets.iter().any(|p| p.direction == "out"),
+        "the flow hash check needs both directions"
+    );
 
     // Nothing from the other port, although tcpdump saw that connection.
     assert!(
@@ -264,6 +292,7 @@ fn five_mb_post(attach: &str, signal: i32) -> Result<(u64, u64, CaptureOutput)> 
     let packets = out.packets()?;
     let captured = distinct_stream_bytes(packets.iter().filter(|p| p.dst.port() == PORT));
     check_counters(&out)?;
+    check_flow_hashes(&packets)?;
     assert_clean(ns, ifname)?;
     let log = nginx.access_log()?;
     let upload = log
@@ -497,6 +526,7 @@ fn ipv6_and_vlan_tagged_traffic_is_captured() -> Result<()> {
         let out = run.stop(libc::SIGINT)?;
         check_counters(&out)?;
         let packets = out.packets()?;
+        check_flow_hashes(&packets)?;
         let all = out.stdout.join("\n");
         // IPv6: the handshake and the request.
         assert!(

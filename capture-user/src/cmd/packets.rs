@@ -146,7 +146,8 @@ impl Printer {
     }
 }
 
-/// Formats one packet like tcpdump's one-line summary, with the payload length last.
+/// Formats one packet like tcpdump's one-line summary, then the payload length and the flow
+/// hash (as the packet carries it: the kernel's, for live capture).
 pub fn format_packet(out: &mut String, iface: &str, packet: &CapturedPacket) {
     let dir = match packet.direction {
         Direction::Ingress => "in ",
@@ -157,14 +158,15 @@ pub fn format_packet(out: &mut String, iface: &str, packet: &CapturedPacket) {
         Ok(seg) => {
             let _ = write!(
                 out,
-                "{} > {} Flags [{}] seq {} ack {} win {} len {}",
+                "{} > {} Flags [{}] seq {} ack {} win {} len {} flow {:08x}",
                 seg.src,
                 seg.dst,
                 seg.flags,
                 seg.seq,
                 seg.ack,
                 seg.window,
-                seg.payload.len()
+                seg.payload.len(),
+                packet.flow_hash
             );
         }
         Err(e) => {
@@ -204,13 +206,14 @@ mod tests {
             direction: Direction::Egress,
             link: LinkType::Ethernet,
             wire_len: frame.len() as u32,
+            flow_hash: 0x00c0_ffee,
             data: Bytes::from(frame),
         };
         let mut line = String::new();
         format_packet(&mut line, "veth0", &packet);
         assert_eq!(
             line,
-            "2023-11-14T22:13:20.123456Z veth0 out 10.0.0.1:40000 > 10.0.0.2:8080 Flags [P.] seq 100 ack 7 win 64240 len 5"
+            "2023-11-14T22:13:20.123456Z veth0 out 10.0.0.1:40000 > 10.0.0.2:8080 Flags [P.] seq 100 ack 7 win 64240 len 5 flow 00c0ffee"
         );
     }
 
@@ -222,6 +225,7 @@ mod tests {
             direction: Direction::Ingress,
             link: LinkType::Ethernet,
             wire_len: 70000,
+            flow_hash: 0,
             data: Bytes::from_static(&[0u8; 10]),
         };
         let mut line = String::new();

@@ -122,13 +122,15 @@ impl Iterator for PcapPackets {
                     Ok(p) => p,
                     Err(e) => return Some(Err(format_err(e))),
                 };
+                let data = Bytes::copy_from_slice(&packet.data);
                 Some(Ok(CapturedPacket {
                     ts: timestamp(packet.timestamp),
                     ifindex: 0,
                     direction: Direction::Ingress,
                     link: *link,
                     wire_len: packet.orig_len,
-                    data: Bytes::copy_from_slice(&packet.data),
+                    flow_hash: 0,
+                    data,
                 }))
             }
             Inner::PcapNg(reader) => loop {
@@ -156,6 +158,7 @@ impl Iterator for PcapPackets {
                     direction: Direction::Ingress,
                     link,
                     wire_len: original_len,
+                    flow_hash: 0,
                     data,
                 }));
             },

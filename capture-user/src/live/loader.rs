@@ -5,16 +5,18 @@
 //! TC programs attach through TCX links and XDP through bpf links where the kernel has them:
 //! both are owned by file descriptors, so even a SIGKILLed capture leaves nothing behind.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
 
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use aya::programs::tc::{NlOptions, SchedClassifierLinkId, TcAttachOptions};
 use aya::programs::xdp::XdpLinkId;
 use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
-use capture_common::{COUNTERS_MAP, Counter, MAX_PORTS, PORTS_MAP, RING_MAP, WAKEUP_BYTES_GLOBAL};
+use capture_common::{
+    COUNTERS_MAP, Counter, MAX_PORTS, PORTS_MAP, RING_MAP, WAKEUP_BYTES_GLOBAL, port_bit,
+};
 use log::{info, warn};
 
 /// The compiled eBPF object, built by build.rs for the BPF target.
@@ -163,6 +165,16 @@ pub enum LoaderError {
     },
 }
 
+/// The non-zero words of the port bitmap the programs test ports against, by word index.
+fn port_words(ports: &[u16]) -> BTreeMap<u32, u64> {
+    let mut words = BTreeMap::new();
+    for &port in ports {
+        let (word, bit) = port_bit(port);
+        *words.entry(word).or_insert(0) |= bit;
+    }
+    words
+}
+
 /// Checks everything that can be checked before touching the kernel, so bad input fails
 /// fast with nothing attached.
 pub fn validate(config: &CaptureConfig) -> Result<(), LoaderError> {
@@ -257,6 +269,7 @@ impl AttachedCapture {
     /// On any error, whatever was attached so far is detached before returning.
     pub fn start(config: &CaptureConfig) -> Result<Self, LoaderError> {
         validate(config)?;
+        // A power of two, as the programs need: ring sizes are.
         let wakeup_bytes: u64 = u64::from(config.ring_bytes) / 8;
         let log_level: u8 = config.ebpf_log as u8;
         let mut ebpf = EbpfLoader::new()
@@ -265,7 +278,7 @@ impl AttachedCapture {
             .override_global(aya_log::LEVEL, &log_level, true)
             .load(EBPF_OBJECT)?;
 
-        let mut ports: BpfHashMap<_, u16, u8> = BpfHashMap::try_from(
+        let mut ports: Array<_, u64> = Array::try_from(
             ebpf.map_mut(PORTS_MAP)
                 .ok_or(LoaderError::MissingMap(PORTS_MAP))?,
         )
@@ -273,9 +286,9 @@ impl AttachedCapture {
             name: PORTS_MAP,
             source,
         })?;
-        for port in &config.ports {
+        for (word, bits) in port_words(&config.ports) {
             ports
-                .insert(port, 1, 0)
+                .set(word, bits, 0)
                 .map_err(|source| LoaderError::Map {
                     name: PORTS_MAP,
                     source,
@@ -547,5 +560,28 @@ impl KernelCounters {
             snap.0[counter as usize] = values.iter().sum();
         }
         Ok(snap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_words_set_one_bit_per_port_and_merge_shared_words() {
+        let words = port_words(&[80, 8080, 8081, 1, 65535, 80]);
+        let expected: BTreeMap<u32, u64> = [
+            (0, 1 << 1),
+            (1, 1 << 16),                 // 80 = 64 + 16
+            (126, (1 << 16) | (1 << 17)), // 8080 = 126 * 64 + 16
+            (1023, 1 << 63),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(words, expected);
+        for port in [0u16, 79, 81, 8079, 8082, 65534] {
+            let (word, bit) = port_bit(port);
+            assert_eq!(words.get(&word).copied().unwrap_or(0) & bit, 0, "{port}");
+        }
     }
 }

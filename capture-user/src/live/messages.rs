@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use super::ring::PacketBatch;
 use super::{CaptureConfig, CaptureStats, LiveCapture, PacketSink};
 use crate::message::HttpMessage;
-use crate::packet::{CapturedPacket, Timestamp};
+use crate::packet::Timestamp;
 use crate::pipeline::{Pipeline, PipelineConfig, PipelineStats};
 
 /// How often connections idle past the reassembly timeout are closed and their messages
@@ -165,7 +165,8 @@ impl<M: MessageSink> PacketSink for Shards<M> {
     fn packets(&mut self, batch: &mut PacketBatch) -> bool {
         let count = self.queues.len();
         for packet in batch.drain(..) {
-            let shard = connection_hash(&packet) as usize % count;
+            // The kernel's hash of the connection, alike both ways (see `ChunkHeader`).
+            let shard = packet.flow_hash as usize % count;
             self.pending[shard].push(packet);
         }
         for (queue, pending) in self.queues.iter().zip(self.pending.iter_mut()) {
@@ -195,23 +196,6 @@ fn run_shard<M: MessageSink>(
         }
         framer.idle();
     }
-}
-
-/// A hash of a packet's connection that both directions share (`decode` failures go to
-/// shard 0, where the pipeline counts them).
-fn connection_hash(packet: &CapturedPacket) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let Ok(segment) = crate::decode::decode_tcp(packet.link, &packet.data) else {
-        return 0;
-    };
-    let (a, b) = if segment.src <= segment.dst {
-        (segment.src, segment.dst)
-    } else {
-        (segment.dst, segment.src)
-    };
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (a, b).hash(&mut h);
-    h.finish()
 }
 
 /// How packets are framed: on the ring thread, or spread over shard threads.

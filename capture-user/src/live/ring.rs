@@ -18,7 +18,9 @@ use std::thread::JoinHandle;
 
 use aya::maps::{MapData, RingBuf};
 use bytes::{Bytes, BytesMut};
-use capture_common::{CHUNK_HEADER_LEN, ChunkHeader, Direction, FLAG_LAST_CHUNK, MAX_PACKET_LEN};
+use capture_common::{
+    CHUNK_HEADER_LEN, CHUNK_LEN, ChunkHeader, Direction, FLAG_LAST_CHUNK, MAX_PACKET_LEN,
+};
 use tokio::sync::mpsc;
 
 use crate::decode::LinkType;
@@ -245,13 +247,15 @@ impl ChunkAssembler {
             // Both hooks hand over frames starting at an Ethernet header (lo included).
             link: LinkType::Ethernet,
             wire_len: header.wire_len,
+            flow_hash: header.flow_hash,
             data,
         }
     }
 }
 
 /// Reads and sanity-checks a record's header; `None` for anything the kernel side could not
-/// have written.
+/// have written. The record may carry slack after the chunk (the kernel reserves records in
+/// fixed sizes), but never more data area than a chunk can have.
 fn parse_header(record: &[u8]) -> Option<ChunkHeader> {
     let head = record.get(..CHUNK_HEADER_LEN)?;
     // SAFETY: `head` is exactly size_of::<ChunkHeader>() bytes and ChunkHeader is Pod
@@ -260,6 +264,7 @@ fn parse_header(record: &[u8]) -> Option<ChunkHeader> {
     let valid = Direction::from_u8(header.direction).is_some()
         && header.chunk_len > 0
         && record.len() >= CHUNK_HEADER_LEN + header.chunk_len as usize
+        && record.len() <= CHUNK_HEADER_LEN + CHUNK_LEN as usize
         && header.captured_len <= MAX_PACKET_LEN
         && header.captured_len <= header.wire_len
         && u64::from(header.chunk_offset) + u64::from(header.chunk_len)
@@ -468,7 +473,8 @@ mod tests {
             chunk_len: data.len() as u32,
             direction: Direction::Egress as u8,
             flags: if last { FLAG_LAST_CHUNK } else { 0 },
-            _pad: [0; 6],
+            _pad: [0; 2],
+            flow_hash: 0xA5A5_0F0F,
         };
         // SAFETY: ChunkHeader is repr(C) plain data without padding holes.
         let head: [u8; CHUNK_HEADER_LEN] = unsafe { std::mem::transmute(header) };
@@ -492,6 +498,7 @@ mod tests {
         assert_eq!(p.ifindex, 7);
         assert_eq!(p.direction, Direction::Egress);
         assert_eq!(p.wire_len, 3);
+        assert_eq!(p.flow_hash, 0xA5A5_0F0F);
         assert_eq!(p.ts, Timestamp(1_000_000_000_005));
     }
 
@@ -564,6 +571,29 @@ mod tests {
         assert_eq!(asm.push(&rec), Assembled::BadRecord);
         let rec = record(0, 1, 2, 0, b"abc", true); // chunk longer than the packet
         assert_eq!(asm.push(&rec), Assembled::BadRecord);
+    }
+
+    #[test]
+    fn slack_after_the_chunk_is_ignored_up_to_a_full_chunk() {
+        let mut asm = ChunkAssembler::new(CLOCK);
+        // A 3-byte packet in a 128-byte record, slack full of stale bytes.
+        let mut rec = record(0, 1, 3, 0, b"abc", true);
+        rec.resize(CHUNK_HEADER_LEN + 128, 0xEE);
+        assert_eq!(&packet(asm.push(&rec)).data[..], b"abc");
+        // The same in the largest record size.
+        rec.resize(CHUNK_HEADER_LEN + CHUNK_LEN as usize, 0xEE);
+        assert_eq!(&packet(asm.push(&rec)).data[..], b"abc");
+        // A chunk split over two records of a size class each joins without the slack.
+        let mut first = record(1, 2, 5, 0, b"ab", false);
+        first.resize(CHUNK_HEADER_LEN + 128, 0xEE);
+        let mut last = record(1, 2, 5, 2, b"cde", true);
+        last.resize(CHUNK_HEADER_LEN + 256, 0xEE);
+        assert_eq!(asm.push(&first), Assembled::Pending);
+        assert_eq!(&packet(asm.push(&last)).data[..], b"abcde");
+        // No record is larger than a header and a full chunk.
+        rec.push(0);
+        assert_eq!(asm.push(&rec), Assembled::BadRecord);
+        assert_eq!(asm.discarded_incomplete(), 0);
     }
 
     #[test]
