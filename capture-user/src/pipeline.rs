@@ -112,7 +112,7 @@ struct Conn {
 pub struct Pipeline {
     config: PipelineConfig,
     reassembler: Reassembler,
-    conns: HashMap<u64, Conn>,
+    conns: HashMap<u64, Conn, foldhash::fast::RandomState>,
     ids: IdAllocator,
     events: Vec<StreamEvent>,
     framed: Vec<FramedMessage>,
@@ -128,7 +128,7 @@ impl Pipeline {
         Self {
             config,
             reassembler,
-            conns: HashMap::new(),
+            conns: HashMap::default(),
             ids: IdAllocator::default(),
             events: Vec::new(),
             framed: Vec::new(),

@@ -5,6 +5,8 @@
 
 use std::collections::VecDeque;
 
+use bytes::Bytes;
+
 use super::half::{Half, State};
 use super::head::{
     BodyFraming, Lenient, cut_request_line, lenient_request_head, request_head, response_head,
@@ -63,7 +65,7 @@ impl ConnectionFramer {
         &mut self,
         dir: FlowDir,
         ts: Timestamp,
-        bytes: &[u8],
+        bytes: &Bytes,
         ids: &mut IdAllocator,
         stats: &mut HttpStats,
         out: &mut Vec<FramedMessage>,
@@ -73,8 +75,9 @@ impl ConnectionFramer {
             stats.tunnel_bytes_ignored += bytes.len() as u64;
             return;
         }
-        self.halves[i].buf.extend_from_slice(bytes);
+        self.halves[i].buf.push(bytes);
         self.run(i, ts, ids, stats, out);
+        self.halves[i].settle();
     }
 
     /// Bytes of one direction were lost: the message in progress is incomplete.
@@ -90,10 +93,10 @@ impl ConnectionFramer {
             return;
         }
         // What is buffered but unparsed belongs to the broken message too.
+        let rest = half.buf.take_all();
         if let Some(msg) = half.msg.as_mut() {
-            msg.bytes.extend_from_slice(&half.buf);
+            msg.bytes.push(rest, &Bytes::new());
         }
-        half.buf.clear();
         half.emit(ts, false, stats, out);
         half.state = State::Resync;
     }
@@ -140,7 +143,7 @@ impl ConnectionFramer {
             request_id: None,
             first_ts: ts,
             last_ts: ts,
-            bytes: requests.buf.split().freeze(),
+            bytes: requests.buf.take_all(),
             body_len: 0,
             complete: false,
             ended: false,
@@ -284,11 +287,11 @@ impl ConnectionFramer {
     fn stop_tunnel(&mut self, ts: Timestamp, stats: &mut HttpStats, out: &mut Vec<FramedMessage>) {
         stats.upgrades += 1;
         for half in &mut self.halves {
-            if let Some(msg) = half.msg.as_mut() {
-                msg.bytes.extend_from_slice(&half.buf);
-            }
             stats.tunnel_bytes_ignored += half.buf.len() as u64;
-            half.buf.clear();
+            let rest = half.buf.take_all();
+            if let Some(msg) = half.msg.as_mut() {
+                msg.bytes.push(rest, &Bytes::new());
+            }
             half.state = State::Stopped;
         }
         self.halves[FlowDir::ToServer as usize].emit(ts, true, stats, out);

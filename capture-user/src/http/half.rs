@@ -3,7 +3,9 @@
 //! step shares: taking bytes into the message (within the size cap), emitting it, and giving
 //! up on it to resynchronise.
 
-use bytes::BytesMut;
+use bytes::Bytes;
+
+use super::input::{Input, MessageBytes};
 
 use super::head::{Head, HeadParse, find_message_start};
 use super::{FramedMessage, HttpStats};
@@ -42,7 +44,7 @@ pub(super) struct Pending {
     pub(super) request_id: Option<u64>,
     pub(super) first_ts: Timestamp,
     pub(super) last_ts: Timestamp,
-    pub(super) bytes: BytesMut,
+    pub(super) bytes: MessageBytes,
     pub(super) body_len: u64,
     /// Bytes beyond `max_message_bytes` were not kept.
     pub(super) cut: bool,
@@ -53,7 +55,7 @@ pub(super) struct Half {
     pub(super) dir: FlowDir,
     pub(super) state: State,
     /// Bytes received but not yet framed.
-    pub(super) buf: BytesMut,
+    pub(super) buf: Input,
     pub(super) msg: Option<Pending>,
 }
 
@@ -66,7 +68,7 @@ impl Half {
         Self {
             dir,
             state,
-            buf: BytesMut::new(),
+            buf: Input::default(),
             msg: None,
         }
     }
@@ -88,7 +90,7 @@ impl Half {
             request_id,
             first_ts: ts,
             last_ts: ts,
-            bytes: BytesMut::new(),
+            bytes: MessageBytes::default(),
             body_len: 0,
             cut: false,
         });
@@ -127,9 +129,10 @@ impl Half {
         });
     }
 
-    /// Moves `n` bytes from the input buffer to the message in progress.
+    /// Moves `n` bytes from the input to the message in progress (a slice of the captured
+    /// segment, not a copy, while the message arrives whole).
     pub(super) fn take(&mut self, n: usize, ts: Timestamp, limit: usize, stats: &mut HttpStats) {
-        let chunk = self.buf.split_to(n);
+        let mut chunk = self.buf.split_to(n);
         if let Some(msg) = self.msg.as_mut() {
             msg.last_ts = ts;
             let room = limit.saturating_sub(msg.bytes.len());
@@ -138,10 +141,9 @@ impl Half {
                     stats.body_too_large += 1;
                 }
                 msg.cut = true;
-                msg.bytes.extend_from_slice(&chunk[..room]);
-            } else {
-                msg.bytes.extend_from_slice(&chunk);
+                chunk.truncate(room);
             }
+            msg.bytes.push(chunk, self.buf.segment());
         }
     }
 
@@ -156,7 +158,7 @@ impl Half {
         self.state = State::Resync;
         // Skip at least one byte so resync cannot find the same start again.
         if !self.buf.is_empty() {
-            let _ = self.buf.split_to(1);
+            self.buf.skip(1);
             stats.resync_skipped_bytes += 1;
         }
     }
@@ -173,14 +175,14 @@ impl Half {
         match find_message_start(&self.buf, self.dir) {
             Some(p) => {
                 stats.resync_skipped_bytes += p as u64;
-                let _ = self.buf.split_to(p);
+                self.buf.skip(p);
                 self.state = State::Head;
                 true
             }
             None => {
                 let drop = self.buf.len().saturating_sub(RESYNC_KEEP);
                 stats.resync_skipped_bytes += drop as u64;
-                let _ = self.buf.split_to(drop);
+                self.buf.skip(drop);
                 false
             }
         }
@@ -194,7 +196,7 @@ impl Half {
             .iter()
             .take_while(|b| **b == b'\r' || **b == b'\n')
             .count();
-        let _ = self.buf.split_to(blank);
+        self.buf.skip(blank);
         !self.buf.is_empty()
     }
 
@@ -233,11 +235,20 @@ impl Half {
         };
         if head.len > max_header {
             stats.header_too_large += 1;
-            let _ = self.buf.split_to(head.len);
+            self.buf.skip(head.len);
             self.state = State::Resync;
             return Err(true);
         }
         Ok(head)
+    }
+
+    /// The framing call is over: nothing of the segment it framed may stay shared, so what
+    /// is left of it, and the message still open, are copied into memory of their own.
+    pub(super) fn settle(&mut self) {
+        self.buf.hold();
+        if let Some(msg) = self.msg.as_mut() {
+            msg.bytes.own();
+        }
     }
 
     /// The connection ended: a close-delimited body completes; any other message in progress
@@ -252,9 +263,9 @@ impl Half {
             State::UntilClose => self.emit(ts, true, stats, out),
             State::Stopped => {}
             _ => {
+                let rest = self.buf.take_all();
                 if let Some(msg) = self.msg.as_mut() {
-                    msg.bytes.extend_from_slice(&self.buf);
-                    self.buf.clear();
+                    msg.bytes.push(rest, &Bytes::new());
                 }
                 if self.msg.is_some() {
                     self.emit(ts, false, stats, out);

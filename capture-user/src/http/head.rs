@@ -2,6 +2,8 @@
 //! and headers (with `httparse`, and leniently for requests it refuses), and what the headers
 //! say about where the body ends (RFC 9112 section 6).
 
+use std::mem::MaybeUninit;
+
 use super::HttpStats;
 use crate::message::MessageKind;
 use crate::reassembly::FlowDir;
@@ -32,9 +34,14 @@ const MAX_HEADERS: usize = 128;
 /// Reads a request line and headers. Heads httparse refuses are read leniently (see
 /// [`lenient_request_head`]), since servers answer them and they must be recorded.
 pub(super) fn request_head(buf: &[u8], stats: &mut HttpStats) -> HeadParse {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(buf) {
+    // Uninitialised: filling 128 empty headers first would cost more than parsing most heads.
+    let mut headers = [MaybeUninit::uninit(); MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut req,
+        buf,
+        &mut headers,
+    ) {
         Ok(httparse::Status::Complete(len)) => {
             let method = req.method.unwrap_or("").to_string();
             let uri = req.path.unwrap_or("").to_string();
@@ -66,9 +73,13 @@ pub(super) fn request_head(buf: &[u8], stats: &mut HttpStats) -> HeadParse {
 /// Reads a status line and headers; no leniency, since a response httparse refuses cannot
 /// be framed reliably.
 pub(super) fn response_head(buf: &[u8], stats: &mut HttpStats) -> HeadParse {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    match resp.parse(buf) {
+    let mut headers = [MaybeUninit::uninit(); MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut headers,
+    ) {
         Ok(httparse::Status::Complete(len)) => {
             let status = resp.code.unwrap_or(0);
             let framing = body_framing(resp.headers, stats, false);
@@ -172,17 +183,6 @@ pub(super) fn lenient_request_head(buf: &[u8]) -> Lenient {
     }
 }
 
-/// Values of every header called `name` (case-insensitive), without allocating.
-pub(super) fn header<'a>(
-    headers: &'a [httparse::Header<'a>],
-    name: &'static str,
-) -> impl Iterator<Item = &'a [u8]> + 'a {
-    headers
-        .iter()
-        .filter(move |h| h.name.eq_ignore_ascii_case(name))
-        .map(|h| h.value)
-}
-
 /// How a message's body is delimited, from its headers.
 #[derive(Clone, Copy, Debug)]
 pub(super) enum BodyFraming {
@@ -193,39 +193,21 @@ pub(super) enum BodyFraming {
     Invalid,
 }
 
-/// Content-Length / Transfer-Encoding rules of RFC 9112 section 6.
-pub(super) fn body_framing(
-    headers: &[httparse::Header<'_>],
-    stats: &mut HttpStats,
-    is_request: bool,
-) -> BodyFraming {
-    let te: Vec<&[u8]> = header(headers, "transfer-encoding").collect();
-    let cl: Vec<&[u8]> = header(headers, "content-length").collect();
-    if !te.is_empty() {
-        if !cl.is_empty() {
-            // Both: a classic request-smuggling shape. TE wins, and we say so.
-            stats.ambiguous_length += 1;
-        }
-        let last = te
-            .last()
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .and_then(|v| v.rsplit(',').next())
-            .map(|v| v.trim().to_ascii_lowercase());
-        return match last.as_deref() {
-            Some("chunked") => BodyFraming::Chunked,
-            _ if is_request => BodyFraming::Invalid,
-            _ => BodyFraming::UntilClose,
-        };
-    }
-    if cl.is_empty() {
-        return if is_request {
-            BodyFraming::None
-        } else {
-            BodyFraming::UntilClose
-        };
-    }
-    let mut value: Option<u64> = None;
-    for raw in cl {
+/// What the Content-Length headers say, read in order until one is wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ContentLength {
+    Absent,
+    Value(u64),
+    /// A value that is not a number.
+    Invalid,
+    /// Two different numbers.
+    Conflicting,
+}
+
+impl ContentLength {
+    /// Takes one Content-Length header (a comma-separated list of values).
+    fn add(self, raw: &[u8]) -> Self {
+        let mut state = self;
         for part in raw.split(|&b| b == b',') {
             let text = std::str::from_utf8(part).unwrap_or("").trim();
             let parsed = if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
@@ -233,19 +215,57 @@ pub(super) fn body_framing(
             } else {
                 None
             };
-            match (parsed, value) {
-                (None, _) => return BodyFraming::Invalid,
-                (Some(v), Some(prev)) if v != prev => {
-                    stats.ambiguous_length += 1;
-                    return BodyFraming::Invalid;
-                }
-                (Some(v), _) => value = Some(v),
-            }
+            state = match (parsed, state) {
+                (_, Self::Invalid | Self::Conflicting) => return state,
+                (None, _) => Self::Invalid,
+                (Some(v), Self::Value(prev)) if v != prev => Self::Conflicting,
+                (Some(v), _) => Self::Value(v),
+            };
+        }
+        state
+    }
+}
+
+/// Content-Length / Transfer-Encoding rules of RFC 9112 section 6, in one pass over the
+/// headers.
+pub(super) fn body_framing(
+    headers: &[httparse::Header<'_>],
+    stats: &mut HttpStats,
+    is_request: bool,
+) -> BodyFraming {
+    let mut te: Option<&[u8]> = None;
+    let mut cl = ContentLength::Absent;
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            te = Some(h.value);
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            cl = cl.add(h.value);
         }
     }
-    match value {
-        Some(0) => BodyFraming::None,
-        Some(n) => BodyFraming::Length(n),
-        None => BodyFraming::Invalid,
+    if let Some(te) = te {
+        if cl != ContentLength::Absent {
+            // Both: a classic request-smuggling shape. TE wins, and we say so.
+            stats.ambiguous_length += 1;
+        }
+        let last = std::str::from_utf8(te)
+            .ok()
+            .and_then(|v| v.rsplit(',').next())
+            .map(|v| v.trim());
+        return match last {
+            Some(coding) if coding.eq_ignore_ascii_case("chunked") => BodyFraming::Chunked,
+            _ if is_request => BodyFraming::Invalid,
+            _ => BodyFraming::UntilClose,
+        };
+    }
+    match cl {
+        ContentLength::Absent if is_request => BodyFraming::None,
+        ContentLength::Absent => BodyFraming::UntilClose,
+        ContentLength::Value(0) => BodyFraming::None,
+        ContentLength::Value(n) => BodyFraming::Length(n),
+        ContentLength::Invalid => BodyFraming::Invalid,
+        ContentLength::Conflicting => {
+            stats.ambiguous_length += 1;
+            BodyFraming::Invalid
+        }
     }
 }

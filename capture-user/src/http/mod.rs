@@ -17,6 +17,7 @@ mod body;
 mod framer;
 mod half;
 mod head;
+mod input;
 #[cfg(test)]
 mod tests;
 

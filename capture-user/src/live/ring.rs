@@ -139,7 +139,7 @@ struct PartialPacket {
 pub struct ChunkAssembler {
     clock: ClockOffset,
     /// At most one packet in flight per CPU: a CPU writes a packet's chunks back to back.
-    partial: HashMap<u32, PartialPacket>,
+    partial: HashMap<u32, PartialPacket, foldhash::fast::RandomState>,
     /// Single-chunk packets are copied here and split off, so most packets cost no allocation.
     arena: BytesMut,
     discarded_incomplete: u64,
@@ -153,7 +153,7 @@ impl ChunkAssembler {
     pub fn new(clock: ClockOffset) -> Self {
         Self {
             clock,
-            partial: HashMap::new(),
+            partial: HashMap::default(),
             arena: BytesMut::new(),
             discarded_incomplete: 0,
         }

@@ -15,6 +15,8 @@ mod stream;
 mod tests;
 
 use std::collections::HashMap;
+
+use foldhash::fast::RandomState;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
@@ -217,7 +219,9 @@ fn conn_key(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
 pub struct Reassembler {
     config: ReassemblyConfig,
     is_server_port: Box<dyn Fn(u16) -> bool + Send>,
-    conns: HashMap<(SocketAddr, SocketAddr), Connection>,
+    /// Keyed by addresses that arrive from the network: a hasher seeded per process (so no
+    /// one can precompute colliding flows), but far cheaper than SipHash per packet.
+    conns: HashMap<(SocketAddr, SocketAddr), Connection, RandomState>,
     next_conn_id: u64,
     held_total: usize,
     stats: ReassemblyStats,
@@ -234,7 +238,7 @@ impl Reassembler {
         Self {
             config,
             is_server_port: Box::new(is_server_port),
-            conns: HashMap::new(),
+            conns: HashMap::default(),
             next_conn_id: 1,
             held_total: 0,
             stats: ReassemblyStats::default(),

@@ -5,6 +5,8 @@
 //! It reuses the capture framer, so a replayed exchange is delimited exactly like a captured
 //! one (HEAD, 1xx, 204/304, chunked, close-delimited bodies).
 
+use bytes::Bytes;
+
 use crate::http::{ConnectionFramer, FramedMessage, HttpConfig, HttpStats, IdAllocator};
 use crate::message::MessageKind;
 use crate::packet::Timestamp;
@@ -67,7 +69,7 @@ impl ResponseReader {
         self.framer.data(
             FlowDir::ToServer,
             Timestamp(0),
-            request,
+            &Bytes::copy_from_slice(request),
             &mut self.ids,
             &mut self.stats,
             &mut self.out,
@@ -81,7 +83,7 @@ impl ResponseReader {
         self.framer.data(
             FlowDir::ToClient,
             Timestamp(0),
-            bytes,
+            &Bytes::copy_from_slice(bytes),
             &mut self.ids,
             &mut self.stats,
             &mut self.out,
