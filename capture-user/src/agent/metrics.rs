@@ -1,23 +1,30 @@
-//! `/metrics`: the agent's recordings' and replays' counters in the Prometheus text format.
-//! The agent takes a [`MetricsSnapshot`] (plain numbers, read at one instant) and
-//! [`render`] turns it into text, so the format is tested without a running agent. The
-//! per-status API call counter is a middleware around every route.
+//! `/metrics`: the agent's recordings' and replays' counters in the Prometheus text format
+//! (0.0.4), written by the `prometheus-client` crate. The agent takes a [`MetricsSnapshot`]
+//! (plain numbers, read at one instant) and [`render`] hands it to the encoder as a
+//! [`Collector`] of constant counters and gauges, so the format is tested without a running
+//! agent. The per-status API call counter is a middleware around every route.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _, prometheus_text};
+use prometheus_client::metrics::MetricType::{self, Counter, Gauge};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
 
 use super::{Agent, lock};
 use crate::recorder::RecorderStatus;
 use crate::replay::report::ReplayReport;
 
 /// Content type of the exposition format [`render`] writes.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
 /// Everything /metrics shows, read from the agent at one instant.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -113,143 +120,265 @@ pub(super) async fn count_requests(
 
 /// `GET /metrics`.
 pub(super) async fn serve(State(agent): State<Arc<Agent>>) -> Response {
-    let text = render(&agent.metrics_snapshot().await);
+    let text = render(agent.metrics_snapshot().await);
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
 }
 
-/// The snapshot in the Prometheus text format.
-pub fn render(s: &MetricsSnapshot) -> String {
+/// The snapshot in the Prometheus text format (version 0.0.4).
+pub fn render(snapshot: MetricsSnapshot) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(snapshot));
     let mut out = String::new();
-    write_recordings(&mut out, s);
-    write_replays(&mut out, s);
+    if let Err(e) = prometheus_text::encode(&mut out, &registry) {
+        log::warn!("encoding /metrics: {e}");
+    }
     out
 }
 
-fn write_recordings(out: &mut String, s: &MetricsSnapshot) {
-    let rec = |r: &RecordingCounters| format!("recording=\"{}\"", label(&r.name));
-    let per_recording =
-        |value: fn(&RecordingCounters) -> u64| s.recordings.iter().map(move |r| (rec(r), value(r)));
-    let active = s.recordings.iter().filter(|r| r.active).count() as u64;
-    write_family(
-        out,
-        "capture_recordings_active",
-        "gauge",
-        "Recordings running on this agent.",
-        [(String::new(), active)],
-    );
-    write_family(
-        out,
-        "capture_recording_messages_total",
-        "counter",
-        "Messages handed to the store, per recording.",
-        per_recording(|r| r.messages),
-    );
-    write_family(
-        out,
-        "capture_recording_store_backlog_messages",
-        "gauge",
-        "Messages queued for the store thread, not yet written (drops start at the queue's cap).",
-        per_recording(|r| r.store_backlog),
-    );
-    write_family(
-        out,
-        "capture_kernel_packets_total",
-        "counter",
-        "eBPF program counters, per recording.",
-        s.recordings.iter().flat_map(|r| {
-            r.kernel
-                .iter()
-                .map(move |(c, v)| (format!("{},counter=\"{c}\"", rec(r)), *v))
-        }),
-    );
-    write_family(
-        out,
-        "capture_recording_drops_total",
-        "counter",
-        "Messages or packets lost, by reason.",
-        s.recordings.iter().flat_map(|r| {
-            r.drops
-                .iter()
-                .map(move |(why, v)| (format!("{},reason=\"{}\"", rec(r), label(why)), *v))
-        }),
-    );
-}
+/// A sample's labels, in the order they are written.
+type Labels = Vec<(&'static str, String)>;
 
-fn write_replays(out: &mut String, s: &MetricsSnapshot) {
-    let active = s.replays.iter().filter(|r| r.active).count() as u64;
-    write_family(
-        out,
-        "capture_replays_active",
-        "gauge",
-        "Replays running on this agent.",
-        [(String::new(), active)],
-    );
-    write_family(
-        out,
-        "capture_replay_requests_total",
-        "counter",
-        "Replayed requests by outcome.",
-        s.replays.iter().flat_map(|r| {
-            [("completed", r.completed), ("failed", r.failed)]
-                .map(|(o, v)| (format!("replay=\"{}\",outcome=\"{o}\"", label(&r.id)), v))
-        }),
-    );
-    write_family(
-        out,
-        "capture_replay_responses_total",
-        "counter",
-        "Replayed responses by status.",
-        s.replays.iter().flat_map(|r| {
-            r.statuses
+impl Collector for MetricsSnapshot {
+    /// Writes every family, each with HELP and TYPE even when it has no samples yet.
+    /// Counter names go without `_total`: the encoder appends it.
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        self.encode_recordings(&mut encoder)?;
+        self.encode_replays(&mut encoder)?;
+        family(
+            &mut encoder,
+            ("capture_agent_http_requests", Counter),
+            "API calls answered, by status code.",
+            self.http_requests
                 .iter()
-                .map(move |(st, n)| (format!("replay=\"{}\",status=\"{st}\"", label(&r.id)), *n))
-        }),
-    );
-    write_family(
-        out,
-        "capture_replay_failures_total",
-        "counter",
-        "Failed replayed requests by kind.",
-        s.replays.iter().flat_map(|r| {
-            r.failures
-                .iter()
-                .map(move |(k, n)| (format!("replay=\"{}\",kind=\"{k}\"", label(&r.id)), *n))
-        }),
-    );
-    write_family(
-        out,
-        "capture_agent_http_requests_total",
-        "counter",
-        "API calls answered, by status code.",
-        s.http_requests
-            .iter()
-            .map(|(code, n)| (format!("code=\"{code}\""), *n)),
-    );
-}
-
-/// Writes one metric family: HELP, TYPE, then a sample per (labels, value), where labels are
-/// already formatted (`a="x",b="y"`, or empty for none).
-fn write_family(
-    out: &mut String,
-    name: &str,
-    kind: &str,
-    help: &str,
-    samples: impl IntoIterator<Item = (String, u64)>,
-) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-    for (labels, value) in samples {
-        if labels.is_empty() {
-            let _ = writeln!(out, "{name} {value}");
-        } else {
-            let _ = writeln!(out, "{name}{{{labels}}} {value}");
-        }
+                .map(|(code, n)| (vec![("code", code.to_string())], *n)),
+        )
     }
 }
 
-/// Escapes a label value.
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+impl MetricsSnapshot {
+    fn encode_recordings(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
+        let recs = &self.recordings;
+        let rec = |r: &RecordingCounters| ("recording", r.name.clone());
+        let active = recs.iter().filter(|r| r.active).count() as u64;
+        family(
+            encoder,
+            ("capture_recordings_active", Gauge),
+            "Recordings running on this agent.",
+            [(vec![], active)],
+        )?;
+        family(
+            encoder,
+            ("capture_recording_messages", Counter),
+            "Messages handed to the store, per recording.",
+            recs.iter().map(|r| (vec![rec(r)], r.messages)),
+        )?;
+        family(
+            encoder,
+            ("capture_recording_store_backlog_messages", Gauge),
+            "Messages queued for the store thread, not yet written (drops start at the queue's cap).",
+            recs.iter().map(|r| (vec![rec(r)], r.store_backlog)),
+        )?;
+        family(
+            encoder,
+            ("capture_kernel_packets", Counter),
+            "eBPF program counters, per recording.",
+            recs.iter().flat_map(|r| {
+                r.kernel
+                    .iter()
+                    .map(move |(c, v)| (vec![rec(r), ("counter", c.to_string())], *v))
+            }),
+        )?;
+        family(
+            encoder,
+            ("capture_recording_drops", Counter),
+            "Messages or packets lost, by reason.",
+            recs.iter().flat_map(|r| {
+                r.drops
+                    .iter()
+                    .map(move |(why, v)| (vec![rec(r), ("reason", why.clone())], *v))
+            }),
+        )
+    }
+
+    fn encode_replays(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
+        let reps = &self.replays;
+        let rep = |r: &ReplayCounters| ("replay", r.id.clone());
+        let active = reps.iter().filter(|r| r.active).count() as u64;
+        family(
+            encoder,
+            ("capture_replays_active", Gauge),
+            "Replays running on this agent.",
+            [(vec![], active)],
+        )?;
+        family(
+            encoder,
+            ("capture_replay_requests", Counter),
+            "Replayed requests by outcome.",
+            reps.iter().flat_map(|r| {
+                [("completed", r.completed), ("failed", r.failed)]
+                    .map(|(outcome, v)| (vec![rep(r), ("outcome", outcome.to_string())], v))
+            }),
+        )?;
+        family(
+            encoder,
+            ("capture_replay_responses", Counter),
+            "Replayed responses by status.",
+            reps.iter().flat_map(|r| {
+                r.statuses
+                    .iter()
+                    .map(move |(status, n)| (vec![rep(r), ("status", status.clone())], *n))
+            }),
+        )?;
+        family(
+            encoder,
+            ("capture_replay_failures", Counter),
+            "Failed replayed requests by kind.",
+            reps.iter().flat_map(|r| {
+                r.failures
+                    .iter()
+                    .map(move |(kind, n)| (vec![rep(r), ("kind", kind.clone())], *n))
+            }),
+        )
+    }
+}
+
+/// Writes one family: its descriptor, then a constant counter or gauge per sample.
+fn family(
+    encoder: &mut DescriptorEncoder,
+    (name, kind): (&str, MetricType),
+    help: &str,
+    samples: impl IntoIterator<Item = (Labels, u64)>,
+) -> fmt::Result {
+    let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
+    for (labels, value) in samples {
+        let sample = metric.encode_family(&labels)?;
+        match kind {
+            Counter => ConstCounter::new(value).encode(sample)?,
+            _ => ConstGauge::new(value).encode(sample)?,
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot() -> MetricsSnapshot {
+        MetricsSnapshot {
+            recordings: vec![RecordingCounters {
+                name: "peak".into(),
+                active: true,
+                messages: 20,
+                store_backlog: 3,
+                kernel: vec![("seen", 40), ("captured", 38)],
+                drops: vec![
+                    ("kernel_ring_full".into(), 2),
+                    ("store_queue_full".into(), 0),
+                ],
+            }],
+            replays: vec![ReplayCounters {
+                id: "r1".into(),
+                active: false,
+                completed: 9,
+                failed: 1,
+                statuses: [("200".to_string(), 9)].into(),
+                failures: [("connect_refused".to_string(), 1)].into(),
+            }],
+            http_requests: [(200, 5), (401, 1)].into(),
+        }
+    }
+
+    /// The families, names, labels and types the agent has always served (the counters
+    /// get `_total` from the encoder, not from us).
+    #[test]
+    fn a_snapshot_renders_as_the_agent_always_served_it() {
+        let expected = r#"# HELP capture_recordings_active Recordings running on this agent.
+# TYPE capture_recordings_active gauge
+capture_recordings_active 1
+# HELP capture_recording_messages_total Messages handed to the store, per recording.
+# TYPE capture_recording_messages_total counter
+capture_recording_messages_total{recording="peak"} 20
+# HELP capture_recording_store_backlog_messages Messages queued for the store thread, not yet written (drops start at the queue's cap).
+# TYPE capture_recording_store_backlog_messages gauge
+capture_recording_store_backlog_messages{recording="peak"} 3
+# HELP capture_kernel_packets_total eBPF program counters, per recording.
+# TYPE capture_kernel_packets_total counter
+capture_kernel_packets_total{recording="peak",counter="seen"} 40
+capture_kernel_packets_total{recording="peak",counter="captured"} 38
+# HELP capture_recording_drops_total Messages or packets lost, by reason.
+# TYPE capture_recording_drops_total counter
+capture_recording_drops_total{recording="peak",reason="kernel_ring_full"} 2
+capture_recording_drops_total{recording="peak",reason="store_queue_full"} 0
+# HELP capture_replays_active Replays running on this agent.
+# TYPE capture_replays_active gauge
+capture_replays_active 0
+# HELP capture_replay_requests_total Replayed requests by outcome.
+# TYPE capture_replay_requests_total counter
+capture_replay_requests_total{replay="r1",outcome="completed"} 9
+capture_replay_requests_total{replay="r1",outcome="failed"} 1
+# HELP capture_replay_responses_total Replayed responses by status.
+# TYPE capture_replay_responses_total counter
+capture_replay_responses_total{replay="r1",status="200"} 9
+# HELP capture_replay_failures_total Failed replayed requests by kind.
+# TYPE capture_replay_failures_total counter
+capture_replay_failures_total{replay="r1",kind="connect_refused"} 1
+# HELP capture_agent_http_requests_total API calls answered, by status code.
+# TYPE capture_agent_http_requests_total counter
+capture_agent_http_requests_total{code="200"} 5
+capture_agent_http_requests_total{code="401"} 1
+"#;
+        assert_eq!(render(snapshot()), expected);
+    }
+
+    #[test]
+    fn an_idle_agent_describes_every_family_and_counts_zero_active() {
+        let text = render(MetricsSnapshot::default());
+        assert_eq!(
+            text.lines().filter(|l| l.starts_with("# TYPE ")).count(),
+            10
+        );
+        let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            samples,
+            ["capture_recordings_active 0", "capture_replays_active 0"]
+        );
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut s = MetricsSnapshot::default();
+        s.replays.push(ReplayCounters {
+            id: "r1".into(),
+            active: true,
+            completed: 0,
+            failed: 1,
+            statuses: BTreeMap::new(),
+            failures: [("said \"no\"\\\n".to_string(), 1)].into(),
+        });
+        let text = render(s);
+        assert!(
+            text.contains(r#"capture_replay_failures_total{replay="r1",kind="said \"no\"\\\n"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("capture_replays_active 1"), "{text}");
+    }
+
+    #[test]
+    fn a_recordings_drops_are_its_status_losses() {
+        let status = RecorderStatus {
+            messages_queued: 7,
+            messages_written: 5,
+            store_queue_full: 4,
+            ..RecorderStatus::default()
+        };
+        let c = RecordingCounters::new("peak", true, &status);
+        assert_eq!((c.messages, c.store_backlog), (7, 2));
+        assert_eq!(c.drops, status.losses());
+        assert!(c.drops.contains(&("store_queue_full".to_string(), 4)));
+        assert_eq!(
+            c.kernel,
+            status.live.capture.kernel.pairs().collect::<Vec<_>>()
+        );
+    }
 }
