@@ -56,7 +56,7 @@ impl ApiError {
 }
 
 /// The body of every error answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// What went wrong, naming the field or thing.
     pub error: String,

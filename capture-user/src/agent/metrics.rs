@@ -118,7 +118,17 @@ pub(super) async fn count_requests(
     response
 }
 
-/// `GET /metrics`.
+/// Prometheus metrics
+///
+/// Recordings' and replays' counters, and API calls by status, in the Prometheus text
+/// format 0.0.4.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "operations",
+    responses((status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain"))
+)]
 pub(super) async fn serve(State(agent): State<Arc<Agent>>) -> Response {
     let text = render(agent.metrics_snapshot().await);
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()

@@ -3,9 +3,11 @@
 //! ([`crate::recorder::Recorder`], [`crate::replay::engine::Replay`]); this module routes,
 //! validates and reports.
 //!
-//! The routes are one table, [`ROUTES`]: the router is built from it and the token layer
-//! reads from it which routes are open. Around every route, outermost first:
-//! - the call counter ([`metrics::count_requests`]) counts each answer by status;
+//! The routes are one table, [`ROUTES`]: the router is built from it, the token layer reads
+//! from it which routes are open, and the OpenAPI document ([`openapi`], served at
+//! `/v1/openapi.json`) takes each operation's security from it; tests check that the document
+//! describes exactly these routes. Around every route, outermost first:
+//! - the call counter (`metrics::count_requests`) counts each answer by status;
 //! - the token layer ([`auth::require_token`]) answers 401 unless the call carries the
 //!   bearer token (the readiness probe is open);
 //! - the body limit (`DefaultBodyLimit`, [`extract::MAX_BODY`]) makes bodies over 1 MiB a 413.
@@ -18,6 +20,7 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod metrics;
+pub mod openapi;
 pub mod recordings;
 pub mod replays;
 
@@ -108,7 +111,8 @@ pub enum Access {
 }
 
 /// One route the API serves. [`ROUTES`] is the only list of them: the router is built from
-/// it, the token layer learns the open routes from it, tests compare documents with it.
+/// it, the token layer learns the open routes from it, tests compare the OpenAPI document
+/// with it.
 pub struct Route {
     pub method: Method,
     /// In the router's syntax, which is OpenAPI's: `/v1/replays/{id}`.
@@ -136,6 +140,12 @@ pub static ROUTES: &[Route] = &[
         path: "/metrics",
         access: Access::Token,
         handler: |m| on(m, metrics::serve),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/openapi.json",
+        access: Access::Token,
+        handler: |m| on(m, openapi::serve),
     },
     Route {
         method: Method::POST,
@@ -211,7 +221,17 @@ pub fn app(agent: Arc<Agent>) -> NormalizePath<Router> {
     NormalizePath::trim_trailing_slash(router)
 }
 
-/// `GET /healthz`: the API listens (says nothing about whether capturing works here).
+/// Readiness
+///
+/// Answers `ok` once the API listens; says nothing about whether capturing works on this
+/// node (start a short recording for that). Needs no token.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    tag = "operations",
+    responses((status = 200, description = "The API listens", body = String, content_type = "text/plain"))
+)]
 async fn healthz() -> ([(header::HeaderName, &'static str); 1], &'static str) {
     ([(header::CONTENT_TYPE, "text/plain")], "ok\n")
 }
@@ -248,7 +268,7 @@ pub fn read_token(path: &PathBuf) -> anyhow::Result<String> {
 }
 
 /// Serves the API until SIGINT/SIGTERM; then lets calls in progress answer (up to
-/// [`DRAIN`]), stops what runs ([`Agent::shutdown`]) and returns.
+/// `DRAIN`, 5 s), stops what runs ([`Agent::shutdown`]) and returns.
 pub async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     if config.token.is_none() && !config.listen.ip().is_loopback() {
         anyhow::bail!(

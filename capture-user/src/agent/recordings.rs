@@ -9,8 +9,9 @@ use anyhow::Context as _;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiResult, Reply};
 use super::metrics::RecordingCounters;
 use super::{Agent, forget_oldest, lock};
@@ -19,7 +20,7 @@ use crate::recorder::{Recorder, RecorderConfig, RecorderStatus};
 use crate::store::{Recording, RecordingState, StoreConfig};
 
 /// `POST /v1/recordings`: what to record, and where to store it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartRecording {
     /// Recording name: 1-200 letters, digits, '.', '_' or '-'.
@@ -82,7 +83,7 @@ impl StartRecording {
 }
 
 /// The answer to a started recording.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct RecordingStarted {
     pub name: String,
     /// Always `recording`.
@@ -94,7 +95,7 @@ pub struct RecordingStarted {
 }
 
 /// A recording's catalog entry, with what this agent knows beyond it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct RecordingView {
     #[serde(flatten)]
     pub recording: Recording,
@@ -107,13 +108,13 @@ pub struct RecordingView {
 }
 
 /// `GET /v1/recordings`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct RecordingList {
     pub recordings: Vec<RecordingView>,
 }
 
 /// Counters of a recording while it runs (updated every second).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct LiveCounters {
     pub elapsed_s: f64,
     /// Messages handed to the store thread.
@@ -329,7 +330,24 @@ impl Recordings {
     }
 }
 
-/// `POST /v1/recordings`: 201 once the capture is attached and the catalog entry open.
+/// Start a recording on this node
+///
+/// Attaches the capture to the interfaces and opens the recording's catalog entry; answers
+/// once both are done. With Kafka (the agent's or the call's), agents that start the same
+/// name record one shared recording.
+#[utoipa::path(
+    post,
+    path = "/v1/recordings",
+    operation_id = "start_recording",
+    tag = "recordings",
+    request_body = StartRecording,
+    responses(
+        (status = 201, description = "Recording", body = RecordingStarted),
+        (status = 400, description = "Bad field (name, interfaces, ports, ring_size...) or unknown interface", body = ErrorBody),
+        (status = 409, description = "A recording of that name already runs on this agent", body = ErrorBody),
+        (status = 500, description = "Capturing cannot work on this node (privileges, kernel)", body = ErrorBody),
+    )
+)]
 pub(super) async fn start(
     State(agent): State<Arc<Agent>>,
     ApiJson(req): ApiJson<StartRecording>,
@@ -338,12 +356,34 @@ pub(super) async fn start(
     Ok(Reply(StatusCode::CREATED, started))
 }
 
-/// `GET /v1/recordings`.
+/// List recordings
+///
+/// Every recording in the agent's store; the ones this agent records carry `live` counters.
+#[utoipa::path(
+    get,
+    path = "/v1/recordings",
+    operation_id = "list_recordings",
+    tag = "recordings",
+    responses((status = 200, description = "Recordings", body = RecordingList))
+)]
 pub(super) async fn list(State(agent): State<Arc<Agent>>) -> ApiResult<RecordingList> {
     Ok(Reply::ok(agent.recordings.list(&agent.config.store).await?))
 }
 
-/// `GET /v1/recordings/{name}`.
+/// Show a recording
+///
+/// Its catalog entry, with `live` counters while this agent records it.
+#[utoipa::path(
+    get,
+    path = "/v1/recordings/{name}",
+    operation_id = "get_recording",
+    tag = "recordings",
+    params(("name" = String, Path, description = "Recording name")),
+    responses(
+        (status = 200, description = "Recording", body = RecordingView),
+        (status = 404, description = "No such recording", body = ErrorBody),
+    )
+)]
 pub(super) async fn get(
     State(agent): State<Arc<Agent>>,
     ApiPath(name): ApiPath<String>,
@@ -353,7 +393,21 @@ pub(super) async fn get(
     ))
 }
 
-/// `POST /v1/recordings/{name}/stop`: the final catalog entry.
+/// Stop a recording
+///
+/// Drains the capture, flushes the store and closes the catalog entry; answers with the
+/// final entry (messages, bytes, window, drops).
+#[utoipa::path(
+    post,
+    path = "/v1/recordings/{name}/stop",
+    operation_id = "stop_recording",
+    tag = "recordings",
+    params(("name" = String, Path, description = "Recording name")),
+    responses(
+        (status = 200, description = "The final catalog entry", body = RecordingView),
+        (status = 404, description = "Not running on this agent", body = ErrorBody),
+    )
+)]
 pub(super) async fn stop(
     State(agent): State<Arc<Agent>>,
     ApiPath(name): ApiPath<String>,

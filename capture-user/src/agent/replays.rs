@@ -12,8 +12,9 @@ use anyhow::Context as _;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiResult, Reply};
 use super::metrics::ReplayCounters;
 use super::{Agent, AgentConfig, forget_oldest, lock};
@@ -24,7 +25,7 @@ use crate::replay::select::{FilterRule, Filters};
 use crate::replay::target::Target;
 
 /// `POST /v1/replays`: what to replay, where, and how (fields as the `replay` command's flags).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartReplay {
     /// Name of the recording to replay.
@@ -133,7 +134,7 @@ fn duration_field(field: &str, value: &Option<String>) -> Result<Option<Duration
 }
 
 /// Where a replay is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ReplayState {
     /// Sending.
@@ -149,7 +150,7 @@ pub enum ReplayState {
 }
 
 /// The answer to a started replay.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ReplayStarted {
     /// The replay's id on this agent, for `GET` and `DELETE /v1/replays/{id}`.
     pub id: String,
@@ -164,7 +165,7 @@ pub struct ReplayStarted {
 }
 
 /// A replay's state, progress and report so far (final once ended).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ReplayView {
     pub id: String,
     pub recording: String,
@@ -175,7 +176,7 @@ pub struct ReplayView {
 }
 
 /// How far a replay got.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Progress {
     pub planned: u64,
     /// Completed or failed.
@@ -185,7 +186,7 @@ pub struct Progress {
 }
 
 /// `GET /v1/replays`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ReplayList {
     pub replays: Vec<ReplayView>,
 }
@@ -397,7 +398,23 @@ fn check_target(allow: &[String], target: &Target) -> Result<(), ApiError> {
     )))
 }
 
-/// `POST /v1/replays`: 201 once the recording is loaded and sending started.
+/// Start a replay
+///
+/// Reads the recording, keeps the requests the filters pass, applies the rewrites, plans the
+/// sends and starts them; answers once sending started.
+#[utoipa::path(
+    post,
+    path = "/v1/replays",
+    operation_id = "start_replay",
+    tag = "replays",
+    request_body = StartReplay,
+    responses(
+        (status = 201, description = "Replay running", body = ReplayStarted),
+        (status = 400, description = "Bad field (target, pace, filters, rewrites, durations) or nothing to replay", body = ErrorBody),
+        (status = 403, description = "Target outside the agent's --allow-target list", body = ErrorBody),
+        (status = 404, description = "No such recording", body = ErrorBody),
+    )
+)]
 pub(super) async fn start(
     State(agent): State<Arc<Agent>>,
     ApiJson(req): ApiJson<StartReplay>,
@@ -406,12 +423,34 @@ pub(super) async fn start(
     Ok(Reply(StatusCode::CREATED, started))
 }
 
-/// `GET /v1/replays`.
+/// List replays
+///
+/// The replays this agent runs and the last ones it ran.
+#[utoipa::path(
+    get,
+    path = "/v1/replays",
+    operation_id = "list_replays",
+    tag = "replays",
+    responses((status = 200, description = "Replays", body = ReplayList))
+)]
 pub(super) async fn list(State(agent): State<Arc<Agent>>) -> ApiResult<ReplayList> {
     Ok(Reply::ok(agent.replays.list().await))
 }
 
-/// `GET /v1/replays/{id}`: state, progress and the report so far.
+/// Show a replay
+///
+/// Its state, progress and the report so far (final once it ended).
+#[utoipa::path(
+    get,
+    path = "/v1/replays/{id}",
+    operation_id = "get_replay",
+    tag = "replays",
+    params(("id" = String, Path, description = "Replay id, as the start call answered (r1, r2...)")),
+    responses(
+        (status = 200, description = "Replay", body = ReplayView),
+        (status = 404, description = "No such replay on this agent", body = ErrorBody),
+    )
+)]
 pub(super) async fn get(
     State(agent): State<Arc<Agent>>,
     ApiPath(id): ApiPath<String>,
@@ -419,7 +458,21 @@ pub(super) async fn get(
     Ok(Reply::ok(agent.replays.get(&id).await?))
 }
 
-/// `DELETE /v1/replays/{id}`: stops it; the final report.
+/// Stop a replay
+///
+/// Stops sending (requests in flight get a short grace for their answers) and answers with
+/// the final report; a replay that already ended is shown as it is.
+#[utoipa::path(
+    delete,
+    path = "/v1/replays/{id}",
+    operation_id = "stop_replay",
+    tag = "replays",
+    params(("id" = String, Path, description = "Replay id, as the start call answered (r1, r2...)")),
+    responses(
+        (status = 200, description = "The final report", body = ReplayView),
+        (status = 404, description = "No such replay on this agent", body = ErrorBody),
+    )
+)]
 pub(super) async fn stop(
     State(agent): State<Arc<Agent>>,
     ApiPath(id): ApiPath<String>,

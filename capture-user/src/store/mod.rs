@@ -48,7 +48,7 @@ pub enum StoreError {
 }
 
 /// State of a recording in the catalog.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RecordingState {
     /// A recorder is (or was, until it is found dead) storing into it.
@@ -70,7 +70,7 @@ impl std::fmt::Display for RecordingState {
 }
 
 /// The process that owns a running recording, to tell a live recorder from a dead one.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Owner {
     pub node: String,
     pub pid: u32,
@@ -133,7 +133,7 @@ fn process_start_ticks(pid: u32) -> Option<u64> {
 }
 
 /// A recording as the catalog keeps it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Recording {
     pub name: String,
     /// `embedded` or `kafka`.
@@ -141,8 +141,11 @@ pub struct Recording {
     /// Kafka topic (None for the embedded store).
     pub topic: Option<String>,
     /// Where the window starts, per partition (the embedded store has partition 0).
+    // In JSON the partition numbers are object keys, hence strings.
+    #[schema(value_type = BTreeMap<String, i64>)]
     pub start: BTreeMap<i32, i64>,
     /// Where it ends (exclusive), once stopped or found interrupted.
+    #[schema(value_type = Option<BTreeMap<String, i64>>)]
     pub end: Option<BTreeMap<i32, i64>>,
     pub started_at_ns: u64,
     pub stopped_at_ns: Option<u64>,
