@@ -114,10 +114,12 @@ pub enum Access {
 /// it, the token layer learns the open routes from it, tests compare the OpenAPI document
 /// with it.
 pub struct Route {
+    /// One method per entry; a path with several methods has several entries.
     pub method: Method,
     /// In the router's syntax, which is OpenAPI's: `/v1/replays/{id}`.
     pub path: &'static str,
     pub access: Access,
+    /// The handler on `method`, as axum routes it.
     handler: fn(MethodFilter) -> MethodRouter<Arc<Agent>>,
 }
 

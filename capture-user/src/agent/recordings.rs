@@ -85,10 +85,13 @@ impl StartRecording {
 /// The answer to a started recording.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RecordingStarted {
+    /// The recording's name, for the other calls.
     pub name: String,
     /// Always `recording`.
     pub state: RecordingState,
+    /// As asked.
     pub interfaces: Vec<String>,
+    /// As asked.
     pub ports: Vec<i64>,
     /// True when stored in Kafka, where agents that start the same name share the recording.
     pub shared: bool,
@@ -97,6 +100,7 @@ pub struct RecordingStarted {
 /// A recording's catalog entry, with what this agent knows beyond it.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RecordingView {
+    /// The catalog entry, its fields inline.
     #[serde(flatten)]
     pub recording: Recording,
     /// Counters so far, while this agent records it.
@@ -110,12 +114,14 @@ pub struct RecordingView {
 /// `GET /v1/recordings`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RecordingList {
+    /// Every recording in the agent's store.
     pub recordings: Vec<RecordingView>,
 }
 
 /// Counters of a recording while it runs (updated every second).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct LiveCounters {
+    /// Seconds since the recording started here.
     pub elapsed_s: f64,
     /// Messages handed to the store thread.
     pub messages_queued: u64,

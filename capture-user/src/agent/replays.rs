@@ -154,7 +154,9 @@ pub enum ReplayState {
 pub struct ReplayStarted {
     /// The replay's id on this agent, for `GET` and `DELETE /v1/replays/{id}`.
     pub id: String,
+    /// As asked.
     pub recording: String,
+    /// As asked.
     pub target: String,
     /// Distinct requests (before loops).
     pub requests: usize,
@@ -167,27 +169,36 @@ pub struct ReplayStarted {
 /// A replay's state, progress and report so far (final once ended).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ReplayView {
+    /// The replay's id on this agent.
     pub id: String,
+    /// The recording replayed.
     pub recording: String,
+    /// Where it sends.
     pub target: String,
     pub state: ReplayState,
+    /// Counts for a progress bar.
     pub progress: Progress,
+    /// The report so far, as `capture replay --json` prints it (final once ended).
     pub report: ReplayReport,
 }
 
 /// How far a replay got.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Progress {
+    /// Sends planned (requests × loops).
     pub planned: u64,
     /// Completed or failed.
     pub done: u64,
+    /// Got a complete response.
     pub completed: u64,
+    /// Got no response (refused, timed out, reset...).
     pub failed: u64,
 }
 
 /// `GET /v1/replays`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ReplayList {
+    /// Running ones, and up to 200 that ended.
     pub replays: Vec<ReplayView>,
 }
 
