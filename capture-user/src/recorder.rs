@@ -76,6 +76,17 @@ pub const DEFAULT_THREADS: usize = 1;
 /// ring thread are the limit anyway.
 pub const MAX_THREADS: usize = 16;
 
+/// Checks a number of framing threads, with a message that says the range.
+pub fn check_threads(threads: usize) -> Result<usize, String> {
+    if (1..=MAX_THREADS).contains(&threads) {
+        Ok(threads)
+    } else {
+        Err(format!(
+            "framing threads are 1-{MAX_THREADS}, got {threads}"
+        ))
+    }
+}
+
 /// A recording's counters while it runs.
 #[derive(Clone, Debug, Default)]
 pub struct RecorderStatus {
@@ -267,12 +278,7 @@ impl Recorder {
             tx,
             counters: counters.clone(),
         };
-        if !(1..=MAX_THREADS).contains(&config.threads) {
-            anyhow::bail!(
-                "--threads must be 1-{MAX_THREADS} (framing threads), got {}",
-                config.threads
-            );
-        }
+        check_threads(config.threads).map_err(anyhow::Error::msg)?;
         let live = LiveMessages::start(&config.capture, config.threads, queue)?;
         let source = format!(
             "live {} ports {:?}",

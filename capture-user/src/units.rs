@@ -1,11 +1,18 @@
 //! Ports and byte sizes as people write them (`8080`, `16MiB`), parsed with messages that
 //! say what is accepted; the command line and the agent's API share them.
 
+/// A TCP port from a number, with a message that says the valid range.
+pub fn port(number: i64) -> Result<u16, String> {
+    match u16::try_from(number) {
+        Ok(port) if port > 0 => Ok(port),
+        _ => Err(format!("{number} is not a TCP port (1-65535)")),
+    }
+}
+
 /// Parses a TCP port with a message that says the valid range.
 pub fn parse_port(text: &str) -> Result<u16, String> {
-    match text.trim().parse::<u32>() {
-        Ok(port @ 1..=65535) => Ok(port as u16),
-        Ok(_) => Err(format!("TCP ports are 1-65535, got {text}")),
+    match text.trim().parse::<i64>() {
+        Ok(number) => port(number),
         Err(_) => Err(format!("not a port number: {text:?}; use 1-65535")),
     }
 }

@@ -1,8 +1,10 @@
 //! `capture agent` over real HTTP (curl) in network namespaces: recordings and replays started,
 //! polled and stopped through the API match what the CLI gives; bad calls get the right status
 //! and a message naming the problem; two agents share one Kafka recording; /metrics parses with
-//! the reference Prometheus parser (prometheus-client) and moves with traffic.
+//! the reference Prometheus parser (prometheus-client) and moves with traffic; the OpenAPI
+//! document validates (openapi-spec-validator) and lists exactly the routes the agent serves.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -518,5 +520,112 @@ fn two_agents_record_one_shared_kafka_recording_and_its_replay_sends_both_nodes_
     agent_a.stop(libc::SIGTERM)?;
     agent_b.stop(libc::SIGTERM)?;
     drop(broker);
+    Ok(())
+}
+
+/// (METHOD, path) of every operation an OpenAPI document describes.
+fn documented_routes(doc: &Value) -> BTreeSet<(String, String)> {
+    let methods = [
+        "get", "put", "post", "delete", "patch", "head", "options", "trace",
+    ];
+    doc["paths"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .flat_map(|(path, item)| {
+            methods
+                .iter()
+                .filter(|m| item.get(**m).is_some())
+                .map(|m| (m.to_uppercase(), path.clone()))
+        })
+        .collect()
+}
+
+/// Runs openapi-spec-validator (the reference OpenAPI validator) on `doc`.
+fn validate_openapi(doc: &Value) -> Result<()> {
+    let script = "import json, sys\n\
+                  from openapi_spec_validator import validate\n\
+                  validate(json.load(sys.stdin))\n";
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(doc.to_string().as_bytes())?;
+    let out = child.wait_with_output()?;
+    ensure!(
+        out.status.success(),
+        "openapi-spec-validator rejected /v1/openapi.json (install it with `cargo xtask setup`): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+#[test]
+fn the_openapi_document_validates_and_lists_exactly_the_routes_the_agent_serves() -> Result<()> {
+    let topo = Topology::new("ago")?;
+    let data = tempfile::tempdir()?;
+    let dir = data.path().display().to_string();
+    let listen = format!("{}:{API_PORT}", topo.client_ip);
+    let agent = start_agent(
+        &topo.client_ns,
+        &listen,
+        data.path(),
+        &["--data-dir", &dir],
+        &[],
+    )?;
+    let api = Api {
+        ns: &topo.client_ns,
+        base: format!("http://{listen}"),
+    };
+    assert_eq!(api.call("GET", "/v1/openapi.json", None, None)?.0, 401);
+    let doc = api.ok("GET", "/v1/openapi.json", None)?;
+    validate_openapi(&doc)?;
+
+    // The routes the router is built from, and the document, name the same operations.
+    let routes = capture_user::agent::ROUTES;
+    let served: BTreeSet<(String, String)> = routes
+        .iter()
+        .map(|r| (r.method.to_string(), r.path.to_string()))
+        .collect();
+    assert_eq!(documented_routes(&doc), served);
+    // And the running agent answers each of them from a handler, not the no-route fallback.
+    for route in routes {
+        let path = route.path.replace("{name}", "nope").replace("{id}", "r999");
+        let (status, text) = api.raw(route.method.as_str(), &path, None, Some(TOKEN))?;
+        let error = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        assert!(
+            !error.starts_with("no route"),
+            "{route:?} is not served: {status} {text}"
+        );
+        let open = route.access == capture_user::agent::Access::Open;
+        let op = &doc["paths"][route.path][route.method.as_str().to_lowercase()];
+        assert_eq!(op["security"].is_null(), open, "{route:?}: {op}");
+    }
+    // The request bodies, field by field.
+    let schemas = &doc["components"]["schemas"];
+    for (body, field) in [
+        ("StartRecording", "interfaces"),
+        ("StartRecording", "ring_size"),
+        ("StartReplay", "loop"),
+        ("StartReplay", "rewrite_urls"),
+    ] {
+        assert!(
+            schemas[body]["properties"].get(field).is_some(),
+            "{body} lacks {field}: {}",
+            schemas[body]
+        );
+    }
+    let out = agent.stop(libc::SIGTERM)?;
+    assert!(out.status.success(), "{}", out.stderr.join("\n"));
     Ok(())
 }

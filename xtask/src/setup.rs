@@ -75,8 +75,9 @@ fn ensure_tansu() -> Result<()> {
     )
 }
 
-/// Python packages the tests use as independent peers: confluent-kafka (offsets cross-check)
-/// and prometheus-client (the reference parser of the agent's /metrics text).
+/// Python packages the tests use as independent peers: confluent-kafka (offsets cross-check),
+/// prometheus-client (the reference parser of the agent's /metrics text) and
+/// openapi-spec-validator (the reference validator of the agent's OpenAPI document).
 const PYTHON_PACKAGES: &[(&str, &str, &str)] = &[
     (
         "confluent_kafka",
@@ -87,6 +88,11 @@ const PYTHON_PACKAGES: &[(&str, &str, &str)] = &[
         "prometheus_client",
         "prometheus-client",
         "reference /metrics parser",
+    ),
+    (
+        "openapi_spec_validator",
+        "openapi-spec-validator",
+        "reference OpenAPI validator for the agent's /v1/openapi.json",
     ),
 ];
 

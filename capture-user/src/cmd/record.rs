@@ -39,7 +39,7 @@ pub struct RecordArgs {
 
     /// Framing threads: 1 frames where the ring is drained; more spread connections over
     /// that many threads (each connection stays on one, in order) for a busy node.
-    #[arg(long, value_name = "N", default_value_t = crate::recorder::DEFAULT_THREADS)]
+    #[arg(long, value_name = "N", default_value_t = crate::recorder::DEFAULT_THREADS, value_parser = parse_threads)]
     pub threads: usize,
 
     /// Join a recording of the same name that other nodes are making (Kafka only): each
@@ -68,6 +68,14 @@ pub struct ImportArgs {
 
     #[command(flatten)]
     pub store: StoreArgs,
+}
+
+fn parse_threads(text: &str) -> Result<usize, String> {
+    let n = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a number of threads: {text:?}"))?;
+    crate::recorder::check_threads(n)
 }
 
 /// Prints what a user needs after a recording: counts, window, drops.

@@ -209,7 +209,7 @@ impl Tally {
 }
 
 /// Percentiles in milliseconds.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Percentiles {
     pub count: u64,
     pub p50: f64,
@@ -235,7 +235,7 @@ impl Percentiles {
 }
 
 /// Responses whose status differs from the recorded one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Mismatch {
     pub recorded: u16,
     pub replayed: u16,
@@ -243,7 +243,7 @@ pub struct Mismatch {
 }
 
 /// The summary of a replay, printed as text or JSON.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ReplayReport {
     pub planned: u64,
     pub sent: u64,

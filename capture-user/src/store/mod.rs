@@ -79,7 +79,7 @@ impl StoreError {
 }
 
 /// State of a recording in the catalog.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RecordingState {
     /// A recorder is (or was, until it is found dead) storing into it.
@@ -105,7 +105,7 @@ impl std::fmt::Display for RecordingState {
 }
 
 /// A recording as the catalog keeps it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Recording {
     pub name: String,
     /// `embedded` or `kafka`.
@@ -113,8 +113,11 @@ pub struct Recording {
     /// Kafka topic (None for the embedded store).
     pub topic: Option<String>,
     /// Where the window starts, per partition (the embedded store has partition 0).
+    // In JSON the partition numbers are object keys, hence strings.
+    #[schema(value_type = BTreeMap<String, i64>)]
     pub start: BTreeMap<i32, i64>,
     /// Where it ends (exclusive), once stopped or found interrupted.
+    #[schema(value_type = Option<BTreeMap<String, i64>>)]
     pub end: Option<BTreeMap<i32, i64>>,
     pub started_at_ns: u64,
     pub stopped_at_ns: Option<u64>,

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The process that owns a running recording, to tell a live recorder from a dead one.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Owner {
     pub node: String,
     pub pid: u32,
