@@ -75,7 +75,8 @@ enum Task {
         #[arg(default_value = "all")]
         which: String,
         /// Options for the benchmark: for overhead, --repeat N (print N tables, the VM is
-        /// noisy) and --duration 10s (wrk's time per row).
+        /// noisy), --duration 10s (wrk's time per row) and --rows record,tcpdump (only
+        /// those rows besides the baseline).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },

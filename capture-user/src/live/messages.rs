@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use super::ring::PacketBatch;
+use super::reader::PacketBatch;
 use super::{CaptureConfig, CaptureStats, LiveCapture, PacketSink};
 use crate::message::HttpMessage;
 use crate::packet::Timestamp;

@@ -5,6 +5,7 @@
 
 pub mod loader;
 pub mod messages;
+pub mod reader;
 pub mod ring;
 
 use std::collections::HashMap;
@@ -18,13 +19,15 @@ pub use loader::{
     parse_ring_size,
 };
 pub use messages::{LiveMessages, LiveStats, MessageSink};
-pub use ring::{PacketBatch, PacketSink, RingStatsSnapshot};
+pub use reader::{PacketBatch, PacketSink};
+pub use ring::RingStatsSnapshot;
 
 use loader::{AttachedCapture, KernelCounters};
-use ring::{ChannelSink, ClockOffset, RingReader};
+use reader::{ChannelSink, RingReader};
+use ring::ClockOffset;
 
 /// Batches queued between the ring thread and an async consumer ([`LivePackets`]). With up
-/// to [`ring::MAX_BATCH_PACKETS`] packets each this bounds userspace memory; beyond it the
+/// to [`reader::MAX_BATCH_PACKETS`] packets each this bounds userspace memory; beyond it the
 /// ring fills and the kernel counts drops.
 pub const CHANNEL_BATCHES: usize = 64;
 
@@ -71,7 +74,7 @@ impl<S: PacketSink> LiveCapture<S> {
         } else {
             None
         };
-        let reader = ring::spawn_reader(ring, ClockOffset::now(), sink)
+        let reader = reader::spawn_reader(ring, ClockOffset::now(), sink)
             .context("starting the ring reader thread")?;
         let interface_names = config
             .interfaces

@@ -43,6 +43,10 @@ struct Cli {
     /// overhead: how long wrk runs for each row (whole seconds).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
+    /// overhead: only these rows (comma-separated; the baseline always runs), e.g.
+    /// `record,tcpdump` while working on one path.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    rows: Vec<overhead::Tool>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -63,6 +67,7 @@ fn main() -> Result<()> {
         overhead::overhead(&overhead::Options {
             duration: cli.duration,
             repeat: cli.repeat,
+            rows: cli.rows.clone(),
         })
     };
     match cli.which {

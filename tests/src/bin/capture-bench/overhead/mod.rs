@@ -25,7 +25,8 @@ use crate::PORT;
 use crate::measure::{
     BpfStats, clock_ticks, cpu_seconds, ebpf_run_ns, node_busy_ticks, wrk_requests_per_second,
 };
-use tools::{Captured, Running, Tool};
+pub use tools::Tool;
+use tools::{Captured, Running};
 
 /// What `cargo xtask bench overhead` can be told.
 pub struct Options {
@@ -33,6 +34,8 @@ pub struct Options {
     pub duration: Duration,
     /// How many times the whole table runs (each printed).
     pub repeat: u32,
+    /// Rows to run besides the baseline; empty: all of them.
+    pub rows: Vec<Tool>,
 }
 
 /// wrk's connections and threads: a modest keep-alive load that leaves room on 2 cores.
@@ -70,7 +73,7 @@ pub fn overhead(options: &Options) -> Result<()> {
     eprintln!("overhead: warm-up run (discarded)");
     run_row(&load, Tool::Baseline).context("the warm-up run failed")?;
     for run in 1..=options.repeat {
-        let rows = run_table(&load)?;
+        let rows = run_table(&load, &options.rows)?;
         table::print(&context, run, options.repeat, &rows);
     }
     Ok(())
@@ -87,9 +90,12 @@ pub enum RowResult {
 
 /// Every row once, in order. Only a failed baseline stops the table (the other rows are
 /// relative to it).
-fn run_table(load: &Load) -> Result<Vec<(Tool, RowResult)>> {
+fn run_table(load: &Load, only: &[Tool]) -> Result<Vec<(Tool, RowResult)>> {
     let mut rows = Vec::new();
-    for tool in Tool::ROWS {
+    let chosen = Tool::ROWS
+        .into_iter()
+        .filter(|t| *t == Tool::Baseline || only.is_empty() || only.contains(t));
+    for tool in chosen {
         eprintln!("overhead: {}", tool.label());
         let result = match tools::unavailable(tool)? {
             Some(why) => RowResult::Unavailable(why),

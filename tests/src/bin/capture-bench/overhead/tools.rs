@@ -20,7 +20,7 @@ use tests::{capture_bin, run_ok};
 use crate::PORT;
 
 /// One row of the table: what runs next to nginx.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Tool {
     Baseline,
     Packets,

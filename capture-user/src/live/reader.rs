@@ -1,0 +1,197 @@
+//! The ring reader: the thin I/O shell around [`ChunkAssembler`]. A dedicated OS thread
+//! polls the ring's file descriptor, drains it in batches and hands each batch to a
+//! [`PacketSink`] on that same thread: framing for `messages`, `record` and the agent, a
+//! bounded channel to the async side for `packets`. Keeping the drain and what follows it
+//! off the runtime's worker threads means no async task can stall it, and a slow sink turns
+//! into counted kernel drops (the ring fills) instead of unbounded memory.
+
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use aya::maps::{MapData, RingBuf};
+use tokio::sync::mpsc;
+
+use super::ring::{Assembled, ChunkAssembler, ClockOffset, RingStats};
+use crate::packet::CapturedPacket;
+
+/// Packets handed to the consumer at once.
+pub type PacketBatch = Vec<CapturedPacket>;
+
+/// Most packets in one batch; a batch is also handed on whenever the ring runs empty.
+pub const MAX_BATCH_PACKETS: usize = 512;
+
+/// What the reader thread hands packets to. It runs on that thread, so whatever it does per
+/// packet (framing, storing, printing) stays off the async runtime; while it works, the ring
+/// fills, and what does not fit is counted by the kernel.
+pub trait PacketSink: Send + 'static {
+    /// Takes a batch of packets (leaving `batch` empty or not; it is cleared after). False
+    /// stops the reader: nobody wants packets any more.
+    fn packets(&mut self, batch: &mut PacketBatch) -> bool;
+
+    /// Called after every drain of the ring, at least every [`POLL_TIMEOUT_MS`]: a place for
+    /// timers (closing idle connections) when no packet comes.
+    fn idle(&mut self) {}
+}
+
+/// Handle on the reader thread; joining it gives the sink back.
+pub struct RingReader<S> {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<S>>,
+    stats: Arc<RingStats>,
+}
+
+impl<S> RingReader<S> {
+    /// Live userspace ring counters.
+    pub fn stats(&self) -> &Arc<RingStats> {
+        &self.stats
+    }
+
+    /// False once the thread ended (its sink gave up, or it was stopped).
+    pub fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// Asks the thread to drain what is left in the ring and end, and waits for it. Call
+    /// after detaching the programs so nothing new arrives. `None` when the thread panicked.
+    pub fn stop(&mut self) -> Option<S> {
+        self.stop.store(true, Ordering::Release);
+        let thread = self.thread.take()?;
+        match thread.join() {
+            Ok(sink) => Some(sink),
+            Err(_) => {
+                log::error!("ring reader thread panicked");
+                None
+            }
+        }
+    }
+}
+
+impl<S> Drop for RingReader<S> {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// How long one poll waits when no wake-up comes: the kernel side only wakes the reader when
+/// the ring is filling up, so this bounds the latency of a quiet ring.
+pub const POLL_TIMEOUT_MS: i32 = 10;
+
+/// Starts the reader thread, handing packets to `sink` on it.
+pub fn spawn_reader<S: PacketSink>(
+    mut ring: RingBuf<MapData>,
+    clock: ClockOffset,
+    mut sink: S,
+) -> std::io::Result<RingReader<S>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let stats = Arc::new(RingStats::default());
+    let thread = {
+        let stop = stop.clone();
+        let stats = stats.clone();
+        std::thread::Builder::new()
+            .name("capture-ring".into())
+            .spawn(move || {
+                reader_loop(&mut ring, clock, &mut sink, &stop, &stats);
+                sink
+            })?
+    };
+    Ok(RingReader {
+        stop,
+        thread: Some(thread),
+        stats,
+    })
+}
+
+/// Drains the ring until stopped (then drains it once more) or until the sink gives up.
+fn reader_loop(
+    ring: &mut RingBuf<MapData>,
+    clock: ClockOffset,
+    sink: &mut impl PacketSink,
+    stop: &AtomicBool,
+    stats: &RingStats,
+) {
+    let mut assembler = ChunkAssembler::new(clock);
+    let mut batch: PacketBatch = Vec::with_capacity(MAX_BATCH_PACKETS);
+    let fd = ring.as_raw_fd();
+    loop {
+        // Read the flag before draining: once set, one more full drain empties the ring.
+        let stopping = stop.load(Ordering::Acquire);
+        let sink_open = drain(ring, &mut assembler, &mut batch, sink, stats);
+        stats
+            .discarded_incomplete
+            .store(assembler.discarded_incomplete(), Ordering::Relaxed);
+        if !sink_open {
+            // Nobody reads any more: stop draining. The kernel counts what it cannot write.
+            return;
+        }
+        sink.idle();
+        if stopping {
+            assembler.finish();
+            stats
+                .discarded_incomplete
+                .store(assembler.discarded_incomplete(), Ordering::Relaxed);
+            return;
+        }
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; the ring's fd stays open for the life of `ring`.
+        unsafe { libc::poll(&mut pfd, 1, POLL_TIMEOUT_MS) };
+    }
+}
+
+/// Reads every record in the ring now, handing packets on in batches; false once the sink
+/// gave up.
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    assembler: &mut ChunkAssembler,
+    batch: &mut PacketBatch,
+    sink: &mut impl PacketSink,
+    stats: &RingStats,
+) -> bool {
+    while let Some(record) = ring.next() {
+        stats.records.fetch_add(1, Ordering::Relaxed);
+        match assembler.push(&record) {
+            Assembled::Packet(packet) => {
+                stats.packets.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .bytes
+                    .fetch_add(packet.data.len() as u64, Ordering::Relaxed);
+                batch.push(packet);
+            }
+            Assembled::Pending => {}
+            Assembled::BadRecord => {
+                stats.bad_records.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        drop(record);
+        if batch.len() >= MAX_BATCH_PACKETS && !hand_on(batch, sink, stats) {
+            return false;
+        }
+    }
+    batch.is_empty() || hand_on(batch, sink, stats)
+}
+
+fn hand_on(batch: &mut PacketBatch, sink: &mut impl PacketSink, stats: &RingStats) -> bool {
+    stats.batches.fetch_add(1, Ordering::Relaxed);
+    let open = sink.packets(batch);
+    batch.clear();
+    open
+}
+
+/// A sink that hands batches to an async consumer through a bounded channel, waiting while
+/// it is full (then the ring fills and the kernel counts drops).
+pub struct ChannelSink(pub mpsc::Sender<PacketBatch>);
+
+impl PacketSink for ChannelSink {
+    fn packets(&mut self, batch: &mut PacketBatch) -> bool {
+        let full = std::mem::replace(batch, Vec::with_capacity(MAX_BATCH_PACKETS));
+        self.0.blocking_send(full).is_ok()
+    }
+}
