@@ -5,14 +5,22 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
+use compact_str::CompactString;
 
 use crate::packet::Timestamp;
 
-/// Request or response, with what identifies it in a listing.
+/// Request or response, with what identifies it in a listing. Method and URI are
+/// [`CompactString`]s: short ones (most) live inline, so framing a request allocates nothing
+/// for them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MessageKind {
-    Request { method: String, uri: String },
-    Response { status: u16 },
+    Request {
+        method: CompactString,
+        uri: CompactString,
+    },
+    Response {
+        status: u16,
+    },
 }
 
 /// One HTTP/1.x message as captured.

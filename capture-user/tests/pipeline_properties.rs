@@ -233,7 +233,7 @@ proptest! {
             prop_assert_eq!(&requests[i].bytes[..], &e.request()[..]);
             prop_assert_eq!(&responses[i].bytes[..], &e.response()[..]);
             prop_assert!(requests[i].complete && responses[i].complete);
-            prop_assert_eq!(&requests[i].kind, &MessageKind::Request { method: e.method.to_string(), uri: e.uri.clone() });
+            prop_assert_eq!(&requests[i].kind, &MessageKind::Request { method: e.method.into(), uri: e.uri.as_str().into() });
             prop_assert_eq!(&responses[i].kind, &MessageKind::Response { status: e.status });
             prop_assert_eq!(responses[i].request_id, Some(requests[i].id));
         }

@@ -34,7 +34,7 @@ fn message(id: u64, body: usize) -> HttpMessage {
         conn_id: id % 11,
         kind: MessageKind::Request {
             method: "PUT".into(),
-            uri: format!("/o/{id}"),
+            uri: format!("/o/{id}").into(),
         },
         minor_version: 1,
         request_id: None,

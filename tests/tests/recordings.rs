@@ -248,3 +248,64 @@ fn goreplay_export_then_import_gives_the_same_messages() -> Result<()> {
     );
     Ok(())
 }
+
+/// The codec byte (offset 5 of a batch head) of every batch in the data dir's segments
+/// (docs/STORE_FORMAT.md: a 68-byte head, then the tags, then the payload).
+fn batch_codecs(data_dir: &Path) -> Result<Vec<u8>> {
+    let mut codecs = Vec::new();
+    for entry in std::fs::read_dir(data_dir.join("log"))? {
+        let path = entry?.path();
+        if path.extension().is_none_or(|e| e != "seg") {
+            continue;
+        }
+        let bytes = std::fs::read(&path)?;
+        let mut at = 0;
+        while at + 68 <= bytes.len() {
+            ensure!(
+                &bytes[at..at + 4] == b"CPLB",
+                "no batch head at {at} in {path:?}"
+            );
+            codecs.push(bytes[at + 5]);
+            let le = |o: usize| u32::from_le_bytes(bytes[at + o..at + o + 4].try_into().unwrap());
+            at += 68 + le(8) as usize + le(12) as usize;
+        }
+    }
+    Ok(codecs)
+}
+
+#[test]
+fn compression_is_chosen_per_store_and_both_codecs_read_back_the_same() -> Result<()> {
+    let pcap = zeek_pcaps_dir().join("pipelined-requests.pcap");
+    let pcap = pcap.to_string_lossy();
+    let raw = tempfile::tempdir()?;
+    capture(&["import", &pcap, "--name", "r"], raw.path())?;
+    let lz4 = tempfile::tempdir()?;
+    capture(
+        &["import", &pcap, "--name", "r", "--compression", "lz4"],
+        lz4.path(),
+    )?;
+    let raw_codecs = batch_codecs(raw.path())?;
+    ensure!(
+        !raw_codecs.is_empty() && raw_codecs.iter().all(|c| *c == 0),
+        "the default store should write raw batches, codecs {raw_codecs:?}"
+    );
+    ensure!(
+        batch_codecs(lz4.path())?.contains(&1),
+        "--compression lz4 wrote no LZ4 batch"
+    );
+    assert_eq!(
+        capture(&["inspect", "r", "--bytes"], raw.path())?,
+        capture(&["inspect", "r", "--bytes"], lz4.path())?
+    );
+    let gzip = Command::new(capture_bin())
+        .args(["import", &pcap, "--name", "g", "--compression", "gzip"])
+        .arg("--data-dir")
+        .arg(raw.path())
+        .output()?;
+    let stderr = String::from_utf8_lossy(&gzip.stderr);
+    ensure!(
+        !gzip.status.success() && stderr.contains("--compression lz4 or none"),
+        "gzip on the embedded store should fail with one line: {stderr}"
+    );
+    Ok(())
+}

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use capture_user::message::{HttpMessage, MessageKind};
 use capture_user::packet::Timestamp;
-use capture_user::store::embedded::EmbeddedStore;
+use capture_user::store::embedded::{EmbeddedConfig, EmbeddedStore};
 use capture_user::store::kafka::{KafkaConfig, KafkaStore};
 use capture_user::store::{RecordingState, RecordingSummary, Store, StoreError};
 use tests::broker::Tansu;
@@ -22,7 +22,7 @@ fn message(id: u64, body_len: usize) -> HttpMessage {
         conn_id: id % 7,
         kind: MessageKind::Request {
             method: "POST".into(),
-            uri: format!("/m/{id}"),
+            uri: format!("/m/{id}").into(),
         },
         minor_version: 1,
         request_id: None,
@@ -193,18 +193,32 @@ fn run_contract(mut new_store: impl FnMut() -> Box<dyn Store>) {
     metadata_round_trips(new_store().as_mut());
 }
 
-#[test]
-fn embedded_store_keeps_the_recording_contract() {
+/// The embedded store, its batches raw or LZ4-compressed, holds the contract.
+fn embedded_contract(compress: bool) {
     let dirs: std::cell::RefCell<Vec<tempfile::TempDir>> = Default::default();
     run_contract(|| {
         let dir = tempfile::tempdir().unwrap();
+        let config = EmbeddedConfig {
+            compress,
+            ..Default::default()
+        };
         // Small batches, so a recording spans many and a large message outgrows one.
-        let store = EmbeddedStore::open(dir.path())
+        let store = EmbeddedStore::open_with(dir.path(), config)
             .unwrap()
             .with_batch_bytes(64 * 1024);
         dirs.borrow_mut().push(dir);
         Box::new(store)
     });
+}
+
+#[test]
+fn embedded_store_keeps_the_recording_contract() {
+    embedded_contract(false);
+}
+
+#[test]
+fn embedded_store_with_lz4_keeps_the_recording_contract() {
+    embedded_contract(true);
 }
 
 #[test]

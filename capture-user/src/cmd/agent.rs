@@ -31,7 +31,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     serve(AgentConfig {
         listen: args.listen,
         token,
-        store: args.store.to_config(),
+        store: args.store.to_config()?,
         allow_targets: args.allow_targets,
     })
     .await

@@ -114,7 +114,7 @@ pub fn print_summary(rec: &Recording) {
 
 /// Runs `capture record`.
 pub async fn run_record(args: RecordArgs) -> anyhow::Result<()> {
-    let store = args.store.to_config().open()?;
+    let store = args.store.to_config()?.open()?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let config = RecorderConfig {
@@ -133,7 +133,7 @@ pub async fn run_record(args: RecordArgs) -> anyhow::Result<()> {
         args.name,
         args.capture.interfaces.join(", "),
         args.capture.ports,
-        args.store.to_config().describe()
+        args.store.to_config()?.describe()
     );
     let deadline = tokio::time::sleep(args.duration.unwrap_or(Duration::MAX / 4));
     tokio::pin!(deadline);
@@ -177,7 +177,7 @@ pub async fn run_record(args: RecordArgs) -> anyhow::Result<()> {
 pub fn run_import(args: ImportArgs) -> anyhow::Result<()> {
     let (messages, drops) =
         crate::files::read_messages(&args.file, &args.ports, crate::files::FileFormat::Detect)?;
-    let mut store = args.store.to_config().open()?;
+    let mut store = args.store.to_config()?.open()?;
     let source = format!("import {}", args.file.display());
     store.begin(&args.name, &source)?;
     let tags = vec![args.name.clone()];

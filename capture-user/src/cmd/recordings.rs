@@ -66,10 +66,10 @@ pub struct ExportArgs {
 pub fn run_recordings(cmd: RecordingsCommand) -> anyhow::Result<()> {
     match cmd {
         RecordingsCommand::List { store: args } => {
-            let mut store = args.to_config().open()?;
+            let mut store = args.to_config()?.open()?;
             let list = store.list()?;
             if list.is_empty() {
-                eprintln!("no recordings in {}", args.to_config().describe());
+                eprintln!("no recordings in {}", args.to_config()?.describe());
             }
             let mut out = std::io::stdout().lock();
             for r in list {
@@ -87,7 +87,7 @@ pub fn run_recordings(cmd: RecordingsCommand) -> anyhow::Result<()> {
             Ok(())
         }
         RecordingsCommand::Show { name, store, json } => {
-            let rec = store.to_config().open()?.get(&name)?;
+            let rec = store.to_config()?.open()?.get(&name)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rec)?);
             } else {
@@ -119,7 +119,7 @@ pub fn run_recordings(cmd: RecordingsCommand) -> anyhow::Result<()> {
             Ok(())
         }
         RecordingsCommand::Delete { name, store } => {
-            store.to_config().open()?.delete(&name)?;
+            store.to_config()?.open()?.delete(&name)?;
             eprintln!("deleted recording {name}");
             Ok(())
         }
@@ -128,7 +128,7 @@ pub fn run_recordings(cmd: RecordingsCommand) -> anyhow::Result<()> {
 
 /// Runs `capture inspect`.
 pub fn run_inspect(args: InspectArgs) -> anyhow::Result<()> {
-    let mut store = args.store.to_config().open()?;
+    let mut store = args.store.to_config()?.open()?;
     let mut out = std::io::stdout().lock();
     let mut shown = 0u64;
     let mut write_error = None;
@@ -157,7 +157,7 @@ pub fn run_inspect(args: InspectArgs) -> anyhow::Result<()> {
 
 /// Runs `capture export`.
 pub fn run_export(args: ExportArgs) -> anyhow::Result<()> {
-    let mut store = args.store.to_config().open()?;
+    let mut store = args.store.to_config()?.open()?;
     let file = std::fs::File::create(&args.gor)
         .with_context(|| format!("creating {}", args.gor.display()))?;
     let mut out = std::io::BufWriter::new(file);

@@ -139,7 +139,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
         _ => bail!("name a recording, or give --gor FILE or --pcap FILE"),
     };
     let address = target.resolve().await?;
-    let loaded = load_replay(&source, &args.store.to_config(), &options)?;
+    let loaded = load_replay(&source, &args.store.to_config()?, &options)?;
     eprintln!(
         "replaying {} requests{} from {} to http://{}:{} ({address}); {} incomplete skipped, {} filtered out; planned span {}",
         loaded.requests,

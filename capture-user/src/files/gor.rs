@@ -128,8 +128,8 @@ fn kind_of(bytes: &[u8], request: bool) -> MessageKind {
     let mut parts = line.split_whitespace();
     if request {
         MessageKind::Request {
-            method: parts.next().unwrap_or_default().to_string(),
-            uri: parts.next().unwrap_or_default().to_string(),
+            method: parts.next().unwrap_or_default().into(),
+            uri: parts.next().unwrap_or_default().into(),
         }
     } else {
         let status = parts.nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);

@@ -138,7 +138,10 @@ impl ConnectionFramer {
         out.push(FramedMessage {
             id: ids.next(),
             dir: FlowDir::ToServer,
-            kind: MessageKind::Request { method, uri },
+            kind: MessageKind::Request {
+                method: method.into(),
+                uri: uri.into(),
+            },
             minor_version: 0,
             request_id: None,
             first_ts: ts,

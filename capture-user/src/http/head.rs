@@ -43,8 +43,8 @@ pub(super) fn request_head(buf: &[u8], stats: &mut HttpStats) -> HeadParse {
         &mut headers,
     ) {
         Ok(httparse::Status::Complete(len)) => {
-            let method = req.method.unwrap_or("").to_string();
-            let uri = req.path.unwrap_or("").to_string();
+            let method = req.method.unwrap_or("").into();
+            let uri = req.path.unwrap_or("").into();
             let framing = body_framing(req.headers, stats, true);
             HeadParse::Complete(Head {
                 len,
@@ -59,7 +59,10 @@ pub(super) fn request_head(buf: &[u8], stats: &mut HttpStats) -> HeadParse {
                 stats.lenient_heads += 1;
                 HeadParse::Complete(Head {
                     len,
-                    kind: MessageKind::Request { method, uri },
+                    kind: MessageKind::Request {
+                        method: method.into(),
+                        uri: uri.into(),
+                    },
                     minor_version: 1,
                     framing: BodyFraming::None,
                 })

@@ -79,7 +79,7 @@ impl<S> Drop for RingReader<S> {
 
 /// How long one poll waits when no wake-up comes: the kernel side only wakes the reader when
 /// the ring is filling up, so this bounds the latency of a quiet ring.
-pub const POLL_TIMEOUT_MS: i32 = 10;
+pub const POLL_TIMEOUT_MS: i32 = 100;
 
 /// Starts the reader thread, handing packets to `sink` on it.
 pub fn spawn_reader<S: PacketSink>(

@@ -17,6 +17,8 @@ pub struct StoreConfig {
     pub retention: Retention,
     /// Store in Kafka instead of the embedded store.
     pub kafka: Option<KafkaConfig>,
+    /// LZ4-compress the embedded store's batches (see `EmbeddedConfig::compress`).
+    pub compress: bool,
 }
 
 /// How large the embedded store may grow before its oldest finished recordings are deleted
@@ -160,6 +162,7 @@ impl StoreConfig {
                 let config = EmbeddedConfig {
                     retention_bytes,
                     segment_bytes,
+                    compress: self.compress,
                     ..defaults
                 };
                 Box::new(EmbeddedStore::open_with(&dir, config)?)

@@ -216,8 +216,8 @@ impl StoredMessage {
             conn_id: self.meta.conn_id,
             kind: match &self.meta.kind {
                 StoredKind::Request { method, uri } => MessageKind::Request {
-                    method: method.clone(),
-                    uri: uri.clone(),
+                    method: method.as_str().into(),
+                    uri: uri.as_str().into(),
                 },
                 StoredKind::Response { status } => MessageKind::Response { status: *status },
             },
@@ -248,8 +248,8 @@ pub fn meta_for(message: &HttpMessage, node: &str, run: u64, recordings: &[Strin
         conn_id: message.conn_id,
         kind: match &message.kind {
             MessageKind::Request { method, uri } => StoredKind::Request {
-                method: method.clone(),
-                uri: uri.clone(),
+                method: method.to_string(),
+                uri: uri.to_string(),
             },
             MessageKind::Response { status } => StoredKind::Response { status: *status },
         },

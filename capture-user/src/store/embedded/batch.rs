@@ -428,24 +428,26 @@ impl Builder {
         self.wire_bytes += message.bytes.len() as u64;
     }
 
-    /// Compresses the collected messages (raw when LZ4 saves under 1/16) and frames them.
-    /// A batch over `SAMPLE_BYTES` is first tried on its first `SAMPLE_BYTES`: when those do
-    /// not shrink, the batch is stored raw without spending LZ4 on the rest.
-    pub fn seal(&mut self) -> Sealed<'_> {
+    /// Frames the collected messages, LZ4-compressed when `compress` says so and it pays
+    /// (raw when LZ4 saves under 1/16). A batch over `SAMPLE_BYTES` is first tried on its
+    /// first `SAMPLE_BYTES`: when those do not shrink, the batch is stored raw without
+    /// spending LZ4 on the rest.
+    pub fn seal(&mut self, compress: bool) -> Sealed<'_> {
         let raw_len = self.raw.len();
         let pays = |packed: usize, of: usize| packed < of - of / 16;
         let max = lz4_flex::block::get_maximum_output_size(raw_len);
         if self.packed.len() < max {
             self.packed.resize(max, 0);
         }
-        let mut compress = |input: &[u8]| {
+        let mut compress_into = |input: &[u8]| {
             lz4_flex::block::compress_into_with_table(input, &mut self.packed, &mut self.table)
                 .unwrap_or(usize::MAX)
         };
         let sample = &self.raw[..raw_len.min(SAMPLE_BYTES)];
-        let worth_trying = raw_len <= SAMPLE_BYTES || pays(compress(sample), sample.len());
+        let worth_trying =
+            compress && (raw_len <= SAMPLE_BYTES || pays(compress_into(sample), sample.len()));
         let packed = if worth_trying {
-            compress(&self.raw)
+            compress_into(&self.raw)
         } else {
             usize::MAX
         };

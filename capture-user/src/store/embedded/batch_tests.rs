@@ -12,7 +12,7 @@ fn message(id: u64, body: &[u8]) -> HttpMessage {
         conn_id: id % 5,
         kind: MessageKind::Request {
             method: "POST".into(),
-            uri: format!("/m/{id}"),
+            uri: format!("/m/{id}").into(),
         },
         minor_version: 1,
         request_id: None,
@@ -47,7 +47,7 @@ fn batch_bytes(messages: &[HttpMessage], recordings: &[&str]) -> (Vec<u8>, Codec
     for m in messages {
         b.push(m);
     }
-    let sealed = b.seal();
+    let sealed = b.seal(true);
     let head = sealed.head(42);
     let mut out = head.to_bytes().to_vec();
     out.extend_from_slice(sealed.var);
@@ -119,7 +119,7 @@ fn a_builder_is_reusable_after_clear() {
     assert_eq!((b.count(), b.raw_len(), b.wire_bytes()), (0, 0, 0));
     b.set_recordings(&["b".to_string()]);
     b.push(&message(2, b"two"));
-    let sealed = b.seal();
+    let sealed = b.seal(true);
     let mut buf = sealed.head(7).to_bytes().to_vec();
     buf.extend_from_slice(sealed.var);
     buf.extend_from_slice(sealed.payload);

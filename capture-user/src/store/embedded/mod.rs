@@ -72,6 +72,10 @@ pub struct EmbeddedConfig {
     pub sync_every: Duration,
     /// Space kept in reserve so the catalog can commit on a full disk.
     pub ballast_bytes: u64,
+    /// LZ4-compress batches. Off by default: on HTTP traffic LZ4 saves about 3x the disk but
+    /// costs about a fifth of a recorder's CPU, and what recording costs the node comes
+    /// first (retention bounds the disk).
+    pub compress: bool,
 }
 
 impl Default for EmbeddedConfig {
@@ -84,6 +88,7 @@ impl Default for EmbeddedConfig {
             batch_age: Duration::from_millis(200),
             sync_every: Duration::from_secs(1),
             ballast_bytes: 4 << 20,
+            compress: false,
         }
     }
 }
@@ -233,7 +238,9 @@ impl EmbeddedStore {
             return Ok(());
         }
         let (count, bytes) = (u64::from(self.builder.count()), self.builder.wire_bytes());
-        let appended = self.appender.append(&self.builder.seal());
+        let appended = self
+            .appender
+            .append(&self.builder.seal(self.config.compress));
         self.builder.clear();
         let appended = appended.map_err(|e| self.fail(e))?;
         for name in self.builder.recordings() {

@@ -277,7 +277,7 @@ mod tests {
             kind: if request {
                 MessageKind::Request {
                     method: "PATCH".into(),
-                    uri: format!("/items/{id}?q=é"),
+                    uri: format!("/items/{id}?q=é").into(),
                 }
             } else {
                 MessageKind::Response { status: 503 }

@@ -21,7 +21,7 @@ fn message(id: u64, body: usize) -> HttpMessage {
         conn_id: id % 7,
         kind: MessageKind::Request {
             method: "POST".into(),
-            uri: format!("/m/{id}"),
+            uri: format!("/m/{id}").into(),
         },
         minor_version: 1,
         request_id: None,

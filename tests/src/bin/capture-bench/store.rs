@@ -36,7 +36,7 @@ fn bench_message(id: u64, size: usize, body: Body) -> capture_user::message::Htt
         conn_id: id % 64,
         kind: capture_user::message::MessageKind::Request {
             method: "POST".into(),
-            uri: format!("/api/items/{id}"),
+            uri: format!("/api/items/{id}").into(),
         },
         minor_version: 1,
         request_id: None,
@@ -185,22 +185,31 @@ pub fn embedded_store_rates() -> Result<()> {
             }
         })
     }) {
-        let dir = tempfile::tempdir()?;
-        let mut embedded = capture_user::store::embedded::EmbeddedStore::open(dir.path())?;
-        let r = store_round(&mut embedded, "bench", n, size, body)?;
-        let n = n as f64;
-        let us = |(user, sys): (f64, f64)| format!("{:.2}+{:.2}", user * 1e6 / n, sys * 1e6 / n);
-        println!(
-            "embedded, {label:<13}: write {:>8.0} msg/s ({:>5.0} MB/s, CPU {} us/msg user+sys, end+fdatasync {:.2} s), window read {:>8.0} msg/s ({:>5.0} MB/s, CPU {} us/msg), {:.0} MB on disk",
-            n / r.write,
-            n * size as f64 / r.write / 1e6,
-            us(r.write_cpu),
-            r.end,
-            n / r.read,
-            n * size as f64 / r.read / 1e6,
-            us(r.read_cpu),
-            embedded.log_bytes()? as f64 / 1e6
-        );
+        for compress in [false, true] {
+            let dir = tempfile::tempdir()?;
+            let config = capture_user::store::embedded::EmbeddedConfig {
+                compress,
+                ..Default::default()
+            };
+            let mut embedded =
+                capture_user::store::embedded::EmbeddedStore::open_with(dir.path(), config)?;
+            let r = store_round(&mut embedded, "bench", n, size, body)?;
+            let n = n as f64;
+            let us =
+                |(user, sys): (f64, f64)| format!("{:.2}+{:.2}", user * 1e6 / n, sys * 1e6 / n);
+            let codec = if compress { "lz4" } else { "raw" };
+            println!(
+                "embedded, {label:<13} {codec}: write {:>8.0} msg/s ({:>5.0} MB/s, CPU {} us/msg user+sys, end+fdatasync {:.2} s), window read {:>8.0} msg/s ({:>5.0} MB/s, CPU {} us/msg), {:.0} MB on disk",
+                n / r.write,
+                n * size as f64 / r.write / 1e6,
+                us(r.write_cpu),
+                r.end,
+                n / r.read,
+                n * size as f64 / r.read / 1e6,
+                us(r.read_cpu),
+                embedded.log_bytes()? as f64 / 1e6
+            );
+        }
     }
     println!(
         "(write is begin, appends and end, whose fdatasync makes the recording durable; CPU is the calling thread's, where the embedded store does all its work)"

@@ -28,18 +28,20 @@ pub enum Tool {
     Record,
     RecordXdp,
     RecordThreads,
+    RecordLz4,
     Tcpdump,
 }
 
 impl Tool {
     /// The rows in the order the table shows them.
-    pub const ROWS: [Tool; 7] = [
+    pub const ROWS: [Tool; 8] = [
         Tool::Baseline,
         Tool::Packets,
         Tool::Messages,
         Tool::Record,
         Tool::RecordXdp,
         Tool::RecordThreads,
+        Tool::RecordLz4,
         Tool::Tcpdump,
     ];
 
@@ -52,6 +54,7 @@ impl Tool {
             Tool::Record => "`capture record`",
             Tool::RecordXdp => "`capture record --attach xdp`",
             Tool::RecordThreads => "`capture record --threads 2`",
+            Tool::RecordLz4 => "`capture record --compression lz4`",
             Tool::Tcpdump => "`tcpdump -w FILE`",
         }
     }
@@ -90,6 +93,7 @@ impl Tool {
             Tool::Record => record(&[]),
             Tool::RecordXdp => record(&["--attach", "xdp"]),
             Tool::RecordThreads => record(&["--threads", "2"]),
+            Tool::RecordLz4 => record(&["--compression", "lz4"]),
             Tool::Tcpdump => Ok(Running::Tcpdump(PlainTcpdump::start(
                 ns,
                 &topo.server_if,
