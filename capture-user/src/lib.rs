@@ -4,6 +4,7 @@
 //! `live` (eBPF load/attach, ring drain) or a pcap source -> [`packet`] -> [`decode`] ->
 //! TCP reassembly -> HTTP framing -> sinks.
 
+pub mod counters;
 pub mod decode;
 pub mod files;
 pub mod http;

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 
+use crate::counters::CounterTable;
 use crate::decode::{TcpSegment, decode_tcp};
 use crate::http::{ConnectionFramer, FramedMessage, HttpConfig, HttpStats, IdAllocator};
 use crate::message::HttpMessage;

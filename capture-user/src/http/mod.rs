@@ -23,6 +23,7 @@ mod tests;
 
 use bytes::Bytes;
 
+use crate::counters::{CounterRow, CounterTable, LOSS, TALLY};
 use crate::message::MessageKind;
 use crate::packet::Timestamp;
 use crate::reassembly::FlowDir;
@@ -67,19 +68,9 @@ pub struct HttpStats {
     pub unpaired_responses: u64,
 }
 
-/// Marks of the counter tables: a counter of messages lost or not recorded whole, or
-/// a tally of what went through.
-const LOSS: bool = true;
-const TALLY: bool = false;
-
-/// A row of the counter table: the counter's name, its field, and whether it is a loss.
-type Counter = (&'static str, fn(&mut HttpStats) -> &mut u64, bool);
-
-impl HttpStats {
-    /// Every counter once, in summary order: its name (as in summaries and metrics),
-    /// its field, and whether it is a loss. `pairs`, `losses` and `add` derive from it, so which
-    /// counters are losses is said once, here; a unit test checks it against the fields.
-    const COUNTERS: [Counter; 14] = [
+impl CounterTable for HttpStats {
+    /// Which counters are losses is said once, here.
+    const COUNTERS: &'static [CounterRow<Self>] = &[
         ("requests", |s| &mut s.requests, TALLY),
         ("responses", |s| &mut s.responses, TALLY),
         ("interim_responses", |s| &mut s.interim_responses, TALLY),
@@ -103,31 +94,6 @@ impl HttpStats {
         ),
         ("unpaired_responses", |s| &mut s.unpaired_responses, TALLY),
     ];
-
-    /// `name=value` pairs.
-    pub fn pairs(&self) -> Vec<(&'static str, u64)> {
-        Self::COUNTERS
-            .iter()
-            .map(|(name, field, _)| (*name, *field(&mut { *self })))
-            .collect()
-    }
-
-    /// Adds another's counters to these (framing threads' counters into one view).
-    pub fn add(&mut self, other: &Self) {
-        let mut other = *other;
-        for (_, field, _) in Self::COUNTERS {
-            *field(self) += *field(&mut other);
-        }
-    }
-
-    /// The loss counters as `name=value` pairs, zero values included.
-    pub fn losses(&self) -> Vec<(&'static str, u64)> {
-        Self::COUNTERS
-            .iter()
-            .filter(|(_, _, loss)| *loss)
-            .map(|(name, field, _)| (*name, *field(&mut { *self })))
-            .collect()
-    }
 }
 
 /// A message as the framer delimits it; the pipeline adds connection and addresses.

@@ -24,6 +24,7 @@ use bytes::Bytes;
 use crate::decode::TcpSegment;
 use crate::packet::Timestamp;
 
+use crate::counters::{CounterRow, CounterTable, LOSS, TALLY};
 use stream::{HalfStream, Sink};
 
 /// Direction of bytes within a connection.
@@ -131,19 +132,9 @@ pub struct ReassemblyStats {
     pub resets: u64,
 }
 
-/// Marks of the counter tables: a counter of traffic lost or not recorded whole, or
-/// a tally of what went through.
-const LOSS: bool = true;
-const TALLY: bool = false;
-
-/// A row of the counter table: the counter's name, its field, and whether it is a loss.
-type Counter = (&'static str, fn(&mut ReassemblyStats) -> &mut u64, bool);
-
-impl ReassemblyStats {
-    /// Every counter once, in summary order: its name (as in summaries and metrics),
-    /// its field, and whether it is a loss. `pairs`, `losses` and `add` derive from it, so which
-    /// counters are losses is said once, here; a unit test checks it against the fields.
-    const COUNTERS: [Counter; 14] = [
+impl CounterTable for ReassemblyStats {
+    /// Which counters are losses is said once, here.
+    const COUNTERS: &'static [CounterRow<Self>] = &[
         ("connections", |s| &mut s.connections, TALLY),
         (
             "connections_midstream",
@@ -175,31 +166,6 @@ impl ReassemblyStats {
         ("idle_timeouts", |s| &mut s.idle_timeouts, TALLY),
         ("resets", |s| &mut s.resets, TALLY),
     ];
-
-    /// `name=value` pairs.
-    pub fn pairs(&self) -> Vec<(&'static str, u64)> {
-        Self::COUNTERS
-            .iter()
-            .map(|(name, field, _)| (*name, *field(&mut { *self })))
-            .collect()
-    }
-
-    /// Adds another's counters to these (framing threads' counters into one view).
-    pub fn add(&mut self, other: &Self) {
-        let mut other = *other;
-        for (_, field, _) in Self::COUNTERS {
-            *field(self) += *field(&mut other);
-        }
-    }
-
-    /// The loss counters as `name=value` pairs, zero values included.
-    pub fn losses(&self) -> Vec<(&'static str, u64)> {
-        Self::COUNTERS
-            .iter()
-            .filter(|(_, _, loss)| *loss)
-            .map(|(name, field, _)| (*name, *field(&mut { *self })))
-            .collect()
-    }
 }
 
 /// A tracked connection.
