@@ -67,7 +67,7 @@ fn framing(c: &mut Criterion) {
                     framer.data(
                         FlowDir::ToServer,
                         Timestamp(1),
-                        &seg,
+                        seg.clone(),
                         &mut ids,
                         &mut stats,
                         &mut out,
@@ -77,7 +77,7 @@ fn framing(c: &mut Criterion) {
                     framer.data(
                         FlowDir::ToClient,
                         Timestamp(2),
-                        &seg,
+                        seg.clone(),
                         &mut ids,
                         &mut stats,
                         &mut out,
@@ -151,7 +151,7 @@ fn pipeline(c: &mut Criterion) {
                 ..PipelineConfig::default()
             });
             let mut out = Vec::new();
-            for p in &packets {
+            for p in packets.iter().cloned() {
                 pipeline.push_packet(p, &mut out);
                 out.clear();
             }

@@ -7,7 +7,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 
 /// How a frame starts, i.e. the pcap link type of the capture.
@@ -170,6 +170,26 @@ fn slice_error(err: etherparse::err::packet::SliceError) -> DecodeError {
 
 /// Decodes one frame of the given link type into a TCP segment.
 pub fn decode_tcp(link: LinkType, frame: &Bytes) -> Result<TcpSegment, DecodeError> {
+    let (mut segment, payload) = decode_headers(link, frame)?;
+    segment.payload = frame.slice(payload);
+    Ok(segment)
+}
+
+/// [`decode_tcp`] consuming the frame: the payload is the frame itself, narrowed, so no
+/// reference count is touched (the hot path decodes every packet once and keeps only this).
+pub fn decode_tcp_owned(link: LinkType, mut frame: Bytes) -> Result<TcpSegment, DecodeError> {
+    let (mut segment, payload) = decode_headers(link, &frame)?;
+    frame.truncate(payload.end);
+    frame.advance(payload.start);
+    segment.payload = frame;
+    Ok(segment)
+}
+
+/// The segment without its payload, and where the payload lies in `frame`.
+fn decode_headers(
+    link: LinkType,
+    frame: &[u8],
+) -> Result<(TcpSegment, std::ops::Range<usize>), DecodeError> {
     let sliced = match link {
         LinkType::Ethernet => SlicedPacket::from_ethernet(frame),
         LinkType::LinuxSll => SlicedPacket::from_linux_sll(frame),
@@ -211,15 +231,18 @@ pub fn decode_tcp(link: LinkType, frame: &Bytes) -> Result<TcpSegment, DecodeErr
         return Err(DecodeError::Fragment);
     }
     let payload = tcp.payload();
-    Ok(TcpSegment {
+    // The payload is a subslice of `frame` (etherparse slices, never copies).
+    let start = payload.as_ptr() as usize - frame.as_ptr() as usize;
+    let segment = TcpSegment {
         src: SocketAddr::new(src_ip, tcp.source_port()),
         dst: SocketAddr::new(dst_ip, tcp.destination_port()),
         seq: tcp.sequence_number(),
         ack: tcp.acknowledgment_number(),
         flags: TcpFlags(flags_byte(tcp)),
         window: tcp.window_size(),
-        payload: frame.slice_ref(payload),
-    })
+        payload: Bytes::new(),
+    };
+    Ok((segment, start..start + payload.len()))
 }
 
 fn flags_byte(tcp: &etherparse::TcpSlice<'_>) -> u8 {

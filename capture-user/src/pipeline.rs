@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 
 use crate::counters::CounterTable;
-use crate::decode::{TcpSegment, decode_tcp};
+use crate::decode::{TcpSegment, decode_tcp_owned};
 use crate::http::{ConnectionFramer, FramedMessage, HttpConfig, HttpStats, IdAllocator};
 use crate::message::HttpMessage;
 use crate::packet::{CapturedPacket, Timestamp};
@@ -146,30 +146,25 @@ impl Pipeline {
     }
 
     /// Feeds one packet; finished messages are appended to `out`.
-    pub fn push_packet(&mut self, packet: &CapturedPacket, out: &mut Vec<HttpMessage>) {
+    pub fn push_packet(&mut self, packet: CapturedPacket, out: &mut Vec<HttpMessage>) {
         self.stats.packets += 1;
         if packet.is_truncated() {
             // Its payload is cut; the missing bytes show up as a gap in reassembly.
             self.stats.truncated_packets += 1;
         }
-        let segment = match decode_tcp(packet.link, &packet.data) {
+        let segment = match decode_tcp_owned(packet.link, packet.data) {
             Ok(segment) => segment,
             Err(e) => {
                 *self.stats.decode_errors.entry(e.reason()).or_insert(0) += 1;
                 return;
             }
         };
-        self.push_segment(packet.ts, &segment, out);
+        self.push_segment(packet.ts, segment, out);
     }
 
     /// Feeds one decoded TCP segment (what `push_packet` does after decoding; fuzzers and
     /// sources that already have segments start here).
-    pub fn push_segment(
-        &mut self,
-        ts: Timestamp,
-        segment: &TcpSegment,
-        out: &mut Vec<HttpMessage>,
-    ) {
+    pub fn push_segment(&mut self, ts: Timestamp, segment: TcpSegment, out: &mut Vec<HttpMessage>) {
         let ports = &self.config.ports;
         if !ports.is_empty()
             && !ports.contains(&segment.src.port())
@@ -228,7 +223,7 @@ impl Pipeline {
                 } => {
                     if let Some(c) = self.conns.get_mut(&conn) {
                         c.framer
-                            .data(dir, ts, &bytes, &mut self.ids, http, &mut self.framed);
+                            .data(dir, ts, bytes, &mut self.ids, http, &mut self.framed);
                         Self::publish(conn, c, &mut self.framed, &mut self.stats.messages, out);
                     }
                 }

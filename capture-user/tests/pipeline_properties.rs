@@ -219,7 +219,7 @@ proptest! {
 
         let mut pipeline = Pipeline::new(PipelineConfig { ports: vec![SERVER.1], ..PipelineConfig::default() });
         let mut messages = Vec::new();
-        for p in &packets {
+        for p in packets {
             pipeline.push_packet(p, &mut messages);
         }
         pipeline.finish(&mut messages);
@@ -249,7 +249,7 @@ proptest! {
         let mut pipeline = Pipeline::new(PipelineConfig { ports: vec![SERVER.1], ..PipelineConfig::default() });
         let mut messages = Vec::new();
         for (i, c) in chunks.iter().enumerate() {
-            pipeline.push_packet(&frame(i % 2 == 0, seqs[i], "A", c), &mut messages);
+            pipeline.push_packet(frame(i % 2 == 0, seqs[i], "A", c), &mut messages);
         }
         pipeline.finish(&mut messages);
         let total_in: usize = chunks.iter().map(Vec::len).sum();

@@ -40,7 +40,7 @@ fuzz_target!(|data: &[u8]| {
         framer.data(
             dir,
             Timestamp(ts),
-            &bytes::Bytes::copy_from_slice(&rest[..n]),
+            bytes::Bytes::copy_from_slice(&rest[..n]),
             &mut ids,
             &mut stats,
             &mut out,

@@ -59,7 +59,7 @@ fuzz_target!(|data: &[u8]| {
             window: 0,
             payload,
         };
-        pipeline.push_segment(Timestamp(ts), &seg, &mut out);
+        pipeline.push_segment(Timestamp(ts), seg, &mut out);
         assert!(
             pipeline.held_bytes() <= 2 * CAP + 255,
             "held {}",

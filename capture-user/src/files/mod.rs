@@ -52,7 +52,7 @@ pub fn frame_pcap(
     let mut cut_short = None;
     for packet in packets {
         match packet {
-            Ok(packet) => pipeline.push_packet(&packet, &mut messages),
+            Ok(packet) => pipeline.push_packet(packet, &mut messages),
             Err(e) => {
                 cut_short = Some(e.into());
                 break;

@@ -65,7 +65,7 @@ impl ConnectionFramer {
         &mut self,
         dir: FlowDir,
         ts: Timestamp,
-        bytes: &Bytes,
+        bytes: Bytes,
         ids: &mut IdAllocator,
         stats: &mut HttpStats,
         out: &mut Vec<FramedMessage>,

@@ -24,14 +24,14 @@ pub(super) struct Input {
 
 impl Input {
     /// Appends a segment: kept as it is when nothing is waiting, else copied behind what is.
-    pub(super) fn push(&mut self, segment: &Bytes) {
+    pub(super) fn push(&mut self, segment: Bytes) {
         if self.fresh.is_empty() && self.held.is_empty() {
-            self.fresh = segment.clone();
             self.segment = segment.clone();
+            self.fresh = segment;
             return;
         }
         self.hold();
-        self.held.extend_from_slice(segment);
+        self.held.extend_from_slice(&segment);
     }
 
     /// Copies what is left of the segment into memory of its own (end of a framing call).
@@ -163,12 +163,12 @@ mod tests {
     fn a_segment_framed_whole_is_sliced_not_copied() {
         let segment = Bytes::from_static(b"GET / HTTP/1.1\r\n\r\nGET /2");
         let mut input = Input::default();
-        input.push(&segment);
+        input.push(segment.clone());
         let first = input.split_to(18);
         assert_eq!(first.as_ptr(), segment.as_ptr(), "a slice of the segment");
         assert_eq!(&*input, b"GET /2");
         input.hold();
-        input.push(&Bytes::from_static(b" HTTP/1.1\r\n\r\n"));
+        input.push(Bytes::from_static(b" HTTP/1.1\r\n\r\n"));
         assert_eq!(&*input, b"GET /2 HTTP/1.1\r\n\r\n");
         assert_eq!(
             input.take_all(),

@@ -28,7 +28,7 @@ impl Harness {
         self.framer.data(
             dir,
             Timestamp(self.ts),
-            &Bytes::copy_from_slice(bytes),
+            Bytes::copy_from_slice(bytes),
             &mut self.ids,
             &mut self.stats,
             &mut self.out,

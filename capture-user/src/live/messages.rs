@@ -22,6 +22,12 @@ use crate::pipeline::{Pipeline, PipelineConfig, PipelineStats};
 /// [`LiveMessages::stats`] are.
 const EXPIRE_EVERY: Duration = Duration::from_secs(1);
 
+/// Messages a framer collects before handing them on in the middle of a drain; otherwise it
+/// hands them on once per drain of the ring. Each hand-over wakes the store thread, and a
+/// wake-up costs ~50 µs of CPU on a VM: per batch of 512 packets that was a tenth of the
+/// recorder's CPU.
+const DELIVER_AT: usize = 4096;
+
 /// Where framed messages go. It runs on the ring thread, so it must not wait on anything
 /// slow: what it cannot take at once it drops and counts (the store queue does), or it
 /// waits and lets the kernel count the packets that no longer fit the ring (printing does).
@@ -131,20 +137,21 @@ impl<M: MessageSink> Framer<M> {
 
 impl<M: MessageSink> PacketSink for Framer<M> {
     fn packets(&mut self, batch: &mut PacketBatch) -> bool {
-        for packet in batch.iter() {
+        for packet in batch.drain(..) {
             self.pipeline.push_packet(packet, &mut self.messages);
         }
-        self.deliver()
+        self.messages.len() < DELIVER_AT || self.deliver()
     }
 
+    /// After every drain: hands on what the drain framed, and closes idle connections every
+    /// [`EXPIRE_EVERY`].
     fn idle(&mut self) {
-        if self.last_check.elapsed() < EXPIRE_EVERY {
-            return;
+        if self.last_check.elapsed() >= EXPIRE_EVERY {
+            self.last_check = Instant::now();
+            self.pipeline.expire(Timestamp::now(), &mut self.messages);
+            *lock(&self.published) = self.pipeline.stats();
         }
-        self.last_check = Instant::now();
-        self.pipeline.expire(Timestamp::now(), &mut self.messages);
         self.deliver();
-        *lock(&self.published) = self.pipeline.stats();
     }
 }
 

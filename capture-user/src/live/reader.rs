@@ -147,7 +147,8 @@ fn reader_loop(
 }
 
 /// Reads every record in the ring now, handing packets on in batches; false once the sink
-/// gave up.
+/// gave up. Counts locally and publishes with each batch: an atomic add per record and
+/// per packet would cost more than the rest of the ring's bookkeeping.
 fn drain(
     ring: &mut RingBuf<MapData>,
     assembler: &mut ChunkAssembler,
@@ -155,30 +156,56 @@ fn drain(
     sink: &mut impl PacketSink,
     stats: &RingStats,
 ) -> bool {
+    let mut tally = Tally::default();
     while let Some(record) = ring.next() {
-        stats.records.fetch_add(1, Ordering::Relaxed);
+        tally.records += 1;
         match assembler.push(&record) {
             Assembled::Packet(packet) => {
-                stats.packets.fetch_add(1, Ordering::Relaxed);
-                stats
-                    .bytes
-                    .fetch_add(packet.data.len() as u64, Ordering::Relaxed);
+                tally.packets += 1;
+                tally.bytes += packet.data.len() as u64;
                 batch.push(packet);
             }
             Assembled::Pending => {}
-            Assembled::BadRecord => {
-                stats.bad_records.fetch_add(1, Ordering::Relaxed);
-            }
+            Assembled::BadRecord => tally.bad_records += 1,
         }
         drop(record);
-        if batch.len() >= MAX_BATCH_PACKETS && !hand_on(batch, sink, stats) {
+        if batch.len() >= MAX_BATCH_PACKETS && !hand_on(batch, sink, stats, &mut tally) {
             return false;
         }
     }
-    batch.is_empty() || hand_on(batch, sink, stats)
+    let open = batch.is_empty() || hand_on(batch, sink, stats, &mut tally);
+    tally.publish(stats);
+    open
 }
 
-fn hand_on(batch: &mut PacketBatch, sink: &mut impl PacketSink, stats: &RingStats) -> bool {
+/// What a drain counted since it last published to [`RingStats`].
+#[derive(Default)]
+struct Tally {
+    records: u64,
+    packets: u64,
+    bytes: u64,
+    bad_records: u64,
+}
+
+impl Tally {
+    fn publish(&mut self, stats: &RingStats) {
+        stats.records.fetch_add(self.records, Ordering::Relaxed);
+        stats.packets.fetch_add(self.packets, Ordering::Relaxed);
+        stats.bytes.fetch_add(self.bytes, Ordering::Relaxed);
+        stats
+            .bad_records
+            .fetch_add(self.bad_records, Ordering::Relaxed);
+        *self = Self::default();
+    }
+}
+
+fn hand_on(
+    batch: &mut PacketBatch,
+    sink: &mut impl PacketSink,
+    stats: &RingStats,
+    tally: &mut Tally,
+) -> bool {
+    tally.publish(stats);
     stats.batches.fetch_add(1, Ordering::Relaxed);
     let open = sink.packets(batch);
     batch.clear();

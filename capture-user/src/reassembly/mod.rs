@@ -228,11 +228,11 @@ impl Reassembler {
     }
 
     /// Feeds one segment; events are appended to `out`.
-    pub fn push(&mut self, ts: Timestamp, seg: &TcpSegment, out: &mut Vec<StreamEvent>) {
+    pub fn push(&mut self, ts: Timestamp, seg: TcpSegment, out: &mut Vec<StreamEvent>) {
         self.stats.segments += 1;
         self.expire_if_due(ts, out);
         let key = conn_key(seg.src, seg.dst);
-        if !self.conns.contains_key(&key) && !self.open(key, ts, seg, out) {
+        if !self.conns.contains_key(&key) && !self.open(key, ts, &seg, out) {
             return;
         }
         let Some(conn) = self.conns.get_mut(&key) else {

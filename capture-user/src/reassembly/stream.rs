@@ -4,7 +4,7 @@
 //! ahead of a hole (within the caps), then deliver the held segments the stream reached. A
 //! hole given up on becomes a gap.
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 
 use super::{FlowDir, ReassemblyConfig, ReassemblyStats, StreamEvent};
 use crate::decode::TcpSegment;
@@ -53,7 +53,7 @@ fn seq_diff(a: u32, b: u32) -> i64 {
 fn trim_delivered(
     seq: u32,
     next: u32,
-    payload: &Bytes,
+    mut payload: Bytes,
     stats: &mut ReassemblyStats,
 ) -> Option<(u32, Bytes)> {
     if payload.is_empty() {
@@ -61,7 +61,7 @@ fn trim_delivered(
     }
     let offset = seq_diff(seq, next);
     if offset >= 0 {
-        return Some((seq, payload.clone()));
+        return Some((seq, payload));
     }
     // Starts before what we have delivered: a retransmission or an overlap.
     let already = (-offset) as usize;
@@ -70,7 +70,8 @@ fn trim_delivered(
         return None;
     }
     stats.overlapping_bytes += already as u64;
-    Some((next, payload.slice(already..)))
+    payload.advance(already);
+    Some((next, payload))
 }
 
 impl HalfStream {
@@ -79,12 +80,12 @@ impl HalfStream {
     pub(super) fn push(
         &mut self,
         ts: Timestamp,
-        seg: &TcpSegment,
+        seg: TcpSegment,
         config: &ReassemblyConfig,
         sink: &mut Sink<'_>,
     ) {
-        let (seq, next) = self.segment_start(seg);
-        if let Some((seq, payload)) = trim_delivered(seq, next, &seg.payload, sink.stats) {
+        let (seq, next) = self.segment_start(&seg);
+        if let Some((seq, payload)) = trim_delivered(seq, next, seg.payload, sink.stats) {
             if seq == next {
                 self.deliver(seq, ts, payload, sink);
             } else {

@@ -41,7 +41,7 @@ fn reasm() -> Reassembler {
 fn feed(r: &mut Reassembler, segs: &[TcpSegment]) -> Vec<StreamEvent> {
     let mut out = Vec::new();
     for (i, s) in segs.iter().enumerate() {
-        r.push(Timestamp(i as u64 + 1), s, &mut out);
+        r.push(Timestamp(i as u64 + 1), s.clone(), &mut out);
     }
     out
 }
@@ -200,13 +200,13 @@ fn idle_connections_expire_by_capture_time() {
     let mut out = Vec::new();
     r.push(
         Timestamp(1_000_000_000),
-        &seg(c(), s(), 0, SYN, b""),
+        seg(c(), s(), 0, SYN, b""),
         &mut out,
     );
     let other: SocketAddr = "10.0.0.3:41000".parse().unwrap();
     r.push(
         Timestamp(10_000_000_000),
-        &seg(other, s(), 0, SYN, b""),
+        seg(other, s(), 0, SYN, b""),
         &mut out,
     );
     assert!(out.iter().any(|e| matches!(

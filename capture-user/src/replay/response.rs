@@ -69,7 +69,7 @@ impl ResponseReader {
         self.framer.data(
             FlowDir::ToServer,
             Timestamp(0),
-            &Bytes::copy_from_slice(request),
+            Bytes::copy_from_slice(request),
             &mut self.ids,
             &mut self.stats,
             &mut self.out,
@@ -83,7 +83,7 @@ impl ResponseReader {
         self.framer.data(
             FlowDir::ToClient,
             Timestamp(0),
-            &Bytes::copy_from_slice(bytes),
+            Bytes::copy_from_slice(bytes),
             &mut self.ids,
             &mut self.stats,
             &mut self.out,
