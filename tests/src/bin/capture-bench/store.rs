@@ -178,10 +178,7 @@ fn plain_producer_seconds(
         }
     }
     producer.flush(Duration::from_secs(120))?;
-    Ok((
-        started.elapsed().as_secs_f64(),
-        process_cpu_seconds() - cpu,
-    ))
+    Ok((started.elapsed().as_secs_f64(), process_cpu_seconds() - cpu))
 }
 
 /// The embedded store: write and window-read rates for compressible and random bodies.
