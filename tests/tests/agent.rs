@@ -157,6 +157,17 @@ fn start_agent(
     CaptureRun::start_with_env(topo_ns, &args, env)
 }
 
+/// An agent in the client's namespace on the client's address (beyond loopback, so with the
+/// token), storing in `data`, with `extra` flags; the address it listens on.
+fn agent_on_client(topo: &Topology, data: &Path, extra: &[&str]) -> Result<(CaptureRun, String)> {
+    let dir = data.display().to_string();
+    let listen = format!("{}:{API_PORT}", topo.client_ip);
+    let mut flags = vec!["--data-dir", dir.as_str()];
+    flags.extend(extra);
+    let agent = start_agent(&topo.client_ns, &listen, data, &flags, &[])?;
+    Ok((agent, listen))
+}
+
 fn curl_n(topo: &Topology, port: u16, tag: &str, n: usize) -> Result<()> {
     for i in 0..n {
         run_ok(topo.client("curl").args([
@@ -187,14 +198,7 @@ fn recordings_and_replays_over_the_api_match_the_cli_and_metrics_move_with_traff
     let nginx = Nginx::start(&topo.server_ns, &[8080])?;
     let data = tempfile::tempdir()?;
     let dir = data.path().display().to_string();
-    let listen = format!("{}:{API_PORT}", topo.client_ip);
-    let agent = start_agent(
-        &topo.client_ns,
-        &listen,
-        data.path(),
-        &["--data-dir", &dir],
-        &[],
-    )?;
+    let (agent, listen) = agent_on_client(&topo, data.path(), &[])?;
     // Called from the server host: the agent listens beyond loopback.
     let api = Api {
         ns: &topo.server_ns,
@@ -354,15 +358,8 @@ fn bad_calls_get_the_right_status_and_a_message_naming_the_problem() -> Result<(
     let _nginx = Nginx::start(&topo.server_ns, &[8080])?;
     let data = tempfile::tempdir()?;
     let dir = data.path().display().to_string();
-    let listen = format!("{}:{API_PORT}", topo.client_ip);
     let allowed = format!("{}:8080", topo.server_ip);
-    let agent = start_agent(
-        &topo.client_ns,
-        &listen,
-        data.path(),
-        &["--data-dir", &dir, "--allow-target", &allowed],
-        &[],
-    )?;
+    let (agent, listen) = agent_on_client(&topo, data.path(), &["--allow-target", &allowed])?;
     let api = Api {
         ns: &topo.client_ns,
         base: format!("http://{listen}"),
@@ -523,24 +520,6 @@ fn two_agents_record_one_shared_kafka_recording_and_its_replay_sends_both_nodes_
     Ok(())
 }
 
-/// (METHOD, path) of every operation an OpenAPI document describes.
-fn documented_routes(doc: &Value) -> BTreeSet<(String, String)> {
-    let methods = [
-        "get", "put", "post", "delete", "patch", "head", "options", "trace",
-    ];
-    doc["paths"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .flat_map(|(path, item)| {
-            methods
-                .iter()
-                .filter(|m| item.get(**m).is_some())
-                .map(|m| (m.to_uppercase(), path.clone()))
-        })
-        .collect()
-}
-
 /// Runs openapi-spec-validator (the reference OpenAPI validator) on `doc`.
 fn validate_openapi(doc: &Value) -> Result<()> {
     let script = "import json, sys\n\
@@ -571,15 +550,7 @@ fn validate_openapi(doc: &Value) -> Result<()> {
 fn the_openapi_document_validates_and_lists_exactly_the_routes_the_agent_serves() -> Result<()> {
     let topo = Topology::new("ago")?;
     let data = tempfile::tempdir()?;
-    let dir = data.path().display().to_string();
-    let listen = format!("{}:{API_PORT}", topo.client_ip);
-    let agent = start_agent(
-        &topo.client_ns,
-        &listen,
-        data.path(),
-        &["--data-dir", &dir],
-        &[],
-    )?;
+    let (agent, listen) = agent_on_client(&topo, data.path(), &[])?;
     let api = Api {
         ns: &topo.client_ns,
         base: format!("http://{listen}"),
@@ -594,7 +565,7 @@ fn the_openapi_document_validates_and_lists_exactly_the_routes_the_agent_serves(
         .iter()
         .map(|r| (r.method.to_string(), r.path.to_string()))
         .collect();
-    assert_eq!(documented_routes(&doc), served);
+    assert_eq!(capture_user::agent::openapi::operations(&doc), served);
     // And the running agent answers each of them from a handler, not the no-route fallback.
     for route in routes {
         let path = route.path.replace("{name}", "nope").replace("{id}", "r999");

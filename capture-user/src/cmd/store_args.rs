@@ -73,7 +73,7 @@ impl StoreArgs {
                 queue_max_messages: self.kafka_queue_messages,
                 ..KafkaConfig::default()
             }),
-            compress: self.kafka.is_none() && self.compression.as_deref() == Some("lz4"),
+            compress: self.compression.as_deref() == Some("lz4"),
         })
     }
 }
