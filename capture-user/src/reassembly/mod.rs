@@ -176,9 +176,39 @@ struct Connection {
     last_ts: Timestamp,
 }
 
-/// Normalised key: the two endpoints in a fixed order.
-fn conn_key(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
-    if a <= b { (a, b) } else { (b, a) }
+/// One end of a connection as plain integers (IPv4 as its IPv6-mapped form, told apart by
+/// `v6`), so the per-packet lookup hashes and compares a few words instead of two enums.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct Endpoint {
+    ip: u128,
+    port: u16,
+    v6: bool,
+}
+
+impl From<SocketAddr> for Endpoint {
+    fn from(addr: SocketAddr) -> Self {
+        match addr {
+            SocketAddr::V4(a) => Self {
+                ip: a.ip().to_ipv6_mapped().to_bits(),
+                port: a.port(),
+                v6: false,
+            },
+            SocketAddr::V6(a) => Self {
+                ip: a.ip().to_bits(),
+                port: a.port(),
+                v6: true,
+            },
+        }
+    }
+}
+
+/// A connection's key, the same both ways: its two endpoints, the lower first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct ConnKey(Endpoint, Endpoint);
+
+fn conn_key(a: SocketAddr, b: SocketAddr) -> ConnKey {
+    let (a, b) = (Endpoint::from(a), Endpoint::from(b));
+    if a <= b { ConnKey(a, b) } else { ConnKey(b, a) }
 }
 
 /// The reassembler for every connection.
@@ -187,7 +217,7 @@ pub struct Reassembler {
     is_server_port: Box<dyn Fn(u16) -> bool + Send>,
     /// Keyed by addresses that arrive from the network: a hasher seeded per process (so no
     /// one can precompute colliding flows), but far cheaper than SipHash per packet.
-    conns: HashMap<(SocketAddr, SocketAddr), Connection, RandomState>,
+    conns: HashMap<ConnKey, Connection, RandomState>,
     next_conn_id: u64,
     held_total: usize,
     stats: ReassemblyStats,
@@ -275,7 +305,7 @@ impl Reassembler {
     /// the client; false when it is not tracked (a bare ACK/FIN/RST, or the cap is reached).
     fn open(
         &mut self,
-        key: (SocketAddr, SocketAddr),
+        key: ConnKey,
         ts: Timestamp,
         seg: &TcpSegment,
         out: &mut Vec<StreamEvent>,
@@ -335,7 +365,7 @@ impl Reassembler {
     /// Ends a connection: remaining held bytes are delivered after a gap.
     fn close(
         &mut self,
-        key: (SocketAddr, SocketAddr),
+        key: ConnKey,
         ts: Timestamp,
         reason: CloseReason,
         out: &mut Vec<StreamEvent>,

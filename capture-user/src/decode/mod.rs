@@ -5,6 +5,8 @@
 //! Sans-IO: fed bytes, returns a segment or a [`DecodeError`] naming why not. Callers count
 //! errors by [`DecodeError::reason`]; nothing here panics on any input.
 
+mod fast;
+
 use std::net::{IpAddr, SocketAddr};
 
 use bytes::{Buf, Bytes};
@@ -185,8 +187,28 @@ pub fn decode_tcp_owned(link: LinkType, mut frame: Bytes) -> Result<TcpSegment, 
     Ok(segment)
 }
 
-/// The segment without its payload, and where the payload lies in `frame`.
+/// The segment without its payload, and where the payload lies in `frame`: the common
+/// Ethernet frame read directly, anything else by etherparse.
 fn decode_headers(
+    link: LinkType,
+    frame: &[u8],
+) -> Result<(TcpSegment, std::ops::Range<usize>), DecodeError> {
+    if link == LinkType::Ethernet
+        && let Some(found) = fast::ethernet_tcp(frame)
+    {
+        return Ok(found);
+    }
+    sliced_headers(link, frame)
+}
+
+/// What etherparse makes of an Ethernet frame: what the fast path must agree with.
+#[cfg(test)]
+fn slow_headers(frame: &[u8]) -> Result<(TcpSegment, std::ops::Range<usize>), DecodeError> {
+    sliced_headers(LinkType::Ethernet, frame)
+}
+
+/// [`decode_headers`] by etherparse, for every link type and every shape of packet.
+fn sliced_headers(
     link: LinkType,
     frame: &[u8],
 ) -> Result<(TcpSegment, std::ops::Range<usize>), DecodeError> {
