@@ -15,6 +15,7 @@ pub mod reassembly;
 pub mod recorder;
 pub mod replay;
 pub mod store;
+pub mod sync;
 pub mod units;
 
 pub mod agent;

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use crate::live::{CaptureConfig, LiveMessages, LiveStats, MessageSink};
 use crate::message::HttpMessage;
 use crate::store::{Ending, Recording, RecordingSummary, Store, StoreError};
+use crate::sync::lock;
 
 /// Message batches waiting for the store thread. When full, new messages are dropped and
 /// counted as `store_queue_full` instead of stalling capture.
@@ -128,9 +129,14 @@ pub struct FinishedRecording {
     pub store_error: Option<anyhow::Error>,
 }
 
-/// Counters of the queue to the store thread, shared by both of its ends and the status.
+/// Counters of the queue to the store thread, shared by both of its ends and the status,
+/// and the message vectors the store thread is done with.
 #[derive(Default)]
 struct QueueCounters {
+    /// Emptied vectors coming back for the framers to fill again: a framer's vector grows
+    /// to thousands of messages between hand-overs, and growing a fresh one each time
+    /// (copying it at every doubling) was a few per cent of the ring thread.
+    spare: Mutex<Vec<Vec<HttpMessage>>>,
     /// Messages put in the queue.
     queued: AtomicU64,
     /// Messages dropped because the queue was full.
@@ -151,7 +157,8 @@ impl MessageSink for StoreQueue {
     /// False once the store thread is gone (it failed).
     fn deliver(&mut self, messages: &mut Vec<HttpMessage>) -> bool {
         let n = messages.len() as u64;
-        match self.tx.try_send(std::mem::take(messages)) {
+        let spare = lock(&self.counters.spare).pop().unwrap_or_default();
+        match self.tx.try_send(std::mem::replace(messages, spare)) {
             Ok(()) => self.counters.queued.fetch_add(n, Ordering::Relaxed),
             Err(std_mpsc::TrySendError::Full(_)) => {
                 self.counters.full.fetch_add(n, Ordering::Relaxed)
@@ -169,6 +176,9 @@ impl MessageSink for StoreQueue {
         }
     }
 }
+
+/// Emptied message vectors kept for reuse; more are dropped.
+const SPARE_BATCHES: usize = 4;
 
 /// What the store thread did (how many messages it wrote is in the shared counters).
 struct StoreOutcome {
@@ -241,15 +251,22 @@ fn store_until_closed(
             Err(std_mpsc::RecvTimeoutError::Timeout) => None,
             Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
         };
-        for m in batch.iter().flatten() {
-            if let Some(limit) = limits.passed_by(written, outcome.bytes, m) {
-                store.flush()?;
-                return Ok(Some(limit));
+        if let Some(mut batch) = batch {
+            for m in &batch {
+                if let Some(limit) = limits.passed_by(written, outcome.bytes, m) {
+                    store.flush()?;
+                    return Ok(Some(limit));
+                }
+                store.append(m, tags)?;
+                written += 1;
+                outcome.bytes += m.bytes.len() as u64;
+                counters.written.fetch_add(1, Ordering::Relaxed);
             }
-            store.append(m, tags)?;
-            written += 1;
-            outcome.bytes += m.bytes.len() as u64;
-            counters.written.fetch_add(1, Ordering::Relaxed);
+            batch.clear();
+            let mut spare = lock(&counters.spare);
+            if spare.len() < SPARE_BATCHES {
+                spare.push(batch);
+            }
         }
         if last_flush.elapsed() >= FLUSH_EVERY {
             store.flush()?;
@@ -309,10 +326,7 @@ impl Recorder {
 
     /// The counters so far (updated every second).
     pub fn status(&self) -> RecorderStatus {
-        self.status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock(&self.status).clone()
     }
 
     /// Asks the recording to stop: it drains the ring, frames the tail, flushes and closes.
@@ -354,7 +368,7 @@ impl Running {
     }
 
     fn publish(&self, now: RecorderStatus) {
-        *self.status.lock().unwrap_or_else(|e| e.into_inner()) = now;
+        *lock(&self.status) = now;
     }
 
     /// Publishes the counters every second until asked to stop, until the store thread
@@ -408,7 +422,7 @@ impl Running {
             store_queue_full: counters.full.load(Ordering::Relaxed),
             live: live_stats,
         };
-        *status.lock().unwrap_or_else(|e| e.into_inner()) = last.clone();
+        *lock(&status) = last.clone();
         // What the store can read back is what counts (a store that failed part way, on a
         // full disk, wrote less than it was handed); a failure ends the recording `failed`.
         let committed = store.committed(&name);

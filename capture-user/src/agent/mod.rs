@@ -30,7 +30,9 @@ mod tests;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use crate::sync::lock;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -236,10 +238,6 @@ pub fn app(agent: Arc<Agent>) -> NormalizePath<Router> {
 )]
 async fn healthz() -> ([(header::HeaderName, &'static str); 1], &'static str) {
     ([(header::CONTENT_TYPE, "text/plain")], "ok\n")
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Forgets the oldest finished entries beyond [`KEEP_FINISHED`].

@@ -7,6 +7,8 @@
 
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
+
+use crate::sync::lock;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -287,10 +289,6 @@ impl<M: MessageSink + Clone> Framing<M> {
         }
         Ok(total)
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A running capture whose packets are framed into messages as they arrive and handed to a
