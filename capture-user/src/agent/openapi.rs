@@ -245,6 +245,8 @@ mod tests {
             "rate",
             "max",
             "loop",
+            "copies",
+            "copy_header",
             "filters",
             "host",
         ] {

@@ -11,8 +11,9 @@ use anyhow::{Context as _, bail};
 
 use crate::files::{FileFormat, read_messages};
 use crate::replay::engine::{EngineConfig, PreparedRequest, Replay};
-use crate::replay::rewrite::Rewrites;
-use crate::replay::schedule::{Pace, Planned, Recorded, plan};
+use crate::replay::report::Tally;
+use crate::replay::rewrite::{CopyHeader, Rewrites};
+use crate::replay::schedule::{Pace, Planned, Recorded, Shape, plan};
 use crate::replay::select::{Filters, RequestHead};
 use crate::replay::source::{ReplayRequest, SourceStats, from_stored, requests_from_messages};
 use crate::store::{RecordingState, StoreConfig};
@@ -38,27 +39,38 @@ pub fn select(
     Ok((kept, filtered_out))
 }
 
-/// Applies rewrites: the bytes each request is sent as.
+/// Applies rewrites, and finds where the copy header goes when there is one: the bytes each
+/// request is sent as.
 pub fn prepare(
     requests: &[ReplayRequest],
     rewrites: &Rewrites,
+    copy_header: Option<&CopyHeader>,
 ) -> anyhow::Result<Vec<PreparedRequest>> {
+    let with_copy_header;
+    let rewrites = match copy_header {
+        Some(header) => {
+            with_copy_header = header.add_to(rewrites)?;
+            &with_copy_header
+        }
+        None => rewrites,
+    };
     requests
         .iter()
         .map(|r| {
+            let what = || format!("rewriting {} {}", r.method, r.uri);
             let bytes = if rewrites.is_empty() {
                 r.bytes.clone()
             } else {
-                bytes::Bytes::from(
-                    rewrites
-                        .apply(&r.bytes)
-                        .with_context(|| format!("rewriting {} {}", r.method, r.uri))?
-                        .into_owned(),
-                )
+                bytes::Bytes::from(rewrites.apply(&r.bytes).with_context(what)?.into_owned())
+            };
+            let copy_slot = match copy_header {
+                Some(_) => Some(CopyHeader::slot(&bytes).with_context(what)?),
+                None => None,
             };
             Ok(PreparedRequest {
                 bytes,
                 recorded_status: r.recorded_status,
+                copy_slot,
             })
         })
         .collect()
@@ -110,6 +122,10 @@ pub struct ReplayOptions {
     pub pace: Pace,
     /// Passes over the whole set, one after the other.
     pub loops: u32,
+    /// Passes at the same time, each on its own connections (`--copies`).
+    pub copies: u32,
+    /// Tags each request with its copy's number (`--copy-header`).
+    pub copy_header: Option<CopyHeader>,
     /// Stop sending after this long.
     pub exit_after: Option<Duration>,
     /// Most connections open at once.
@@ -135,6 +151,8 @@ impl Default for ReplayOptions {
                 speed: Self::DEFAULT_SPEED,
             },
             loops: 1,
+            copies: 1,
+            copy_header: None,
             exit_after: None,
             concurrency: 256,
             connect_timeout: Duration::from_secs(5),
@@ -151,8 +169,10 @@ pub struct LoadedReplay {
     pub source_name: String,
     pub source: SourceStats,
     pub filtered_out: u64,
-    /// Distinct requests (before loops).
+    /// Distinct requests (before loops and copies).
     pub requests: usize,
+    /// Concurrent copies the plan holds.
+    pub copies: u32,
     pub prepared: Vec<PreparedRequest>,
     pub plan: Vec<Planned>,
 }
@@ -165,15 +185,18 @@ impl LoadedReplay {
 
     /// Starts sending to `address` on the current runtime.
     pub fn start(self, address: SocketAddr, options: &ReplayOptions) -> Replay {
+        let tally = Tally::new(self.plan.len() as u64, self.copies);
         Replay::start(
             self.prepared,
             self.plan,
+            tally,
             EngineConfig {
                 target: address,
                 connect_timeout: options.connect_timeout,
                 response_timeout: options.timeout,
                 concurrency: options.concurrency,
                 exit_after: options.exit_after,
+                copy_header: options.copy_header.clone(),
             },
         )
     }
@@ -209,6 +232,15 @@ fn read_source(
     })
 }
 
+/// The shape the options ask for.
+fn shape_of(options: &ReplayOptions) -> Shape {
+    Shape {
+        pace: options.pace,
+        loops: options.loops,
+        copies: options.copies,
+    }
+}
+
 /// Reads the source (blocking: stores and files), selects, rewrites and plans.
 pub fn load_replay(
     source: &ReplaySource,
@@ -218,7 +250,7 @@ pub fn load_replay(
     if options.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
-    crate::replay::schedule::check(options.pace, options.loops)?;
+    crate::replay::schedule::check(shape_of(options))?;
     let (source_name, messages) = read_source(source, store)?;
     let (requests, source_stats) = requests_from_messages(&messages);
     drop(messages);
@@ -238,13 +270,14 @@ pub fn load_replay(
             ts_ns: r.ts_ns,
         })
         .collect();
-    let plan = plan(&recorded, options.pace, options.loops)?;
-    let prepared = prepare(&requests, &options.rewrites)?;
+    let plan = plan(&recorded, shape_of(options))?;
+    let prepared = prepare(&requests, &options.rewrites, options.copy_header.as_ref())?;
     Ok(LoadedReplay {
         source_name,
         source: source_stats,
         filtered_out,
         requests: requests.len(),
+        copies: options.copies,
         prepared,
         plan,
     })
@@ -262,5 +295,46 @@ mod tests {
             Pace::Rate { per_second: 50.0 }
         );
         assert_eq!(pace_of(1.0, None, true), Pace::Max);
+    }
+
+    fn request(id: u64, conn: u64, head: &str) -> ReplayRequest {
+        ReplayRequest {
+            conn,
+            ts_ns: id * 1000,
+            method: "GET".into(),
+            uri: format!("/{id}"),
+            bytes: bytes::Bytes::from(head.to_string()),
+            recorded_status: Some(200),
+        }
+    }
+
+    #[test]
+    fn prepared_requests_carry_the_copy_header_slot_after_the_rewrites() {
+        let requests = vec![request(
+            1,
+            1,
+            "GET /a HTTP/1.1\r\nHost: h\r\nX-Copy: old\r\n\r\n",
+        )];
+        let mut rewrites = Rewrites::default();
+        rewrites.add_set_header("X-Replay: 1").unwrap();
+        let header = CopyHeader::new("X-Copy").unwrap();
+        let prepared = prepare(&requests, &rewrites, Some(&header)).unwrap();
+        let slot = prepared[0].copy_slot.unwrap();
+        assert_eq!(
+            String::from_utf8(header.tag(&prepared[0].bytes, slot, 3)).unwrap(),
+            "GET /a HTTP/1.1\r\nHost: h\r\nX-Replay: 1\r\nX-Copy: 3\r\n\r\n"
+        );
+        // Without a copy header: as recorded, no slot.
+        let plain = prepare(&requests, &Rewrites::default(), None).unwrap();
+        assert_eq!(plain[0].bytes, requests[0].bytes);
+        assert_eq!(plain[0].copy_slot, None);
+        // A copy header the rewrites also name is refused.
+        let mut clash = Rewrites::default();
+        clash.add_drop_header("x-copy").unwrap();
+        let err = prepare(&requests, &clash, Some(&header)).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("--copy-header X-Copy"),
+            "{err:#}"
+        );
     }
 }
