@@ -247,6 +247,7 @@ mod tests {
             "loop",
             "copies",
             "copy_header",
+            "sample",
             "filters",
             "host",
         ] {

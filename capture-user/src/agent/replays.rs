@@ -22,6 +22,7 @@ use crate::replay::engine::Replay;
 use crate::replay::load::{ReplayOptions, ReplaySource, load_replay, pace_of, rewrites_from};
 use crate::replay::report::ReplayReport;
 use crate::replay::rewrite::CopyHeader;
+use crate::replay::sample::SamplePercent;
 use crate::replay::select::{FilterRule, Filters};
 use crate::replay::target::Target;
 
@@ -53,6 +54,11 @@ pub struct StartReplay {
     /// A header that carries each request's copy number (1 to N), e.g. `X-Copy`.
     #[serde(default)]
     pub copy_header: Option<String>,
+    /// A stable share of the traffic to replay, e.g. `10%`: the same subset every time. The
+    /// unit is the recorded connection (kept whole) when no connection carries more than 1 %
+    /// of the requests, the request otherwise.
+    #[serde(default)]
+    pub sample: Option<String>,
     /// Stop sending after this long, e.g. `5m`.
     #[serde(default)]
     pub exit_after: Option<String>,
@@ -117,6 +123,12 @@ impl StartReplay {
             .map(CopyHeader::new)
             .transpose()
             .map_err(|e| ApiError::BadRequest(format!("copy_header: {e}")))?;
+        let sample = self
+            .sample
+            .as_deref()
+            .map(str::parse::<SamplePercent>)
+            .transpose()
+            .map_err(|e| ApiError::BadRequest(format!("sample: {e}")))?;
         let defaults = ReplayOptions::default();
         Ok(ReplayOptions {
             pace: pace_of(
@@ -127,6 +139,7 @@ impl StartReplay {
             loops: self.loops.unwrap_or(defaults.loops),
             copies: self.copies.unwrap_or(defaults.copies),
             copy_header,
+            sample,
             exit_after: duration_field("exit_after", &self.exit_after)?,
             concurrency: self.concurrency.unwrap_or(defaults.concurrency),
             timeout: duration_field("timeout", &self.timeout)?.unwrap_or(defaults.timeout),
@@ -175,7 +188,7 @@ pub struct ReplayStarted {
     pub recording: String,
     /// As asked.
     pub target: String,
-    /// Distinct requests (after filters, before loops and copies).
+    /// Distinct requests (after filters and the sample, before loops and copies).
     pub requests: usize,
     /// Sends planned (requests × loops × copies).
     pub planned: usize,

@@ -147,7 +147,7 @@ async fn replay_targets_outside_the_allowlist_are_403() {
 }
 
 #[tokio::test]
-async fn bad_copies_and_copy_headers_are_400_naming_the_field() {
+async fn bad_copies_copy_headers_and_samples_are_400_naming_the_field() {
     let dir = tempfile::tempdir().expect("tempdir");
     let agent = agent(&dir, &[]);
     let target = r#""recording":"r","target":"http://127.0.0.1:8080""#;
@@ -162,6 +162,9 @@ async fn bad_copies_and_copy_headers_are_400_naming_the_field() {
             r#""copy_header":"Content-Length""#,
             "copy_header: --copy-header",
         ),
+        (r#""sample":"150%""#, "sample: --sample must be more than 0"),
+        (r#""sample":"ten""#, "sample: --sample expects a percentage"),
+        (r#""concurrency":0"#, "--concurrency must be at least 1"),
     ] {
         let sent = format!("{{{target},{fields}}}");
         let (status, body) = call(&agent, "POST", "/v1/replays", Some(TOKEN), sent.clone()).await;

@@ -16,6 +16,7 @@ use crate::replay::load::{
 };
 use crate::replay::report::ReplayReport;
 use crate::replay::rewrite::{CopyHeader, Rewrites};
+use crate::replay::sample::SamplePercent;
 use crate::replay::select::{FilterRule, Filters};
 use crate::replay::target::Target;
 use crate::units::parse_port;
@@ -70,6 +71,14 @@ pub struct ReplayArgs {
     /// the copies apart, e.g. --copy-header X-Copy. A recorded header of that name is replaced.
     #[arg(long, value_name = "NAME", value_parser = CopyHeader::new)]
     pub copy_header: Option<CopyHeader>,
+
+    /// Replay a stable P % of the traffic (e.g. 10%), the same subset every time for the same
+    /// P (a fixed hash of recorded ids; a larger P keeps a superset). The unit is the recorded
+    /// connection, kept or left out whole, when no connection carries more than 1 % of the
+    /// requests (many short connections); otherwise (a few long connections, as from wrk or a
+    /// proxy, or a GoReplay file) the request. The summary says what was kept.
+    #[arg(long, value_name = "P%")]
+    pub sample: Option<SamplePercent>,
 
     /// Stop sending after this long (e.g. 30s, 5m), whatever is left; requests already sent
     /// get up to 2 s more for their answers. Ctrl-C does the same.
@@ -138,6 +147,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
         loops: args.loops,
         copies: args.copies,
         copy_header: args.copy_header.clone(),
+        sample: args.sample,
         exit_after: args.exit_after,
         concurrency: args.concurrency,
         connect_timeout: args.connect_timeout.into(),
@@ -198,8 +208,11 @@ fn starting_line(
             String::new()
         }
     };
+    let sampled = loaded
+        .sample
+        .map_or(String::new(), |s| format!("; {}", s.to_text()));
     format!(
-        "replaying {} requests{}{} from {} to http://{}:{} ({address}); {} incomplete skipped, {} filtered out; planned span {}",
+        "replaying {} requests{}{} from {} to http://{}:{} ({address}); {} incomplete skipped, {} filtered out{sampled}; planned span {}",
         loaded.requests,
         times(loops, "loops"),
         times(loaded.copies, "copies"),

@@ -1,5 +1,5 @@
 //! Turning a source (a recording, a GoReplay file, a pcap) into a replay ready to start:
-//! read, keep the complete requests, filter, rewrite and plan. The command line and the agent
+//! read, keep the complete requests, filter, sample, rewrite and plan. The command line and the agent
 //! both come through here with a [`ReplayOptions`], whose `Default` is the one place the
 //! replay defaults live.
 
@@ -7,16 +7,29 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 
 use crate::files::{FileFormat, read_messages};
 use crate::replay::engine::{EngineConfig, PreparedRequest, Replay};
 use crate::replay::report::Tally;
 use crate::replay::rewrite::{CopyHeader, Rewrites};
+use crate::replay::sample::{SampleKey, SamplePercent, SampleStats, choose};
 use crate::replay::schedule::{Pace, Planned, Recorded, Shape, plan};
 use crate::replay::select::{Filters, RequestHead};
 use crate::replay::source::{ReplayRequest, SourceStats, from_stored, requests_from_messages};
 use crate::store::{RecordingState, StoreConfig};
+
+/// Why a source and options give no replay (the caller's to fix, not the node's).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("--concurrency must be at least 1")]
+    NoConcurrency,
+    #[error("{source_name} has no requests to replay ({details})")]
+    NothingToReplay {
+        source_name: String,
+        details: String,
+    },
+}
 
 /// Applies filters: the requests that pass, in order.
 pub fn select(
@@ -37,6 +50,28 @@ pub fn select(
     }
     let filtered_out = total - kept.len() as u64;
     Ok((kept, filtered_out))
+}
+
+/// Keeps a stable `percent` of the requests (see `sample`), in order, and says what it kept.
+pub fn sample(
+    requests: Vec<ReplayRequest>,
+    percent: SamplePercent,
+    has_connections: bool,
+) -> (Vec<ReplayRequest>, SampleStats) {
+    let keys: Vec<SampleKey> = requests
+        .iter()
+        .map(|r| SampleKey {
+            conn: r.conn,
+            request: r.id,
+        })
+        .collect();
+    let (keep, stats) = choose(&keys, percent, has_connections);
+    let kept = requests
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(r, keep)| keep.then_some(r))
+        .collect();
+    (kept, stats)
 }
 
 /// Applies rewrites, and finds where the copy header goes when there is one: the bytes each
@@ -116,6 +151,14 @@ pub enum ReplaySource {
     Pcap { file: PathBuf, ports: Vec<u16> },
 }
 
+impl ReplaySource {
+    /// GoReplay files record no connections (each request stands alone), so `--sample`
+    /// samples their requests.
+    pub fn has_connections(&self) -> bool {
+        !matches!(self, Self::Gor(_))
+    }
+}
+
 /// How to replay, whoever asks (the command line or the agent).
 #[derive(Clone, Debug)]
 pub struct ReplayOptions {
@@ -126,6 +169,8 @@ pub struct ReplayOptions {
     pub copies: u32,
     /// Tags each request with its copy's number (`--copy-header`).
     pub copy_header: Option<CopyHeader>,
+    /// Replays a stable share of the traffic (`--sample`).
+    pub sample: Option<SamplePercent>,
     /// Stop sending after this long.
     pub exit_after: Option<Duration>,
     /// Most connections open at once.
@@ -153,6 +198,7 @@ impl Default for ReplayOptions {
             loops: 1,
             copies: 1,
             copy_header: None,
+            sample: None,
             exit_after: None,
             concurrency: 256,
             connect_timeout: Duration::from_secs(5),
@@ -169,6 +215,8 @@ pub struct LoadedReplay {
     pub source_name: String,
     pub source: SourceStats,
     pub filtered_out: u64,
+    /// What `--sample` kept, when asked.
+    pub sample: Option<SampleStats>,
     /// Distinct requests (before loops and copies).
     pub requests: usize,
     /// Concurrent copies the plan holds.
@@ -185,7 +233,7 @@ impl LoadedReplay {
 
     /// Starts sending to `address` on the current runtime.
     pub fn start(self, address: SocketAddr, options: &ReplayOptions) -> Replay {
-        let tally = Tally::new(self.plan.len() as u64, self.copies);
+        let tally = Tally::new(self.plan.len() as u64, self.copies).with_sample(self.sample);
         Replay::start(
             self.prepared,
             self.plan,
@@ -241,27 +289,45 @@ fn shape_of(options: &ReplayOptions) -> Shape {
     }
 }
 
-/// Reads the source (blocking: stores and files), selects, rewrites and plans.
+/// Reads the source (blocking: stores and files), selects, samples, rewrites and plans.
 pub fn load_replay(
     source: &ReplaySource,
     store: &StoreConfig,
     options: &ReplayOptions,
 ) -> anyhow::Result<LoadedReplay> {
     if options.concurrency == 0 {
-        bail!("--concurrency must be at least 1");
+        return Err(LoadError::NoConcurrency.into());
     }
     crate::replay::schedule::check(shape_of(options))?;
     let (source_name, messages) = read_source(source, store)?;
     let (requests, source_stats) = requests_from_messages(&messages);
     drop(messages);
     let (requests, filtered_out) = select(requests, &options.filters)?;
+    let (requests, sampled) = match options.sample {
+        Some(percent) => {
+            let (kept, stats) = sample(requests, percent, source.has_connections());
+            (kept, Some(stats))
+        }
+        None => (requests, None),
+    };
     if requests.is_empty() {
-        bail!(
-            "{source_name} has no requests to replay ({} complete requests, {} incomplete skipped, {} left out by --filter)",
+        let details = format!(
+            "{} complete requests, {} incomplete skipped, {} left out by --filter{}",
             source_stats.requests,
             source_stats.incomplete_skipped,
-            filtered_out
+            filtered_out,
+            sampled.map_or(String::new(), |s| format!(
+                ", none of {} {} kept by --sample {}%: ask for more",
+                s.units,
+                s.unit.plural(),
+                s.percent
+            )),
         );
+        return Err(LoadError::NothingToReplay {
+            source_name,
+            details,
+        }
+        .into());
     }
     let recorded: Vec<Recorded> = requests
         .iter()
@@ -276,6 +342,7 @@ pub fn load_replay(
         source_name,
         source: source_stats,
         filtered_out,
+        sample: sampled,
         requests: requests.len(),
         copies: options.copies,
         prepared,
@@ -299,6 +366,7 @@ mod tests {
 
     fn request(id: u64, conn: u64, head: &str) -> ReplayRequest {
         ReplayRequest {
+            id,
             conn,
             ts_ns: id * 1000,
             method: "GET".into(),
@@ -306,6 +374,24 @@ mod tests {
             bytes: bytes::Bytes::from(head.to_string()),
             recorded_status: Some(200),
         }
+    }
+
+    #[test]
+    fn a_sample_keeps_requests_in_order_and_connections_whole() {
+        // 300 connections of 2 requests: the connection is the unit.
+        let requests: Vec<ReplayRequest> = (0..600)
+            .map(|i| request(i + 1, 1 + i % 300, "GET / HTTP/1.1\r\n\r\n"))
+            .collect();
+        let percent: SamplePercent = "10%".parse().unwrap();
+        let (kept, stats) = sample(requests.clone(), percent, true);
+        assert_eq!(stats.unit, crate::replay::sample::SampleUnit::Connection);
+        assert_eq!(kept.len() as u64, stats.requests_kept);
+        assert_eq!(stats.requests_kept, 2 * stats.units_kept);
+        assert!(kept.windows(2).all(|w| w[0].ts_ns < w[1].ts_ns));
+        // The same again; as a GoReplay file (no connections) the unit is the request.
+        assert_eq!(sample(requests.clone(), percent, true).0, kept);
+        let (_, stats) = sample(requests, percent, false);
+        assert_eq!(stats.unit, crate::replay::sample::SampleUnit::Request);
     }
 
     #[test]

@@ -9,6 +9,8 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use super::sample::SampleStats;
+
 /// Why a replayed request failed, named as in summaries and metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum FailureKind {
@@ -85,6 +87,8 @@ pub struct Tally {
     pub response_body_bytes: u64,
     /// Per copy, in copy order (one entry without `--copies`).
     pub copies: Vec<CopyCounts>,
+    /// What `--sample` kept, when asked.
+    pub sample: Option<SampleStats>,
     latency: Histogram<u64>,
     lag: Histogram<u64>,
 }
@@ -110,9 +114,16 @@ impl Tally {
                     ..CopyCounts::default()
                 })
                 .collect(),
+            sample: None,
             latency: histogram(),
             lag: histogram(),
         }
+    }
+
+    /// With what `--sample` kept, for the summary.
+    pub fn with_sample(mut self, sample: Option<SampleStats>) -> Self {
+        self.sample = sample;
+        self
     }
 
     /// The counts of copy `copy` (0-based, as the plan numbers them).
@@ -239,6 +250,7 @@ impl Tally {
             schedule_lag_ms: Percentiles::of(&self.lag),
             ended_early: ended_early.map(str::to_string),
             copies: self.copies.clone(),
+            sample: self.sample,
         }
     }
 }
@@ -306,6 +318,8 @@ pub struct ReplayReport {
     /// The counts per copy (`--copies`; one entry without it). The fields above count all
     /// copies together.
     pub copies: Vec<CopyCounts>,
+    /// What `--sample` kept: the unit, units and requests kept of those there were.
+    pub sample: Option<SampleStats>,
 }
 
 impl ReplayReport {
@@ -337,6 +351,9 @@ impl ReplayReport {
         );
         if let Some(why) = &self.ended_early {
             let _ = writeln!(s, "ended early: {why}");
+        }
+        if let Some(sample) = &self.sample {
+            let _ = writeln!(s, "{}", sample.to_text());
         }
         if self.copies.len() > 1 {
             let per_copy: Vec<String> = self
@@ -487,9 +504,34 @@ mod tests {
         );
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["copies"][1]["failed"], 1);
+        assert_eq!(json["sample"], serde_json::Value::Null);
         // Without --copies: one entry, and no copies line.
         let r = Tally::new(2, 1).report(Duration::ZERO, None);
         assert_eq!(r.copies.len(), 1);
         assert!(!r.to_text().contains("copies:"));
+    }
+
+    #[test]
+    fn the_summary_says_what_the_sample_kept() {
+        let stats = SampleStats {
+            percent: 10.0,
+            unit: super::super::sample::SampleUnit::Connection,
+            units: 1000,
+            units_kept: 101,
+            requests: 1000,
+            requests_kept: 101,
+        };
+        let r = Tally::new(101, 1)
+            .with_sample(Some(stats))
+            .report(Duration::ZERO, None);
+        assert!(
+            r.to_text()
+                .contains("sample 10%: kept 101 of 1000 connections (101 of 1000 requests)"),
+            "{}",
+            r.to_text()
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["sample"]["unit"], "connection");
+        assert_eq!(json["sample"]["units_kept"], 101);
     }
 }
