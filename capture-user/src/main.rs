@@ -49,14 +49,18 @@ enum Command {
     /// Write a recording in GoReplay's file format.
     Export(ExportArgs),
     /// Send a recording's requests to a target: recorded timing (scaled by --speed), a fixed
-    /// --rate, or --max; filters and rewrites; a summary with statuses, latency and mismatches.
+    /// --rate, or --max; N --copies at once or a --sample; filters and rewrites; a summary with
+    /// statuses, latency and mismatches.
     ///
     /// Requests go byte for byte as recorded unless a rewrite says otherwise, each recorded
     /// connection over a connection of its own. Exits non-zero when any request failed.
     ///
     /// Examples: capture replay checkout-peak --target http://staging:8080 --speed 2;
     /// capture replay checkout-peak --target http://10.0.0.7 --rate 200 --exit-after 5m
-    /// --filter method=GET --set-header 'X-Replay: 1'
+    /// --filter method=GET --set-header 'X-Replay: 1';
+    /// capture replay checkout-peak --target http://staging:8080 --copies 3 --copy-header X-Copy
+    /// (three times the traffic, same shape); capture replay checkout-peak --target
+    /// http://small-env:8080 --sample 10% (a stable tenth of it)
     Replay(Box<ReplayArgs>),
     /// Serve the HTTP control API a load-testing platform drives: start/stop recordings,
     /// start/poll/stop replays, /metrics (Prometheus), /healthz. One agent per node.

@@ -33,6 +33,8 @@ pub struct AccessLogEntry {
     pub x_replay: String,
     /// The X-Drop-Me header ("" when absent), for rewrite tests.
     pub x_drop_me: String,
+    /// The X-Copy header ("" when absent), for `replay --copies --copy-header X-Copy`.
+    pub x_copy: String,
     /// The request body, for the proxied `POST /upload` when it fit in memory (1 MiB);
     /// "" otherwise. JSON escapes are undone.
     pub request_body: String,
@@ -63,7 +65,7 @@ pid {d}/nginx.pid;
 events {{ worker_connections 4096; }}
 http {{
     access_log off;
-    log_format capture escape=json '$request_method\t$request_uri\t$status\t$request_length\t$body_bytes_sent\t$msec\t$http_host\t$http_x_replay\t$http_x_drop_me\t$request_body';
+    log_format capture escape=json '$request_method\t$request_uri\t$status\t$request_length\t$body_bytes_sent\t$msec\t$http_host\t$http_x_replay\t$http_x_drop_me\t$http_x_copy\t$request_body';
     client_body_temp_path {d}/body;
     proxy_temp_path {d}/proxy;
     fastcgi_temp_path {d}/fastcgi;
@@ -146,7 +148,7 @@ fn parse_access_log(path: &Path) -> Result<Vec<AccessLogEntry>> {
         .map(|line| {
             // Tabs inside values are escaped (escape=json), so splitting on tabs is exact.
             let f: Vec<&str> = line.split('\t').collect();
-            if f.len() != 10 {
+            if f.len() != 11 {
                 bail!("unexpected access log line {line:?}");
             }
             Ok(AccessLogEntry {
@@ -159,7 +161,8 @@ fn parse_access_log(path: &Path) -> Result<Vec<AccessLogEntry>> {
                 host: unescape_json(f[6]),
                 x_replay: unescape_json(f[7]),
                 x_drop_me: unescape_json(f[8]),
-                request_body: unescape_json(f[9]),
+                x_copy: unescape_json(f[9]),
+                request_body: unescape_json(f[10]),
             })
         })
         .collect()

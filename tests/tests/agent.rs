@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use tests::capture::CaptureRun;
 use tests::netns::Topology;
 use tests::nginx::Nginx;
+use tests::replay::log_from;
 use tests::{capture_bin, multiset, run_ok};
 
 const TOKEN: &str = "s3cret-token-for-tests";
@@ -340,12 +341,57 @@ fn recordings_and_replays_over_the_api_match_the_cli_and_metrics_move_with_traff
     );
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(nginx.access_log()?.len() as u64, 30 + completed);
+    copies_and_a_sample_through_the_api(&api, &nginx, &target)?;
 
     // SIGTERM: the agent ends cleanly and leaves nothing attached.
     let out = agent.stop(libc::SIGTERM)?;
     assert!(out.status.success(), "{}", out.stderr.join("\n"));
     let left = Topology::attachments(&topo.client_ns, &topo.client_if)?.leftovers();
     assert!(left.is_empty(), "{left:?}");
+    Ok(())
+}
+
+/// Copies, a copy header and a sample asked for through the API: the 10 requests of `api1`
+/// (the first 10 lines of nginx's log) arrive once per copy, and the report counts each copy.
+fn copies_and_a_sample_through_the_api(api: &Api, nginx: &Nginx, target: &str) -> Result<()> {
+    let before = nginx.access_log()?.len();
+    let body = json!({"recording": "api1", "target": target, "max": true, "copies": 3,
+        "copy_header": "X-Copy", "sample": "100%"})
+    .to_string();
+    let created = api.ok("POST", "/v1/replays", Some(&body))?;
+    assert_eq!(
+        (&created["requests"], &created["planned"]),
+        (&json!(10), &json!(30))
+    );
+    let done = api.wait_replay(created["id"].as_str().context("no replay id")?)?;
+    assert_eq!(done["state"], "finished", "{done}");
+    assert_eq!(done["progress"]["completed"], 30);
+    let report = &done["report"];
+    // 10 connections of one request each: too few for the connection to be the unit.
+    assert_eq!(report["sample"]["unit"], "request", "{report}");
+    assert_eq!(report["sample"]["requests_kept"], 10, "{report}");
+    let log = log_from(nginx, 0, before + 30)?;
+    let recorded = multiset(log[..10].iter().map(|e| e.uri.clone()));
+    for copy in 1..=3u64 {
+        assert_eq!(
+            report["copies"][copy as usize - 1]["copy"],
+            copy,
+            "{report}"
+        );
+        assert_eq!(
+            report["copies"][copy as usize - 1]["completed"],
+            10,
+            "{report}"
+        );
+        let mine = log[before..]
+            .iter()
+            .filter(|e| e.x_copy == copy.to_string());
+        assert_eq!(
+            multiset(mine.map(|e| e.uri.clone())),
+            recorded,
+            "copy {copy}"
+        );
+    }
     Ok(())
 }
 
@@ -390,6 +436,8 @@ fn bad_calls_get_the_right_status_and_a_message_naming_the_problem() -> Result<(
         ("POST", "/v1/replays", json!({"recording": "keep", "target": "ftp://x"}).to_string(), Some(TOKEN), 400, "target"),
         ("POST", "/v1/replays", json!({"recording": "keep", "target": format!("http://{allowed}"), "filters": ["colour=red"]}).to_string(), Some(TOKEN), 400, "--filter"),
         ("POST", "/v1/replays", json!({"recording": "keep", "target": format!("http://{allowed}"), "speed": -1}).to_string(), Some(TOKEN), 400, "--speed"),
+        ("POST", "/v1/replays", json!({"recording": "keep", "target": format!("http://{allowed}"), "copies": 0}).to_string(), Some(TOKEN), 400, "--copies"),
+        ("POST", "/v1/replays", json!({"recording": "keep", "target": format!("http://{allowed}"), "sample": "0%"}).to_string(), Some(TOKEN), 400, "sample: --sample"),
         ("GET", "/v1/nothing", String::new(), Some(TOKEN), 404, "no route"),
     ];
     for (method, path, body, token, status, says) in cases {

@@ -3,17 +3,14 @@
 //! (method, URI, length, body, headers) and when ($msec).
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use bytes::Bytes;
-use capture_user::files::gor::{GorPayload, write_payload};
-use serde_json::Value;
 use tests::capture::{CaptureRun, Tcpdump};
 use tests::netns::Topology;
 use tests::nginx::{AccessLogEntry, Nginx};
+use tests::replay::{capture_in, get, json_count, log_from, replay, target, write_gor};
 use tests::{capture_bin, multiset, run_ok};
 
 const PORT: u16 = 8080;
@@ -28,100 +25,12 @@ fn key(e: &AccessLogEntry) -> (String, String, u64, String) {
     )
 }
 
-fn capture_in(data_dir: &Path, args: &[&str]) -> Result<Output> {
-    run_ok(
-        Command::new(capture_bin())
-            .args(args)
-            .arg("--data-dir")
-            .arg(data_dir),
-    )
-}
-
-/// Runs `capture replay ARGS --json --quiet` in the client namespace; returns its exit
-/// status success, the JSON summary and stderr.
-fn replay(topo: &Topology, data_dir: &Path, args: &[&str]) -> Result<(bool, Value, String)> {
-    let out = topo
-        .client(&capture_bin().to_string_lossy())
-        .arg("replay")
-        .args(args)
-        .args(["--json", "--quiet", "--data-dir"])
-        .arg(data_dir)
-        .output()
-        .context("running capture replay")?;
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    let summary: Value = serde_json::from_slice(&out.stdout).with_context(|| {
-        format!(
-            "replay printed no JSON summary; stdout:\n{}\nstderr:\n{stderr}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })?;
-    Ok((out.status.success(), summary, stderr))
-}
-
-fn target(topo: &Topology, port: u16) -> String {
-    format!("http://{}:{port}", topo.server_ip)
-}
-
 /// An alphanumeric body unique to `seed` (nginx logs bodies JSON-escaped; these need none).
 fn body(seed: usize, len: usize) -> String {
     let alphabet = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
     (0..len)
         .map(|i| alphabet[(i * 7 + seed * 13 + i / 5) % alphabet.len()] as char)
         .collect()
-}
-
-/// Writes a GoReplay file: each request (with a recorded 200 response) at its time offset.
-fn write_gor(path: &Path, requests: &[(u64, String)]) -> Result<()> {
-    let base = 1_700_000_000_000_000_000u64;
-    let mut out = Vec::new();
-    for (i, (offset_ms, request)) in requests.iter().enumerate() {
-        let id = format!("{i:024x}");
-        let ts = base + offset_ms * 1_000_000;
-        write_payload(
-            &mut out,
-            &GorPayload {
-                kind: 1,
-                id: id.clone(),
-                ts_ns: ts,
-                latency_ns: 0,
-                bytes: Bytes::from(request.clone()),
-            },
-        )?;
-        write_payload(
-            &mut out,
-            &GorPayload {
-                kind: 2,
-                id,
-                ts_ns: ts + 1_000_000,
-                latency_ns: 1_000_000,
-                bytes: Bytes::from_static(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
-            },
-        )?;
-    }
-    std::fs::write(path, out)?;
-    Ok(())
-}
-
-fn get(uri: &str, extra_headers: &str) -> String {
-    format!("GET {uri} HTTP/1.1\r\nHost: origin.example\r\nUser-Agent: test\r\n{extra_headers}\r\n")
-}
-
-fn n(v: &Value, key: &str) -> u64 {
-    v[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{key} missing in {v}"))
-}
-
-/// Access log entries from index `from` on, waiting briefly for nginx to write them all.
-fn log_from(nginx: &Nginx, from: usize, expect: usize) -> Result<Vec<AccessLogEntry>> {
-    for _ in 0..50 {
-        let log = nginx.access_log()?;
-        if log.len() >= from + expect {
-            return Ok(log[from..].to_vec());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(nginx.access_log()?.get(from..).unwrap_or_default().to_vec())
 }
 
 #[test]
@@ -197,14 +106,18 @@ fn replay_sends_exactly_the_recorded_requests_per_connection_and_loop_2_sends_th
     assert_eq!(multiset(once.iter().map(key)), recorded_keys);
     assert_eq!(
         (
-            n(&summary, "planned"),
-            n(&summary, "completed"),
-            n(&summary, "failed")
+            json_count(&summary, "planned"),
+            json_count(&summary, "completed"),
+            json_count(&summary, "failed")
         ),
         (38, 38, 0)
     );
-    assert_eq!(n(&summary, "status_mismatches"), 0, "{summary}");
-    assert_eq!(n(&summary, "connections"), 3 + 6 + 1 + 1, "{summary}");
+    assert_eq!(json_count(&summary, "status_mismatches"), 0, "{summary}");
+    assert_eq!(
+        json_count(&summary, "connections"),
+        3 + 6 + 1 + 1,
+        "{summary}"
+    );
     // Within a connection, the recorded order.
     let c1: Vec<&str> = once
         .iter()
@@ -229,7 +142,7 @@ fn replay_sends_exactly_the_recorded_requests_per_connection_and_loop_2_sends_th
         ],
     )?;
     assert!(ok, "{stderr}");
-    assert_eq!(n(&summary, "completed"), 76);
+    assert_eq!(json_count(&summary, "completed"), 76);
     let twice = log_from(&nginx, before, 76)?;
     let doubled: std::collections::HashMap<_, _> = recorded_keys
         .iter()
@@ -253,7 +166,7 @@ fn replay_sends_exactly_the_recorded_requests_per_connection_and_loop_2_sends_th
         ],
     )?;
     assert!(ok, "{stderr}");
-    assert_eq!(n(&summary, "completed"), 38, "{summary}");
+    assert_eq!(json_count(&summary, "completed"), 38, "{summary}");
     let from_pcap = log_from(&nginx, before, 38)?;
     assert_eq!(multiset(from_pcap.iter().map(key)), recorded_keys);
     Ok(())
@@ -312,7 +225,7 @@ fn speed_2_takes_half_the_recorded_span_and_rate_200_holds_for_20_seconds() -> R
         &["bursty", "--target", &target(&topo, PORT), "--rate", "200"],
     )?;
     assert!(ok, "{stderr}");
-    assert_eq!(n(&summary, "completed"), 4000);
+    assert_eq!(json_count(&summary, "completed"), 4000);
     let log = log_from(&nginx, 21, 4000)?;
     assert_eq!(log.len(), 4000);
     let first = log.iter().map(|e| e.msec).fold(f64::MAX, f64::min);
@@ -416,8 +329,8 @@ fn filters_and_rewrites_show_up_in_the_access_log_as_asked() -> Result<()> {
         ]
     );
     // Recorded 200, nginx has no such files: both differences are reported.
-    assert_eq!(n(&summary, "planned"), 2);
-    assert_eq!(n(&summary, "status_mismatches"), 2, "{summary}");
+    assert_eq!(json_count(&summary, "planned"), 2);
+    assert_eq!(json_count(&summary, "status_mismatches"), 2, "{summary}");
     assert_eq!(summary["mismatches"][0]["recorded"], 200);
     assert_eq!(summary["mismatches"][0]["replayed"], 404);
 
@@ -537,7 +450,7 @@ fn target_down_slow_or_hanging_up_is_counted_the_replay_finishes_and_exits_non_z
     )?;
     assert!(!ok);
     assert_eq!(summary["failures"]["connect_refused"], 20, "{summary}");
-    assert_eq!(n(&summary, "completed"), 0);
+    assert_eq!(json_count(&summary, "completed"), 0);
     let last = stderr.trim().lines().last().unwrap_or_default();
     assert_eq!(last, "error: 20 of 20 requests failed (connect_refused=20)");
 
@@ -595,12 +508,12 @@ fn target_down_slow_or_hanging_up_is_counted_the_replay_finishes_and_exits_non_z
         ],
     )?;
     assert!(ok, "{stderr}");
-    let completed = n(&summary, "completed");
+    let completed = json_count(&summary, "completed");
     assert!((8..=12).contains(&completed), "{summary}");
     // A request written just before the stop still gets its answer (the stop grace): what
     // nginx served is exactly what the report counts as completed.
-    assert_eq!(n(&summary, "in_flight"), 0, "{summary}");
-    assert_eq!(n(&summary, "not_run"), 20 - completed);
+    assert_eq!(json_count(&summary, "in_flight"), 0, "{summary}");
+    assert_eq!(json_count(&summary, "not_run"), 20 - completed);
     assert!(
         summary["ended_early"]
             .as_str()

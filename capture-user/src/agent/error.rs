@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::extract::{MAX_BODY, reply};
 use crate::live::LoaderError;
+use crate::replay::load::LoadError;
 use crate::replay::schedule::ScheduleError;
 use crate::replay::select::SelectError;
 use crate::store::StoreError;
@@ -91,7 +92,8 @@ impl From<anyhow::Error> for ApiError {
             .downcast_ref::<LoaderError>()
             .is_some_and(LoaderError::is_bad_input)
             || e.downcast_ref::<SelectError>().is_some()
-            || e.downcast_ref::<ScheduleError>().is_some();
+            || e.downcast_ref::<ScheduleError>().is_some()
+            || e.downcast_ref::<LoadError>().is_some();
         if bad_input {
             Self::BadRequest(message)
         } else {

@@ -245,6 +245,9 @@ mod tests {
             "rate",
             "max",
             "loop",
+            "copies",
+            "copy_header",
+            "sample",
             "filters",
             "host",
         ] {

@@ -21,6 +21,8 @@ use super::{Agent, AgentConfig, forget_oldest, lock};
 use crate::replay::engine::Replay;
 use crate::replay::load::{ReplayOptions, ReplaySource, load_replay, pace_of, rewrites_from};
 use crate::replay::report::ReplayReport;
+use crate::replay::rewrite::CopyHeader;
+use crate::replay::sample::SamplePercent;
 use crate::replay::select::{FilterRule, Filters};
 use crate::replay::target::Target;
 
@@ -44,6 +46,19 @@ pub struct StartReplay {
     /// Passes over the whole recording, one after the other (default 1).
     #[serde(default, rename = "loop")]
     pub loops: Option<u32>,
+    /// Copies of the traffic sent at once, each on connections of its own (default 1, at most
+    /// 1000): the target sees N times the load with the same shape over time; with `rate`,
+    /// each copy runs at that rate.
+    #[serde(default)]
+    pub copies: Option<u32>,
+    /// A header that carries each request's copy number (1 to N), e.g. `X-Copy`.
+    #[serde(default)]
+    pub copy_header: Option<String>,
+    /// A stable share of the traffic to replay, e.g. `10%`: the same subset every time. The
+    /// unit is the recorded connection (kept whole) when no connection carries more than 1 %
+    /// of the requests, the request otherwise.
+    #[serde(default)]
+    pub sample: Option<String>,
     /// Stop sending after this long, e.g. `5m`.
     #[serde(default)]
     pub exit_after: Option<String>,
@@ -102,6 +117,18 @@ impl StartReplay {
             self.host.as_deref(),
         )
         .map_err(|e| ApiError::BadRequest(format!("rewrites: {e:#}")))?;
+        let copy_header = self
+            .copy_header
+            .as_deref()
+            .map(CopyHeader::new)
+            .transpose()
+            .map_err(|e| ApiError::BadRequest(format!("copy_header: {e}")))?;
+        let sample = self
+            .sample
+            .as_deref()
+            .map(str::parse::<SamplePercent>)
+            .transpose()
+            .map_err(|e| ApiError::BadRequest(format!("sample: {e}")))?;
         let defaults = ReplayOptions::default();
         Ok(ReplayOptions {
             pace: pace_of(
@@ -110,6 +137,9 @@ impl StartReplay {
                 self.max,
             ),
             loops: self.loops.unwrap_or(defaults.loops),
+            copies: self.copies.unwrap_or(defaults.copies),
+            copy_header,
+            sample,
             exit_after: duration_field("exit_after", &self.exit_after)?,
             concurrency: self.concurrency.unwrap_or(defaults.concurrency),
             timeout: duration_field("timeout", &self.timeout)?.unwrap_or(defaults.timeout),
@@ -158,9 +188,9 @@ pub struct ReplayStarted {
     pub recording: String,
     /// As asked.
     pub target: String,
-    /// Distinct requests (before loops).
+    /// Distinct requests (after filters and the sample, before loops and copies).
     pub requests: usize,
-    /// Sends planned (requests × loops).
+    /// Sends planned (requests × loops × copies).
     pub planned: usize,
     /// Always `running`.
     pub state: ReplayState,
@@ -185,7 +215,7 @@ pub struct ReplayView {
 /// How far a replay got.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Progress {
-    /// Sends planned (requests × loops).
+    /// Sends planned (requests × loops × copies).
     pub planned: u64,
     /// Completed or failed.
     pub done: u64,

@@ -147,6 +147,33 @@ async fn replay_targets_outside_the_allowlist_are_403() {
 }
 
 #[tokio::test]
+async fn bad_copies_copy_headers_and_samples_are_400_naming_the_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = agent(&dir, &[]);
+    let target = r#""recording":"r","target":"http://127.0.0.1:8080""#;
+    for (fields, says) in [
+        (
+            r#""copies":0"#,
+            "--copies must be between 1 and 1000 (got 0)",
+        ),
+        (r#""copies":1001"#, "--copies must be between 1 and 1000"),
+        (r#""copy_header":"Bad Name""#, "copy_header: --copy-header"),
+        (
+            r#""copy_header":"Content-Length""#,
+            "copy_header: --copy-header",
+        ),
+        (r#""sample":"150%""#, "sample: --sample must be more than 0"),
+        (r#""sample":"ten""#, "sample: --sample expects a percentage"),
+        (r#""concurrency":0"#, "--concurrency must be at least 1"),
+    ] {
+        let sent = format!("{{{target},{fields}}}");
+        let (status, body) = call(&agent, "POST", "/v1/replays", Some(TOKEN), sent.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{sent}: {body}");
+        assert!(error(&body).contains(says), "{sent}: {body}");
+    }
+}
+
+#[tokio::test]
 async fn a_trailing_slash_reaches_the_same_route() {
     let dir = tempfile::tempdir().expect("tempdir");
     let agent = agent(&dir, &[]);

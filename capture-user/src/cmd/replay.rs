@@ -1,6 +1,6 @@
 //! `capture replay`: send a recording's requests (or a GoReplay/pcap file's) to a target, with
-//! the recorded timing scaled, a fixed rate, or as fast as possible; a progress line while it
-//! runs and a summary at the end.
+//! the recorded timing scaled, a fixed rate, or as fast as possible, as many copies at once as
+//! asked or a sample; a progress line while it runs and a summary at the end.
 
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
@@ -11,9 +11,12 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cmd::store_args::StoreArgs;
 use crate::replay::engine::Replay;
-use crate::replay::load::{ReplayOptions, ReplaySource, load_replay, pace_of, rewrites_from};
+use crate::replay::load::{
+    LoadedReplay, ReplayOptions, ReplaySource, load_replay, pace_of, rewrites_from,
+};
 use crate::replay::report::ReplayReport;
-use crate::replay::rewrite::Rewrites;
+use crate::replay::rewrite::{CopyHeader, Rewrites};
+use crate::replay::sample::SamplePercent;
 use crate::replay::select::{FilterRule, Filters};
 use crate::replay::target::Target;
 use crate::units::parse_port;
@@ -56,6 +59,26 @@ pub struct ReplayArgs {
     /// Replay the whole set this many times, one pass after the other.
     #[arg(long = "loop", value_name = "N", default_value_t = ReplayOptions::default().loops)]
     pub loops: u32,
+
+    /// Send N copies of the traffic at once, each on connections of its own (every recorded
+    /// connection becomes N). The shape over time is kept: at --speed 1 the target sees N
+    /// times the recorded rate with the same curve; with --rate, each copy runs at that rate.
+    /// Combines with --loop (each copy loops), --sample, filters and rewrites. Up to 1000.
+    #[arg(long, value_name = "N", default_value_t = ReplayOptions::default().copies)]
+    pub copies: u32,
+
+    /// Add `NAME: <copy number>` (1 to N) to every request, so the target or its logs can tell
+    /// the copies apart, e.g. --copy-header X-Copy. A recorded header of that name is replaced.
+    #[arg(long, value_name = "NAME", value_parser = CopyHeader::new)]
+    pub copy_header: Option<CopyHeader>,
+
+    /// Replay a stable P % of the traffic (e.g. 10%), the same subset every time for the same
+    /// P (a fixed hash of recorded ids; a larger P keeps a superset). The unit is the recorded
+    /// connection, kept or left out whole, when no connection carries more than 1 % of the
+    /// requests (many short connections); otherwise (a few long connections, as from wrk or a
+    /// proxy, or a GoReplay file) the request. The summary says what was kept.
+    #[arg(long, value_name = "P%")]
+    pub sample: Option<SamplePercent>,
 
     /// Stop sending after this long (e.g. 30s, 5m), whatever is left; requests already sent
     /// get up to 2 s more for their answers. Ctrl-C does the same.
@@ -122,6 +145,9 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let options = ReplayOptions {
         pace: pace_of(args.speed, args.rate, args.max),
         loops: args.loops,
+        copies: args.copies,
+        copy_header: args.copy_header.clone(),
+        sample: args.sample,
         exit_after: args.exit_after,
         concurrency: args.concurrency,
         connect_timeout: args.connect_timeout.into(),
@@ -140,21 +166,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
     };
     let address = target.resolve().await?;
     let loaded = load_replay(&source, &args.store.to_config()?, &options)?;
-    eprintln!(
-        "replaying {} requests{} from {} to http://{}:{} ({address}); {} incomplete skipped, {} filtered out; planned span {}",
-        loaded.requests,
-        if args.loops > 1 {
-            format!(" x {} loops", args.loops)
-        } else {
-            String::new()
-        },
-        loaded.source_name,
-        target.host,
-        target.port,
-        loaded.source.incomplete_skipped,
-        loaded.filtered_out,
-        humantime::format_duration(Duration::from_millis(loaded.span().as_millis() as u64)),
-    );
+    eprintln!("{}", starting_line(&loaded, &target, address, args.loops));
     let replay = loaded.start(address, &options);
     let interrupted = watch_progress(&replay, args.quiet).await?;
     let report = replay.finish().await;
@@ -180,6 +192,37 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// "replaying 1000 requests x 2 loops x 3 copies from recording R to ...": what is about to go.
+fn starting_line(
+    loaded: &LoadedReplay,
+    target: &Target,
+    address: std::net::SocketAddr,
+    loops: u32,
+) -> String {
+    let times = |n: u32, what: &str| {
+        if n > 1 {
+            format!(" x {n} {what}")
+        } else {
+            String::new()
+        }
+    };
+    let sampled = loaded
+        .sample
+        .map_or(String::new(), |s| format!("; {}", s.to_text()));
+    format!(
+        "replaying {} requests{}{} from {} to http://{}:{} ({address}); {} incomplete skipped, {} filtered out{sampled}; planned span {}",
+        loaded.requests,
+        times(loops, "loops"),
+        times(loaded.copies, "copies"),
+        loaded.source_name,
+        target.host,
+        target.port,
+        loaded.source.incomplete_skipped,
+        loaded.filtered_out,
+        humantime::format_duration(Duration::from_millis(loaded.span().as_millis() as u64)),
+    )
 }
 
 /// Shows progress until the replay ends; stops it on Ctrl-C/SIGTERM and says which.

@@ -1,5 +1,6 @@
-//! The async shell of replay: opens one connection per recorded connection (per loop), sends
-//! its requests in order at their planned times, reads the answers, and tallies what happened.
+//! The async shell of replay: opens one connection per recorded connection (per loop, per
+//! copy), sends its requests in order at their planned times, reads the answers, and tallies
+//! what happened.
 //!
 //! Requests are written as the bytes they are (recorded, or rewritten by the user's rules) on a
 //! plain TCP stream, and answers are framed by the capture framer: an HTTP library would
@@ -9,6 +10,7 @@
 //! connection is sequential), but no connection ever delays another, so a slow target shows up
 //! as latency and schedule lag rather than as a slower schedule (no coordinated omission).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -23,7 +25,8 @@ use tokio::time::{Instant, sleep_until, timeout};
 
 use super::report::{FailureKind, ReplayReport, Tally};
 use super::response::{ResponseError, ResponseReader};
-use super::schedule::Planned;
+use super::rewrite::{CopyHeader, CopySlot};
+use super::schedule::{Planned, ReplayConn};
 
 /// Connections are opened this long before their first request is due, so the handshake
 /// does not make the first request late.
@@ -48,6 +51,8 @@ pub struct EngineConfig {
     pub concurrency: usize,
     /// Stop after this long, whatever is left.
     pub exit_after: Option<Duration>,
+    /// `--copy-header`: each request carries its copy's number in this header.
+    pub copy_header: Option<CopyHeader>,
 }
 
 /// A request ready to send.
@@ -57,20 +62,27 @@ pub struct PreparedRequest {
     pub bytes: Bytes,
     /// Final status when it was recorded, to spot changed behaviour.
     pub recorded_status: Option<u16>,
+    /// Where the copy header goes, when there is one (see [`CopyHeader`]).
+    pub copy_slot: Option<CopySlot>,
 }
 
 /// The sends of one replay connection, in order.
 struct ConnectionPlan {
+    /// The copy (0-based) the connection belongs to.
+    copy: u32,
     sends: Vec<(usize, Duration)>,
 }
 
 /// Groups the plan by connection, in the order connections are first due.
 fn connection_plans(plan: &[Planned]) -> Vec<ConnectionPlan> {
-    let mut index_of: HashMap<(u32, u64), usize> = HashMap::new();
+    let mut index_of: HashMap<ReplayConn, usize> = HashMap::new();
     let mut plans: Vec<ConnectionPlan> = Vec::new();
     for p in plan {
         let i = *index_of.entry(p.conn).or_insert_with(|| {
-            plans.push(ConnectionPlan { sends: Vec::new() });
+            plans.push(ConnectionPlan {
+                copy: p.conn.copy,
+                sends: Vec::new(),
+            });
             plans.len() - 1
         });
         plans[i].sends.push((p.index, p.due));
@@ -86,6 +98,16 @@ struct Shared {
 }
 
 impl Shared {
+    /// What to write for `request` in copy `copy`: as prepared, or with the copy header.
+    fn bytes_for<'a>(&self, request: &'a PreparedRequest, copy: u32) -> Cow<'a, [u8]> {
+        match (&self.config.copy_header, request.copy_slot) {
+            (Some(header), Some(slot)) => {
+                Cow::Owned(header.tag(&request.bytes, slot, copy.saturating_add(1)))
+            }
+            _ => Cow::Borrowed(&request.bytes[..]),
+        }
+    }
+
     fn tally(&self) -> MutexGuard<'_, Tally> {
         // A panicking connection task cannot leave the totals half-updated in a way that
         // matters more than losing them, so a poisoned lock is still read.
@@ -101,10 +123,16 @@ pub struct Replay {
 }
 
 impl Replay {
-    /// Starts sending `plan` (indices into `requests`) on the current tokio runtime.
-    pub fn start(requests: Vec<PreparedRequest>, plan: Vec<Planned>, config: EngineConfig) -> Self {
+    /// Starts sending `plan` (indices into `requests`) on the current tokio runtime, counting
+    /// into `tally` (made for this plan).
+    pub fn start(
+        requests: Vec<PreparedRequest>,
+        plan: Vec<Planned>,
+        tally: Tally,
+        config: EngineConfig,
+    ) -> Self {
         let shared = Arc::new(Shared {
-            tally: Mutex::new(Tally::new(plan.len() as u64)),
+            tally: Mutex::new(tally),
             requests,
             config,
             start: Instant::now() + CONNECT_LEAD,
@@ -271,6 +299,7 @@ async fn replay_connection(
         _ = stopped(&mut stop) => return,
     };
     let mut open: Option<Connection> = None;
+    let copy = plan.copy;
     for (index, due) in plan.sends {
         let due_at = shared.start + due;
         tokio::select! {
@@ -292,21 +321,23 @@ async fn replay_connection(
         let mut conn = match attempt {
             Ok(conn) => conn,
             Err(failure) => {
-                shared.tally().not_sent(lag, failure);
+                shared.tally().not_sent(copy, lag, failure);
                 continue;
             }
         };
         let request = &shared.requests[index];
-        shared.tally().sent(lag);
+        let bytes = shared.bytes_for(request, copy);
+        shared.tally().sent(copy, lag);
         let sent_at = Instant::now();
         let answer = timeout(
             shared.config.response_timeout,
-            exchange(&mut conn, &request.bytes, &mut buf),
+            exchange(&mut conn, &bytes, &mut buf),
         )
         .await;
         match answer {
             Ok(Ok(outcome)) => {
                 shared.tally().completed(
+                    copy,
                     outcome.status,
                     request.recorded_status,
                     outcome.body_len,
@@ -316,8 +347,8 @@ async fn replay_connection(
                     open = Some(conn);
                 }
             }
-            Ok(Err(failure)) => shared.tally().failed(failure),
-            Err(_) => shared.tally().failed(FailureKind::ResponseTimeout),
+            Ok(Err(failure)) => shared.tally().failed(copy, failure),
+            Err(_) => shared.tally().failed(copy, FailureKind::ResponseTimeout),
         }
     }
 }

@@ -9,6 +9,8 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use super::sample::SampleStats;
+
 /// Why a replayed request failed, named as in summaries and metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum FailureKind {
@@ -56,10 +58,21 @@ fn record(h: &mut Histogram<u64>, d: Duration) {
     h.saturating_record(us.clamp(1, HISTOGRAM_MAX_US));
 }
 
+/// The counts of one copy of the traffic (`--copies`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct CopyCounts {
+    /// The copy's number (1 to N), as its copy header carries it.
+    pub copy: u32,
+    pub planned: u64,
+    pub sent: u64,
+    pub completed: u64,
+    pub failed: u64,
+}
+
 /// Running totals of one replay.
 #[derive(Clone, Debug)]
 pub struct Tally {
-    /// Sends the plan holds (requests × loops).
+    /// Sends the plan holds (requests × loops × copies).
     pub planned: u64,
     /// Requests written (at least started) to the target.
     pub sent: u64,
@@ -72,13 +85,19 @@ pub struct Tally {
     /// (recorded status, replayed status) → count, for responses that differ.
     pub mismatches: BTreeMap<(u16, u16), u64>,
     pub response_body_bytes: u64,
+    /// Per copy, in copy order (one entry without `--copies`).
+    pub copies: Vec<CopyCounts>,
+    /// What `--sample` kept, when asked.
+    pub sample: Option<SampleStats>,
     latency: Histogram<u64>,
     lag: Histogram<u64>,
 }
 
 impl Tally {
-    /// Empty totals for a plan of `planned` sends.
-    pub fn new(planned: u64) -> Self {
+    /// Empty totals for a plan of `planned` sends spread evenly over `copies` copies (each copy
+    /// plans the same sends).
+    pub fn new(planned: u64, copies: u32) -> Self {
+        let copies = copies.max(1);
         Self {
             planned,
             sent: 0,
@@ -88,32 +107,57 @@ impl Tally {
             statuses: BTreeMap::new(),
             mismatches: BTreeMap::new(),
             response_body_bytes: 0,
+            copies: (1..=copies)
+                .map(|copy| CopyCounts {
+                    copy,
+                    planned: planned / u64::from(copies),
+                    ..CopyCounts::default()
+                })
+                .collect(),
+            sample: None,
             latency: histogram(),
             lag: histogram(),
         }
     }
 
-    /// A request is being written `lag` after its planned time.
-    pub fn sent(&mut self, lag: Duration) {
+    /// With what `--sample` kept, for the summary.
+    pub fn with_sample(mut self, sample: Option<SampleStats>) -> Self {
+        self.sample = sample;
+        self
+    }
+
+    /// The counts of copy `copy` (0-based, as the plan numbers them).
+    fn copy(&mut self, copy: u32) -> &mut CopyCounts {
+        let last = self.copies.len().saturating_sub(1);
+        let i = (copy as usize).min(last);
+        &mut self.copies[i]
+    }
+
+    /// A request of copy `copy` is being written `lag` after its planned time.
+    pub fn sent(&mut self, copy: u32, lag: Duration) {
         self.sent += 1;
+        self.copy(copy).sent += 1;
         record(&mut self.lag, lag);
     }
 
     /// A request is not even written: its connection could not be opened.
-    pub fn not_sent(&mut self, lag: Duration, failure: FailureKind) {
+    pub fn not_sent(&mut self, copy: u32, lag: Duration, failure: FailureKind) {
         record(&mut self.lag, lag);
         *self.failures.entry(failure).or_default() += 1;
+        self.copy(copy).failed += 1;
     }
 
     /// Its final response arrived `latency` after the send started.
     pub fn completed(
         &mut self,
+        copy: u32,
         status: u16,
         recorded: Option<u16>,
         body_len: u64,
         latency: Duration,
     ) {
         self.completed += 1;
+        self.copy(copy).completed += 1;
         *self.statuses.entry(status).or_default() += 1;
         if let Some(recorded) = recorded
             && recorded != status
@@ -125,8 +169,9 @@ impl Tally {
     }
 
     /// A sent request failed.
-    pub fn failed(&mut self, failure: FailureKind) {
+    pub fn failed(&mut self, copy: u32, failure: FailureKind) {
         *self.failures.entry(failure).or_default() += 1;
+        self.copy(copy).failed += 1;
     }
 
     /// Failed requests, whatever the kind.
@@ -204,6 +249,8 @@ impl Tally {
             latency_ms: Percentiles::of(&self.latency),
             schedule_lag_ms: Percentiles::of(&self.lag),
             ended_early: ended_early.map(str::to_string),
+            copies: self.copies.clone(),
+            sample: self.sample,
         }
     }
 }
@@ -268,12 +315,17 @@ pub struct ReplayReport {
     pub schedule_lag_ms: Percentiles,
     /// Why the replay stopped before its end, if it did.
     pub ended_early: Option<String>,
+    /// The counts per copy (`--copies`; one entry without it). The fields above count all
+    /// copies together.
+    pub copies: Vec<CopyCounts>,
+    /// What `--sample` kept: the unit, units and requests kept of those there were.
+    pub sample: Option<SampleStats>,
 }
 
 impl ReplayReport {
     /// A report of nothing yet.
     pub fn empty() -> Self {
-        Tally::new(0).report(Duration::ZERO, None)
+        Tally::new(0, 1).report(Duration::ZERO, None)
     }
 
     /// The replay failed: some request got no response.
@@ -299,6 +351,22 @@ impl ReplayReport {
         );
         if let Some(why) = &self.ended_early {
             let _ = writeln!(s, "ended early: {why}");
+        }
+        if let Some(sample) = &self.sample {
+            let _ = writeln!(s, "{}", sample.to_text());
+        }
+        if self.copies.len() > 1 {
+            let per_copy: Vec<String> = self
+                .copies
+                .iter()
+                .map(|c| format!("{}={}", c.copy, c.completed))
+                .collect();
+            let _ = writeln!(
+                s,
+                "copies: {}, completed per copy: {} (--json has each copy's counts)",
+                self.copies.len(),
+                per_copy.join(" ")
+            );
         }
         let pairs = |m: &BTreeMap<String, u64>| {
             m.iter()
@@ -349,22 +417,23 @@ mod tests {
 
     #[test]
     fn report_counts_statuses_failures_mismatches_and_percentiles() {
-        let mut t = Tally::new(6);
+        let mut t = Tally::new(6, 1);
         for (i, (status, recorded)) in
             [(200, Some(200)), (200, Some(404)), (500, None), (200, None)]
                 .into_iter()
                 .enumerate()
         {
-            t.sent(Duration::from_millis(i as u64));
+            t.sent(0, Duration::from_millis(i as u64));
             t.completed(
+                0,
                 status,
                 recorded,
                 10,
                 Duration::from_millis(10 * (i as u64 + 1)),
             );
         }
-        t.sent(Duration::ZERO);
-        t.failed(FailureKind::ResponseTimeout);
+        t.sent(0, Duration::ZERO);
+        t.failed(0, FailureKind::ResponseTimeout);
         let r = t.report(Duration::from_secs(2), Some("--exit-after 2s"));
         assert_eq!(
             (r.planned, r.sent, r.completed, r.failed, r.not_run),
@@ -397,17 +466,72 @@ mod tests {
 
     #[test]
     fn connect_failures_are_not_sends_and_in_flight_is_what_is_left() {
-        let mut t = Tally::new(3);
-        t.not_sent(Duration::ZERO, FailureKind::ConnectRefused);
-        t.sent(Duration::ZERO);
-        t.sent(Duration::ZERO);
-        t.completed(200, None, 0, Duration::from_millis(1));
+        let mut t = Tally::new(3, 1);
+        t.not_sent(0, Duration::ZERO, FailureKind::ConnectRefused);
+        t.sent(0, Duration::ZERO);
+        t.sent(0, Duration::ZERO);
+        t.completed(0, 200, None, 0, Duration::from_millis(1));
         assert_eq!(t.in_flight(), 1);
         let r = t.report(Duration::from_secs(1), None);
         assert_eq!((r.sent, r.failed, r.in_flight, r.not_run), (2, 1, 1, 0));
         assert_eq!(
-            Tally::new(0).report(Duration::ZERO, None).latency_ms,
+            Tally::new(0, 1).report(Duration::ZERO, None).latency_ms,
             Percentiles::default()
         );
+    }
+
+    #[test]
+    fn copies_are_counted_together_and_each_on_its_own() {
+        let mut t = Tally::new(6, 3);
+        for copy in 0..3 {
+            t.sent(copy, Duration::ZERO);
+            t.completed(copy, 200, Some(200), 0, Duration::from_millis(1));
+        }
+        t.sent(1, Duration::ZERO);
+        t.failed(1, FailureKind::ResponseTimeout);
+        t.not_sent(2, Duration::ZERO, FailureKind::ConnectRefused);
+        let r = t.report(Duration::from_secs(1), None);
+        assert_eq!((r.planned, r.sent, r.completed, r.failed), (6, 4, 3, 2));
+        let counts = |c: &CopyCounts| (c.copy, c.planned, c.sent, c.completed, c.failed);
+        assert_eq!(
+            r.copies.iter().map(counts).collect::<Vec<_>>(),
+            vec![(1, 2, 1, 1, 0), (2, 2, 2, 1, 1), (3, 2, 1, 1, 1)]
+        );
+        let text = r.to_text();
+        assert!(
+            text.contains("copies: 3, completed per copy: 1=1 2=1 3=1"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["copies"][1]["failed"], 1);
+        assert_eq!(json["sample"], serde_json::Value::Null);
+        // Without --copies: one entry, and no copies line.
+        let r = Tally::new(2, 1).report(Duration::ZERO, None);
+        assert_eq!(r.copies.len(), 1);
+        assert!(!r.to_text().contains("copies:"));
+    }
+
+    #[test]
+    fn the_summary_says_what_the_sample_kept() {
+        let stats = SampleStats {
+            percent: 10.0,
+            unit: super::super::sample::SampleUnit::Connection,
+            units: 1000,
+            units_kept: 101,
+            requests: 1000,
+            requests_kept: 101,
+        };
+        let r = Tally::new(101, 1)
+            .with_sample(Some(stats))
+            .report(Duration::ZERO, None);
+        assert!(
+            r.to_text()
+                .contains("sample 10%: kept 101 of 1000 connections (101 of 1000 requests)"),
+            "{}",
+            r.to_text()
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["sample"]["unit"], "connection");
+        assert_eq!(json["sample"]["units_kept"], 101);
     }
 }

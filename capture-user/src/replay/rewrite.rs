@@ -1,5 +1,6 @@
 //! How replayed requests are altered (`--rewrite-url`, `--set-header`, `--drop-header`,
-//! `--host`). Sans-IO, on the recorded bytes, over the head view of `select`.
+//! `--host`), and the copy header (`--copy-header`). Sans-IO, on the recorded bytes, over the
+//! head view of `select`.
 //!
 //! Byte-exact replay is the default promise: a request no rule changes is sent as recorded.
 //! A rewritten request keeps every untouched header line as recorded (order, case, spacing)
@@ -87,6 +88,12 @@ impl Rewrites {
         }
         self.set_line("Host", host);
         Ok(())
+    }
+
+    /// Whether a rule sets or drops the header `name` (case-insensitive).
+    pub fn names_header(&self, name: &str) -> bool {
+        let lower = name.to_ascii_lowercase();
+        self.set.iter().any(|(n, _)| *n == lower) || self.drop.contains(&lower)
     }
 
     /// The bytes to send for `request`: the recorded bytes when no rule changes anything.
@@ -199,6 +206,93 @@ impl Rewrites {
     }
 }
 
+/// `--copy-header NAME`: every request carries `NAME: <copy number>` (1 to N), so the target
+/// or its logs can tell the copies of `--copies` apart. The line goes last in the head, so the
+/// rest stays byte-exact; a recorded header of that name is dropped (`prepare`), so a request
+/// carries exactly one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CopyHeader {
+    name: String,
+}
+
+/// Headers that frame or route a request: numbering copies with them would break the request.
+const NOT_COPY_HEADERS: [&str; 5] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "expect",
+];
+
+/// Where the copy header line goes in a prepared request: before the blank line that ends the
+/// head, with the line ending the head uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CopySlot {
+    at: usize,
+    crlf: bool,
+}
+
+impl CopyHeader {
+    /// A header name that is a token and frames nothing.
+    pub fn new(name: &str) -> Result<Self, SelectError> {
+        let name = name.trim();
+        if !is_token(name) {
+            return Err(SelectError::BadHeaderName {
+                flag: "--copy-header",
+                name: name.to_string(),
+            });
+        }
+        if NOT_COPY_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+            return Err(SelectError::FramingCopyHeader(name.to_string()));
+        }
+        Ok(Self {
+            name: name.to_string(),
+        })
+    }
+
+    /// The header's name, as given.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Adds "drop any recorded header of this name" to `rewrites`; refuses rewrites that set
+    /// or drop it too (one of the two would silently lose).
+    pub fn add_to(&self, rewrites: &Rewrites) -> Result<Rewrites, SelectError> {
+        if rewrites.names_header(&self.name) {
+            return Err(SelectError::CopyHeaderRewritten(self.name.clone()));
+        }
+        let mut with_drop = rewrites.clone();
+        with_drop.add_drop_header(&self.name)?;
+        Ok(with_drop)
+    }
+
+    /// Where the line goes in `request` (already rewritten by [`CopyHeader::add_to`]'s rules).
+    pub fn slot(request: &[u8]) -> Result<CopySlot, SelectError> {
+        let (lines, _) = lines(request).ok_or(SelectError::NoHead)?;
+        let first = lines.first().ok_or(SelectError::NoHead)?;
+        let blank_start = lines.last().map_or(first.next, |l| l.next);
+        Ok(CopySlot {
+            at: blank_start,
+            crlf: request[first.end..first.next].starts_with(b"\r"),
+        })
+    }
+
+    /// `request` with `NAME: copy_number` inserted at `slot`; the body untouched.
+    pub fn tag(&self, request: &[u8], slot: CopySlot, copy_number: u32) -> Vec<u8> {
+        let at = slot.at.min(request.len());
+        let line = format!(
+            "{}: {copy_number}{}",
+            self.name,
+            if slot.crlf { "\r\n" } else { "\n" }
+        );
+        let mut out = Vec::with_capacity(request.len() + line.len());
+        out.extend_from_slice(&request[..at]);
+        out.extend_from_slice(line.as_bytes());
+        out.extend_from_slice(&request[at..]);
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,6 +399,64 @@ mod tests {
         let out = apply(&r, &req);
         assert!(out.ends_with(body));
         assert_eq!(out.len(), req.len() + "X-Replay: 1\r\n".len());
+    }
+
+    #[test]
+    fn the_copy_header_goes_last_in_the_head_once_with_the_body_untouched() {
+        let header = CopyHeader::new("X-Copy").unwrap();
+        let rewrites = header.add_to(&Rewrites::default()).unwrap();
+        let req: &[u8] =
+            b"POST /u HTTP/1.1\r\nHost: a\r\nx-copy: recorded\r\nContent-Length: 4\r\n\r\n\r\n\r\n";
+        let prepared = rewrites.apply(req).unwrap();
+        let slot = CopyHeader::slot(&prepared).unwrap();
+        for copy in [1, 2, 30] {
+            let out = header.tag(&prepared, slot, copy);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                format!(
+                    "POST /u HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nX-Copy: {copy}\r\n\r\n\r\n\r\n"
+                )
+            );
+        }
+        // Bare LF heads get a bare LF line; a head with no header lines gets one too.
+        let lf: &[u8] = b"GET / HTTP/1.0\n\n";
+        let slot = CopyHeader::slot(lf).unwrap();
+        assert_eq!(header.tag(lf, slot, 2), b"GET / HTTP/1.0\nX-Copy: 2\n\n");
+        assert!(matches!(
+            CopyHeader::slot(b"GET / HTTP/1.1\r\nHost: a"),
+            Err(SelectError::NoHead)
+        ));
+    }
+
+    #[test]
+    fn copy_header_names_that_frame_or_clash_with_rewrites_are_refused() {
+        for bad in ["Bad Name", "a:b", ""] {
+            let err = CopyHeader::new(bad).unwrap_err().to_string();
+            assert!(err.contains("--copy-header"), "{bad}: {err}");
+        }
+        for framing in [
+            "Host",
+            "content-length",
+            "Transfer-Encoding",
+            "Connection",
+            "Expect",
+        ] {
+            let err = CopyHeader::new(framing).unwrap_err().to_string();
+            assert!(
+                err.contains("--copy-header") && err.contains(framing),
+                "{err}"
+            );
+        }
+        let header = CopyHeader::new("X-Copy").unwrap();
+        assert_eq!(header.name(), "X-Copy");
+        let mut set = Rewrites::default();
+        set.add_set_header("x-copy: 7").unwrap();
+        let mut drop = Rewrites::default();
+        drop.add_drop_header("X-COPY").unwrap();
+        for rewrites in [set, drop] {
+            let err = header.add_to(&rewrites).unwrap_err().to_string();
+            assert!(err.contains("--copy-header X-Copy"), "{err}");
+        }
     }
 
     proptest! {

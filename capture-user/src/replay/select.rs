@@ -24,6 +24,12 @@ pub enum SelectError {
         pattern: String,
         source: regex::Error,
     },
+    #[error(
+        "--copy-header {0}: that header frames or routes the request; number copies with another name, e.g. X-Copy"
+    )]
+    FramingCopyHeader(String),
+    #[error("--copy-header {0}: --set-header or --drop-header names it too; keep one of them")]
+    CopyHeaderRewritten(String),
     #[error("the recorded request has no complete head")]
     NoHead,
     #[error("rewriting gave a request target with a line break or space: {0:?}")]

@@ -12,6 +12,8 @@ use crate::store::StoredMessage;
 /// One recorded request to replay.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplayRequest {
+    /// Recorded message id, unique within the source (what `--sample` hashes by request).
+    pub id: u64,
     /// Recorded connection (requests of one connection replay over one connection, in order).
     pub conn: u64,
     /// Capture time of its first byte (ns since the epoch).
@@ -63,6 +65,7 @@ pub fn requests_from_messages(messages: &[HttpMessage]) -> (Vec<ReplayRequest>, 
             m.first_ts.as_nanos(),
             m.id,
             ReplayRequest {
+                id: m.id,
                 conn: m.conn_id,
                 ts_ns: m.first_ts.as_nanos(),
                 method: method.to_string(),

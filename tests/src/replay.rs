@@ -1,0 +1,108 @@
+//! Running `capture replay` in a test topology and reading what reached nginx: the helpers the
+//! replay test files share.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use capture_user::files::gor::{GorPayload, write_payload};
+use serde_json::Value;
+
+use crate::netns::Topology;
+use crate::nginx::{AccessLogEntry, Nginx};
+use crate::{capture_bin, run_ok};
+
+/// Runs `capture ARGS --data-dir DIR` on the host (imports, inspections).
+pub fn capture_in(data_dir: &Path, args: &[&str]) -> Result<Output> {
+    run_ok(
+        Command::new(capture_bin())
+            .args(args)
+            .arg("--data-dir")
+            .arg(data_dir),
+    )
+}
+
+/// Runs `capture replay ARGS --json --quiet` in the client namespace; returns its exit
+/// status success, the JSON summary and stderr.
+pub fn replay(topo: &Topology, data_dir: &Path, args: &[&str]) -> Result<(bool, Value, String)> {
+    let out = topo
+        .client(&capture_bin().to_string_lossy())
+        .arg("replay")
+        .args(args)
+        .args(["--json", "--quiet", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .context("running capture replay")?;
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let summary: Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "replay printed no JSON summary; stdout:\n{}\nstderr:\n{stderr}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })?;
+    Ok((out.status.success(), summary, stderr))
+}
+
+/// `http://SERVER:PORT`: the server host of `topo`.
+pub fn target(topo: &Topology, port: u16) -> String {
+    format!("http://{}:{port}", topo.server_ip)
+}
+
+/// A count in a JSON summary; panics naming the field when it is missing.
+pub fn json_count(v: &Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} missing in {v}"))
+}
+
+/// Access log entries from index `from` on, waiting briefly for nginx to write them all.
+pub fn log_from(nginx: &Nginx, from: usize, expect: usize) -> Result<Vec<AccessLogEntry>> {
+    for _ in 0..50 {
+        let log = nginx.access_log()?;
+        if log.len() >= from + expect {
+            return Ok(log[from..].to_vec());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(nginx.access_log()?.get(from..).unwrap_or_default().to_vec())
+}
+
+/// Writes a GoReplay file: each request (with a recorded 200 response) at its time offset in
+/// milliseconds.
+pub fn write_gor(path: &Path, requests: &[(u64, String)]) -> Result<()> {
+    let base = 1_700_000_000_000_000_000u64;
+    let mut out = Vec::new();
+    for (i, (offset_ms, request)) in requests.iter().enumerate() {
+        let id = format!("{i:024x}");
+        let ts = base + offset_ms * 1_000_000;
+        write_payload(
+            &mut out,
+            &GorPayload {
+                kind: 1,
+                id: id.clone(),
+                ts_ns: ts,
+                latency_ns: 0,
+                bytes: Bytes::from(request.clone()),
+            },
+        )?;
+        write_payload(
+            &mut out,
+            &GorPayload {
+                kind: 2,
+                id,
+                ts_ns: ts + 1_000_000,
+                latency_ns: 1_000_000,
+                bytes: Bytes::from_static(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+            },
+        )?;
+    }
+    std::fs::write(path, out)?;
+    Ok(())
+}
+
+/// A GET of `uri` with a Host and a User-Agent, and `extra_headers` (each line ending in CR LF).
+pub fn get(uri: &str, extra_headers: &str) -> String {
+    format!("GET {uri} HTTP/1.1\r\nHost: origin.example\r\nUser-Agent: test\r\n{extra_headers}\r\n")
+}
