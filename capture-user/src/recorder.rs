@@ -133,9 +133,12 @@ pub struct FinishedRecording {
 /// and the message vectors the store thread is done with.
 #[derive(Default)]
 struct QueueCounters {
-    /// Emptied vectors coming back for the framers to fill again: a framer's vector grows
-    /// to thousands of messages between hand-overs, and growing a fresh one each time
-    /// (copying it at every doubling) was a few per cent of the ring thread.
+    /// Stored batches coming back for the framers to empty and fill again. A framer's
+    /// vector grows to thousands of messages between hand-overs, and growing a fresh one
+    /// each time (copying it at every doubling) was a few per cent of the ring thread. The
+    /// messages are dropped there too: their bytes share reference counts with the packets
+    /// the ring thread is cutting, and releasing them from the store thread bounced those
+    /// cache lines between cores.
     spare: Mutex<Vec<Vec<HttpMessage>>>,
     /// Messages put in the queue.
     queued: AtomicU64,
@@ -157,7 +160,8 @@ impl MessageSink for StoreQueue {
     /// False once the store thread is gone (it failed).
     fn deliver(&mut self, messages: &mut Vec<HttpMessage>) -> bool {
         let n = messages.len() as u64;
-        let spare = lock(&self.counters.spare).pop().unwrap_or_default();
+        let mut spare = lock(&self.counters.spare).pop().unwrap_or_default();
+        spare.clear();
         match self.tx.try_send(std::mem::replace(messages, spare)) {
             Ok(()) => self.counters.queued.fetch_add(n, Ordering::Relaxed),
             Err(std_mpsc::TrySendError::Full(_)) => {
@@ -177,7 +181,7 @@ impl MessageSink for StoreQueue {
     }
 }
 
-/// Emptied message vectors kept for reuse; more are dropped.
+/// Stored batches kept for the framers to reuse; more are dropped where they are.
 const SPARE_BATCHES: usize = 4;
 
 /// What the store thread did (how many messages it wrote is in the shared counters).
@@ -251,7 +255,7 @@ fn store_until_closed(
             Err(std_mpsc::RecvTimeoutError::Timeout) => None,
             Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
         };
-        if let Some(mut batch) = batch {
+        if let Some(batch) = batch {
             for m in &batch {
                 if let Some(limit) = limits.passed_by(written, outcome.bytes, m) {
                     store.flush()?;
@@ -262,7 +266,6 @@ fn store_until_closed(
                 outcome.bytes += m.bytes.len() as u64;
                 counters.written.fetch_add(1, Ordering::Relaxed);
             }
-            batch.clear();
             let mut spare = lock(&counters.spare);
             if spare.len() < SPARE_BATCHES {
                 spare.push(batch);
