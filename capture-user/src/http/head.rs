@@ -4,11 +4,12 @@
 
 use std::mem::MaybeUninit;
 
-use super::HttpStats;
+use super::{HttpStats, scan};
 use crate::message::MessageKind;
 use crate::reassembly::FlowDir;
 
 /// A request or status line and headers, copied out of the input so it can be consumed.
+#[derive(Debug, PartialEq, Eq)]
 pub(super) struct Head {
     /// Bytes of the head, up to and including the empty line that ends it.
     pub(super) len: usize,
@@ -29,11 +30,20 @@ pub(super) enum HeadParse {
 }
 
 /// Most headers one head may have; more is counted as a head too large.
-const MAX_HEADERS: usize = 128;
+pub(super) const MAX_HEADERS: usize = 128;
 
-/// Reads a request line and headers. Heads httparse refuses are read leniently (see
-/// [`lenient_request_head`]), since servers answer them and they must be recorded.
+/// Reads a request line and headers: the plain shape quickly (`scan`), the rest with
+/// httparse, and heads httparse refuses leniently (see [`lenient_request_head`]), since
+/// servers answer them and they must be recorded.
 pub(super) fn request_head(buf: &[u8], stats: &mut HttpStats) -> HeadParse {
+    match scan::request(buf, stats) {
+        Some(head) => HeadParse::Complete(head),
+        None => parsed_request_head(buf, stats),
+    }
+}
+
+/// [`request_head`] by httparse (and the lenient reading).
+pub(super) fn parsed_request_head(buf: &[u8], stats: &mut HttpStats) -> HeadParse {
     // Uninitialised: filling 128 empty headers first would cost more than parsing most heads.
     let mut headers = [MaybeUninit::uninit(); MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
@@ -73,9 +83,17 @@ pub(super) fn request_head(buf: &[u8], stats: &mut HttpStats) -> HeadParse {
     }
 }
 
-/// Reads a status line and headers; no leniency, since a response httparse refuses cannot
-/// be framed reliably.
+/// Reads a status line and headers (the plain shape quickly, the rest with httparse); no
+/// leniency, since a response httparse refuses cannot be framed reliably.
 pub(super) fn response_head(buf: &[u8], stats: &mut HttpStats) -> HeadParse {
+    match scan::response(buf, stats) {
+        Some(head) => HeadParse::Complete(head),
+        None => parsed_response_head(buf, stats),
+    }
+}
+
+/// [`response_head`] by httparse.
+pub(super) fn parsed_response_head(buf: &[u8], stats: &mut HttpStats) -> HeadParse {
     let mut headers = [MaybeUninit::uninit(); MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
     match httparse::ParserConfig::default().parse_response_with_uninit_headers(
@@ -187,7 +205,7 @@ pub(super) fn lenient_request_head(buf: &[u8]) -> Lenient {
 }
 
 /// How a message's body is delimited, from its headers.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum BodyFraming {
     None,
     Length(u64),
@@ -198,7 +216,7 @@ pub(super) enum BodyFraming {
 
 /// What the Content-Length headers say, read in order until one is wrong.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ContentLength {
+pub(super) enum ContentLength {
     Absent,
     Value(u64),
     /// A value that is not a number.
@@ -209,7 +227,21 @@ enum ContentLength {
 
 impl ContentLength {
     /// Takes one Content-Length header (a comma-separated list of values).
-    fn add(self, raw: &[u8]) -> Self {
+    pub(super) fn add(self, raw: &[u8]) -> Self {
+        // Nearly always one plain number: read without splitting or UTF-8 checks.
+        if (1..=19).contains(&raw.len()) && raw.iter().all(u8::is_ascii_digit) {
+            let v = raw.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0'));
+            return match self {
+                Self::Invalid | Self::Conflicting => self,
+                Self::Value(prev) if prev != v => Self::Conflicting,
+                _ => Self::Value(v),
+            };
+        }
+        self.add_list(raw)
+    }
+
+    /// Takes one Content-Length header read as RFC 9110 allows: a list of numbers.
+    pub(super) fn add_list(self, raw: &[u8]) -> Self {
         let mut state = self;
         for part in raw.split(|&b| b == b',') {
             let text = std::str::from_utf8(part).unwrap_or("").trim();
@@ -245,6 +277,17 @@ pub(super) fn body_framing(
             cl = cl.add(h.value);
         }
     }
+    framing_of(te, cl, stats, is_request)
+}
+
+/// What the last Transfer-Encoding value and the Content-Length headers say about where
+/// the body ends.
+pub(super) fn framing_of(
+    te: Option<&[u8]>,
+    cl: ContentLength,
+    stats: &mut HttpStats,
+    is_request: bool,
+) -> BodyFraming {
     if let Some(te) = te {
         if cl != ContentLength::Absent {
             // Both: a classic request-smuggling shape. TE wins, and we say so.

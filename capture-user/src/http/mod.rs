@@ -9,7 +9,8 @@
 //!
 //! Files, in the order bytes meet them: `framer` (the per-connection framer: runs each
 //! direction, pairs responses with requests, stops at tunnels), `head` (where a message
-//! starts, its request or status line and headers, what they say about the body), `half`
+//! starts, its request or status line and headers, what they say about the body; `scan`
+//! reads the plain shape of a head quickly and leaves the rest to httparse), `half`
 //! (one direction's state, buffer and message in progress) and `body` (Content-Length,
 //! chunked and close-delimited bodies).
 
@@ -18,6 +19,7 @@ mod framer;
 mod half;
 mod head;
 mod input;
+mod scan;
 #[cfg(test)]
 mod tests;
 

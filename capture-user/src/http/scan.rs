@@ -1,0 +1,217 @@
+//! The quick read of a head: request and status lines and headers of the plain shape nearly
+//! all traffic has (CRLF line ends, one space between the parts of the first line, `name:`
+//! with no space before the colon, printable values), read in one pass that looks only at
+//! the two headers framing needs. Reading heads was a fifth of the CPU of `capture record`,
+//! most of it httparse collecting every header into a table we then searched. Anything else
+//! (other whitespace, bare LF, obs-fold, control bytes, non-ASCII URIs, over
+//! [`MAX_HEADERS`] headers, a head not ended yet) is left to httparse: this reader answers
+//! only when it is sure httparse would give the same head, which a property test holds it to.
+
+use super::HttpStats;
+use super::head::{ContentLength, Head, MAX_HEADERS, framing_of};
+use crate::message::MessageKind;
+
+/// Reads a request head of the plain shape; `None` when httparse must decide.
+pub(super) fn request(buf: &[u8], stats: &mut HttpStats) -> Option<Head> {
+    let method_len = buf.iter().take(17).position(|&b| b == b' ')?;
+    let method = &buf[..method_len];
+    if method.is_empty() || !method.iter().all(u8::is_ascii_uppercase) {
+        return None;
+    }
+    let uri_start = method_len + 1;
+    let uri_end = uri_start + uri_len(&buf[uri_start..])?;
+    if uri_end == uri_start || buf.get(uri_end) != Some(&b' ') {
+        return None;
+    }
+    let (minor_version, line_end) = version_crlf(buf, uri_end + 1)?;
+    let (len, te, cl) = headers(buf, line_end)?;
+    let framing = framing_of(te, cl, stats, true);
+    Some(Head {
+        len,
+        kind: MessageKind::Request {
+            method: std::str::from_utf8(method).ok()?.into(),
+            uri: std::str::from_utf8(&buf[uri_start..uri_end]).ok()?.into(),
+        },
+        minor_version,
+        framing,
+    })
+}
+
+/// Reads a response head of the plain shape; `None` when httparse must decide.
+pub(super) fn response(buf: &[u8], stats: &mut HttpStats) -> Option<Head> {
+    let minor_version = version(buf, 0)?;
+    let code = buf.get(8..13)?;
+    if code[0] != b' ' || code[4] != b' ' || !code[1..4].iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let status = code[1..4]
+        .iter()
+        .fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
+    // The reason phrase: printable ASCII, spaces and tabs up to CRLF.
+    let reason_end = printable_end(buf, 13);
+    if buf.get(reason_end..reason_end + 2) != Some(b"\r\n") {
+        return None;
+    }
+    let (len, te, cl) = headers(buf, reason_end + 2)?;
+    let framing = framing_of(te, cl, stats, false);
+    Some(Head {
+        len,
+        kind: MessageKind::Response { status },
+        minor_version,
+        framing,
+    })
+}
+
+/// `HTTP/1.0` or `HTTP/1.1` at `at`: the minor version.
+fn version(buf: &[u8], at: usize) -> Option<u8> {
+    match buf.get(at..at + 8)? {
+        b"HTTP/1.1" => Some(1),
+        b"HTTP/1.0" => Some(0),
+        _ => None,
+    }
+}
+
+/// A version then CRLF at `at`: the minor version and where the next line starts.
+fn version_crlf(buf: &[u8], at: usize) -> Option<(u8, usize)> {
+    let minor = version(buf, at)?;
+    (buf.get(at + 8..at + 10)? == b"\r\n").then_some((minor, at + 10))
+}
+
+/// Reads header lines from `at` to the empty line: the head's length, the last
+/// Transfer-Encoding value and what the Content-Length headers say. Indexes `buf` directly:
+/// this loop is most of the reading.
+fn headers(buf: &[u8], mut at: usize) -> Option<(usize, Option<&[u8]>, ContentLength)> {
+    let mut te = None;
+    let mut cl = ContentLength::Absent;
+    for _ in 0..=MAX_HEADERS {
+        if buf.get(at..at + 2)? == b"\r\n" {
+            return Some((at + 2, te, cl));
+        }
+        let name_start = at;
+        while is_token(*buf.get(at)?) {
+            at += 1;
+        }
+        if at == name_start || buf[at] != b':' {
+            return None;
+        }
+        let name = &buf[name_start..at];
+        at += 1;
+        while matches!(buf.get(at), Some(b' ' | b'\t')) {
+            at += 1;
+        }
+        let value_start = at;
+        at = printable_end(buf, at);
+        if buf.get(at..at + 2)? != b"\r\n" {
+            return None;
+        }
+        let mut value_end = at;
+        while value_end > value_start && matches!(buf[value_end - 1], b' ' | b'\t') {
+            value_end -= 1;
+        }
+        at += 2;
+        let value = &buf[value_start..value_end];
+        if name.eq_ignore_ascii_case(b"content-length") {
+            cl = cl.add(value);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            te = Some(value);
+        }
+    }
+    // More headers than httparse is given room for: it counts the head as too large.
+    None
+}
+
+/// Where the bytes from `at` that may be in a header value or reason phrase end: tab and
+/// 0x20..=0x7E (bytes over 0x7F are left to httparse). Eight at a time while none is a
+/// control byte or DEL: values are most of a head's bytes.
+fn printable_end(buf: &[u8], mut at: usize) -> usize {
+    while let Some(word) = buf.get(at..).and_then(<[u8]>::first_chunk::<8>) {
+        let x = u64::from_le_bytes(*word);
+        let marks = below(x, 0x20) | equal(x, 0x7F) | high(x);
+        if marks == 0 {
+            at += 8;
+            continue;
+        }
+        let stop = at + first_mark(marks);
+        if buf[stop] != b'\t' {
+            return stop;
+        }
+        at = stop + 1;
+    }
+    while let Some(&b) = buf.get(at) {
+        if b != b'\t' && !(0x20..0x7F).contains(&b) {
+            break;
+        }
+        at += 1;
+    }
+    at
+}
+
+/// Bytes at the start of `bytes` that may be in a URI here (0x21..=0x7E); `None` when they
+/// run to the end (the line is not complete: httparse decides).
+fn uri_len(bytes: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    while let Some(word) = bytes.get(at..).and_then(<[u8]>::first_chunk::<8>) {
+        let x = u64::from_le_bytes(*word);
+        let marks = below(x, 0x21) | equal(x, 0x7F) | high(x);
+        if marks != 0 {
+            return Some(at + first_mark(marks));
+        }
+        at += 8;
+    }
+    let tail = bytes.get(at..)?;
+    tail.iter()
+        .position(|&b| !(0x21..0x7F).contains(&b))
+        .map(|n| at + n)
+}
+
+/// Index of the first marked byte of a word (each mark is a byte's high bit). The tests
+/// below mark exactly the right bytes up to the first true one; only bytes after it can be
+/// marked wrongly (by a borrow), so the lowest mark is exact.
+fn first_mark(marks: u64) -> usize {
+    (marks.trailing_zeros() / 8) as usize
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// Marks bytes below `n` (`n` at most 0x80).
+fn below(x: u64, n: u8) -> u64 {
+    x.wrapping_sub(ONES * u64::from(n)) & !x & HIGHS
+}
+
+/// Marks bytes equal to `b`.
+fn equal(x: u64, b: u8) -> u64 {
+    let y = x ^ (ONES * u64::from(b));
+    y.wrapping_sub(ONES) & !y & HIGHS
+}
+
+/// Marks bytes over 0x7F.
+fn high(x: u64) -> u64 {
+    x & HIGHS
+}
+
+/// RFC 9110 `tchar`, what a header name is made of.
+fn is_token(b: u8) -> bool {
+    TOKEN[usize::from(b)]
+}
+
+/// Which bytes are `tchar`s, looked up once per header name byte.
+static TOKEN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(c, b'!' | b'#' | b'$' | b'%' | b'&')
+            || matches!(
+                c,
+                b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~'
+            );
+        b += 1;
+    }
+    table
+};
+
+#[cfg(test)]
+#[path = "scan_tests.rs"]
+mod tests;
