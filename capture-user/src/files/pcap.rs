@@ -5,12 +5,11 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use bytes::Bytes;
 use pcap_file::pcap::PcapReader;
 use pcap_file::pcapng::{Block, PcapNgReader};
 
 use crate::decode::LinkType;
-use crate::packet::{CapturedPacket, Direction, Timestamp};
+use crate::packet::{CapturedPacket, Direction, PacketArena, Timestamp};
 
 /// Why a capture file could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +41,8 @@ enum Inner {
 pub struct PcapPackets {
     path: PathBuf,
     inner: Inner,
+    /// Packet bytes are copied here, as live capture copies them from the ring.
+    arena: PacketArena,
     /// Packets skipped because their interface has a link type we cannot decode.
     pub unsupported_link_packets: u64,
 }
@@ -99,6 +100,7 @@ pub fn open(path: &Path) -> Result<PcapPackets, PcapError> {
     Ok(PcapPackets {
         path: path.to_path_buf(),
         inner,
+        arena: PacketArena::default(),
         unsupported_link_packets: 0,
     })
 }
@@ -122,7 +124,7 @@ impl Iterator for PcapPackets {
                     Ok(p) => p,
                     Err(e) => return Some(Err(format_err(e))),
                 };
-                let data = Bytes::copy_from_slice(&packet.data);
+                let data = self.arena.copy(&packet.data);
                 Some(Ok(CapturedPacket {
                     ts: timestamp(packet.timestamp),
                     ifindex: 0,
@@ -143,7 +145,7 @@ impl Iterator for PcapPackets {
                 };
                 let (interface_id, ts, original_len) =
                     (epb.interface_id, epb.timestamp, epb.original_len);
-                let data = Bytes::copy_from_slice(&epb.data);
+                let data = self.arena.copy(&epb.data);
                 let linktype = reader
                     .interfaces()
                     .get(interface_id as usize)

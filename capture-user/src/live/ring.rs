@@ -14,7 +14,7 @@ use capture_common::{
 };
 
 use crate::decode::LinkType;
-use crate::packet::{CapturedPacket, Timestamp};
+use crate::packet::{CapturedPacket, PacketArena, Timestamp};
 
 /// Offset between the kernel's monotonic clock (what `bpf_ktime_get_ns` reads) and the
 /// wall clock, sampled once at start so each record converts with one addition.
@@ -130,16 +130,10 @@ pub struct ChunkAssembler {
     clock: ClockOffset,
     /// At most one packet in flight per CPU: a CPU writes a packet's chunks back to back.
     partial: HashMap<u32, PartialPacket, foldhash::fast::RandomState>,
-    /// Single-chunk packets are copied here and split off, so most packets cost no allocation.
-    arena: BytesMut,
+    /// Single-chunk packets are copied here.
+    arena: PacketArena,
     discarded_incomplete: u64,
 }
-
-/// Arena refill size: enough to amortise its allocation over about a hundred packets, and
-/// small enough that the arena is done with (its reference count left alone by this thread)
-/// by the time the store thread drops the messages cut from it, and that it stays below
-/// malloc's mmap threshold (a fresh mapping per arena costs a page fault per 4 KiB).
-const ARENA_BYTES: usize = 96 << 10;
 
 impl ChunkAssembler {
     /// A fresh assembler converting timestamps with `clock`.
@@ -147,7 +141,7 @@ impl ChunkAssembler {
         Self {
             clock,
             partial: HashMap::default(),
-            arena: BytesMut::new(),
+            arena: PacketArena::default(),
             discarded_incomplete: 0,
         }
     }
@@ -224,11 +218,7 @@ impl ChunkAssembler {
             self.discarded_incomplete += 1;
             return Assembled::Pending;
         }
-        if self.arena.capacity() < data.len() {
-            self.arena = BytesMut::with_capacity(ARENA_BYTES.max(data.len()));
-        }
-        self.arena.extend_from_slice(data);
-        let bytes = self.arena.split().freeze();
+        let bytes = self.arena.copy(data);
         Assembled::Packet(self.packet(&header, bytes))
     }
 
