@@ -3,7 +3,8 @@
 //! types themselves (their fields, serde attributes and doc comments), so the document
 //! cannot describe a body the code does not read or write. Who needs the token comes from
 //! [`ROUTES`], like the token layer's rule: every route but the open ones carries the bearer
-//! requirement and a 401 answer, and every route that reads a body a 413.
+//! requirement and a 401 answer, every route that reads a body a 408 and a 413, and every
+//! route under the handling deadline a 500 and a 503.
 
 use axum::http::{Method, StatusCode};
 use axum::response::Response;
@@ -95,10 +96,22 @@ impl Modify for FromRoutes {
                     error_answer("No bearer token, or the wrong one"),
                 );
             }
+            let answers = &mut op.responses.responses;
             if op.request_body.is_some() {
-                op.responses
-                    .responses
-                    .insert("413".into(), error_answer("Request body over 1 MiB"));
+                answers.insert("413".into(), error_answer("Request body over 1 MiB"));
+                answers.insert(
+                    "408".into(),
+                    error_answer("Request body not received whole within --body-read-timeout"),
+                );
+            }
+            if route.deadline {
+                answers.insert(
+                    "503".into(),
+                    error_answer("Not done within --handling-deadline; the work goes on"),
+                );
+                answers.entry("500".into()).or_insert_with(|| {
+                    error_answer("The node failed (store I/O, privileges), not the call")
+                });
             }
         }
     }

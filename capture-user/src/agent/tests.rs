@@ -15,7 +15,10 @@ const TOKEN: &str = "tok-for-unit-tests";
 fn agent(dir: &tempfile::TempDir, allow_targets: &[&str]) -> Arc<Agent> {
     Agent::new(AgentConfig {
         listen: "127.0.0.1:0".parse().expect("address"),
-        token: Some(TOKEN.into()),
+        token: Some(Arc::new(fixed_token(TOKEN))),
+        tls: None,
+        insecure_plain_http: false,
+        limits: ServerLimits::default(),
         store: StoreConfig {
             data_dir: Some(dir.path().to_path_buf()),
             ..StoreConfig::default()
