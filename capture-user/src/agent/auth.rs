@@ -79,6 +79,12 @@ impl Gate {
         let Some(token) = &self.token else {
             return true;
         };
+        // The router answers HEAD with the GET handler, so an open GET is an open HEAD.
+        let method = if method == Method::HEAD {
+            &Method::GET
+        } else {
+            method
+        };
         if self.open.iter().any(|(m, p)| m == method && *p == path) {
             return true;
         }
@@ -136,6 +142,7 @@ mod tests {
         );
         let none = HeaderMap::new();
         assert!(gate.admits(&Method::GET, "/healthz", &none));
+        assert!(gate.admits(&Method::HEAD, "/healthz", &none));
         assert!(!gate.admits(&Method::POST, "/healthz", &none));
         assert!(!gate.admits(&Method::GET, "/metrics", &none));
         assert!(!gate.admits(&Method::GET, "/metrics", &bearer("Bearer tok2")));

@@ -401,8 +401,7 @@ pub async fn serve(config: AgentConfig) -> anyhow::Result<()> {
         .map(tls::acceptor)
         .transpose()
         .context("setting up TLS")?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
+    let listener = server::bind(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let signalled = shutdown_signal()?;
     let agent = Agent::new(config);

@@ -4,7 +4,8 @@
 //! cannot describe a body the code does not read or write. Who needs the token comes from
 //! [`ROUTES`], like the token layer's rule: every route but the open ones carries the bearer
 //! requirement and a 401 answer, every route that reads a body a 408 and a 413, and every
-//! route under the handling deadline a 500 and a 503.
+//! route under the handling deadline a 500 and a 503; a route with a path parameter a 400
+//! (escapes that do not decode).
 
 use axum::http::{Method, StatusCode};
 use axum::response::Response;
@@ -69,7 +70,9 @@ pub(super) async fn serve() -> Response {
 }
 
 /// Adds what [`ROUTES`] decides rather than each handler: the bearer scheme, which
-/// operations need it (with their 401), and the 413 of operations that read a body.
+/// operations need it (with their 401), the 408 and 413 of operations that read a body, the
+/// 400 of a path parameter that does not decode, and the 500 and 503 of the handling
+/// deadline.
 struct FromRoutes;
 
 impl Modify for FromRoutes {
@@ -103,6 +106,13 @@ impl Modify for FromRoutes {
                     "408".into(),
                     error_answer("Request body not received whole within --body-read-timeout"),
                 );
+            }
+            if route.path.contains('{') {
+                answers.entry("400".into()).or_insert_with(|| {
+                    error_answer(
+                        "A path parameter that does not decode (escapes that are not UTF-8)",
+                    )
+                });
             }
             if route.deadline {
                 answers.insert(

@@ -177,6 +177,23 @@ impl ServerCounters {
     }
 }
 
+/// Connections the kernel holds for `accept` (capped by `net.core.somaxconn`). Tokio's
+/// default of 128 drops the SYNs of a burst of clients (a probe among them), which retry a
+/// second later; thousands wait here instead and are accepted in order.
+const BACKLOG: u32 = 4096;
+
+/// A listener on `addr` with a backlog of [`BACKLOG`].
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 /// What every connection task shares.
 #[derive(Clone)]
 struct Shared {
