@@ -38,24 +38,29 @@ pub struct AgentArgs {
     pub insecure_plain_http: bool,
 
     /// A request head must arrive whole within this, from the connection's accept (TLS
-    /// handshake included) or the first byte of the request; else the connection closes.
+    /// handshake included) or the first byte of the request; else the connection closes
+    /// (slowloris). Counted in capture_agent_timeouts_total{kind="header_read"}.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
     pub header_read_timeout: Duration,
 
-    /// A kept-alive connection silent this long between requests is closed.
+    /// A kept-alive connection silent this long between requests is closed (a slow reader
+    /// of an answer is not silent). Counted as kind="idle".
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration)]
     pub idle_timeout: Duration,
 
-    /// A request body must arrive whole within this (else 408).
+    /// A request body must arrive whole within this once the call reads it; else 408.
+    /// Counted as kind="body_read".
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
     pub body_read_timeout: Duration,
 
-    /// Calls that touch the store answer 503 after this; their work goes on.
+    /// Calls that touch the store or the kernel (recordings, starting replays) answer 503
+    /// after this; their work goes on, look again later. Counted as kind="handling".
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration)]
     pub handling_deadline: Duration,
 
-    /// Open connections at most; beyond, new ones are closed at once (counted in
-    /// capture_agent_connections_refused_total).
+    /// Open connections at most; beyond, a new one is accepted and closed at once, nothing
+    /// sent (counted in capture_agent_connections_refused_total), and served again once
+    /// others close. Lowered to fit the open-file limit if needed.
     #[arg(long, value_name = "N", default_value_t = ServerLimits::default().max_connections,
           value_parser = connections)]
     pub max_connections: usize,
