@@ -398,3 +398,126 @@ fn sigterm_under_wrk_ends_the_recording_complete_in_time_and_leaves_nothing_atta
     );
     Ok(())
 }
+
+/// Reads one answer (head and Content-Length body) from a kept-alive connection: its
+/// status and body.
+fn read_answer(tcp: &mut TcpStream) -> Result<(u16, String)> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = tcp.read(&mut buf)?;
+        ensure!(n > 0, "closed before an answer: {got:?}");
+        got.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&got[..head_end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .context("no content-length")?
+        .trim()
+        .parse()?;
+    while got.len() < head_end + length {
+        let n = tcp.read(&mut buf)?;
+        ensure!(n > 0, "closed inside a body");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let body = String::from_utf8_lossy(&got[head_end..head_end + length]).into_owned();
+    Ok((status_of(&got)?, body))
+}
+
+/// A connection that had one `GET /healthz` answered and is kept alive.
+fn kept_alive() -> Result<TcpStream> {
+    let mut tcp = TcpStream::connect(agent_addr())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")?;
+    let (status, _) = read_answer(&mut tcp)?;
+    ensure!(status == 200, "/healthz: {status}");
+    Ok(tcp)
+}
+
+/// How long after `since` the server closed `tcp` (read timeout 5 s).
+fn closed_after(tcp: &mut TcpStream, since: Instant) -> Result<Duration> {
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut buf = [0u8; 64];
+    match tcp.read(&mut buf) {
+        Ok(0) => Ok(since.elapsed()),
+        Ok(n) => anyhow::bail!("unexpected bytes: {:?}", &buf[..n]),
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => Ok(since.elapsed()),
+        Err(e) => Err(e).context("still open after 5 s"),
+    }
+}
+
+#[test]
+fn idle_and_slow_kept_alive_connections_and_a_stalled_body_are_cut_at_their_deadlines() -> Result<()>
+{
+    let _one_at_a_time = timed();
+    let topo = Topology::new("idle")?;
+    let data = tempfile::tempdir()?;
+    let dir = data.path().display().to_string();
+    let flags = [
+        "--data-dir",
+        &dir,
+        "--header-read-timeout",
+        "1s",
+        "--idle-timeout",
+        "2s",
+        "--body-read-timeout",
+        "1s",
+    ];
+    let agent = start_agent(&topo.client_ns, AGENT, data.path(), &flags, &[])?;
+    let (idle, slow, body) = in_netns(&topo.client_ns, || {
+        // Kept alive after one answer, then silent.
+        let mut tcp = kept_alive()?;
+        let idle = closed_after(&mut tcp, Instant::now())?;
+        // Kept alive, then half of the next head: the header timeout runs from its first
+        // byte, and ends before the idle timeout would have.
+        let mut tcp = kept_alive()?;
+        std::thread::sleep(Duration::from_millis(200));
+        tcp.write_all(HALF_HEAD)?;
+        let slow = closed_after(&mut tcp, Instant::now())?;
+        // A body announced as 100 bytes of which 10 arrive.
+        let mut tcp = TcpStream::connect(agent_addr())?;
+        tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let auth = format!("Authorization: Bearer {TOKEN}\r\n");
+        let head =
+            format!("POST /v1/recordings HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 100\r\n\r\n");
+        tcp.write_all(head.as_bytes())?;
+        tcp.write_all(b"{\"name\":\"x")?;
+        let sent = Instant::now();
+        let answer = read_answer(&mut tcp)?;
+        Ok((idle, slow, (answer, sent.elapsed())))
+    })?;
+    let (second, three_halves) = (Duration::from_secs(1), Duration::from_millis(1500));
+    ensure!(
+        idle >= 2 * second - second / 10 && idle < 2 * second + second / 2,
+        "idle connection closed after {idle:?}"
+    );
+    ensure!(
+        slow >= second - second / 10 && slow < three_halves,
+        "half a second head closed after {slow:?}"
+    );
+    let ((status, message), took) = body;
+    ensure!(
+        status == 408 && message.contains("--body-read-timeout"),
+        "{status} {message}"
+    );
+    ensure!(
+        took >= second - second / 10 && took < three_halves,
+        "408 after {took:?}"
+    );
+    let api = Api {
+        ns: &topo.client_ns,
+        base: format!("http://{AGENT}"),
+    };
+    let m = api.metrics()?;
+    for kind in ["idle", "header_read", "body_read"] {
+        let n = sample(&m, "capture_agent_timeouts_total", &[("kind", kind)]);
+        ensure!(n == Some(1.0), "{kind}: {n:?}");
+    }
+    let out = agent.stop(libc::SIGTERM)?;
+    ensure!(out.status.success(), "{}", out.stderr.join("\n"));
+    Ok(())
+}

@@ -52,11 +52,14 @@ impl ConnClock {
         }
     }
 
-    /// Bytes arrived at `now`: on an idle connection, the next head has started.
-    pub fn read(&mut self, now: Instant) {
+    /// Bytes arrived at `now`: on an idle connection, the next head has started. True when
+    /// that moved the deadline (the header timeout may end before the idle one would).
+    pub fn read(&mut self, now: Instant) -> bool {
         if let Phase::Idle { .. } = self.phase {
             self.phase = Phase::Head { since: now };
+            return true;
         }
+        false
     }
 
     /// Bytes were written at `now` (an answer going out to a slow reader is not idle).
@@ -142,13 +145,13 @@ mod tests {
         c.answered(t0 + s(1));
         c.wrote(t0 + s(2));
         assert_eq!(c.deadline(&LIMITS), Some((t0 + s(62), ConnTimeout::Idle)));
-        c.read(t0 + s(30));
+        assert!(c.read(t0 + s(30)), "the next head started: the deadline moved");
         assert_eq!(
             c.deadline(&LIMITS),
             Some((t0 + s(40), ConnTimeout::HeaderRead))
         );
         // More bytes of the same head do not move it.
-        c.read(t0 + s(35));
+        assert!(!c.read(t0 + s(35)));
         assert_eq!(
             c.deadline(&LIMITS),
             Some((t0 + s(40), ConnTimeout::HeaderRead))

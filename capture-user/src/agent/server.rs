@@ -12,8 +12,8 @@
 //!   asked to end after its request in progress (idle ones end at once), and the loop
 //!   returns once all have ended or `drain` has passed.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -27,9 +27,8 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 use tower_http::normalize_path::NormalizePath;
 
-use super::conn_clock::{ConnClock, ConnTimeout, ConnTimeouts};
-use super::watched_io::WatchedIo;
-use crate::sync::lock;
+use super::conn_clock::{ConnTimeout, ConnTimeouts};
+use super::watched_io::{SharedClock, WatchedIo};
 
 /// The API server's timeouts and caps (`capture agent --help` has the flags).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -268,7 +267,7 @@ pub async fn run(
 /// One connection: the TLS handshake if any, then HTTP/1 until it ends or a deadline passes.
 async fn serve_connection(tcp: TcpStream, shared: &Shared) {
     let _ = tcp.set_nodelay(true);
-    let clock = Arc::new(Mutex::new(ConnClock::new(Instant::now())));
+    let clock = Arc::new(SharedClock::new(Instant::now()));
     let Some(acceptor) = &shared.tls else {
         return serve_http(WatchedIo::new(tcp, clock.clone()), clock, shared).await;
     };
@@ -291,7 +290,7 @@ async fn serve_connection(tcp: TcpStream, shared: &Shared) {
 }
 
 /// HTTP/1 on `io` until the client or the server ends it, under the connection deadlines.
-async fn serve_http<IO>(io: IO, clock: Arc<Mutex<ConnClock>>, shared: &Shared)
+async fn serve_http<IO>(io: IO, clock: Arc<SharedClock>, shared: &Shared)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -299,10 +298,10 @@ where
         let (clock, app) = (clock.clone(), shared.app.clone());
         hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
             let (clock, app) = (clock.clone(), app.clone());
-            lock(&clock).request_started();
+            clock.request_started();
             async move {
                 let answer = app.oneshot(req.map(Body::new)).await;
-                lock(&clock).answered(Instant::now());
+                clock.answered(Instant::now());
                 answer
             }
         })
@@ -316,7 +315,7 @@ where
     let mut stopping = shared.stopping.clone();
     let mut asked_to_end = false;
     loop {
-        let deadline = lock(&clock).deadline(&limits).map(|(at, _)| at);
+        let deadline = clock.deadline(&limits).map(|(at, _)| at);
         let sleep = async {
             match deadline {
                 Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -331,11 +330,13 @@ where
                 return;
             }
             _ = sleep => {
-                if let Some(why) = lock(&clock).expired(&limits, Instant::now()) {
+                if let Some(why) = clock.expired(&limits, Instant::now()) {
                     shared.counters.timed_out(why.into());
                     return;
                 }
             }
+            // The deadline moved earlier: read it again.
+            _ = clock.moved() => {}
             _ = stopped(&mut stopping), if !asked_to_end => {
                 asked_to_end = true;
                 conn.as_mut().graceful_shutdown();
