@@ -145,7 +145,10 @@ mod tests {
         c.answered(t0 + s(1));
         c.wrote(t0 + s(2));
         assert_eq!(c.deadline(&LIMITS), Some((t0 + s(62), ConnTimeout::Idle)));
-        assert!(c.read(t0 + s(30)), "the next head started: the deadline moved");
+        assert!(
+            c.read(t0 + s(30)),
+            "the next head started: the deadline moved"
+        );
         assert_eq!(
             c.deadline(&LIMITS),
             Some((t0 + s(40), ConnTimeout::HeaderRead))
