@@ -65,7 +65,15 @@ enum Command {
     /// Serve the HTTP control API a load-testing platform drives: start/stop recordings,
     /// start/poll/stop replays, /metrics (Prometheus), /healthz. One agent per node.
     ///
-    /// Example: capture agent --listen 0.0.0.0:9300 --token-file /etc/capture/token --kafka kafka:9092
+    /// Beyond loopback it needs a token (--token-file) and TLS (--tls-cert, --tls-key), or
+    /// --insecure-plain-http to send the token in clear; token and certificate files are read
+    /// again when they change. No client can hold it: a head must arrive within
+    /// --header-read-timeout, an idle connection closes after --idle-timeout, a body within
+    /// --body-read-timeout (408), store calls answer 503 after --handling-deadline, and past
+    /// --max-connections new connections are closed at once; /metrics counts each.
+    ///
+    /// Example: capture agent --listen 0.0.0.0:9300 --token-file /etc/capture/token
+    /// --tls-cert /etc/capture-tls/tls.crt --tls-key /etc/capture-tls/tls.key --kafka kafka:9092
     Agent(Box<AgentArgs>),
 }
 

@@ -97,6 +97,7 @@ request = function()
 end
 "#;
 
+pub mod agent;
 pub mod broker;
 pub mod capture;
 pub mod netns;

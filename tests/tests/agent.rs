@@ -11,152 +11,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
+use tests::agent::{Api, Sample, TOKEN, sample, start_agent};
 use tests::capture::CaptureRun;
 use tests::netns::Topology;
 use tests::nginx::Nginx;
 use tests::replay::log_from;
 use tests::{capture_bin, multiset, run_ok};
 
-const TOKEN: &str = "s3cret-token-for-tests";
 const API_PORT: u16 = 9300;
-
-/// An agent in a namespace and how to call it.
-struct Api<'a> {
-    ns: &'a str,
-    base: String,
-}
-
-impl Api<'_> {
-    /// Calls the API with curl (from the agent's namespace) and returns status and JSON body.
-    fn call(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&str>,
-        token: Option<&str>,
-    ) -> Result<(u16, Value)> {
-        let (status, text) = self.raw(method, path, body, token)?;
-        let value = if text.trim().is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text)
-                .with_context(|| format!("{method} {path}: not JSON: {text}"))?
-        };
-        Ok((status, value))
-    }
-
-    fn raw(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&str>,
-        token: Option<&str>,
-    ) -> Result<(u16, String)> {
-        let mut cmd = Topology::exec(self.ns, "curl");
-        cmd.args(["-sS", "-X", method, "-w", "\n%{http_code}"]);
-        if let Some(token) = token {
-            cmd.args(["-H", &format!("Authorization: Bearer {token}")]);
-        }
-        if let Some(body) = body {
-            cmd.args([
-                "-H",
-                "Content-Type: application/json",
-                "--data-binary",
-                body,
-            ]);
-        }
-        cmd.arg(format!("{}{path}", self.base));
-        let out = run_ok(&mut cmd)?;
-        let text = String::from_utf8(out.stdout)?;
-        let (body, code) = text.rsplit_once('\n').context("no status from curl")?;
-        Ok((code.trim().parse()?, body.to_string()))
-    }
-
-    fn ok(&self, method: &str, path: &str, body: Option<&str>) -> Result<Value> {
-        let (status, v) = self.call(method, path, body, Some(TOKEN))?;
-        ensure!(
-            (200..300).contains(&status),
-            "{method} {path}: {status} {v}"
-        );
-        Ok(v)
-    }
-
-    /// Polls a replay until it is no longer running.
-    fn wait_replay(&self, id: &str) -> Result<Value> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let v = self.ok("GET", &format!("/v1/replays/{id}"), None)?;
-            if v["state"] != "running" && v["state"] != "finishing" {
-                return Ok(v);
-            }
-            ensure!(Instant::now() < deadline, "replay {id} still running: {v}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// The metrics, parsed by prometheus-client into (name, labels, value) samples.
-    fn metrics(&self) -> Result<Vec<(String, Value, f64)>> {
-        let (status, text) = self.raw("GET", "/metrics", None, Some(TOKEN))?;
-        ensure!(status == 200, "/metrics: {status}");
-        let script = r#"
-import json, sys
-from prometheus_client.parser import text_string_to_metric_families
-out = []
-for family in text_string_to_metric_families(sys.stdin.read()):
-    for s in family.samples:
-        out.append([s.name, s.labels, s.value])
-print(json.dumps(out))
-"#;
-        let mut child = Command::new("python3")
-            .args(["-c", script])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()?;
-        use std::io::Write as _;
-        child
-            .stdin
-            .take()
-            .context("stdin")?
-            .write_all(text.as_bytes())?;
-        let out = child.wait_with_output()?;
-        ensure!(
-            out.status.success(),
-            "prometheus-client rejected /metrics: {}\n{text}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let samples: Vec<(String, Value, f64)> = serde_json::from_slice(&out.stdout)?;
-        Ok(samples)
-    }
-}
-
-fn sample(samples: &[(String, Value, f64)], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    samples
-        .iter()
-        .find(|(n, l, _)| n == name && labels.iter().all(|(k, v)| l[*k] == *v))
-        .map(|(_, _, v)| *v)
-}
-
-fn start_agent(
-    topo_ns: &str,
-    listen: &str,
-    data_dir: &Path,
-    extra: &[&str],
-    env: &[(&str, &str)],
-) -> Result<CaptureRun> {
-    let token_file = data_dir.join("token");
-    std::fs::write(&token_file, format!("{TOKEN}\n"))?;
-    let mut args = vec![
-        "agent".to_string(),
-        "--listen".into(),
-        listen.into(),
-        "--token-file".into(),
-        token_file.display().to_string(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    CaptureRun::start_with_env(topo_ns, &args, env)
-}
 
 /// An agent in the client's namespace on the client's address (beyond loopback, so with the
 /// token), storing in `data`, with `extra` flags; the address it listens on.
@@ -219,7 +81,7 @@ fn recordings_and_replays_over_the_api_match_the_cli_and_metrics_move_with_traff
             && v["live"]["messages_written"] == 20)
     })?;
     let after = api.metrics()?;
-    let messages = |s: &[(String, Value, f64)]| {
+    let messages = |s: &[Sample]| {
         sample(
             s,
             "capture_recording_messages_total",
@@ -228,7 +90,7 @@ fn recordings_and_replays_over_the_api_match_the_cli_and_metrics_move_with_traff
         .unwrap_or(0.0)
     };
     assert_eq!((messages(&before), messages(&after)), (0.0, 20.0));
-    let captured = |s: &[(String, Value, f64)]| {
+    let captured = |s: &[Sample]| {
         sample(
             s,
             "capture_kernel_packets_total",

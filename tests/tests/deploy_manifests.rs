@@ -102,8 +102,8 @@ fn strings(value: &Value) -> Vec<&str> {
 #[test]
 fn every_manifest_validates_strictly_for_the_pinned_kubernetes() -> Result<()> {
     let files = yaml_files(&manifests_dir())?;
-    // The DaemonSet file and the token Secret example at least: an empty walk must not pass.
-    ensure!(files.len() >= 2, "found only {files:?}");
+    // The DaemonSet file and the Secret examples at least: an empty walk must not pass.
+    ensure!(files.len() >= 3, "found only {files:?}");
     for file in &files {
         let verdict = validate(file)?;
         ensure!(
@@ -179,6 +179,10 @@ fn the_daemonset_keeps_what_capturing_needs() -> Result<()> {
     for probe in ["readinessProbe", "livenessProbe"] {
         assert_eq!(c[probe]["httpGet"]["path"], "/healthz", "{probe}");
         assert_eq!(c[probe]["httpGet"]["port"], "http", "{probe}");
+        assert_eq!(
+            c[probe]["httpGet"]["scheme"], "HTTPS",
+            "{probe}: the agent serves TLS"
+        );
     }
     for kind in ["requests", "limits"] {
         for resource in ["cpu", "memory"] {
@@ -219,6 +223,16 @@ fn the_daemonset_keeps_what_capturing_needs() -> Result<()> {
     assert_eq!(
         volume_of("/etc/capture")?["secret"]["secretName"],
         "capture-token"
+    );
+    assert_eq!(
+        volume_of("/etc/capture-tls")?["secret"]["secretName"],
+        "capture-tls"
+    );
+    // Whole-Secret mounts only: kubelet never updates a subPath mount, so a rotated token
+    // or a renewed certificate would not reach the agent.
+    ensure!(
+        mounts.iter().all(|m| m.get("subPath").is_none()),
+        "a subPath mount: {mounts:?}"
     );
     Ok(())
 }
@@ -267,6 +281,26 @@ fn the_daemonset_runs_the_agent_as_the_image_does() -> Result<()> {
         "--token-file {} is outside the secret mounted at {token_mount}",
         token_file.display()
     );
+    // TLS beyond loopback: the token must not cross the node's network in clear text.
+    ensure!(
+        !matches.get_flag("insecure_plain_http"),
+        "the manifest serves plain HTTP"
+    );
+    let tls_mount = c["volumeMounts"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["name"] == "tls"))
+        .and_then(|m| m["mountPath"].as_str())
+        .context("tls volume not mounted")?;
+    for flag in ["tls_cert", "tls_key"] {
+        let file = matches
+            .get_one::<PathBuf>(flag)
+            .with_context(|| format!("--{flag} unset: the agent would refuse plain HTTP"))?;
+        ensure!(
+            file.starts_with(tls_mount),
+            "--{flag} {} is outside the secret mounted at {tls_mount}",
+            file.display()
+        );
+    }
 
     // CAPTURE_NODE is read by the store (store::node_name); the rest must be the agent's.
     let mut known: Vec<String> = agent

@@ -17,6 +17,7 @@ use anyhow::{Context, Result, bail};
 const APT_PACKAGES: &[&str] = &[
     "nginx",
     "curl",
+    "openssl",
     "wrk",
     "tshark",
     "tcpdump",

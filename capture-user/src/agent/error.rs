@@ -33,12 +33,21 @@ pub enum ApiError {
     /// 409: a recording of that name already runs here (or already exists in the store).
     #[error("{0}")]
     Conflict(String),
+    /// 408: the request body did not arrive whole within `--body-read-timeout`.
+    #[error(
+        "request body not received whole within {} (--body-read-timeout); send it at once",
+        humantime::format_duration(*.0)
+    )]
+    BodyTimeout(std::time::Duration),
     /// 413: a request body over [`MAX_BODY`] bytes.
     #[error("request body over {MAX_BODY} bytes")]
     TooLarge,
     /// 500: the node failed (store I/O, missing privileges...), not the call.
     #[error("{0}")]
     Internal(String),
+    /// 503: the call passed its handling deadline (its work goes on).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl ApiError {
@@ -50,8 +59,10 @@ impl ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! What handlers take and give, in the API's shapes. Request bodies are read under the limit
 //! the router's `DefaultBodyLimit` layer sets ([`MAX_BODY`]; over it, 413) and parsed with
-//! serde's own message (400), whatever the Content-Type (curl's `-d` says form data); a path
+//! serde's own message (400), whatever the Content-Type (curl's `-d` says form data), and must
+//! arrive whole within the [`BodyDeadline`] the router puts on every request (408); a path
 //! segment that does not decode is a 400 too. Answers are pretty-printed JSON with a final
 //! newline, for people reading them in a terminal.
 
@@ -13,6 +14,15 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
+use super::server::{ServerCounters, TimeoutKind};
+
+/// How long a request body may take to arrive, and where a miss is counted; an extension
+/// the router adds to every request.
+#[derive(Clone, Debug)]
+pub struct BodyDeadline {
+    pub limit: std::time::Duration,
+    pub counters: std::sync::Arc<ServerCounters>,
+}
 
 /// Largest request body the API reads (the router's `DefaultBodyLimit`).
 pub const MAX_BODY: usize = 1 << 20;
@@ -24,7 +34,16 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let body = Bytes::from_request(req, state).await.map_err(|e| {
+        let deadline = req.extensions().get::<BodyDeadline>().cloned();
+        let read = Bytes::from_request(req, state);
+        let read = match deadline {
+            Some(d) => tokio::time::timeout(d.limit, read).await.map_err(|_| {
+                d.counters.timed_out(TimeoutKind::BodyRead);
+                ApiError::BodyTimeout(d.limit)
+            })?,
+            None => read.await,
+        };
+        let body = read.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::TooLarge
             } else {

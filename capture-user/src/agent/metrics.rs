@@ -19,6 +19,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
+use super::server::ServerSnapshot;
 use super::{Agent, lock};
 use crate::recorder::RecorderStatus;
 use crate::replay::report::ReplayReport;
@@ -33,6 +34,8 @@ pub struct MetricsSnapshot {
     pub replays: Vec<ReplayCounters>,
     /// API calls answered, by status code.
     pub http_requests: BTreeMap<u16, u64>,
+    /// Connections, timeouts and reloads of the API server.
+    pub server: ServerSnapshot,
 }
 
 /// One recording's counters.
@@ -161,7 +164,8 @@ impl Collector for MetricsSnapshot {
             self.http_requests
                 .iter()
                 .map(|(code, n)| (vec![("code", code.to_string())], *n)),
-        )
+        )?;
+        self.encode_server(&mut encoder)
     }
 }
 
@@ -252,6 +256,56 @@ impl MetricsSnapshot {
     }
 }
 
+impl MetricsSnapshot {
+    fn encode_server(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
+        let server = &self.server;
+        family(
+            encoder,
+            ("capture_agent_connections_open", Gauge),
+            "API connections open now.",
+            [(vec![], server.connections_open)],
+        )?;
+        family(
+            encoder,
+            ("capture_agent_connections_accepted", Counter),
+            "API connections accepted and served.",
+            [(vec![], server.connections_accepted)],
+        )?;
+        family(
+            encoder,
+            ("capture_agent_connections_refused", Counter),
+            "API connections closed at once because --max-connections were open.",
+            [(vec![], server.connections_refused)],
+        )?;
+        family(
+            encoder,
+            ("capture_agent_timeouts", Counter),
+            "API connections closed or calls answered at a deadline, by kind (header_read, idle, tls_handshake: connection closed; body_read: 408; handling: 503).",
+            server
+                .timeouts
+                .iter()
+                .map(|(kind, n)| (vec![("kind", kind.to_string())], *n)),
+        )?;
+        family(
+            encoder,
+            ("capture_agent_tls_handshake_failures", Counter),
+            "TLS handshakes that failed (wrong CA on the client, not TLS, bad protocol version).",
+            [(vec![], server.tls_handshake_failures)],
+        )?;
+        family(
+            encoder,
+            ("capture_agent_file_reloads", Counter),
+            "Token and TLS files read again after they changed, by outcome (failed: the old version stays in use).",
+            server.reloads.iter().map(|(file, outcome, n)| {
+                (
+                    vec![("file", file.to_string()), ("outcome", outcome.to_string())],
+                    *n,
+                )
+            }),
+        )
+    }
+}
+
 /// Writes one family: its descriptor, then a constant counter or gauge per sample.
 fn family(
     encoder: &mut DescriptorEncoder,
@@ -296,6 +350,14 @@ mod tests {
                 failures: [("connect_refused".to_string(), 1)].into(),
             }],
             http_requests: [(200, 5), (401, 1)].into(),
+            server: ServerSnapshot {
+                connections_open: 3,
+                connections_accepted: 40,
+                connections_refused: 2,
+                tls_handshake_failures: 1,
+                timeouts: vec![("header_read", 7), ("handling", 0)],
+                reloads: vec![("token", "ok", 1)],
+            },
         }
     }
 
@@ -337,6 +399,25 @@ capture_replay_failures_total{replay="r1",kind="connect_refused"} 1
 # TYPE capture_agent_http_requests_total counter
 capture_agent_http_requests_total{code="200"} 5
 capture_agent_http_requests_total{code="401"} 1
+# HELP capture_agent_connections_open API connections open now.
+# TYPE capture_agent_connections_open gauge
+capture_agent_connections_open 3
+# HELP capture_agent_connections_accepted_total API connections accepted and served.
+# TYPE capture_agent_connections_accepted_total counter
+capture_agent_connections_accepted_total 40
+# HELP capture_agent_connections_refused_total API connections closed at once because --max-connections were open.
+# TYPE capture_agent_connections_refused_total counter
+capture_agent_connections_refused_total 2
+# HELP capture_agent_timeouts_total API connections closed or calls answered at a deadline, by kind (header_read, idle, tls_handshake: connection closed; body_read: 408; handling: 503).
+# TYPE capture_agent_timeouts_total counter
+capture_agent_timeouts_total{kind="header_read"} 7
+capture_agent_timeouts_total{kind="handling"} 0
+# HELP capture_agent_tls_handshake_failures_total TLS handshakes that failed (wrong CA on the client, not TLS, bad protocol version).
+# TYPE capture_agent_tls_handshake_failures_total counter
+capture_agent_tls_handshake_failures_total 1
+# HELP capture_agent_file_reloads_total Token and TLS files read again after they changed, by outcome (failed: the old version stays in use).
+# TYPE capture_agent_file_reloads_total counter
+capture_agent_file_reloads_total{file="token",outcome="ok"} 1
 "#;
         assert_eq!(render(snapshot()), expected);
     }
@@ -346,12 +427,19 @@ capture_agent_http_requests_total{code="401"} 1
         let text = render(MetricsSnapshot::default());
         assert_eq!(
             text.lines().filter(|l| l.starts_with("# TYPE ")).count(),
-            10
+            16
         );
         let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(
             samples,
-            ["capture_recordings_active 0", "capture_replays_active 0"]
+            [
+                "capture_recordings_active 0",
+                "capture_replays_active 0",
+                "capture_agent_connections_open 0",
+                "capture_agent_connections_accepted_total 0",
+                "capture_agent_connections_refused_total 0",
+                "capture_agent_tls_handshake_failures_total 0",
+            ]
         );
     }
 

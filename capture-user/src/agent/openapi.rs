@@ -3,7 +3,9 @@
 //! types themselves (their fields, serde attributes and doc comments), so the document
 //! cannot describe a body the code does not read or write. Who needs the token comes from
 //! [`ROUTES`], like the token layer's rule: every route but the open ones carries the bearer
-//! requirement and a 401 answer, and every route that reads a body a 413.
+//! requirement and a 401 answer, every route that reads a body a 408 and a 413, and every
+//! route under the handling deadline a 500 and a 503; a route with a path parameter a 400
+//! (escapes that do not decode).
 
 use axum::http::{Method, StatusCode};
 use axum::response::Response;
@@ -68,7 +70,9 @@ pub(super) async fn serve() -> Response {
 }
 
 /// Adds what [`ROUTES`] decides rather than each handler: the bearer scheme, which
-/// operations need it (with their 401), and the 413 of operations that read a body.
+/// operations need it (with their 401), the 408 and 413 of operations that read a body, the
+/// 400 of a path parameter that does not decode, and the 500 and 503 of the handling
+/// deadline.
 struct FromRoutes;
 
 impl Modify for FromRoutes {
@@ -95,10 +99,29 @@ impl Modify for FromRoutes {
                     error_answer("No bearer token, or the wrong one"),
                 );
             }
+            let answers = &mut op.responses.responses;
             if op.request_body.is_some() {
-                op.responses
-                    .responses
-                    .insert("413".into(), error_answer("Request body over 1 MiB"));
+                answers.insert("413".into(), error_answer("Request body over 1 MiB"));
+                answers.insert(
+                    "408".into(),
+                    error_answer("Request body not received whole within --body-read-timeout"),
+                );
+            }
+            if route.path.contains('{') {
+                answers.entry("400".into()).or_insert_with(|| {
+                    error_answer(
+                        "A path parameter that does not decode (escapes that are not UTF-8)",
+                    )
+                });
+            }
+            if route.deadline {
+                answers.insert(
+                    "503".into(),
+                    error_answer("Not done within --handling-deadline; the work goes on"),
+                );
+                answers.entry("500".into()).or_insert_with(|| {
+                    error_answer("The node failed (store I/O, privileges), not the call")
+                });
             }
         }
     }

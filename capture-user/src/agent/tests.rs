@@ -15,7 +15,10 @@ const TOKEN: &str = "tok-for-unit-tests";
 fn agent(dir: &tempfile::TempDir, allow_targets: &[&str]) -> Arc<Agent> {
     Agent::new(AgentConfig {
         listen: "127.0.0.1:0".parse().expect("address"),
-        token: Some(TOKEN.into()),
+        token: Some(Arc::new(fixed_token(TOKEN))),
+        tls: None,
+        insecure_plain_http: false,
+        limits: ServerLimits::default(),
         store: StoreConfig {
             data_dir: Some(dir.path().to_path_buf()),
             ..StoreConfig::default()
@@ -211,4 +214,39 @@ async fn every_answer_is_counted_by_status() {
     // The /metrics call itself is counted once it is answered.
     let counted = agent.metrics_snapshot().await.http_requests;
     assert_eq!(counted.get(&200), Some(&2), "{counted:?}");
+}
+
+#[tokio::test]
+async fn a_store_call_past_the_handling_deadline_is_503_counted_and_its_work_goes_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = agent(&dir, &[]).config.clone();
+    config.limits.handling_deadline = std::time::Duration::from_millis(50);
+    let agent = Agent::new(config);
+    let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = finished.clone();
+    let slow = axum::routing::get(move || async move {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        "late"
+    })
+    .layer(from_fn_with_state(agent.clone(), handling_deadline));
+    let router: Router = Router::new().route("/slow", slow);
+    let req = Request::builder()
+        .uri("/slow")
+        .body(Body::empty())
+        .expect("request");
+    let resp = router.oneshot(req).await.expect("infallible");
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .expect("body");
+    let message = error(&String::from_utf8_lossy(&body));
+    assert!(message.contains("--handling-deadline"), "{message}");
+    let timeouts = agent.server.snapshot().timeouts;
+    assert!(timeouts.contains(&("handling", 1)), "{timeouts:?}");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        finished.load(std::sync::atomic::Ordering::SeqCst),
+        "the call's work stopped"
+    );
 }
