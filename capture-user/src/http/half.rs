@@ -196,7 +196,11 @@ impl Half {
             .iter()
             .take_while(|b| **b == b'\r' || **b == b'\n')
             .count();
-        self.buf.skip(blank);
+        // Nearly always none: skipping nothing would still cut (and count a reference to)
+        // the buffer.
+        if blank > 0 {
+            self.buf.skip(blank);
+        }
         !self.buf.is_empty()
     }
 
