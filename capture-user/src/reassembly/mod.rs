@@ -178,7 +178,7 @@ struct Connection {
 
 /// One end of a connection as plain integers (IPv4 as its IPv6-mapped form, told apart by
 /// `v6`), so the per-packet lookup hashes and compares a few words instead of two enums.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Endpoint {
     ip: u128,
     port: u16,
@@ -203,8 +203,23 @@ impl From<SocketAddr> for Endpoint {
 }
 
 /// A connection's key, the same both ways: its two endpoints, the lower first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct ConnKey(Endpoint, Endpoint);
+
+impl std::hash::Hash for ConnKey {
+    /// Three words, not six fields: hashed once per segment. Equal keys hash equally since
+    /// every field goes in.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let (a, b) = (&self.0, &self.1);
+        state.write_u128(a.ip);
+        state.write_u128(b.ip);
+        let ends = u64::from(a.port)
+            | u64::from(b.port) << 16
+            | u64::from(a.v6) << 32
+            | u64::from(b.v6) << 33;
+        state.write_u64(ends);
+    }
+}
 
 fn conn_key(a: SocketAddr, b: SocketAddr) -> ConnKey {
     let (a, b) = (Endpoint::from(a), Endpoint::from(b));
@@ -262,11 +277,18 @@ impl Reassembler {
         self.stats.segments += 1;
         self.expire_if_due(ts, out);
         let key = conn_key(seg.src, seg.dst);
-        if !self.conns.contains_key(&key) && !self.open(key, ts, &seg, out) {
-            return;
-        }
-        let Some(conn) = self.conns.get_mut(&key) else {
-            return;
+        // One lookup for a known connection (nearly every segment), a second after opening.
+        let conn = match self.conns.get_mut(&key) {
+            Some(conn) => conn,
+            None => {
+                if !self.open(key, ts, &seg, out) {
+                    return;
+                }
+                let Some(conn) = self.conns.get_mut(&key) else {
+                    return;
+                };
+                conn
+            }
         };
         conn.last_ts = ts;
         let dir = if seg.src == conn.client {
