@@ -97,6 +97,25 @@ request = function()
 end
 "#;
 
+/// Runs a Python script (a reference parser or validator) with `input` on its stdin; its
+/// output, whether or not it succeeded.
+pub fn python_with_stdin(script: &str, input: &[u8]) -> Result<Output> {
+    use std::io::Write as _;
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("running python3")?;
+    child
+        .stdin
+        .take()
+        .context("python3's stdin")?
+        .write_all(input)?;
+    Ok(child.wait_with_output()?)
+}
+
 pub mod agent;
 pub mod broker;
 pub mod capture;

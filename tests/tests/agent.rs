@@ -435,19 +435,7 @@ fn validate_openapi(doc: &Value) -> Result<()> {
     let script = "import json, sys\n\
                   from openapi_spec_validator import validate\n\
                   validate(json.load(sys.stdin))\n";
-    let mut child = Command::new("python3")
-        .args(["-c", script])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    use std::io::Write as _;
-    child
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(doc.to_string().as_bytes())?;
-    let out = child.wait_with_output()?;
+    let out = tests::python_with_stdin(script, doc.to_string().as_bytes())?;
     ensure!(
         out.status.success(),
         "openapi-spec-validator rejected /v1/openapi.json (install it with `cargo xtask setup`): {}",
