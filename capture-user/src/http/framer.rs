@@ -11,6 +11,7 @@ use super::half::{Half, State};
 use super::head::{
     BodyFraming, Lenient, cut_request_line, lenient_request_head, request_head, response_head,
 };
+use super::input::Piece;
 use super::{FramedMessage, HttpConfig, HttpStats, IdAllocator};
 use crate::message::MessageKind;
 use crate::packet::Timestamp;
@@ -93,9 +94,9 @@ impl ConnectionFramer {
             return;
         }
         // What is buffered but unparsed belongs to the broken message too.
-        let rest = half.buf.take_all();
+        let rest = Piece::Owned(half.buf.take_all());
         if let Some(msg) = half.msg.as_mut() {
-            msg.bytes.push(rest, &Bytes::new());
+            msg.bytes.push(rest, half.buf.segment());
         }
         half.emit(ts, false, stats, out);
         half.state = State::Resync;
@@ -291,9 +292,9 @@ impl ConnectionFramer {
         stats.upgrades += 1;
         for half in &mut self.halves {
             stats.tunnel_bytes_ignored += half.buf.len() as u64;
-            let rest = half.buf.take_all();
+            let rest = Piece::Owned(half.buf.take_all());
             if let Some(msg) = half.msg.as_mut() {
-                msg.bytes.push(rest, &Bytes::new());
+                msg.bytes.push(rest, half.buf.segment());
             }
             half.state = State::Stopped;
         }

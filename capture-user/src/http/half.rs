@@ -3,9 +3,7 @@
 //! step shares: taking bytes into the message (within the size cap), emitting it, and giving
 //! up on it to resynchronise.
 
-use bytes::Bytes;
-
-use super::input::{Input, MessageBytes};
+use super::input::{Input, MessageBytes, Piece};
 
 use super::head::{Head, HeadParse, find_message_start};
 use super::{FramedMessage, HttpStats};
@@ -122,7 +120,7 @@ impl Half {
             request_id: msg.request_id,
             first_ts: msg.first_ts,
             last_ts: ts.max(msg.last_ts),
-            bytes: msg.bytes.freeze(),
+            bytes: msg.bytes.freeze(self.buf.segment()),
             body_len: msg.body_len,
             complete,
             ended,
@@ -132,18 +130,18 @@ impl Half {
     /// Moves `n` bytes from the input to the message in progress (a slice of the captured
     /// segment, not a copy, while the message arrives whole).
     pub(super) fn take(&mut self, n: usize, ts: Timestamp, limit: usize, stats: &mut HttpStats) {
-        let mut chunk = self.buf.split_to(n);
+        let mut piece = self.buf.take(n);
         if let Some(msg) = self.msg.as_mut() {
             msg.last_ts = ts;
             let room = limit.saturating_sub(msg.bytes.len());
-            if chunk.len() > room {
+            if piece.len() > room {
                 if !msg.cut {
                     stats.body_too_large += 1;
                 }
                 msg.cut = true;
-                chunk.truncate(room);
+                piece.truncate(room);
             }
-            msg.bytes.push(chunk, self.buf.segment());
+            msg.bytes.push(piece, self.buf.segment());
         }
     }
 
@@ -249,10 +247,10 @@ impl Half {
     /// The framing call is over: nothing of the segment it framed may stay shared, so what
     /// is left of it, and the message still open, are copied into memory of their own.
     pub(super) fn settle(&mut self) {
-        self.buf.hold();
         if let Some(msg) = self.msg.as_mut() {
-            msg.bytes.own();
+            msg.bytes.own(self.buf.segment());
         }
+        self.buf.hold();
     }
 
     /// The connection ended: a close-delimited body completes; any other message in progress
@@ -267,9 +265,9 @@ impl Half {
             State::UntilClose => self.emit(ts, true, stats, out),
             State::Stopped => {}
             _ => {
-                let rest = self.buf.take_all();
+                let rest = Piece::Owned(self.buf.take_all());
                 if let Some(msg) = self.msg.as_mut() {
-                    msg.bytes.push(rest, &Bytes::new());
+                    msg.bytes.push(rest, self.buf.segment());
                 }
                 if self.msg.is_some() {
                     self.emit(ts, false, stats, out);
