@@ -21,29 +21,28 @@ fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// `openssl req` arguments that make a new P-256 key (unencrypted, into `key`), then `rest`.
+fn new_key_request<'a>(key: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        key,
+    ];
+    args.extend_from_slice(rest);
+    args
+}
+
 /// A CA (`NAME.crt`, `NAME.key`) made with the openssl CLI in `dir`.
 fn make_ca(dir: &Path, name: &str) -> Result<PathBuf> {
     let (crt, key) = (format!("{name}.crt"), format!("{name}.key"));
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &crt,
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN=capture test {name}"),
-        ],
-    )?;
+    let subject = format!("/CN=capture test {name}");
+    let rest = ["-x509", "-out", &crt, "-days", "2", "-subj", &subject];
+    openssl(dir, &new_key_request(&key, &rest))?;
     Ok(dir.join(crt))
 }
 
@@ -69,22 +68,10 @@ fn make_server_cert(
         format!("{cn}.csr"),
         format!("{cn}.crt"),
     );
+    let subject = format!("/CN={cn}");
     openssl(
         dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            &format!("/CN={cn}"),
-        ],
+        &new_key_request(&key, &["-out", &csr, "-subj", &subject]),
     )?;
     openssl(
         dir,

@@ -3,31 +3,32 @@ use proptest::prelude::*;
 use super::super::head::{BodyFraming, HeadParse, parsed_request_head, parsed_response_head};
 use super::*;
 
-/// The quick reading of a request, checked against httparse's: when it answers, both agree
-/// on the head and on what they counted.
-fn request_agrees(buf: &[u8]) -> Option<Head> {
+/// A quick reading checked against httparse's: when it answers, both agree on the head
+/// and on what they counted.
+fn agrees(
+    quick: fn(&[u8], &mut HttpStats) -> Option<Head>,
+    parsed: fn(&[u8], &mut HttpStats) -> HeadParse,
+    buf: &[u8],
+) -> Option<Head> {
     let mut quick_stats = HttpStats::default();
-    let quick = request(buf, &mut quick_stats)?;
+    let head = quick(buf, &mut quick_stats)?;
     let mut stats = HttpStats::default();
-    match parsed_request_head(buf, &mut stats) {
-        HeadParse::Complete(head) => assert_eq!(quick, head, "{:?}", String::from_utf8_lossy(buf)),
+    match parsed(buf, &mut stats) {
+        HeadParse::Complete(parsed) => {
+            assert_eq!(head, parsed, "{:?}", String::from_utf8_lossy(buf))
+        }
         _ => panic!("httparse refuses {:?}", String::from_utf8_lossy(buf)),
     }
     assert_eq!(quick_stats, stats);
-    Some(quick)
+    Some(head)
 }
 
-/// As [`request_agrees`], for responses.
+fn request_agrees(buf: &[u8]) -> Option<Head> {
+    agrees(request, parsed_request_head, buf)
+}
+
 fn response_agrees(buf: &[u8]) -> Option<Head> {
-    let mut quick_stats = HttpStats::default();
-    let quick = response(buf, &mut quick_stats)?;
-    let mut stats = HttpStats::default();
-    match parsed_response_head(buf, &mut stats) {
-        HeadParse::Complete(head) => assert_eq!(quick, head, "{:?}", String::from_utf8_lossy(buf)),
-        _ => panic!("httparse refuses {:?}", String::from_utf8_lossy(buf)),
-    }
-    assert_eq!(quick_stats, stats);
-    Some(quick)
+    agrees(response, parsed_response_head, buf)
 }
 
 #[test]
