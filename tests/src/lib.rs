@@ -122,6 +122,7 @@ pub mod capture;
 pub mod netns;
 pub mod nginx;
 pub mod replay;
+pub mod synth;
 
 /// The bytes after the head of the first message in `file` that starts with `request_line`
 /// (e.g. a request's body inside a GoReplay export), up to the end of the file.
