@@ -5,7 +5,6 @@
 //! request is known in advance.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
@@ -15,6 +14,7 @@ use serde_json::Value;
 use tests::broker::Tansu;
 use tests::netns::Topology;
 use tests::nginx::{AccessLogEntry, Nginx};
+use tests::process::{Measured, run_measured};
 use tests::replay::log_from;
 use tests::synth::{Exchange, round_robin, write_pcap};
 use tests::{capture_bin, multiset, run_ok};
@@ -34,45 +34,6 @@ fn expected(e: &Exchange) -> Key {
         e.uri.clone(),
         String::from_utf8_lossy(&e.body).into_owned(),
     )
-}
-
-/// A finished process: its output and its peak resident memory.
-struct Measured {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-    peak_rss_mib: f64,
-}
-
-/// Runs `cmd` to its end and reads its peak RSS from the kernel (wait4's rusage); `ip netns
-/// exec` execs the program in place, so the pid is the program's.
-fn run_measured(cmd: &mut Command) -> Result<Measured> {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("spawning {cmd:?}"))?;
-    let mut out = child.stdout.take().context("stdout")?;
-    let mut err = child.stderr.take().context("stderr")?;
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let mut stderr = String::new();
-    err.read_to_string(&mut stderr)?;
-    let stdout = reader.join().unwrap_or_default();
-    let mut status = 0;
-    // SAFETY: plain syscall on our own child, with valid out-pointers.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
-    ensure!(pid > 0, "wait4 failed: {}", std::io::Error::last_os_error());
-    Ok(Measured {
-        ok: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        stdout,
-        stderr,
-        peak_rss_mib: usage.ru_maxrss as f64 / 1024.0,
-    })
 }
 
 fn capture_in(ns: &str) -> Command {
