@@ -10,8 +10,9 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cmd::capture_args::CaptureArgs;
 use crate::cmd::store_args::StoreArgs;
+use crate::files::{FileFormat, MessageFile};
 use crate::recorder::{Limits, Recorder, RecorderConfig};
-use crate::store::{Recording, RecordingState, RecordingSummary};
+use crate::store::{Ending, Recording, RecordingState, RecordingSummary};
 use crate::units::parse_port;
 
 /// Arguments of `capture record`.
@@ -173,28 +174,53 @@ pub async fn run_record(args: RecordArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs `capture import`.
+/// Runs `capture import`: messages go to the store as the file is read, so memory does not
+/// grow with the file. A file that turns out garbled part way ends the recording `failed`
+/// with what was stored before kept (or leaves no recording when nothing was).
 pub fn run_import(args: ImportArgs) -> anyhow::Result<()> {
-    let (messages, drops) =
-        crate::files::read_messages(&args.file, &args.ports, crate::files::FileFormat::Detect)?;
+    let file = MessageFile::open(&args.file, &args.ports, FileFormat::Detect)?;
     let mut store = args.store.to_config()?.open()?;
     let source = format!("import {}", args.file.display());
     store.begin(&args.name, &source)?;
     let tags = vec![args.name.clone()];
-    let mut bytes = 0u64;
-    for m in &messages {
-        store.append(m, &tags)?;
-        bytes += m.bytes.len() as u64;
+    let (mut messages, mut bytes) = (0u64, 0u64);
+    let mut append_error = None;
+    let read = file.visit(&mut |m, _| match store.append(&m, &tags) {
+        Ok(()) => {
+            messages += 1;
+            bytes += m.bytes.len() as u64;
+            true
+        }
+        Err(e) => {
+            append_error = Some(anyhow::Error::from(e).context("storing"));
+            false
+        }
+    });
+    let mut summary = RecordingSummary {
+        messages,
+        bytes,
+        ..Default::default()
+    };
+    let failure = match (read, append_error) {
+        (_, Some(e)) | (Err(e), None) => e,
+        (Ok(stats), None) => {
+            summary.drops = stats.drops;
+            let rec = store.end(&args.name, summary)?;
+            print_summary(&rec);
+            return Ok(());
+        }
+    };
+    summary.ending = Ending::Failed(format!("{failure:#}"));
+    let rec = store.end(&args.name, summary)?;
+    if rec.messages == 0 {
+        store.delete(&args.name)?;
+        return Err(failure);
     }
-    let rec = store.end(
-        &args.name,
-        RecordingSummary {
-            messages: messages.len() as u64,
-            bytes,
-            drops,
-            ending: Default::default(),
-        },
-    )?;
     print_summary(&rec);
-    Ok(())
+    Err(failure.context(format!(
+        "importing {} into {} failed; the {} messages stored before are kept and readable",
+        args.file.display(),
+        args.name,
+        rec.messages
+    )))
 }

@@ -8,7 +8,10 @@ use anyhow::Context as _;
 
 use crate::cmd::record::print_summary;
 use crate::cmd::store_args::StoreArgs;
+use crate::files::gor::{to_payload, write_payload};
+use crate::files::pending::{PendingMap, is_interim};
 use crate::packet::Timestamp;
+use crate::store::StoredKind;
 
 /// `capture recordings` subcommands.
 #[derive(Clone, Debug, clap::Subcommand)]
@@ -155,27 +158,39 @@ pub fn run_inspect(args: InspectArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Most requests `capture export` keeps waiting for their response (to write the response's
+/// latency): answered requests are forgotten at once, and beyond this many unanswered ones
+/// the oldest is forgotten and counted, so the export's memory does not grow with the
+/// recording.
+const EXPORT_MAX_PENDING: usize = 100_000;
+
 /// Runs `capture export`.
 pub fn run_export(args: ExportArgs) -> anyhow::Result<()> {
     let mut store = args.store.to_config()?.open()?;
     let file = std::fs::File::create(&args.gor)
         .with_context(|| format!("creating {}", args.gor.display()))?;
     let mut out = std::io::BufWriter::new(file);
-    let mut request_ts = std::collections::HashMap::new();
+    // (run, request id) to the request's capture time.
+    let mut request_ts = PendingMap::new(EXPORT_MAX_PENDING);
     let mut written = 0u64;
     let mut error = None;
     store.read(&args.name, &mut |m| {
-        let payload = if m.is_request() {
-            request_ts.insert((m.meta.run, m.meta.id), m.meta.first_ts);
-            crate::files::gor::to_payload(&m, None)
-        } else {
-            let req = m
-                .meta
-                .request_id
-                .and_then(|r| request_ts.get(&(m.meta.run, r)).copied());
-            crate::files::gor::to_payload(&m, req)
+        let request_ts_of = |request_id: Option<u64>| request_id.map(|r| (m.meta.run, r));
+        let payload = match &m.meta.kind {
+            StoredKind::Request { .. } => {
+                request_ts.insert((m.meta.run, m.meta.id), m.meta.first_ts);
+                to_payload(&m, None)
+            }
+            StoredKind::Response { status } if is_interim(*status) => {
+                let req = request_ts_of(m.meta.request_id).and_then(|k| request_ts.get(&k));
+                to_payload(&m, req.copied())
+            }
+            StoredKind::Response { .. } => {
+                let req = request_ts_of(m.meta.request_id).and_then(|k| request_ts.remove(&k));
+                to_payload(&m, req)
+            }
         };
-        if let Err(e) = crate::files::gor::write_payload(&mut out, &payload) {
+        if let Err(e) = write_payload(&mut out, &payload) {
             error = Some(e);
             return false;
         }
@@ -192,5 +207,11 @@ pub fn run_export(args: ExportArgs) -> anyhow::Result<()> {
         args.name,
         args.gor.display()
     );
+    if request_ts.evicted() > 0 {
+        eprintln!(
+            "{} requests waited for a response while {EXPORT_MAX_PENDING} later ones did and were forgotten: a response that came for one afterwards was written with latency 0",
+            request_ts.evicted()
+        );
+    }
     Ok(())
 }

@@ -4,13 +4,17 @@
 //! the separator line `🐵🙈🙉`: TYPE 1 is a request, 2 the original response, 3 a replayed
 //! response; a request and its responses share ID (hex). GoReplay keeps no connection or
 //! address information, so imported messages get one connection per request.
+//!
+//! Files are read as streams ([`GorReader`] then [`GorMessages`]): neither holds more than
+//! one payload and the requests still waiting for their response, within a cap.
 
-use std::collections::HashMap;
-use std::io::Write;
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
 use std::net::{Ipv4Addr, SocketAddr};
 
 use bytes::Bytes;
 
+use super::pending::{PendingMap, is_interim};
 use crate::message::{HttpMessage, MessageKind};
 use crate::packet::Timestamp;
 use crate::store::{StoredKind, StoredMessage};
@@ -18,16 +22,31 @@ use crate::store::{StoredKind, StoredMessage};
 /// The separator GoReplay writes after every payload.
 pub const SEPARATOR: &str = "\n🐵🙈🙉\n";
 
-/// Why a GoReplay file could not be read.
+/// Why a GoReplay file could not be read. Each names the payload (counted from 0) and the
+/// byte of the file where it starts, so a damaged file can be looked at where it breaks.
 #[derive(Debug, thiserror::Error)]
 pub enum GorError {
     #[error(
-        "payload {index}: bad header line {line:?}; expected `TYPE ID TIMESTAMP_NS LATENCY_NS`"
+        "payload {index} at byte {offset}: bad header line {line:?}; expected `TYPE ID TIMESTAMP_NS LATENCY_NS`"
     )]
-    BadHeader { index: usize, line: String },
-    #[error("payload {index}: no header line")]
-    NoHeader { index: usize },
+    BadHeader {
+        index: usize,
+        offset: u64,
+        line: String,
+    },
+    #[error("payload {index} at byte {offset}: no header line")]
+    NoHeader { index: usize, offset: u64 },
+    #[error(
+        "payload {index} at byte {offset}: more than {MAX_PAYLOAD_BYTES} bytes without a separator; is this a GoReplay file?"
+    )]
+    TooLarge { index: usize, offset: u64 },
+    #[error("reading at byte {offset}: {source}")]
+    Read { offset: u64, source: std::io::Error },
 }
+
+/// Largest payload read (a message as large as the embedded store takes, and its header):
+/// a file without separators is refused before it fills memory.
+pub const MAX_PAYLOAD_BYTES: usize = crate::store::embedded::MAX_MESSAGE_BYTES + 4096;
 
 /// One payload of a GoReplay file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,48 +66,146 @@ pub fn write_payload(out: &mut impl Write, p: &GorPayload) -> std::io::Result<()
     out.write_all(SEPARATOR.as_bytes())
 }
 
-/// Splits a GoReplay file into payloads. The last payload may lack its separator.
+/// Splits a whole GoReplay file held in memory into payloads (see [`GorReader`]).
 pub fn parse(data: &[u8]) -> Result<Vec<GorPayload>, GorError> {
-    let sep = SEPARATOR.as_bytes();
-    let mut out = Vec::new();
-    let mut rest = data;
-    let mut index = 0;
-    while !rest.is_empty() {
-        let (payload, next) = match rest.windows(sep.len()).position(|w| w == sep) {
-            Some(p) => (&rest[..p], &rest[p + sep.len()..]),
-            None => (rest, &rest[rest.len()..]),
-        };
-        rest = next;
-        if payload.iter().all(|b| b.is_ascii_whitespace()) {
-            continue;
+    GorReader::new(data).collect()
+}
+
+/// Reads a GoReplay file's payloads one at a time, holding only the payload being read, so a
+/// file of any size streams. A payload ends at the first separator after its start; the last
+/// one may lack its separator; payloads of nothing but whitespace are skipped.
+pub struct GorReader<R> {
+    input: R,
+    /// The payload being gathered (its allocation reused).
+    buf: Vec<u8>,
+    /// Bytes of the input consumed so far.
+    position: u64,
+    /// Payloads returned so far.
+    index: usize,
+    done: bool,
+}
+
+impl<R: BufRead> GorReader<R> {
+    /// A reader at the start of `input`.
+    pub fn new(input: R) -> Self {
+        Self {
+            input,
+            buf: Vec::new(),
+            position: 0,
+            index: 0,
+            done: false,
         }
-        let nl = payload
-            .iter()
-            .position(|&b| b == b'\n')
-            .ok_or(GorError::NoHeader { index })?;
-        let line = String::from_utf8_lossy(&payload[..nl]).to_string();
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let bad = || GorError::BadHeader {
-            index,
-            line: line.clone(),
-        };
-        if f.len() < 3 {
-            return Err(bad());
-        }
-        let kind: u8 = f[0].parse().map_err(|_| bad())?;
-        if !(1..=3).contains(&kind) {
-            return Err(bad());
-        }
-        out.push(GorPayload {
-            kind,
-            id: f[1].to_string(),
-            ts_ns: f[2].parse().map_err(|_| bad())?,
-            latency_ns: f.get(3).and_then(|l| l.parse().ok()).unwrap_or(0),
-            bytes: Bytes::copy_from_slice(&payload[nl + 1..]),
-        });
-        index += 1;
     }
-    Ok(out)
+
+    /// Bytes of the input consumed so far (through the end of the last payload returned).
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// The next payload, or None at the end of the input. After an error, None.
+    pub fn next_payload(&mut self) -> Result<Option<GorPayload>, GorError> {
+        while !self.done {
+            let offset = self.position;
+            let result = self.gather(offset).and_then(|ended| {
+                self.done |= !ended;
+                let payload = match ended {
+                    true => &self.buf[..self.buf.len() - SEPARATOR.len()],
+                    false => &self.buf[..],
+                };
+                if payload.iter().all(|b| b.is_ascii_whitespace()) {
+                    return Ok(None);
+                }
+                payload_of(payload, self.index, offset).map(Some)
+            });
+            self.release_large_buffer();
+            match result {
+                Ok(None) => {}
+                Ok(Some(payload)) => {
+                    self.index += 1;
+                    return Ok(Some(payload));
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Reads the next payload into `buf`, through its separator (true) or to the end of the
+    /// input (false). The separator ends in a newline, so looking for it at the end of each
+    /// line finds its first occurrence.
+    fn gather(&mut self, offset: u64) -> Result<bool, GorError> {
+        let separator = SEPARATOR.as_bytes();
+        self.buf.clear();
+        loop {
+            let n = self
+                .input
+                .read_until(b'\n', &mut self.buf)
+                .map_err(|source| GorError::Read {
+                    offset: self.position,
+                    source,
+                })?;
+            self.position += n as u64;
+            if n == 0 {
+                return Ok(false);
+            }
+            if self.buf.ends_with(separator) {
+                return Ok(true);
+            }
+            if self.buf.len() > MAX_PAYLOAD_BYTES {
+                return Err(GorError::TooLarge {
+                    index: self.index,
+                    offset,
+                });
+            }
+        }
+    }
+
+    /// One very large payload should not keep its buffer for the rest of the file.
+    fn release_large_buffer(&mut self) {
+        if self.buf.capacity() > 1 << 20 {
+            self.buf = Vec::new();
+        }
+    }
+}
+
+impl<R: BufRead> Iterator for GorReader<R> {
+    type Item = Result<GorPayload, GorError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_payload().transpose()
+    }
+}
+
+/// A payload from its bytes (separator removed): the header line, then the message.
+fn payload_of(payload: &[u8], index: usize, offset: u64) -> Result<GorPayload, GorError> {
+    let nl = payload
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or(GorError::NoHeader { index, offset })?;
+    let line = String::from_utf8_lossy(&payload[..nl]).to_string();
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let bad = || GorError::BadHeader {
+        index,
+        offset,
+        line: line.clone(),
+    };
+    if f.len() < 3 {
+        return Err(bad());
+    }
+    let kind: u8 = f[0].parse().map_err(|_| bad())?;
+    if !(1..=3).contains(&kind) {
+        return Err(bad());
+    }
+    Ok(GorPayload {
+        kind,
+        id: f[1].to_string(),
+        ts_ns: f[2].parse().map_err(|_| bad())?,
+        latency_ns: f.get(3).and_then(|l| l.parse().ok()).unwrap_or(0),
+        bytes: Bytes::copy_from_slice(&payload[nl + 1..]),
+    })
 }
 
 /// GoReplay id of a stored message: its request's (run, id), as 24 hex digits.
@@ -147,117 +264,105 @@ fn body_len(bytes: &[u8]) -> u64 {
     end.map(|e| (bytes.len() - e) as u64).unwrap_or(0)
 }
 
-/// Turns payloads into messages: requests and original responses (replayed responses,
-/// type 3, are not traffic that was seen and are skipped). Returns the messages and how many
-/// payloads were skipped.
-pub fn to_messages(payloads: &[GorPayload]) -> (Vec<HttpMessage>, u64) {
-    let unspecified = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
-    let mut request_ids: HashMap<&str, (u64, u64)> = HashMap::new();
-    let mut messages = Vec::new();
-    let mut skipped = 0;
-    let mut next_id = 0u64;
-    for p in payloads {
+/// Most requests [`GorMessages`] keeps waiting for their response: past this, the oldest
+/// waiting request is forgotten (counted as `gor_pending_requests_evicted`) and a response
+/// that comes for it later stands alone. GoReplay writes a response soon after its request,
+/// so only a file of unanswered requests reaches it.
+pub const MAX_PENDING_REQUESTS: usize = 100_000;
+
+/// Turns payloads into messages as a file streams by: requests and original responses
+/// (replayed responses, type 3, are not traffic that was seen and are skipped). GoReplay
+/// keeps no connections, so each request is a connection of its own (its id), and its
+/// response joins that connection and names the request.
+pub struct GorMessages {
+    next_id: u64,
+    /// Requests waiting for their final response: GoReplay id to message id.
+    pending: PendingMap<String, u64>,
+    skipped: u64,
+    messages: u64,
+}
+
+impl Default for GorMessages {
+    fn default() -> Self {
+        Self::with_max_pending(MAX_PENDING_REQUESTS)
+    }
+}
+
+impl GorMessages {
+    /// A converter that keeps at most `max_pending` requests waiting for their response.
+    pub fn with_max_pending(max_pending: usize) -> Self {
+        Self {
+            next_id: 0,
+            pending: PendingMap::new(max_pending),
+            skipped: 0,
+            messages: 0,
+        }
+    }
+
+    /// The message a payload is, if it is one.
+    pub fn push(&mut self, p: GorPayload) -> Option<HttpMessage> {
         let request = match p.kind {
             1 => true,
             2 => false,
             _ => {
-                skipped += 1;
-                continue;
+                self.skipped += 1;
+                return None;
             }
         };
-        next_id += 1;
-        let (conn_id, request_id) = if request {
-            request_ids.insert(&p.id, (next_id, next_id));
-            (next_id, None)
-        } else {
-            match request_ids.get(p.id.as_str()) {
-                Some((conn, req)) => (*conn, Some(*req)),
-                None => (next_id, None),
+        self.next_id += 1;
+        self.messages += 1;
+        let id = self.next_id;
+        let kind = kind_of(&p.bytes, request);
+        let (conn_id, request_id) = match &kind {
+            MessageKind::Request { .. } => {
+                self.pending.insert(p.id, id);
+                (id, None)
             }
+            MessageKind::Response { status } if is_interim(*status) => {
+                match self.pending.get(&p.id) {
+                    Some(&req) => (req, Some(req)),
+                    None => (id, None),
+                }
+            }
+            MessageKind::Response { .. } => match self.pending.remove(&p.id) {
+                Some(req) => (req, Some(req)),
+                None => (id, None),
+            },
         };
-        messages.push(HttpMessage {
-            id: next_id,
+        let unspecified = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
+        Some(HttpMessage {
+            id,
             conn_id,
-            kind: kind_of(&p.bytes, request),
+            kind,
             minor_version: 1,
             request_id,
             first_ts: Timestamp(p.ts_ns),
             last_ts: Timestamp(p.ts_ns),
             src: unspecified,
             dst: unspecified,
-            bytes: p.bytes.clone(),
             body_len: body_len(&p.bytes),
+            bytes: p.bytes,
             complete: true,
-        });
+        })
     }
-    (messages, skipped)
+
+    /// Messages made so far.
+    pub fn messages(&self) -> u64 {
+        self.messages
+    }
+
+    /// What was left out or unpaired, by the names recordings use (only those that occurred).
+    pub fn drops(&self) -> BTreeMap<String, u64> {
+        crate::store::drops_seen([
+            ("replayed_responses_skipped".to_string(), self.skipped),
+            (
+                "gor_pending_requests_evicted".to_string(),
+                self.pending.evicted(),
+            ),
+        ])
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn payloads_round_trip_through_the_file_format() {
-        let payloads = vec![
-            GorPayload {
-                kind: 1,
-                id: "0000000a0000000000000001".into(),
-                ts_ns: 1_700_000_000_000_000_000,
-                latency_ns: 0,
-                bytes: Bytes::from_static(b"POST /x HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"),
-            },
-            GorPayload {
-                kind: 2,
-                id: "0000000a0000000000000001".into(),
-                ts_ns: 1_700_000_000_000_500_000,
-                latency_ns: 500_000,
-                bytes: Bytes::from_static(b"HTTP/1.1 204 No Content\r\n\r\n"),
-            },
-        ];
-        let mut file = Vec::new();
-        for p in &payloads {
-            write_payload(&mut file, p).unwrap();
-        }
-        assert_eq!(parse(&file).unwrap(), payloads);
-        let (messages, skipped) = to_messages(&payloads);
-        assert_eq!(skipped, 0);
-        assert_eq!(
-            messages[0].kind,
-            MessageKind::Request {
-                method: "POST".into(),
-                uri: "/x".into()
-            }
-        );
-        assert_eq!(messages[0].body_len, 3);
-        assert_eq!(messages[1].kind, MessageKind::Response { status: 204 });
-        assert_eq!(messages[1].request_id, Some(messages[0].id));
-    }
-
-    #[test]
-    fn a_file_written_by_goreplay_itself_parses() {
-        // The shape GoReplay writes: header, message, separator; replayed responses (3) too.
-        let file = "1 8a3b0c1d2e3f405162738495 1558000000000000000 0\nGET / HTTP/1.1\r\nHost: a\r\n\r\n\n🐵🙈🙉\n\
-                    3 8a3b0c1d2e3f405162738495 1558000000100000000 100000000\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n\n🐵🙈🙉\n";
-        let payloads = parse(file.as_bytes()).unwrap();
-        assert_eq!(payloads.len(), 2);
-        let (messages, skipped) = to_messages(&payloads);
-        assert_eq!((messages.len(), skipped), (1, 1));
-    }
-
-    #[test]
-    fn garbage_headers_are_errors_not_panics() {
-        assert!(matches!(
-            parse(b"not a header\nGET /"),
-            Err(GorError::BadHeader { .. })
-        ));
-        assert!(matches!(
-            parse(b"9 id 1 1\nx"),
-            Err(GorError::BadHeader { .. })
-        ));
-        assert!(matches!(
-            parse(b"no newline at all"),
-            Err(GorError::NoHeader { .. })
-        ));
-    }
-}
+#[path = "gor_tests.rs"]
+mod tests;

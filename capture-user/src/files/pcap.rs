@@ -4,6 +4,8 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use pcap_file::pcap::PcapReader;
 use pcap_file::pcapng::{Block, PcapNgReader};
@@ -45,6 +47,32 @@ pub struct PcapPackets {
     arena: PacketArena,
     /// Packets skipped because their interface has a link type we cannot decode.
     pub unsupported_link_packets: u64,
+    /// Bytes read from the file so far (compressed bytes for a gzip'd file).
+    read: Arc<AtomicU64>,
+}
+
+impl PcapPackets {
+    /// Bytes of the file read so far, for a progress display: the file's own bytes (so
+    /// compressed ones for a gzip'd capture), up to a read buffer ahead of the packets
+    /// handed on.
+    pub fn bytes_read(&self) -> u64 {
+        self.read.load(Ordering::Relaxed)
+    }
+}
+
+/// A reader that counts the bytes it hands on (the reading chain is boxed and `Send`, hence
+/// the atomic, though only one thread reads).
+struct Counted<R> {
+    inner: R,
+    read: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
 }
 
 const PCAPNG_MAGIC: [u8; 4] = [0x0a, 0x0d, 0x0d, 0x0a];
@@ -56,7 +84,11 @@ pub fn open(path: &Path) -> Result<PcapPackets, PcapError> {
         path: path.to_path_buf(),
         source,
     };
-    let file = File::open(path).map_err(open_err)?;
+    let read = Arc::new(AtomicU64::new(0));
+    let file = Counted {
+        inner: File::open(path).map_err(open_err)?,
+        read: read.clone(),
+    };
     let mut probe = BufReader::new(file);
     let gz = probe.fill_buf().map_err(open_err)?.starts_with(&GZIP_MAGIC);
     let reader: Box<dyn Read + Send> = if gz {
@@ -102,6 +134,7 @@ pub fn open(path: &Path) -> Result<PcapPackets, PcapError> {
         inner,
         arena: PacketArena::default(),
         unsupported_link_packets: 0,
+        read,
     })
 }
 

@@ -26,6 +26,8 @@ mod retention;
 mod segment;
 mod window;
 
+pub use record::MAX_MESSAGE_BYTES;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
