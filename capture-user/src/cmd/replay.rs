@@ -264,9 +264,9 @@ fn starting_line(
             String::new()
         }
     };
-    let size = loaded
-        .source_size
-        .map_or(String::new(), |n| format!(" ({n} messages)"));
+    let size = loaded.source_size.map_or(String::new(), |n| {
+        format!(" ({n} {})", loaded.source_size_unit)
+    });
     let shard = if options.shard.count > 1 {
         format!(", shard {}", options.shard)
     } else {

@@ -5,10 +5,10 @@
 //! is the one place the replay defaults live.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use crate::files::{FileFormat, read_messages};
+use crate::files::{FileFormat, MessageFile};
 use crate::message::HttpMessage;
 use crate::replay::engine::{EngineConfig, Replay, StartError};
 use crate::replay::feed::{FeedOptions, MessageSource};
@@ -156,6 +156,8 @@ pub struct LoadedReplay {
     pub source_name: String,
     /// What the read position counts up to (messages of a recording, bytes of a file).
     pub source_size: Option<u64>,
+    /// "messages" or "bytes".
+    pub source_size_unit: &'static str,
     source: Box<dyn MessageSource>,
     feed: FeedOptions,
 }
@@ -217,6 +219,20 @@ struct FileSource {
     path: PathBuf,
     ports: Vec<u16>,
     format: FileFormat,
+    size: u64,
+}
+
+impl FileSource {
+    /// Opens the file once, so a missing or unknown file fails before the replay starts.
+    fn open(path: &Path, ports: &[u16], format: FileFormat) -> anyhow::Result<Self> {
+        let size = MessageFile::open(path, ports, format)?.size();
+        Ok(Self {
+            path: path.to_path_buf(),
+            ports: ports.to_vec(),
+            format,
+            size,
+        })
+    }
 }
 
 impl MessageSource for FileSource {
@@ -232,16 +248,11 @@ impl MessageSource for FileSource {
     }
 
     fn size(&self) -> Option<u64> {
-        None
+        (self.size > 0).then_some(self.size)
     }
 
     fn read(&mut self, visit: &mut dyn FnMut(HttpMessage, u64) -> bool) -> anyhow::Result<()> {
-        let (messages, _) = read_messages(&self.path, &self.ports, self.format)?;
-        for (i, m) in messages.into_iter().enumerate() {
-            if !visit(m, i as u64 + 1) {
-                break;
-            }
-        }
+        MessageFile::open(&self.path, &self.ports, self.format)?.visit(visit)?;
         Ok(())
     }
 }
@@ -279,20 +290,18 @@ pub fn load_replay(
                 messages: recording.messages,
             })
         }
-        ReplaySource::Gor(path) => Box::new(FileSource {
-            path: path.clone(),
-            ports: Vec::new(),
-            format: FileFormat::Gor,
-        }),
-        ReplaySource::Pcap { file, ports } => Box::new(FileSource {
-            path: file.clone(),
-            ports: ports.clone(),
-            format: FileFormat::Pcap,
-        }),
+        ReplaySource::Gor(path) => Box::new(FileSource::open(path, &[], FileFormat::Gor)?),
+        ReplaySource::Pcap { file, ports } => {
+            Box::new(FileSource::open(file, ports, FileFormat::Pcap)?)
+        }
     };
     Ok(LoadedReplay {
         source_name: opened.name(),
         source_size: opened.size(),
+        source_size_unit: match source {
+            ReplaySource::Recording(_) => "messages",
+            _ => "bytes",
+        },
         source: opened,
         feed: FeedOptions {
             lookahead: options.lookahead,
