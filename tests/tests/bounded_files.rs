@@ -35,7 +35,7 @@ const SEPARATOR: &[u8] = "\n🐵🙈🙉\n".as_bytes();
 /// Request `i`: every third a POST with a body of its own (1 to 300 bytes), the rest GETs.
 fn request(i: u64) -> (&'static str, String, Vec<u8>) {
     let uri = format!("/bounded/{i}?q={}", i.wrapping_mul(2_654_435_761) % 100_000);
-    if i % 3 == 0 {
+    if i.is_multiple_of(3) {
         let len = (i % 300 + 1) as usize;
         let body: Vec<u8> = (0..len)
             .map(|k| b'a' + ((i as usize + k) % 26) as u8)

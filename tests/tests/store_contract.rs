@@ -185,12 +185,30 @@ fn metadata_round_trips(store: &mut dyn Store) {
     assert_eq!(got, vec![m]);
 }
 
+/// Reading stops as soon as `visit` says so, having handed on the start of the recording.
+fn reading_stops_when_told(store: &mut dyn Store) {
+    store.begin("stop", "t").unwrap();
+    for id in 1..=20 {
+        store.append(&message(id, 3), &tags(&["stop"])).unwrap();
+    }
+    store.end("stop", RecordingSummary::default()).unwrap();
+    let mut seen = Vec::new();
+    store
+        .read("stop", &mut |m| {
+            seen.push(m.meta.id);
+            seen.len() < 4
+        })
+        .unwrap();
+    assert_eq!(seen, vec![1, 2, 3, 4]);
+}
+
 fn run_contract(mut new_store: impl FnMut() -> Box<dyn Store>) {
     overlapping_windows_are_exact(new_store().as_mut());
     delete_keeps_shared_messages(new_store().as_mut());
     names_are_validated_and_unique(new_store().as_mut());
     large_messages_are_fragmented_and_rejoined(new_store().as_mut());
     metadata_round_trips(new_store().as_mut());
+    reading_stops_when_told(new_store().as_mut());
 }
 
 /// The embedded store, its batches raw or LZ4-compressed, holds the contract.
@@ -233,6 +251,37 @@ fn kafka_store_keeps_the_recording_contract() {
         config.fragment_bytes = 256 * 1024;
         Box::new(KafkaStore::open(config).expect("kafka store"))
     });
+}
+
+/// A window far longer than a partition's read-ahead (2,048 messages) comes back whole and in
+/// capture order: connections take turns in bursts of 3,000 messages, so while one
+/// partition's burst is handed on the others fill their queues and are paused, then resumed.
+#[test]
+fn kafka_reads_a_window_longer_than_its_read_ahead_whole_and_in_capture_order() {
+    const CONNECTIONS: u64 = 6;
+    const BURST: u64 = 3_000;
+    let broker = Tansu::start().expect("tansu");
+    let mut config = KafkaConfig::new(&broker.bootstrap(), "long-window");
+    config.catalog_topic = "long-window-catalog".into();
+    let mut store = KafkaStore::open(config).expect("kafka store");
+    store.begin("long", "t").unwrap();
+    let at = |id: u64| {
+        let mut m = message(id, 20);
+        m.conn_id = (id - 1) / BURST;
+        m.first_ts = Timestamp(id);
+        m
+    };
+    let total = CONNECTIONS * BURST;
+    for id in 1..=total {
+        store.append(&at(id), &tags(&["long"])).unwrap();
+    }
+    let rec = store.end("long", RecordingSummary::default()).unwrap();
+    assert_eq!(rec.messages, total);
+    let read = read_all(&mut store, "long");
+    assert_eq!(ids(&read), (1..=total).collect::<Vec<_>>());
+    for (id, bytes) in read.iter().step_by(997) {
+        assert_eq!(*bytes, at(*id).bytes, "message {id}");
+    }
 }
 
 #[test]

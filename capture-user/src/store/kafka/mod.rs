@@ -24,9 +24,8 @@ use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+mod merge;
 mod window;
-
-use window::merge_by_capture_time;
 
 use super::{
     MessageMeta, Recording, RecordingState, RecordingSummary, Store, StoreError, StoredKind,
@@ -553,8 +552,6 @@ impl Store for KafkaStore {
             Some(end) => end.clone(),
             None => self.watermarks()?,
         };
-        let per_partition = self.consume_window(&rec, &end)?;
-        merge_by_capture_time(per_partition, visit);
-        Ok(())
+        self.read_window(&rec, &end, visit)
     }
 }

@@ -1,6 +1,6 @@
 //! Reading a recording's window back: consume each partition from its start offset to its
-//! end offset, keep the records tagged with the recording, rejoin fragments, then merge the
-//! partitions into capture order.
+//! end offset, keep the records tagged with the recording, rejoin fragments, and merge the
+//! partitions into capture order as they come, pausing a partition that is too far ahead.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -10,6 +10,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::KafkaStore;
+use super::merge::{Flow, WindowMerge};
 use crate::store::{FragmentJoiner, MessageMeta, Recording, StoreError, StoredMessage};
 
 /// The `capture.meta` header's value: the record's metadata, postcard-encoded.
@@ -21,39 +22,59 @@ fn meta_header<'a>(msg: &'a rdkafka::message::BorrowedMessage<'_>) -> Option<&'a
 }
 
 impl KafkaStore {
-    /// Every message of `rec` between its start offsets and `end`, per partition, in offset
-    /// order (a connection's messages stay in one partition, so each list keeps their order).
-    pub(super) fn consume_window(
+    /// Hands every message of `rec` between its start offsets and `end` to `visit` in
+    /// capture order, merged across partitions as they are consumed (see [`WindowMerge`]),
+    /// until `visit` returns false. Memory is bounded by the merge's per-partition queues
+    /// and the consumer's prefetch, whatever the window's length.
+    pub(super) fn read_window(
         &self,
         rec: &Recording,
         end: &BTreeMap<i32, i64>,
-    ) -> Result<BTreeMap<i32, Vec<StoredMessage>>, StoreError> {
+        visit: &mut dyn FnMut(StoredMessage) -> bool,
+    ) -> Result<(), StoreError> {
         let topic = rec.topic.as_deref().unwrap_or(&self.config.topic);
+        let windows = rec
+            .start
+            .iter()
+            .map(|(&p, &start)| (p, start, end.get(&p).copied().unwrap_or(start)));
+        let mut merge = WindowMerge::new(windows);
+        if merge.is_done() {
+            return Ok(());
+        }
         let consumer = self.consumer()?;
         let mut tpl = TopicPartitionList::new();
-        let mut remaining: HashMap<i32, i64> = HashMap::new();
-        for (&p, &start) in &rec.start {
-            let stop = end.get(&p).copied().unwrap_or(start);
-            if stop > start {
-                tpl.add_partition_offset(topic, p, Offset::Offset(start))
-                    .map_err(|e| self.err("assigning partitions", e))?;
-                remaining.insert(p, stop);
-            }
-        }
-        let mut per_partition: BTreeMap<i32, Vec<StoredMessage>> = BTreeMap::new();
-        if remaining.is_empty() {
-            return Ok(per_partition);
+        for (p, start) in merge.starts() {
+            tpl.add_partition_offset(topic, p, Offset::Offset(start))
+                .map_err(|e| self.err("assigning partitions", e))?;
         }
         consumer
             .assign(&tpl)
             .map_err(|e| self.err("assigning partitions", e))?;
         let mut joiners: HashMap<i32, FragmentJoiner> = HashMap::new();
         let mut last_progress = Instant::now();
-        while !remaining.is_empty() {
+        loop {
+            let mut handed = false;
+            while let Some(m) = merge.pop() {
+                if !visit(m) {
+                    return Ok(());
+                }
+                handed = true;
+            }
+            if merge.is_done() {
+                return Ok(());
+            }
+            // Time spent in `visit` (a paced replay) is not the broker's lack of progress.
+            if handed {
+                last_progress = Instant::now();
+            }
+            self.apply_flow(&consumer, topic, merge.flow())?;
             if last_progress.elapsed() > self.config.timeout * 3 {
                 return Err(self.err(
                     "reading the window",
-                    format!("no progress; partitions left {remaining:?}"),
+                    format!(
+                        "no progress; partitions left (next offset, end) {:?}",
+                        merge.unfinished()
+                    ),
                 ));
             }
             let Some(result) = consumer.poll(Duration::from_millis(200)) else {
@@ -62,40 +83,63 @@ impl KafkaStore {
             let msg = result.map_err(|e| self.err("reading the window", e))?;
             last_progress = Instant::now();
             let p = msg.partition();
-            if !take_within_window(&mut remaining, p, msg.offset()) {
+            if !merge.take(p, msg.offset()) {
                 continue;
             }
             let joiner = joiners.entry(p).or_default();
             if let Some(m) = tagged_message(&msg, &rec.name, joiner)? {
-                per_partition.entry(p).or_default().push(m);
+                merge.push(p, m);
             }
         }
-        Ok(per_partition)
+    }
+
+    /// Pauses and resumes fetching partitions as the merge asks. The client drops a paused
+    /// partition's records fetched but not yet delivered, and on resume fetches again from
+    /// the one after the last delivered, so nothing is skipped (and the merge takes a record
+    /// delivered twice once).
+    fn apply_flow(
+        &self,
+        consumer: &BaseConsumer,
+        topic: &str,
+        flow: Flow,
+    ) -> Result<(), StoreError> {
+        let list = |partitions: &[i32]| {
+            let mut tpl = TopicPartitionList::new();
+            for &p in partitions {
+                tpl.add_partition(topic, p);
+            }
+            tpl
+        };
+        if !flow.pause.is_empty() {
+            consumer
+                .pause(&list(&flow.pause))
+                .map_err(|e| self.err("pausing partitions", e))?;
+        }
+        if !flow.resume.is_empty() {
+            consumer
+                .resume(&list(&flow.resume))
+                .map_err(|e| self.err("resuming partitions", e))?;
+        }
+        Ok(())
     }
 
     /// A consumer of its own (a fresh group, nothing committed): reads never move anything.
+    /// Its prefetch is capped at [`CONSUMER_QUEUE_KIB`] (librdkafka's default queues up to
+    /// 64 MiB ahead), and `fetch.max.bytes` follows it down.
     pub(super) fn consumer(&self) -> Result<BaseConsumer, StoreError> {
         rdkafka::config::ClientConfig::new()
             .set("bootstrap.servers", &self.config.brokers)
             .set("group.id", format!("capture-reader-{}", std::process::id()))
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
+            .set("queued.max.messages.kbytes", CONSUMER_QUEUE_KIB.to_string())
             .create()
             .map_err(|e| self.err("creating a consumer", e))
     }
 }
 
-/// Whether a record at `offset` of `partition` is inside the window still being read,
-/// marking the partition done once its last offset is reached.
-fn take_within_window(remaining: &mut HashMap<i32, i64>, partition: i32, offset: i64) -> bool {
-    let Some(&stop) = remaining.get(&partition) else {
-        return false;
-    };
-    if offset + 1 >= stop {
-        remaining.remove(&partition);
-    }
-    offset < stop
-}
+/// The consumer's prefetch cap (KiB): with the merge's queues, what a read holds at most.
+const CONSUMER_QUEUE_KIB: usize = 16 * 1024;
 
 /// The message a record completes, if the record is ours, tagged with `recording`, and its
 /// message's last fragment.
@@ -116,95 +160,4 @@ fn tagged_message(
         return Ok(None);
     }
     joiner.push(meta, msg.payload().unwrap_or_default(), &position)
-}
-
-/// Hands every message to `visit` in capture order across partitions (first byte's time;
-/// each partition's own order kept), until `visit` returns false.
-pub(super) fn merge_by_capture_time(
-    per_partition: BTreeMap<i32, Vec<StoredMessage>>,
-    visit: &mut dyn FnMut(StoredMessage) -> bool,
-) {
-    let mut cursors: Vec<std::iter::Peekable<std::vec::IntoIter<StoredMessage>>> = per_partition
-        .into_values()
-        .map(|v| v.into_iter().peekable())
-        .collect();
-    loop {
-        let next = cursors
-            .iter_mut()
-            .enumerate()
-            .filter_map(|(i, c)| c.peek().map(|m| (m.meta.first_ts, i)))
-            .min();
-        let Some((_, i)) = next else {
-            return;
-        };
-        let Some(m) = cursors[i].next() else {
-            return;
-        };
-        if !visit(m) {
-            return;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::message::{HttpMessage, MessageKind};
-    use crate::packet::Timestamp;
-
-    fn stored(id: u64, ts: u64) -> StoredMessage {
-        let addr = "10.0.0.1:80".parse().unwrap();
-        let m = HttpMessage {
-            id,
-            conn_id: 1,
-            kind: MessageKind::Response { status: 200 },
-            minor_version: 1,
-            request_id: None,
-            first_ts: Timestamp(ts),
-            last_ts: Timestamp(ts),
-            src: addr,
-            dst: addr,
-            bytes: bytes::Bytes::new(),
-            body_len: 0,
-            complete: true,
-        };
-        StoredMessage {
-            meta: crate::store::meta_for(&m, "n", 1, &[]),
-            bytes: m.bytes,
-        }
-    }
-
-    #[test]
-    fn partitions_merge_by_capture_time_keeping_each_partitions_order() {
-        let parts = BTreeMap::from([
-            (0, vec![stored(1, 10), stored(2, 30), stored(3, 31)]),
-            (1, vec![stored(4, 20), stored(5, 30), stored(6, 5)]),
-        ]);
-        let mut order = Vec::new();
-        merge_by_capture_time(parts.clone(), &mut |m| {
-            order.push(m.meta.id);
-            true
-        });
-        // Message 6 carries an earlier time than 5 but stays after it: a partition's (a
-        // connection's) order is never changed, only the partitions are interleaved.
-        assert_eq!(order, vec![1, 4, 2, 5, 6, 3]);
-        let mut first_two = Vec::new();
-        merge_by_capture_time(parts, &mut |m| {
-            first_two.push(m.meta.id);
-            first_two.len() < 2
-        });
-        assert_eq!(first_two, vec![1, 4]);
-    }
-
-    #[test]
-    fn the_window_ends_at_its_last_offset_per_partition() {
-        let mut remaining = HashMap::from([(0, 3), (1, 1)]);
-        assert!(take_within_window(&mut remaining, 0, 1));
-        assert!(take_within_window(&mut remaining, 1, 0));
-        assert!(!remaining.contains_key(&1));
-        assert!(!take_within_window(&mut remaining, 1, 1));
-        assert!(take_within_window(&mut remaining, 0, 2));
-        assert!(remaining.is_empty());
-        assert!(!take_within_window(&mut remaining, 0, 3));
-    }
 }
