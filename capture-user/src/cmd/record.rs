@@ -179,7 +179,7 @@ pub async fn run_record(args: RecordArgs) -> anyhow::Result<()> {
 /// with what was stored before kept (or leaves no recording when nothing was).
 pub fn run_import(args: ImportArgs) -> anyhow::Result<()> {
     let file = MessageFile::open(&args.file, &args.ports, FileFormat::Detect)?;
-    let mut store = args.store.to_config()?.open()?;
+    let mut store = args.store.to_config()?.for_import().open()?;
     let source = format!("import {}", args.file.display());
     store.begin(&args.name, &source)?;
     let tags = vec![args.name.clone()];

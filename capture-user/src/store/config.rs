@@ -127,6 +127,15 @@ pub fn default_data_dir() -> PathBuf {
 }
 
 impl StoreConfig {
+    /// The same store for an import: a file is read at the store's pace, so a full Kafka
+    /// producer queue is waited on rather than dropped from.
+    pub fn for_import(mut self) -> Self {
+        if let Some(kafka) = &mut self.kafka {
+            kafka.wait_when_full = true;
+        }
+        self
+    }
+
     /// The data directory in effect.
     pub fn dir(&self) -> PathBuf {
         self.data_dir.clone().unwrap_or_else(default_data_dir)

@@ -50,6 +50,12 @@ pub struct KafkaConfig {
     pub fragment_bytes: usize,
     /// Producer queue cap (messages); beyond it messages are dropped and counted.
     pub queue_max_messages: usize,
+    /// Producer queue cap (payload KiB), the memory bound when messages are large or the
+    /// broker slow.
+    pub queue_max_kbytes: usize,
+    /// When the queue is full, wait for the broker instead of dropping: for imports, which
+    /// read a file at their own pace (live capture never waits).
+    pub wait_when_full: bool,
     /// How long to wait for the broker (connect, flush, metadata).
     pub timeout: Duration,
 }
@@ -65,6 +71,8 @@ impl Default for KafkaConfig {
             compression: "lz4".into(),
             fragment_bytes: 900 * 1024,
             queue_max_messages: 100_000,
+            queue_max_kbytes: 64 * 1024,
+            wait_when_full: false,
             timeout: Duration::from_secs(10),
         }
     }
@@ -146,6 +154,10 @@ impl KafkaStore {
             .set(
                 "queue.buffering.max.messages",
                 config.queue_max_messages.to_string(),
+            )
+            .set(
+                "queue.buffering.max.kbytes",
+                config.queue_max_kbytes.to_string(),
             )
             .set(
                 "message.max.bytes",
@@ -454,19 +466,30 @@ impl Store for KafkaStore {
             } else {
                 0
             });
-            let record = BaseRecord::with_opaque_to(&self.config.topic, opaque)
+            let mut record = BaseRecord::with_opaque_to(&self.config.topic, opaque)
                 .key(key.as_str())
                 .payload(&bytes[..])
                 .timestamp(ts_ms)
                 .headers(Self::headers(&meta, &encoded));
-            match self.producer.send(record) {
-                Ok(()) => {}
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    // Bounded and loud: the queue cap is a counted drop, never a stall.
-                    self.queue_full += 1;
-                    return Ok(());
+            let waiting_since = std::time::Instant::now();
+            loop {
+                match self.producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                        if self.config.wait_when_full
+                            && waiting_since.elapsed() < self.config.timeout * 3 =>
+                    {
+                        // An import waits for the broker to take what is queued.
+                        record = back;
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                        // Bounded and loud: the queue cap is a counted drop, never a stall.
+                        self.queue_full += 1;
+                        return Ok(());
+                    }
+                    Err((e, _)) => return Err(self.err("producing", e)),
                 }
-                Err((e, _)) => return Err(self.err("producing", e)),
             }
         }
         Ok(())
