@@ -201,3 +201,51 @@ pub fn round_robin(
         }
     })
 }
+
+/// `capture` run in namespace `ns`.
+pub fn capture_in(ns: &str) -> std::process::Command {
+    crate::netns::Topology::exec(ns, &crate::capture_bin().to_string_lossy())
+}
+
+/// Imports `pcap` (server port `port`) as recording `name` into the store `store` args name,
+/// in namespace `ns`; what it cost.
+pub fn import(
+    ns: &str,
+    pcap: &Path,
+    port: u16,
+    name: &str,
+    store: &[String],
+) -> Result<crate::process::Measured> {
+    let m = crate::process::run_measured(
+        capture_in(ns)
+            .arg("import")
+            .arg(pcap)
+            .args(["--name", name, "--port", &port.to_string()])
+            .args(store),
+    )?;
+    anyhow::ensure!(m.ok, "import failed: {}", m.stderr);
+    Ok(m)
+}
+
+/// The store arguments of both backends: an embedded store under `dir`, and Kafka topic
+/// `topic` on `bootstrap`.
+pub fn both_stores(dir: &Path, bootstrap: String, topic: &str) -> [(&'static str, Vec<String>); 2] {
+    [
+        (
+            "embedded",
+            vec![
+                "--data-dir".to_string(),
+                dir.join("store").display().to_string(),
+            ],
+        ),
+        (
+            "kafka",
+            vec![
+                "--kafka".to_string(),
+                bootstrap,
+                "--topic".to_string(),
+                topic.to_string(),
+            ],
+        ),
+    ]
+}

@@ -5,7 +5,6 @@
 //! request is known in advance.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
@@ -16,8 +15,8 @@ use tests::netns::Topology;
 use tests::nginx::{AccessLogEntry, Nginx};
 use tests::process::{Measured, run_measured};
 use tests::replay::log_from;
-use tests::synth::{Exchange, round_robin, write_pcap};
-use tests::{capture_bin, multiset, run_ok};
+use tests::synth::{Exchange, both_stores, capture_in, import, round_robin, write_pcap};
+use tests::{multiset, run_ok};
 
 const PORT: u16 = 8080;
 
@@ -34,23 +33,6 @@ fn expected(e: &Exchange) -> Key {
         e.uri.clone(),
         String::from_utf8_lossy(&e.body).into_owned(),
     )
-}
-
-fn capture_in(ns: &str) -> Command {
-    Topology::exec(ns, &capture_bin().to_string_lossy())
-}
-
-/// Imports `pcap` as recording `name` with the store `store` args, in namespace `ns`.
-fn import(ns: &str, pcap: &Path, name: &str, store: &[String]) -> Result<Measured> {
-    let m = run_measured(
-        capture_in(ns)
-            .arg("import")
-            .arg(pcap)
-            .args(["--name", name, "--port", &PORT.to_string()])
-            .args(store),
-    )?;
-    ensure!(m.ok, "import failed: {}", m.stderr);
-    Ok(m)
 }
 
 fn summary(m: &Measured) -> Result<Value> {
@@ -80,22 +62,13 @@ fn replay_at_max_with_bounded_memory(only: &str, exchanges: u64) -> Result<()> {
     let traffic = || round_robin(16, exchanges_wanted, 1_700_000_000_000_000, 20, 100);
     write_pcap(&pcap, PORT, traffic())?;
     let want = multiset(traffic().map(|e| expected(&e)));
-    let embedded = vec![
-        "--data-dir".to_string(),
-        dir.path().join("store").display().to_string(),
-    ];
-    let kafka = vec![
-        "--kafka".to_string(),
-        broker.bootstrap(),
-        "--topic".to_string(),
-        "big".to_string(),
-    ];
+    let stores = both_stores(dir.path(), broker.bootstrap(), "big");
     let target = format!("http://{}:{PORT}", topo.server_ip);
-    for (backend, store) in [("embedded", &embedded), ("kafka", &kafka)] {
-        if backend != only {
+    for (backend, store) in &stores {
+        if *backend != only {
             continue;
         }
-        let imported = import(&topo.client_ns, &pcap, "big", store)?;
+        let imported = import(&topo.client_ns, &pcap, PORT, "big", store)?;
         println!(
             "{backend}: import peak RSS {:.1} MiB",
             imported.peak_rss_mib
@@ -290,19 +263,10 @@ fn two_shards_in_two_namespaces_replay_one_recording_together() -> Result<()> {
     let recorded_at: HashMap<String, u64> =
         exchanges.iter().map(|e| (e.uri.clone(), e.ts_us)).collect();
     let want = multiset(exchanges.iter().map(expected));
-    let embedded = vec![
-        "--data-dir".to_string(),
-        dir.path().join("store").display().to_string(),
-    ];
-    let kafka = vec![
-        "--kafka".to_string(),
-        broker.bootstrap(),
-        "--topic".to_string(),
-        "shard".to_string(),
-    ];
+    let stores = both_stores(dir.path(), broker.bootstrap(), "shard");
     let target = format!("http://{}:{PORT}", topo.server_ip);
-    for (backend, store) in [("embedded", &embedded), ("kafka", &kafka)] {
-        import(&topo.client_ns, &pcap, "shard", store)?;
+    for (backend, store) in &stores {
+        import(&topo.client_ns, &pcap, PORT, "shard", store)?;
         let before = nginx.access_log()?.len();
         let start_at = SystemTime::now() + Duration::from_secs(3);
         let start_arg = humantime::format_rfc3339_millis(start_at).to_string();

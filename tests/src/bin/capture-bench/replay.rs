@@ -13,8 +13,8 @@ use tests::run_ok;
 
 use crate::PORT;
 use crate::measure::wrk_requests_per_second;
-use tests::process::{Measured, run_measured};
-use tests::synth::{round_robin, write_pcap};
+use tests::process::run_measured;
+use tests::synth::{both_stores, capture_in, import, round_robin, write_pcap};
 
 /// Runs `capture replay ARGS --json --quiet` in `topo`'s client namespace; the summary.
 fn replay_summary(
@@ -117,7 +117,7 @@ fn replay_lag(topo: &Topology, target: &str) -> Result<()> {
     });
     write_pcap(&pcap, PORT, traffic)?;
     let store = ["--data-dir".to_string(), data.path().display().to_string()];
-    import(&topo.client_ns, &pcap, "lag", &store)?;
+    import(&topo.client_ns, &pcap, PORT, "lag", &store)?;
     let s = replay_summary(
         topo,
         data.path(),
@@ -129,22 +129,6 @@ fn replay_lag(topo: &Topology, target: &str) -> Result<()> {
         lag["p50"], lag["p90"], lag["p99"], lag["max"], s["latency_ms"]["p99"], s["completed"]
     );
     Ok(())
-}
-
-fn capture_in(ns: &str) -> std::process::Command {
-    Topology::exec(ns, &tests::capture_bin().to_string_lossy())
-}
-
-fn import(ns: &str, pcap: &std::path::Path, name: &str, store: &[String]) -> Result<Measured> {
-    let m = run_measured(
-        capture_in(ns)
-            .arg("import")
-            .arg(pcap)
-            .args(["--name", name, "--port", &PORT.to_string()])
-            .args(store),
-    )?;
-    anyhow::ensure!(m.ok, "import failed: {}", m.stderr);
-    Ok(m)
 }
 
 /// Peak RSS and time to the first request of `replay --max` of 100k, 1M and 3M recorded
@@ -160,19 +144,9 @@ fn replay_scale(topo: &Topology, target: &str) -> Result<()> {
             round_robin(16, requests, 1_700_000_000_000_000, 20, 100),
         )?;
         let name = format!("scale{requests}");
-        let embedded = vec![
-            "--data-dir".to_string(),
-            data.path().join("store").display().to_string(),
-        ];
-        let kafka = vec![
-            "--kafka".to_string(),
-            broker.bootstrap(),
-            "--topic".to_string(),
-            name.clone(),
-        ];
-        for (backend, store) in [("embedded", &embedded), ("kafka", &kafka)] {
+        for (backend, store) in &both_stores(data.path(), broker.bootstrap(), &name) {
             let started = std::time::Instant::now();
-            let imported = import(&topo.client_ns, &pcap, &name, store)?;
+            let imported = import(&topo.client_ns, &pcap, PORT, &name, store)?;
             let import_s = started.elapsed().as_secs_f64();
             let replay = run_measured(
                 capture_in(&topo.client_ns)
