@@ -132,6 +132,9 @@ impl StoreConfig {
     pub fn for_import(mut self) -> Self {
         if let Some(kafka) = &mut self.kafka {
             kafka.wait_when_full = true;
+            // Waiting, a small queue loses nothing and keeps the producer's memory small.
+            kafka.queue_max_messages = kafka.queue_max_messages.min(10_000);
+            kafka.queue_max_kbytes = kafka.queue_max_kbytes.min(16 * 1024);
         }
         self
     }

@@ -134,7 +134,7 @@ fn replay_lag(topo: &Topology, target: &str) -> Result<()> {
 /// Peak RSS and time to the first request of `replay --max` of 100k, 1M and 3M recorded
 /// requests (16 connections), from the embedded store and from Kafka (tansu).
 fn replay_scale(topo: &Topology, target: &str) -> Result<()> {
-    let broker = tests::broker::Tansu::start_in(&topo.client_ns)?;
+    let broker = tests::broker::Tansu::start_in_memory(&topo.client_ns)?;
     let data = tempfile::tempdir()?;
     for requests in [100_000u64, 1_000_000, 3_000_000] {
         let pcap = data.path().join("scale.pcap");
