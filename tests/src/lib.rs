@@ -121,7 +121,9 @@ pub mod broker;
 pub mod capture;
 pub mod netns;
 pub mod nginx;
+pub mod process;
 pub mod replay;
+pub mod synth;
 
 /// The bytes after the head of the first message in `file` that starts with `request_line`
 /// (e.g. a request's body inside a GoReplay export), up to the end of the file.

@@ -72,9 +72,23 @@ pub fn log_from(nginx: &Nginx, from: usize, expect: usize) -> Result<Vec<AccessL
 /// Writes a GoReplay file: each request (with a recorded 200 response) at its time offset in
 /// milliseconds.
 pub fn write_gor(path: &Path, requests: &[(u64, String)]) -> Result<()> {
+    write_gor_from(path, requests.iter().cloned())
+}
+
+/// A GoReplay file of `n` GETs of unique URIs (`/index.html?g=N`), 1 ms apart.
+pub fn write_round_robin_gor(path: &Path, n: u64) -> Result<()> {
+    write_gor_from(
+        path,
+        (0..n).map(|i| (i, get(&format!("/index.html?g={i}"), ""))),
+    )
+}
+
+/// [`write_gor`] for requests as they come, written as they come.
+pub fn write_gor_from(path: &Path, requests: impl Iterator<Item = (u64, String)>) -> Result<()> {
+    use std::io::Write as _;
     let base = 1_700_000_000_000_000_000u64;
-    let mut out = Vec::new();
-    for (i, (offset_ms, request)) in requests.iter().enumerate() {
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for (i, (offset_ms, request)) in requests.enumerate() {
         let id = format!("{i:024x}");
         let ts = base + offset_ms * 1_000_000;
         write_payload(
@@ -84,7 +98,7 @@ pub fn write_gor(path: &Path, requests: &[(u64, String)]) -> Result<()> {
                 id: id.clone(),
                 ts_ns: ts,
                 latency_ns: 0,
-                bytes: Bytes::from(request.clone()),
+                bytes: Bytes::from(request),
             },
         )?;
         write_payload(
@@ -98,7 +112,7 @@ pub fn write_gor(path: &Path, requests: &[(u64, String)]) -> Result<()> {
             },
         )?;
     }
-    std::fs::write(path, out)?;
+    out.flush()?;
     Ok(())
 }
 

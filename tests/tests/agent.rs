@@ -221,13 +221,17 @@ fn copies_and_a_sample_through_the_api(api: &Api, nginx: &Nginx, target: &str) -
         "copy_header": "X-Copy", "sample": "100%"})
     .to_string();
     let created = api.ok("POST", "/v1/replays", Some(&body))?;
-    assert_eq!(
-        (&created["requests"], &created["planned"]),
-        (&json!(10), &json!(30))
-    );
+    assert_eq!(created["state"], "running", "{created}");
     let done = api.wait_replay(created["id"].as_str().context("no replay id")?)?;
     assert_eq!(done["state"], "finished", "{done}");
+    assert_eq!(done["progress"]["planned"], 30, "{done}");
     assert_eq!(done["progress"]["completed"], 30);
+    // The recording's 20 messages (10 requests, 10 responses) were read, of 20.
+    assert_eq!(
+        (&done["progress"]["read"], &done["progress"]["messages"]),
+        (&json!(20), &json!(20)),
+        "{done}"
+    );
     let report = &done["report"];
     // 10 connections of one request each: too few for the connection to be the unit.
     assert_eq!(report["sample"]["unit"], "request", "{report}");

@@ -24,7 +24,10 @@ use crate::replay::report::ReplayReport;
 use crate::replay::rewrite::CopyHeader;
 use crate::replay::sample::SamplePercent;
 use crate::replay::select::{FilterRule, Filters};
+use crate::replay::shard::Shard;
+use crate::replay::source::Lookahead;
 use crate::replay::target::Target;
+use crate::units::parse_rfc3339;
 
 /// `POST /v1/replays`: what to replay, where, and how (fields as the `replay` command's flags).
 #[derive(Debug, Deserialize, ToSchema)]
@@ -59,6 +62,21 @@ pub struct StartReplay {
     /// of the requests, the request otherwise.
     #[serde(default)]
     pub sample: Option<String>,
+    /// This agent's part of the recording, `I/N` (e.g. `1/2` here and `2/2` on another
+    /// node): each recorded connection goes whole to one part, the parts together are the
+    /// recording exactly once, each keeps the recorded timing.
+    #[serde(default)]
+    pub shard: Option<String>,
+    /// When the schedule starts, RFC 3339 (e.g. `2026-12-06T12:00:00Z`), so several agents
+    /// start one schedule together; default: at once.
+    #[serde(default)]
+    pub start_at: Option<String>,
+    /// How far (recorded time) the recording is read ahead of what is sent (default 5s).
+    #[serde(default)]
+    pub look_ahead: Option<String>,
+    /// Most requests read ahead (default 50000).
+    #[serde(default)]
+    pub look_ahead_requests: Option<usize>,
     /// Stop sending after this long, e.g. `5m`.
     #[serde(default)]
     pub exit_after: Option<String>,
@@ -129,7 +147,26 @@ impl StartReplay {
             .map(str::parse::<SamplePercent>)
             .transpose()
             .map_err(|e| ApiError::BadRequest(format!("sample: {e}")))?;
+        let shard = self
+            .shard
+            .as_deref()
+            .map(str::parse::<Shard>)
+            .transpose()
+            .map_err(|e| ApiError::BadRequest(format!("shard: {e}")))?;
+        let start_at = self
+            .start_at
+            .as_deref()
+            .map(parse_rfc3339)
+            .transpose()
+            .map_err(|e| ApiError::BadRequest(format!("start_at: {e}")))?;
         let defaults = ReplayOptions::default();
+        let lookahead = Lookahead {
+            time: duration_field("look_ahead", &self.look_ahead)?
+                .unwrap_or(defaults.lookahead.time),
+            requests: self
+                .look_ahead_requests
+                .unwrap_or(defaults.lookahead.requests),
+        };
         Ok(ReplayOptions {
             pace: pace_of(
                 self.speed.unwrap_or(ReplayOptions::DEFAULT_SPEED),
@@ -140,6 +177,9 @@ impl StartReplay {
             copies: self.copies.unwrap_or(defaults.copies),
             copy_header,
             sample,
+            shard: shard.unwrap_or(Shard::WHOLE),
+            start_at,
+            lookahead,
             exit_after: duration_field("exit_after", &self.exit_after)?,
             concurrency: self.concurrency.unwrap_or(defaults.concurrency),
             timeout: duration_field("timeout", &self.timeout)?.unwrap_or(defaults.timeout),
@@ -188,10 +228,6 @@ pub struct ReplayStarted {
     pub recording: String,
     /// As asked.
     pub target: String,
-    /// Distinct requests (after filters and the sample, before loops and copies).
-    pub requests: usize,
-    /// Sends planned (requests × loops × copies).
-    pub planned: usize,
     /// Always `running`.
     pub state: ReplayState,
 }
@@ -215,7 +251,11 @@ pub struct ReplayView {
 /// How far a replay got.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Progress {
-    /// Sends planned (requests × loops × copies).
+    /// Messages of the recording read so far (first pass).
+    pub read: u64,
+    /// Messages the recording holds, when known.
+    pub messages: Option<u64>,
+    /// Sends planned so far (requests × loops × copies, as the recording is read).
     pub planned: u64,
     /// Completed or failed.
     pub done: u64,
@@ -239,11 +279,17 @@ struct ReplayEntry {
     replay: Option<Replay>,
     report: Option<ReplayReport>,
     stopped_by_request: bool,
+    /// Where reading the recording was when the replay ended.
+    last_position: (u64, Option<u64>),
 }
 
 impl ReplayEntry {
     /// Its state and report: live while it runs, final once it ended.
     fn view(&self, id: &str) -> ReplayView {
+        let (read, messages) = self
+            .replay
+            .as_ref()
+            .map_or(self.last_position, Replay::position);
         let (state, report) = match (&self.replay, &self.report) {
             (Some(r), _) => (ReplayState::Running, r.report_now()),
             (None, Some(report)) => (
@@ -264,6 +310,8 @@ impl ReplayEntry {
             target: self.target.clone(),
             state,
             progress: Progress {
+                read,
+                messages,
                 planned: report.planned,
                 done: report.completed + report.failed,
                 completed: report.completed,
@@ -282,7 +330,7 @@ pub(super) struct Replays {
 }
 
 impl Replays {
-    /// Loads the recording (reading the whole store window), plans it and starts sending.
+    /// Opens the recording and starts the replay, which reads it as it goes.
     async fn start(
         &self,
         config: &AgentConfig,
@@ -308,9 +356,9 @@ impl Replays {
                 .await
                 .context("loading the recording")??
         };
-        let planned = loaded.plan.len();
-        let requests = loaded.requests;
-        let replay = loaded.start(address, &options);
+        let replay = loaded
+            .start(address, &options)
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
         let id = format!("r{}", self.next_id.fetch_add(1, Ordering::Relaxed) + 1);
         let mut entries = lock(&self.entries);
         entries.insert(
@@ -321,6 +369,7 @@ impl Replays {
                 replay: Some(replay),
                 report: None,
                 stopped_by_request: false,
+                last_position: (0, None),
             },
         );
         forget_oldest(&mut entries, |e| e.replay.is_none());
@@ -328,8 +377,6 @@ impl Replays {
             id,
             recording: req.recording,
             target: req.target,
-            requests,
-            planned,
             state: ReplayState::Running,
         })
     }
@@ -345,7 +392,9 @@ impl Replays {
                 .collect();
             ids.into_iter()
                 .filter_map(|id| {
-                    let r = entries.get_mut(&id)?.replay.take()?;
+                    let e = entries.get_mut(&id)?;
+                    let r = e.replay.take()?;
+                    e.last_position = r.position();
                     Some((id, r))
                 })
                 .collect()
@@ -386,6 +435,7 @@ impl Replays {
             match e.replay.take() {
                 Some(r) => {
                     e.stopped_by_request = true;
+                    e.last_position = r.position();
                     r
                 }
                 None => return Ok(e.view(id)),

@@ -1,6 +1,7 @@
 //! `capture replay`: send a recording's requests (or a GoReplay/pcap file's) to a target, with
 //! the recorded timing scaled, a fixed rate, or as fast as possible, as many copies at once as
-//! asked or a sample; a progress line while it runs and a summary at the end.
+//! asked, a sample, or one shard of several; the source is read as the replay goes (memory does
+//! not grow with its size); a progress line while it runs and a summary at the end.
 
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
@@ -18,8 +19,10 @@ use crate::replay::report::ReplayReport;
 use crate::replay::rewrite::{CopyHeader, Rewrites};
 use crate::replay::sample::SamplePercent;
 use crate::replay::select::{FilterRule, Filters};
+use crate::replay::shard::Shard;
+use crate::replay::source::Lookahead;
 use crate::replay::target::Target;
-use crate::units::parse_port;
+use crate::units::{parse_port, parse_rfc3339};
 
 /// Arguments of `capture replay`.
 #[derive(Clone, Debug, clap::Args)]
@@ -80,6 +83,18 @@ pub struct ReplayArgs {
     #[arg(long, value_name = "P%")]
     pub sample: Option<SamplePercent>,
 
+    /// Send only part I of N of the recording (e.g. 1/2 here, 2/2 on another node): each
+    /// recorded connection goes whole to one part (GoReplay files: each request), the parts
+    /// together are the recording exactly once, and every part keeps the recorded timing, so
+    /// N replays started together (--start-at) send the recorded traffic between them.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<Shard>,
+
+    /// Start the schedule at this time (RFC 3339, e.g. 2026-12-06T12:00:00Z) instead of at
+    /// once, so replays on several nodes start together; the nodes' clocks must agree (NTP).
+    #[arg(long, value_name = "TIME", value_parser = parse_rfc3339)]
+    pub start_at: Option<std::time::SystemTime>,
+
     /// Stop sending after this long (e.g. 30s, 5m), whatever is left; requests already sent
     /// get up to 2 s more for their answers. Ctrl-C does the same.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
@@ -88,6 +103,22 @@ pub struct ReplayArgs {
     /// Most connections open at once; each replays one recorded connection.
     #[arg(long, value_name = "N", default_value_t = ReplayOptions::default().concurrency)]
     pub concurrency: usize,
+
+    /// For requests without a recorded connection (--gor): keep-alive connections they share,
+    /// per copy (GoReplay files record no connections; one connection per request would run
+    /// the client out of ports).
+    #[arg(long, value_name = "N", requires = "gor")]
+    pub connections: Option<usize>,
+
+    /// How far (recorded time) the source is read ahead of what is sent: requests wait this
+    /// long for their recorded responses and for requests stored after them but captured
+    /// before. Memory holds at most --look-ahead-requests requests, whatever the source's size.
+    #[arg(long, value_name = "DURATION", default_value_t = Lookahead::default().time.into())]
+    pub look_ahead: humantime::Duration,
+
+    /// Most requests read ahead (see --look-ahead), whichever bound comes first.
+    #[arg(long, value_name = "N", default_value_t = Lookahead::default().requests)]
+    pub look_ahead_requests: usize,
 
     /// How long to wait for a connection to the target.
     #[arg(long, value_name = "DURATION", default_value_t = ReplayOptions::default().connect_timeout.into())]
@@ -148,8 +179,17 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
         copies: args.copies,
         copy_header: args.copy_header.clone(),
         sample: args.sample,
+        shard: args.shard.unwrap_or(Shard::WHOLE),
+        start_at: args.start_at,
         exit_after: args.exit_after,
         concurrency: args.concurrency,
+        connections: args
+            .connections
+            .unwrap_or(ReplayOptions::default().connections),
+        lookahead: Lookahead {
+            time: args.look_ahead.into(),
+            requests: args.look_ahead_requests,
+        },
         connect_timeout: args.connect_timeout.into(),
         timeout: args.timeout.into(),
         filters: Filters::new(args.filters.clone()),
@@ -166,8 +206,8 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
     };
     let address = target.resolve().await?;
     let loaded = load_replay(&source, &args.store.to_config()?, &options)?;
-    eprintln!("{}", starting_line(&loaded, &target, address, args.loops));
-    let replay = loaded.start(address, &options);
+    eprintln!("{}", starting_line(&loaded, &target, address, &options));
+    let replay = loaded.start(address, &options)?;
     let interrupted = watch_progress(&replay, args.quiet).await?;
     let report = replay.finish().await;
     print_report(&report, args.json)?;
@@ -177,6 +217,22 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
             report.sent,
             report.planned
         );
+    }
+    if let Some(source) = &report.source {
+        if let Some(e) = &source.read_error {
+            bail!(
+                "reading {} failed after {} requests: {e}",
+                source.name,
+                report.planned
+            );
+        }
+        if report.planned == 0 {
+            bail!(
+                "{} has no requests to replay ({})",
+                source.name,
+                source.to_text()
+            );
+        }
     }
     if report.has_failures() {
         bail!(
@@ -194,12 +250,12 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// "replaying 1000 requests x 2 loops x 3 copies from recording R to ...": what is about to go.
+/// "replaying recording R x 2 loops x 3 copies to ...": what is about to go.
 fn starting_line(
     loaded: &LoadedReplay,
     target: &Target,
     address: std::net::SocketAddr,
-    loops: u32,
+    options: &ReplayOptions,
 ) -> String {
     let times = |n: u32, what: &str| {
         if n > 1 {
@@ -208,20 +264,26 @@ fn starting_line(
             String::new()
         }
     };
-    let sampled = loaded
-        .sample
-        .map_or(String::new(), |s| format!("; {}", s.to_text()));
+    let size = loaded.source_size.map_or(String::new(), |n| {
+        format!(" ({n} {})", loaded.source_size_unit)
+    });
+    let shard = if options.shard.count > 1 {
+        format!(", shard {}", options.shard)
+    } else {
+        String::new()
+    };
+    let start = options.start_at.map_or(String::new(), |at| {
+        format!(", starting at {}", humantime::format_rfc3339_millis(at))
+    });
     format!(
-        "replaying {} requests{}{} from {} to http://{}:{} ({address}); {} incomplete skipped, {} filtered out{sampled}; planned span {}",
-        loaded.requests,
-        times(loops, "loops"),
-        times(loaded.copies, "copies"),
+        "replaying {}{size}{}{} to http://{}:{} ({address}){shard}{start}; read as it goes, {} or {} requests ahead at most",
         loaded.source_name,
+        times(options.loops, "loops"),
+        times(options.copies, "copies"),
         target.host,
         target.port,
-        loaded.source.incomplete_skipped,
-        loaded.filtered_out,
-        humantime::format_duration(Duration::from_millis(loaded.span().as_millis() as u64)),
+        humantime::format_duration(options.lookahead.time),
+        options.lookahead.requests,
     )
 }
 
@@ -229,11 +291,12 @@ fn starting_line(
 async fn watch_progress(replay: &Replay, quiet: bool) -> anyhow::Result<Option<&'static str>> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    // The bar is the position in the source (messages of a recording), the line what was sent.
     let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
-        let bar = indicatif::ProgressBar::new(replay.with_tally(|t| t.planned));
+        let bar = indicatif::ProgressBar::new(replay.position().1.unwrap_or(0));
         bar.set_style(
             indicatif::ProgressStyle::with_template(
-                "{elapsed_precise} [{bar:40}] {pos}/{len} {msg}",
+                "{elapsed_precise} [{bar:40}] read {pos}/{len} {msg}",
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
             .progress_chars("=> "),
@@ -253,13 +316,20 @@ async fn watch_progress(replay: &Replay, quiet: bool) -> anyhow::Result<Option<&
         }
         let elapsed = replay.elapsed();
         if let Some(bar) = &bar {
-            let (done, line) =
-                replay.with_tally(|t| (t.completed + t.failures_total(), t.progress_line(elapsed)));
-            bar.set_position(done);
-            bar.set_message(line);
+            let (read, total) = replay.position();
+            if let Some(total) = total {
+                bar.set_length(total.max(read));
+            }
+            bar.set_position(read);
+            bar.set_message(replay.with_tally(|t| t.progress_line(elapsed)));
         } else if !quiet && last_line.elapsed() >= line_every {
             last_line = tokio::time::Instant::now();
-            eprintln!("{}", replay.with_tally(|t| t.progress_line(elapsed)));
+            let (read, total) = replay.position();
+            let of = total.map_or(String::new(), |t| format!(" of {t}"));
+            eprintln!(
+                "read {read}{of}; {}",
+                replay.with_tally(|t| t.progress_line(elapsed))
+            );
         }
         if interrupted.is_some() {
             break;

@@ -1,114 +1,35 @@
-//! Turning a source (a recording, a GoReplay file, a pcap) into a replay ready to start:
-//! read, keep the complete requests, filter, sample, rewrite and plan. The command line and the agent
-//! both come through here with a [`ReplayOptions`], whose `Default` is the one place the
-//! replay defaults live.
+//! Turning a source (a recording, a GoReplay file, a pcap) and options into a replay ready to
+//! start: options checked, the source opened (so a wrong name fails before anything is sent),
+//! and the feed that will read, filter, sample, plan and prepare it as the replay goes. The
+//! command line and the agent both come through here with a [`ReplayOptions`], whose `Default`
+//! is the one place the replay defaults live.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
-use anyhow::Context as _;
-
-use crate::files::{FileFormat, read_messages};
-use crate::replay::engine::{EngineConfig, PreparedRequest, Replay};
+use crate::files::{FileFormat, MessageFile};
+use crate::message::HttpMessage;
+use crate::replay::engine::{EngineConfig, Replay, StartError};
+use crate::replay::feed::{FeedOptions, MessageSource};
 use crate::replay::report::Tally;
 use crate::replay::rewrite::{CopyHeader, Rewrites};
-use crate::replay::sample::{SampleKey, SamplePercent, SampleStats, choose};
-use crate::replay::schedule::{Pace, Planned, Recorded, Shape, plan};
-use crate::replay::select::{Filters, RequestHead};
-use crate::replay::source::{ReplayRequest, SourceStats, from_stored, requests_from_messages};
+use crate::replay::sample::SamplePercent;
+use crate::replay::schedule::{Pace, Shape};
+use crate::replay::select::Filters;
+use crate::replay::shard::Shard;
+use crate::replay::source::{Lookahead, from_stored};
 use crate::store::{RecordingState, StoreConfig};
 
-/// Why a source and options give no replay (the caller's to fix, not the node's).
+/// Why options give no replay (the caller's to fix, not the node's).
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("--concurrency must be at least 1")]
     NoConcurrency,
-    #[error("{source_name} has no requests to replay ({details})")]
-    NothingToReplay {
-        source_name: String,
-        details: String,
-    },
-}
-
-/// Applies filters: the requests that pass, in order.
-pub fn select(
-    requests: Vec<ReplayRequest>,
-    filters: &Filters,
-) -> anyhow::Result<(Vec<ReplayRequest>, u64)> {
-    if filters.is_empty() {
-        return Ok((requests, 0));
-    }
-    let total = requests.len() as u64;
-    let mut kept = Vec::with_capacity(requests.len());
-    for r in requests {
-        let head = RequestHead::parse(&r.bytes)
-            .with_context(|| format!("recorded request {} {}", r.method, r.uri))?;
-        if filters.matches(&head) {
-            kept.push(r);
-        }
-    }
-    let filtered_out = total - kept.len() as u64;
-    Ok((kept, filtered_out))
-}
-
-/// Keeps a stable `percent` of the requests (see `sample`), in order, and says what it kept.
-pub fn sample(
-    requests: Vec<ReplayRequest>,
-    percent: SamplePercent,
-    has_connections: bool,
-) -> (Vec<ReplayRequest>, SampleStats) {
-    let keys: Vec<SampleKey> = requests
-        .iter()
-        .map(|r| SampleKey {
-            conn: r.conn,
-            request: r.id,
-        })
-        .collect();
-    let (keep, stats) = choose(&keys, percent, has_connections);
-    let kept = requests
-        .into_iter()
-        .zip(keep)
-        .filter_map(|(r, keep)| keep.then_some(r))
-        .collect();
-    (kept, stats)
-}
-
-/// Applies rewrites, and finds where the copy header goes when there is one: the bytes each
-/// request is sent as.
-pub fn prepare(
-    requests: &[ReplayRequest],
-    rewrites: &Rewrites,
-    copy_header: Option<&CopyHeader>,
-) -> anyhow::Result<Vec<PreparedRequest>> {
-    let with_copy_header;
-    let rewrites = match copy_header {
-        Some(header) => {
-            with_copy_header = header.add_to(rewrites)?;
-            &with_copy_header
-        }
-        None => rewrites,
-    };
-    requests
-        .iter()
-        .map(|r| {
-            let what = || format!("rewriting {} {}", r.method, r.uri);
-            let bytes = if rewrites.is_empty() {
-                r.bytes.clone()
-            } else {
-                bytes::Bytes::from(rewrites.apply(&r.bytes).with_context(what)?.into_owned())
-            };
-            let copy_slot = match copy_header {
-                Some(_) => Some(CopyHeader::slot(&bytes).with_context(what)?),
-                None => None,
-            };
-            Ok(PreparedRequest {
-                bytes,
-                recorded_status: r.recorded_status,
-                copy_slot,
-            })
-        })
-        .collect()
+    #[error("--connections must be at least 1")]
+    NoConnections,
+    #[error("--look-ahead-requests must be at least 1")]
+    NoLookahead,
 }
 
 /// The pace the flags ask for.
@@ -152,8 +73,8 @@ pub enum ReplaySource {
 }
 
 impl ReplaySource {
-    /// GoReplay files record no connections (each request stands alone), so `--sample`
-    /// samples their requests.
+    /// GoReplay files record no connections (each request stands alone): their requests share
+    /// a pool of connections, and `--sample` and `--shard` take requests.
     pub fn has_connections(&self) -> bool {
         !matches!(self, Self::Gor(_))
     }
@@ -171,10 +92,18 @@ pub struct ReplayOptions {
     pub copy_header: Option<CopyHeader>,
     /// Replays a stable share of the traffic (`--sample`).
     pub sample: Option<SamplePercent>,
+    /// This replay's part of the recording (`--shard`).
+    pub shard: Shard,
+    /// When the schedule starts (`--start-at`), for several replays started together.
+    pub start_at: Option<SystemTime>,
     /// Stop sending after this long.
     pub exit_after: Option<Duration>,
-    /// Most connections open at once.
+    /// Most connections open at once for recorded connections.
     pub concurrency: usize,
+    /// Keep-alive connections per copy for requests without a recorded connection.
+    pub connections: usize,
+    /// How far ahead of the replay the source is read (see [`Lookahead`]).
+    pub lookahead: Lookahead,
     pub connect_timeout: Duration,
     /// From the first byte sent to the last byte of the final response.
     pub timeout: Duration,
@@ -185,6 +114,14 @@ pub struct ReplayOptions {
 impl ReplayOptions {
     /// Recorded timing as recorded, unless a speed, a rate or `max` is asked for.
     pub const DEFAULT_SPEED: f64 = 1.0;
+
+    fn shape(&self) -> Shape {
+        Shape {
+            pace: self.pace,
+            loops: self.loops,
+            copies: self.copies,
+        }
+    }
 }
 
 impl Default for ReplayOptions {
@@ -199,8 +136,12 @@ impl Default for ReplayOptions {
             copies: 1,
             copy_header: None,
             sample: None,
+            shard: Shard::WHOLE,
+            start_at: None,
             exit_after: None,
             concurrency: 256,
+            connections: 16,
+            lookahead: Lookahead::default(),
             connect_timeout: Duration::from_secs(5),
             timeout: Duration::from_secs(30),
             filters: Filters::default(),
@@ -209,87 +150,115 @@ impl Default for ReplayOptions {
     }
 }
 
-/// A replay ready to start: what will be sent and when.
+/// A replay ready to start: its source open and its options checked.
 pub struct LoadedReplay {
     /// "recording R", "GoReplay file F", ...
     pub source_name: String,
-    pub source: SourceStats,
-    pub filtered_out: u64,
-    /// What `--sample` kept, when asked.
-    pub sample: Option<SampleStats>,
-    /// Distinct requests (before loops and copies).
-    pub requests: usize,
-    /// Concurrent copies the plan holds.
-    pub copies: u32,
-    pub prepared: Vec<PreparedRequest>,
-    pub plan: Vec<Planned>,
+    /// What the read position counts up to (messages of a recording, bytes of a file).
+    pub source_size: Option<u64>,
+    /// "messages" or "bytes".
+    pub source_size_unit: &'static str,
+    source: Box<dyn MessageSource>,
+    feed: FeedOptions,
 }
 
 impl LoadedReplay {
-    /// Planned time from the first send to the last.
-    pub fn span(&self) -> Duration {
-        self.plan.last().map(|p| p.due).unwrap_or_default()
-    }
-
-    /// Starts sending to `address` on the current runtime.
-    pub fn start(self, address: SocketAddr, options: &ReplayOptions) -> Replay {
-        let tally = Tally::new(self.plan.len() as u64, self.copies).with_sample(self.sample);
+    /// Starts reading and sending to `address` on the current runtime.
+    pub fn start(self, address: SocketAddr, options: &ReplayOptions) -> Result<Replay, StartError> {
+        let (source, feed) = (self.source, self.feed);
         Replay::start(
-            self.prepared,
-            self.plan,
-            tally,
+            Box::new(move |sink| crate::replay::feed::run(source, feed, sink)),
+            Tally::new(options.copies),
             EngineConfig {
                 target: address,
                 connect_timeout: options.connect_timeout,
                 response_timeout: options.timeout,
                 concurrency: options.concurrency,
+                pool: options.connections,
                 exit_after: options.exit_after,
                 copy_header: options.copy_header.clone(),
+                start_at: options.start_at,
             },
         )
     }
 }
 
-/// Reads a source's messages (blocking: stores and files), with a name for it in messages.
-fn read_source(
-    source: &ReplaySource,
-    store: &StoreConfig,
-) -> anyhow::Result<(String, Vec<crate::message::HttpMessage>)> {
-    Ok(match source {
-        ReplaySource::Gor(path) => {
-            let (messages, _) = read_messages(path, &[], FileFormat::Gor)?;
-            (format!("GoReplay file {}", path.display()), messages)
-        }
-        ReplaySource::Pcap { file, ports } => {
-            let (messages, _) = read_messages(file, ports, FileFormat::Pcap)?;
-            (format!("pcap {}", file.display()), messages)
-        }
-        ReplaySource::Recording(name) => {
-            let mut store = store.open()?;
-            let recording = store.get(name)?;
-            if recording.state == RecordingState::Recording {
-                log::warn!("recording {name} is still running; replaying what it holds so far");
-            }
-            let mut stored = Vec::new();
-            store.read(name, &mut |m| {
-                stored.push(m);
-                true
-            })?;
-            (format!("recording {name}"), from_stored(stored))
-        }
-    })
+/// A recording in a store, read from its start on each pass.
+struct RecordingSource {
+    store: StoreConfig,
+    name: String,
+    messages: u64,
 }
 
-/// The shape the options ask for.
-fn shape_of(options: &ReplayOptions) -> Shape {
-    Shape {
-        pace: options.pace,
-        loops: options.loops,
-        copies: options.copies,
+impl MessageSource for RecordingSource {
+    fn name(&self) -> String {
+        format!("recording {}", self.name)
+    }
+
+    fn has_connections(&self) -> bool {
+        true
+    }
+
+    fn size(&self) -> Option<u64> {
+        (self.messages > 0).then_some(self.messages)
+    }
+
+    fn read(&mut self, visit: &mut dyn FnMut(HttpMessage, u64) -> bool) -> anyhow::Result<()> {
+        let mut store = self.store.open()?;
+        let mut read = 0u64;
+        store.read(&self.name, &mut |m| {
+            read += 1;
+            visit(from_stored(m), read)
+        })?;
+        Ok(())
     }
 }
 
-/// Reads the source (blocking: stores and files), selects, samples, rewrites and plans.
+/// A pcap or GoReplay file, read from its start on each pass.
+struct FileSource {
+    path: PathBuf,
+    ports: Vec<u16>,
+    format: FileFormat,
+    size: u64,
+}
+
+impl FileSource {
+    /// Opens the file once, so a missing or unknown file fails before the replay starts.
+    fn open(path: &Path, ports: &[u16], format: FileFormat) -> anyhow::Result<Self> {
+        let size = MessageFile::open(path, ports, format)?.size();
+        Ok(Self {
+            path: path.to_path_buf(),
+            ports: ports.to_vec(),
+            format,
+            size,
+        })
+    }
+}
+
+impl MessageSource for FileSource {
+    fn name(&self) -> String {
+        match self.format {
+            FileFormat::Gor => format!("GoReplay file {}", self.path.display()),
+            _ => format!("pcap {}", self.path.display()),
+        }
+    }
+
+    fn has_connections(&self) -> bool {
+        self.format != FileFormat::Gor
+    }
+
+    fn size(&self) -> Option<u64> {
+        (self.size > 0).then_some(self.size)
+    }
+
+    fn read(&mut self, visit: &mut dyn FnMut(HttpMessage, u64) -> bool) -> anyhow::Result<()> {
+        MessageFile::open(&self.path, &self.ports, self.format)?.visit(visit)?;
+        Ok(())
+    }
+}
+
+/// Checks the options and opens the source (blocking: stores and files); what the replay
+/// will read as it goes.
 pub fn load_replay(
     source: &ReplaySource,
     store: &StoreConfig,
@@ -298,55 +267,51 @@ pub fn load_replay(
     if options.concurrency == 0 {
         return Err(LoadError::NoConcurrency.into());
     }
-    crate::replay::schedule::check(shape_of(options))?;
-    let (source_name, messages) = read_source(source, store)?;
-    let (requests, source_stats) = requests_from_messages(&messages);
-    drop(messages);
-    let (requests, filtered_out) = select(requests, &options.filters)?;
-    let (requests, sampled) = match options.sample {
-        Some(percent) => {
-            let (kept, stats) = sample(requests, percent, source.has_connections());
-            (kept, Some(stats))
-        }
-        None => (requests, None),
-    };
-    if requests.is_empty() {
-        let details = format!(
-            "{} complete requests, {} incomplete skipped, {} left out by --filter{}",
-            source_stats.requests,
-            source_stats.incomplete_skipped,
-            filtered_out,
-            sampled.map_or(String::new(), |s| format!(
-                ", none of {} {} kept by --sample {}%: ask for more",
-                s.units,
-                s.unit.plural(),
-                s.percent
-            )),
-        );
-        return Err(LoadError::NothingToReplay {
-            source_name,
-            details,
-        }
-        .into());
+    if options.connections == 0 {
+        return Err(LoadError::NoConnections.into());
     }
-    let recorded: Vec<Recorded> = requests
-        .iter()
-        .map(|r| Recorded {
-            conn: r.conn,
-            ts_ns: r.ts_ns,
-        })
-        .collect();
-    let plan = plan(&recorded, shape_of(options))?;
-    let prepared = prepare(&requests, &options.rewrites, options.copy_header.as_ref())?;
+    if options.lookahead.requests == 0 {
+        return Err(LoadError::NoLookahead.into());
+    }
+    crate::replay::schedule::check(options.shape())?;
+    let rewrites = match &options.copy_header {
+        Some(header) => header.add_to(&options.rewrites)?,
+        None => options.rewrites.clone(),
+    };
+    let opened: Box<dyn MessageSource> = match source {
+        ReplaySource::Recording(name) => {
+            let recording = store.open()?.get(name)?;
+            if recording.state == RecordingState::Recording {
+                log::warn!("recording {name} is still running; replaying what it holds so far");
+            }
+            Box::new(RecordingSource {
+                store: store.clone(),
+                name: name.clone(),
+                messages: recording.messages,
+            })
+        }
+        ReplaySource::Gor(path) => Box::new(FileSource::open(path, &[], FileFormat::Gor)?),
+        ReplaySource::Pcap { file, ports } => {
+            Box::new(FileSource::open(file, ports, FileFormat::Pcap)?)
+        }
+    };
     Ok(LoadedReplay {
-        source_name,
-        source: source_stats,
-        filtered_out,
-        sample: sampled,
-        requests: requests.len(),
-        copies: options.copies,
-        prepared,
-        plan,
+        source_name: opened.name(),
+        source_size: opened.size(),
+        source_size_unit: match source {
+            ReplaySource::Recording(_) => "messages",
+            _ => "bytes",
+        },
+        source: opened,
+        feed: FeedOptions {
+            lookahead: options.lookahead,
+            filters: options.filters.clone(),
+            sample: options.sample,
+            shard: options.shard,
+            shape: options.shape(),
+            rewrites,
+            copy_header: options.copy_header.clone(),
+        },
     })
 }
 
@@ -364,63 +329,35 @@ mod tests {
         assert_eq!(pace_of(1.0, None, true), Pace::Max);
     }
 
-    fn request(id: u64, conn: u64, head: &str) -> ReplayRequest {
-        ReplayRequest {
-            id,
-            conn,
-            ts_ns: id * 1000,
-            method: "GET".into(),
-            uri: format!("/{id}"),
-            bytes: bytes::Bytes::from(head.to_string()),
-            recorded_status: Some(200),
+    #[test]
+    fn options_that_cannot_work_are_refused_before_the_source_is_opened() {
+        let store = StoreConfig::default();
+        let source = ReplaySource::Recording("nowhere".into());
+        for (options, flag) in [
+            (
+                ReplayOptions {
+                    concurrency: 0,
+                    ..ReplayOptions::default()
+                },
+                "--concurrency",
+            ),
+            (
+                ReplayOptions {
+                    connections: 0,
+                    ..ReplayOptions::default()
+                },
+                "--connections",
+            ),
+            (
+                ReplayOptions {
+                    copies: 0,
+                    ..ReplayOptions::default()
+                },
+                "--copies",
+            ),
+        ] {
+            let err = load_replay(&source, &store, &options).err().unwrap();
+            assert!(err.to_string().contains(flag), "{err:#}");
         }
-    }
-
-    #[test]
-    fn a_sample_keeps_requests_in_order_and_connections_whole() {
-        // 300 connections of 2 requests: the connection is the unit.
-        let requests: Vec<ReplayRequest> = (0..600)
-            .map(|i| request(i + 1, 1 + i % 300, "GET / HTTP/1.1\r\n\r\n"))
-            .collect();
-        let percent: SamplePercent = "10%".parse().unwrap();
-        let (kept, stats) = sample(requests.clone(), percent, true);
-        assert_eq!(stats.unit, crate::replay::sample::SampleUnit::Connection);
-        assert_eq!(kept.len() as u64, stats.requests_kept);
-        assert_eq!(stats.requests_kept, 2 * stats.units_kept);
-        assert!(kept.windows(2).all(|w| w[0].ts_ns < w[1].ts_ns));
-        // The same again; as a GoReplay file (no connections) the unit is the request.
-        assert_eq!(sample(requests.clone(), percent, true).0, kept);
-        let (_, stats) = sample(requests, percent, false);
-        assert_eq!(stats.unit, crate::replay::sample::SampleUnit::Request);
-    }
-
-    #[test]
-    fn prepared_requests_carry_the_copy_header_slot_after_the_rewrites() {
-        let requests = vec![request(
-            1,
-            1,
-            "GET /a HTTP/1.1\r\nHost: h\r\nX-Copy: old\r\n\r\n",
-        )];
-        let mut rewrites = Rewrites::default();
-        rewrites.add_set_header("X-Replay: 1").unwrap();
-        let header = CopyHeader::new("X-Copy").unwrap();
-        let prepared = prepare(&requests, &rewrites, Some(&header)).unwrap();
-        let slot = prepared[0].copy_slot.unwrap();
-        assert_eq!(
-            String::from_utf8(header.tag(&prepared[0].bytes, slot, 3)).unwrap(),
-            "GET /a HTTP/1.1\r\nHost: h\r\nX-Replay: 1\r\nX-Copy: 3\r\n\r\n"
-        );
-        // Without a copy header: as recorded, no slot.
-        let plain = prepare(&requests, &Rewrites::default(), None).unwrap();
-        assert_eq!(plain[0].bytes, requests[0].bytes);
-        assert_eq!(plain[0].copy_slot, None);
-        // A copy header the rewrites also name is refused.
-        let mut clash = Rewrites::default();
-        clash.add_drop_header("x-copy").unwrap();
-        let err = prepare(&requests, &clash, Some(&header)).unwrap_err();
-        assert!(
-            format!("{err:#}").contains("--copy-header X-Copy"),
-            "{err:#}"
-        );
     }
 }

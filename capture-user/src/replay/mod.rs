@@ -1,10 +1,13 @@
-//! Replay: sending a recording's requests to a target. The sans-IO parts decide what is sent
-//! (`source`, `select`, `sample`, `rewrite`), when and how many times at once (`schedule`), how
-//! answers are read (`response`) and what is reported (`report`); `engine` is the async shell
-//! that opens connections and sends; `load` joins them into a replay ready to start, for the
-//! command line and the agent alike.
+//! Replay: sending a recording's requests to a target, streamed: the source is read as the
+//! replay goes, so memory is bounded by configuration, never by the recording's size. The
+//! sans-IO parts decide what is sent (`source`, `select`, `sample`, `shard`, `rewrite`), when
+//! and how many times at once (`schedule`), how answers are read (`response`) and what is
+//! reported (`report`); `feed` is the blocking shell that reads the source and plans, `engine`
+//! the async shell that paces, opens connections and sends; `load` checks options and opens
+//! the source into a replay ready to start, for the command line and the agent alike.
 
 pub mod engine;
+pub mod feed;
 pub mod load;
 pub mod report;
 pub mod response;
@@ -12,5 +15,6 @@ pub mod rewrite;
 pub mod sample;
 pub mod schedule;
 pub mod select;
+pub mod shard;
 pub mod source;
 pub mod target;

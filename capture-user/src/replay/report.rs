@@ -10,6 +10,8 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::sample::SampleStats;
+use super::shard::Shard;
+use super::source::SourceStats;
 
 /// Why a replayed request failed, named as in summaries and metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -20,6 +22,9 @@ pub enum FailureKind {
     ConnectTimeout,
     /// Any other connection failure (unreachable network, reset during connect...).
     ConnectError,
+    /// The client ran out of local ports (EADDRNOTAVAIL): too many connections opened too
+    /// fast, most of them in TIME_WAIT.
+    LocalPortsExhausted,
     /// Writing the request failed (the target reset or closed the connection).
     WriteError,
     /// No complete response within the response timeout.
@@ -37,6 +42,7 @@ impl FailureKind {
             Self::ConnectRefused => "connect_refused",
             Self::ConnectTimeout => "connect_timeout",
             Self::ConnectError => "connect_error",
+            Self::LocalPortsExhausted => "local_ports_exhausted",
             Self::WriteError => "write_error",
             Self::ResponseTimeout => "response_timeout",
             Self::ClosedBeforeResponse => "closed_before_response",
@@ -72,8 +78,10 @@ pub struct CopyCounts {
 /// Running totals of one replay.
 #[derive(Clone, Debug)]
 pub struct Tally {
-    /// Sends the plan holds (requests × loops × copies).
+    /// Sends planned so far (requests × loops × copies, as the source is read).
     pub planned: u64,
+    /// When the first request was written, from the replay's start call.
+    pub first_request_after: Option<Duration>,
     /// Requests written (at least started) to the target.
     pub sent: u64,
     /// Requests that got a complete final response.
@@ -89,17 +97,19 @@ pub struct Tally {
     pub copies: Vec<CopyCounts>,
     /// What `--sample` kept, when asked.
     pub sample: Option<SampleStats>,
+    /// What reading the source amounted to, once it is over.
+    pub source: Option<SourceSummary>,
     latency: Histogram<u64>,
     lag: Histogram<u64>,
 }
 
 impl Tally {
-    /// Empty totals for a plan of `planned` sends spread evenly over `copies` copies (each copy
-    /// plans the same sends).
-    pub fn new(planned: u64, copies: u32) -> Self {
+    /// Empty totals for `copies` copies (the plan grows as the source is read: see `planned`).
+    pub fn new(copies: u32) -> Self {
         let copies = copies.max(1);
         Self {
-            planned,
+            planned: 0,
+            first_request_after: None,
             sent: 0,
             completed: 0,
             connections: 0,
@@ -110,20 +120,21 @@ impl Tally {
             copies: (1..=copies)
                 .map(|copy| CopyCounts {
                     copy,
-                    planned: planned / u64::from(copies),
                     ..CopyCounts::default()
                 })
                 .collect(),
             sample: None,
+            source: None,
             latency: histogram(),
             lag: histogram(),
         }
     }
 
-    /// With what `--sample` kept, for the summary.
-    pub fn with_sample(mut self, sample: Option<SampleStats>) -> Self {
-        self.sample = sample;
-        self
+    /// The source was read to its end (or the replay stopped): what it held and what the
+    /// filters, sample and shard kept.
+    pub fn source_done(&mut self, summary: SourceSummary) {
+        self.sample = summary.sample;
+        self.source = Some(summary);
     }
 
     /// The counts of copy `copy` (0-based, as the plan numbers them).
@@ -131,6 +142,12 @@ impl Tally {
         let last = self.copies.len().saturating_sub(1);
         let i = (copy as usize).min(last);
         &mut self.copies[i]
+    }
+
+    /// One more send of copy `copy` is planned.
+    pub fn planned(&mut self, copy: u32) {
+        self.planned += 1;
+        self.copy(copy).planned += 1;
     }
 
     /// A request of copy `copy` is being written `lag` after its planned time.
@@ -194,6 +211,7 @@ impl Tally {
                     FailureKind::ConnectRefused
                         | FailureKind::ConnectTimeout
                         | FailureKind::ConnectError
+                        | FailureKind::LocalPortsExhausted
                 )
             })
             .map(|(_, n)| n)
@@ -251,7 +269,66 @@ impl Tally {
             ended_early: ended_early.map(str::to_string),
             copies: self.copies.clone(),
             sample: self.sample,
+            first_request_after_ms: self.first_request_after.map(|d| d.as_secs_f64() * 1e3),
+            source: self.source.clone(),
         }
+    }
+}
+
+/// What reading the source gave, in the summary: how much of it was replayed, and why the rest
+/// was not.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct SourceSummary {
+    /// "recording R", "GoReplay file F", ...
+    pub name: String,
+    /// Counted on the first pass (loops read the same again).
+    #[serde(flatten)]
+    pub stats: SourceStats,
+    /// Complete requests `--filter` left out.
+    pub filtered_out: u64,
+    /// `--shard I/N`, when given, and the requests of the other parts.
+    pub shard: Option<Shard>,
+    pub other_shards: u64,
+    /// What `--sample` kept, when asked.
+    #[serde(skip)]
+    pub sample: Option<SampleStats>,
+    /// Why reading stopped before the source's end, when it failed (what was read was sent).
+    pub read_error: Option<String>,
+}
+
+impl SourceSummary {
+    /// "source: recording R, 1000 complete requests (2 incomplete skipped, 5 filtered out, ...)"
+    pub fn to_text(&self) -> String {
+        let s = &self.stats;
+        let mut parts = vec![
+            format!("{} incomplete skipped", s.incomplete_skipped),
+            format!("{} filtered out", self.filtered_out),
+        ];
+        if let Some(shard) = self.shard {
+            parts.push(format!(
+                "shard {shard}: {} in other parts",
+                self.other_shards
+            ));
+        }
+        if s.out_of_order > 0 {
+            parts.push(format!(
+                "{} later than the look-ahead (sent late)",
+                s.out_of_order
+            ));
+        }
+        if s.responses_unpaired > 0 {
+            parts.push(format!(
+                "{} responses beyond the look-ahead or without their request",
+                s.responses_unpaired
+            ));
+        }
+        format!(
+            "source: {}, {} messages, {} complete requests ({})",
+            self.name,
+            s.messages,
+            s.requests,
+            parts.join(", ")
+        )
     }
 }
 
@@ -300,6 +377,8 @@ pub struct ReplayReport {
     /// within the grace after a stop (engine::STOP_GRACE).
     pub in_flight: u64,
     /// Planned sends that never ran (stopped early by --exit-after, Ctrl-C or a stop call).
+    /// The source is read as the replay goes, so these are the sends read ahead; what was
+    /// never read is not counted (`source.messages` says how far reading got).
     pub not_run: u64,
     pub failures: BTreeMap<String, u64>,
     pub statuses: BTreeMap<String, u64>,
@@ -320,12 +399,16 @@ pub struct ReplayReport {
     pub copies: Vec<CopyCounts>,
     /// What `--sample` kept: the unit, units and requests kept of those there were.
     pub sample: Option<SampleStats>,
+    /// From the start of the replay to the first request written.
+    pub first_request_after_ms: Option<f64>,
+    /// What the source held and what was left out, once it was read.
+    pub source: Option<SourceSummary>,
 }
 
 impl ReplayReport {
     /// A report of nothing yet.
     pub fn empty() -> Self {
-        Tally::new(0, 1).report(Duration::ZERO, None)
+        Tally::new(1).report(Duration::ZERO, None)
     }
 
     /// The replay failed: some request got no response.
@@ -352,8 +435,23 @@ impl ReplayReport {
         if let Some(why) = &self.ended_early {
             let _ = writeln!(s, "ended early: {why}");
         }
+        if let Some(source) = &self.source {
+            let _ = writeln!(s, "{}", source.to_text());
+            if let Some(e) = &source.read_error {
+                let _ = writeln!(s, "reading the source failed: {e}");
+            }
+        }
         if let Some(sample) = &self.sample {
             let _ = writeln!(s, "{}", sample.to_text());
+        }
+        if self
+            .failures
+            .contains_key(FailureKind::LocalPortsExhausted.name())
+        {
+            let _ = writeln!(
+                s,
+                "local_ports_exhausted: this client ran out of local ports (EADDRNOTAVAIL). Replay over fewer, longer connections (--connections N for GoReplay files, a lower --concurrency), widen net.ipv4.ip_local_port_range, or set net.ipv4.tcp_tw_reuse=1"
+            );
         }
         if self.copies.len() > 1 {
             let per_copy: Vec<String> = self
@@ -415,9 +513,18 @@ fn or_none(s: String) -> String {
 mod tests {
     use super::*;
 
+    /// Totals with `planned` sends spread evenly over `copies` copies.
+    fn tally(planned: u64, copies: u32) -> Tally {
+        let mut t = Tally::new(copies);
+        for i in 0..planned {
+            t.planned((i % u64::from(copies)) as u32);
+        }
+        t
+    }
+
     #[test]
     fn report_counts_statuses_failures_mismatches_and_percentiles() {
-        let mut t = Tally::new(6, 1);
+        let mut t = tally(6, 1);
         for (i, (status, recorded)) in
             [(200, Some(200)), (200, Some(404)), (500, None), (200, None)]
                 .into_iter()
@@ -466,7 +573,7 @@ mod tests {
 
     #[test]
     fn connect_failures_are_not_sends_and_in_flight_is_what_is_left() {
-        let mut t = Tally::new(3, 1);
+        let mut t = tally(3, 1);
         t.not_sent(0, Duration::ZERO, FailureKind::ConnectRefused);
         t.sent(0, Duration::ZERO);
         t.sent(0, Duration::ZERO);
@@ -475,14 +582,14 @@ mod tests {
         let r = t.report(Duration::from_secs(1), None);
         assert_eq!((r.sent, r.failed, r.in_flight, r.not_run), (2, 1, 1, 0));
         assert_eq!(
-            Tally::new(0, 1).report(Duration::ZERO, None).latency_ms,
+            Tally::new(1).report(Duration::ZERO, None).latency_ms,
             Percentiles::default()
         );
     }
 
     #[test]
     fn copies_are_counted_together_and_each_on_its_own() {
-        let mut t = Tally::new(6, 3);
+        let mut t = tally(6, 3);
         for copy in 0..3 {
             t.sent(copy, Duration::ZERO);
             t.completed(copy, 200, Some(200), 0, Duration::from_millis(1));
@@ -506,7 +613,7 @@ mod tests {
         assert_eq!(json["copies"][1]["failed"], 1);
         assert_eq!(json["sample"], serde_json::Value::Null);
         // Without --copies: one entry, and no copies line.
-        let r = Tally::new(2, 1).report(Duration::ZERO, None);
+        let r = tally(2, 1).report(Duration::ZERO, None);
         assert_eq!(r.copies.len(), 1);
         assert!(!r.to_text().contains("copies:"));
     }
@@ -521,9 +628,13 @@ mod tests {
             requests: 1000,
             requests_kept: 101,
         };
-        let r = Tally::new(101, 1)
-            .with_sample(Some(stats))
-            .report(Duration::ZERO, None);
+        let mut t = tally(101, 1);
+        t.source_done(SourceSummary {
+            name: "recording r".into(),
+            sample: Some(stats),
+            ..SourceSummary::default()
+        });
+        let r = t.report(Duration::ZERO, None);
         assert!(
             r.to_text()
                 .contains("sample 10%: kept 101 of 1000 connections (101 of 1000 requests)"),

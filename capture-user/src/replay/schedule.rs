@@ -39,15 +39,6 @@ pub enum ScheduleError {
     BadCopies(u32),
 }
 
-/// A recorded request as the planner needs it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Recorded {
-    /// Recorded connection.
-    pub conn: u64,
-    /// Capture time of its first byte (ns).
-    pub ts_ns: u64,
-}
-
 /// How the recorded traffic is shaped into sends: the pace, and how many times over in
 /// sequence (loops) and at once (copies).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -68,17 +59,6 @@ pub struct ReplayConn {
     pub iteration: u32,
     /// The recorded connection.
     pub recorded: u64,
-}
-
-/// One planned send.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Planned {
-    /// Index into the recorded requests.
-    pub index: usize,
-    /// The connection it goes over.
-    pub conn: ReplayConn,
-    /// Earliest send time, from the start of the replay.
-    pub due: Duration,
 }
 
 fn duration_from_secs(secs: f64) -> Duration {
@@ -106,50 +86,129 @@ pub fn check(shape: Shape) -> Result<(), ScheduleError> {
     Ok(())
 }
 
-/// Plans `loops` passes over `requests` (in recorded order) at `pace`, each pass `copies`
-/// times at once, sorted by due time. Copies share their due times, so N copies send N times
-/// the traffic with the same shape over time (at a fixed rate, the rate is per copy). Ties
-/// keep recorded order, copies of one request next to each other.
-pub fn plan(requests: &[Recorded], shape: Shape) -> Result<Vec<Planned>, ScheduleError> {
-    check(shape)?;
-    let first = requests.iter().map(|r| r.ts_ns).min().unwrap_or(0);
-    let last = requests.iter().map(|r| r.ts_ns).max().unwrap_or(0);
-    let span_ns = (last - first) as f64;
-    let sends = requests.len() * shape.loops as usize * shape.copies as usize;
-    let mut out = Vec::with_capacity(sends);
-    for iteration in 0..shape.loops {
-        for (index, r) in requests.iter().enumerate() {
-            let due = match shape.pace {
-                Pace::Original { speed } => {
-                    // Loops follow each other back to back.
-                    let offset = (r.ts_ns - first) as f64 + f64::from(iteration) * span_ns;
-                    duration_from_secs(offset / speed / 1e9)
-                }
-                Pace::Rate { per_second } => {
-                    let n = iteration as usize * requests.len() + index;
-                    duration_from_secs(n as f64 / per_second)
-                }
-                Pace::Max => Duration::ZERO,
-            };
-            out.extend((0..shape.copies).map(|copy| Planned {
-                index,
-                conn: ReplayConn {
-                    copy,
-                    iteration,
-                    recorded: r.conn,
-                },
-                due,
-            }));
+/// When each request is due, fed the requests in recorded order, one pass (loop) after the
+/// other. Copies share their due times, so N copies send N times the traffic with the same
+/// shape over time (at a fixed rate, the rate is per copy).
+///
+/// Every agent of a sharded replay plans the whole recording and sends its share, so the
+/// shares' due times are the ones of one replay: the first request, the span of a pass and
+/// the count behind a fixed rate are the recording's, not the share's.
+#[derive(Clone, Debug)]
+pub struct Planner {
+    shape: Shape,
+    iteration: u32,
+    /// Capture times of the first and last requests of the first pass.
+    first_ts: Option<u64>,
+    last_ts: u64,
+    /// Span of a pass (ns), known once the first pass is over.
+    span_ns: Option<u64>,
+    /// Requests planned so far, all passes.
+    count: u64,
+}
+
+impl Planner {
+    pub fn new(shape: Shape) -> Result<Self, ScheduleError> {
+        check(shape)?;
+        Ok(Self {
+            shape,
+            iteration: 0,
+            first_ts: None,
+            last_ts: 0,
+            span_ns: None,
+            count: 0,
+        })
+    }
+
+    /// The shape it plans.
+    pub fn shape(&self) -> Shape {
+        self.shape
+    }
+
+    /// The pass that follows the one just planned.
+    pub fn next_pass(&mut self) {
+        if self.span_ns.is_none() {
+            let first = self.first_ts.unwrap_or(self.last_ts);
+            self.span_ns = Some(self.last_ts.saturating_sub(first));
+        }
+        self.iteration += 1;
+    }
+
+    /// The pass being planned (0-based).
+    pub fn iteration(&self) -> u32 {
+        self.iteration
+    }
+
+    /// When the next request, captured at `ts_ns`, is due from the start of the replay.
+    pub fn due(&mut self, ts_ns: u64) -> Duration {
+        let index = self.count;
+        self.count += 1;
+        if self.span_ns.is_none() {
+            self.first_ts.get_or_insert(ts_ns);
+            self.last_ts = self.last_ts.max(ts_ns);
+        }
+        match self.shape.pace {
+            Pace::Original { speed } => {
+                let first = self.first_ts.unwrap_or(ts_ns);
+                // Loops follow each other back to back.
+                let offset = ts_ns.saturating_sub(first) as f64
+                    + f64::from(self.iteration) * self.span_ns.unwrap_or(0) as f64;
+                duration_from_secs(offset / speed / 1e9)
+            }
+            Pace::Rate { per_second } => duration_from_secs(index as f64 / per_second),
+            Pace::Max => Duration::ZERO,
         }
     }
-    // Stable: equal due times keep recorded order, so a connection's requests stay in order.
-    out.sort_by_key(|p| p.due);
-    Ok(out)
+
+    /// The replay connections a request of recorded connection `recorded` goes over in this
+    /// pass: one per copy.
+    pub fn conns(&self, recorded: u64) -> impl Iterator<Item = ReplayConn> + use<> {
+        let iteration = self.iteration;
+        (0..self.shape.copies).map(move |copy| ReplayConn {
+            copy,
+            iteration,
+            recorded,
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A recorded request as the tests give it.
+    #[derive(Clone, Copy)]
+    struct Recorded {
+        conn: u64,
+        ts_ns: u64,
+    }
+
+    /// One planned send, as the tests look at it.
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    struct Planned {
+        index: usize,
+        conn: ReplayConn,
+        due: Duration,
+    }
+
+    /// Plans every pass over `requests` the way the replay feeds the planner.
+    fn plan(requests: &[Recorded], shape: Shape) -> Result<Vec<Planned>, ScheduleError> {
+        let mut planner = Planner::new(shape)?;
+        let mut out = Vec::new();
+        for iteration in 0..shape.loops {
+            if iteration > 0 {
+                planner.next_pass();
+            }
+            for (index, r) in requests.iter().enumerate() {
+                let due = planner.due(r.ts_ns);
+                out.extend(
+                    planner
+                        .conns(r.conn)
+                        .map(|conn| Planned { index, conn, due }),
+                );
+            }
+        }
+        Ok(out)
+    }
 
     fn reqs(ts_ms: &[(u64, u64)]) -> Vec<Recorded> {
         ts_ms

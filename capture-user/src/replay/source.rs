@@ -1,12 +1,17 @@
-//! What a replay sends: the complete recorded requests in recorded order, each with the status
-//! the target answered when it was recorded (to spot behaviour changes). Sans-IO: built from
-//! messages, wherever they came from (a recording, a GoReplay file, a pcap).
+//! What a replay sends: the complete recorded requests in capture order, each with the status
+//! the target answered when it was recorded (to spot behaviour changes). Sans-IO: fed messages
+//! in the order a source holds them (a recording, a GoReplay file, a pcap), it hands requests
+//! on in capture order through a bounded look-ahead, so a window of any size streams through
+//! with memory bounded by the look-ahead, never by the window.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
 use bytes::Bytes;
+use serde::Serialize;
 
 use crate::message::{HttpMessage, MessageKind};
+use crate::replay::sample::stable_hash;
 use crate::store::StoredMessage;
 
 /// One recorded request to replay.
@@ -26,81 +31,172 @@ pub struct ReplayRequest {
     pub recorded_status: Option<u16>,
 }
 
-/// What turning messages into requests left out, so nothing vanishes silently.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+/// How far ahead of the request being handed on the source is read: requests wait this long
+/// (in recorded time) or until this many wait, whichever comes first, for their responses and
+/// for requests stored after them but captured before.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lookahead {
+    pub time: Duration,
+    pub requests: usize,
+}
+
+impl Default for Lookahead {
+    /// A response stored more than 5 s after its request, or more than 50,000 requests later,
+    /// is unusual enough to go without a recorded status; 50,000 requests are a few tens of MB.
+    fn default() -> Self {
+        Self {
+            time: Duration::from_secs(5),
+            requests: 50_000,
+        }
+    }
+}
+
+/// What turning messages into requests left out or could not do, so nothing vanishes silently.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct SourceStats {
+    /// Messages read from the source.
+    pub messages: u64,
     /// Complete requests kept.
     pub requests: u64,
     /// Requests with missing bytes: sending half a request would hang the target.
     pub incomplete_skipped: u64,
     /// Requests with a recorded final response.
     pub with_recorded_response: u64,
+    /// Final responses whose request had already been handed on (beyond the look-ahead) or
+    /// was never seen: those requests replay without a recorded status.
+    pub responses_unpaired: u64,
+    /// Requests that came later than the look-ahead allows for their capture time: they are
+    /// sent at once, late, and their lateness shows in the schedule lag.
+    pub out_of_order: u64,
 }
 
-/// Keeps the complete requests of `messages`, in capture order (first byte, then id), each
-/// paired with its recorded final response status (interim 1xx responses are not final).
-pub fn requests_from_messages(messages: &[HttpMessage]) -> (Vec<ReplayRequest>, SourceStats) {
-    let mut status_of: HashMap<u64, u16> = HashMap::new();
-    for m in messages {
-        if let (MessageKind::Response { status }, Some(req)) = (&m.kind, m.request_id)
-            && !(100..200).contains(status)
-        {
-            status_of.entry(req).or_insert(*status);
-        }
-    }
-    let mut stats = SourceStats::default();
-    let mut order: Vec<(u64, u64, ReplayRequest)> = Vec::new();
-    for m in messages {
-        let MessageKind::Request { method, uri } = &m.kind else {
-            continue;
-        };
-        if !m.complete {
-            stats.incomplete_skipped += 1;
-            continue;
-        }
-        let recorded_status = status_of.get(&m.id).copied();
-        stats.requests += 1;
-        stats.with_recorded_response += u64::from(recorded_status.is_some());
-        order.push((
-            m.first_ts.as_nanos(),
-            m.id,
-            ReplayRequest {
-                id: m.id,
-                conn: m.conn_id,
-                ts_ns: m.first_ts.as_nanos(),
-                method: method.to_string(),
-                uri: uri.to_string(),
-                bytes: m.bytes.clone(),
-                recorded_status,
-            },
-        ));
-    }
-    order.sort_by_key(|(ts, id, _)| (*ts, *id));
-    (order.into_iter().map(|(_, _, r)| r).collect(), stats)
+/// A request waiting in the look-ahead: ordered by capture time, then arrival.
+type PendingKey = (u64, u64);
+
+/// Requests in capture order with their recorded statuses, through a bounded look-ahead.
+pub struct RequestStream {
+    lookahead: Lookahead,
+    pending: BTreeMap<PendingKey, ReplayRequest>,
+    /// Request id → its place in `pending`, for pairing responses.
+    waiting: HashMap<u64, PendingKey>,
+    arrivals: u64,
+    newest_ts: u64,
+    released_ts: u64,
+    stats: SourceStats,
 }
 
-/// Turns stored messages into messages whose ids are unique across the nodes and capture runs
-/// a recording gathers (each recorder numbers its own messages and connections from 1).
-pub fn from_stored(stored: impl IntoIterator<Item = StoredMessage>) -> Vec<HttpMessage> {
-    let mut ids: HashMap<(String, u64, u64), u64> = HashMap::new();
-    let mut conns: HashMap<(String, u64, u64), u64> = HashMap::new();
-    let fresh = |map: &mut HashMap<(String, u64, u64), u64>, key: (String, u64, u64)| {
-        let next = map.len() as u64 + 1;
-        *map.entry(key).or_insert(next)
-    };
-    stored
-        .into_iter()
-        .map(|s| {
-            let mut m = s.to_http();
-            let (node, run) = (s.meta.node, s.meta.run);
-            m.id = fresh(&mut ids, (node.clone(), run, m.id));
-            m.request_id = m
-                .request_id
-                .map(|r| fresh(&mut ids, (node.clone(), run, r)));
-            m.conn_id = fresh(&mut conns, (node, run, m.conn_id));
-            m
-        })
-        .collect()
+impl RequestStream {
+    pub fn new(lookahead: Lookahead) -> Self {
+        Self {
+            lookahead,
+            pending: BTreeMap::new(),
+            waiting: HashMap::new(),
+            arrivals: 0,
+            newest_ts: 0,
+            released_ts: 0,
+            stats: SourceStats::default(),
+        }
+    }
+
+    /// Takes one message in source order; requests whose wait is over go to `out`.
+    pub fn push(&mut self, m: HttpMessage, out: &mut Vec<ReplayRequest>) {
+        self.stats.messages += 1;
+        let ts = m.first_ts.as_nanos();
+        self.newest_ts = self.newest_ts.max(ts);
+        match m.kind {
+            MessageKind::Request { method, uri } => {
+                if !m.complete {
+                    self.stats.incomplete_skipped += 1;
+                } else {
+                    self.stats.requests += 1;
+                    if ts < self.released_ts {
+                        self.stats.out_of_order += 1;
+                    }
+                    self.arrivals += 1;
+                    let key = (ts, self.arrivals);
+                    self.waiting.insert(m.id, key);
+                    self.pending.insert(
+                        key,
+                        ReplayRequest {
+                            id: m.id,
+                            conn: m.conn_id,
+                            ts_ns: ts,
+                            method: method.to_string(),
+                            uri: uri.to_string(),
+                            // Owned: a slice would keep the whole batch it was read from alive.
+                            bytes: Bytes::copy_from_slice(&m.bytes),
+                            recorded_status: None,
+                        },
+                    );
+                }
+            }
+            MessageKind::Response { status } if !(100..200).contains(&status) => {
+                let request = m.request_id.and_then(|id| self.waiting.remove(&id));
+                match request.and_then(|key| self.pending.get_mut(&key)) {
+                    Some(r) => r.recorded_status = Some(status),
+                    None => self.stats.responses_unpaired += 1,
+                }
+            }
+            MessageKind::Response { .. } => {}
+        }
+        self.release(false, out);
+    }
+
+    /// The source ended: every request still waiting goes to `out`.
+    pub fn finish(&mut self, out: &mut Vec<ReplayRequest>) {
+        self.release(true, out);
+    }
+
+    /// What the stream saw so far.
+    pub fn stats(&self) -> SourceStats {
+        self.stats
+    }
+
+    fn release(&mut self, all: bool, out: &mut Vec<ReplayRequest>) {
+        let horizon = self
+            .newest_ts
+            .saturating_sub(self.lookahead.time.as_nanos() as u64);
+        loop {
+            let over = self.pending.len() > self.lookahead.requests;
+            let Some(entry) = self.pending.first_entry() else {
+                break;
+            };
+            let (ts, _) = *entry.key();
+            if !(all || over || ts < horizon) {
+                break;
+            }
+            let key = *entry.key();
+            let r = entry.remove();
+            // A response that paired already took the id out; otherwise it stops waiting now.
+            if self.waiting.get(&r.id) == Some(&key) {
+                self.waiting.remove(&r.id);
+            }
+            self.released_ts = self.released_ts.max(ts);
+            self.stats.with_recorded_response += u64::from(r.recorded_status.is_some());
+            out.push(r);
+        }
+    }
+}
+
+/// FNV-1a, 64 bits: a published fixed hash for node names (std's hashers may change).
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// A stored message with ids unique across the nodes and capture runs a recording gathers
+/// (each recorder numbers its own messages and connections from 1), and the same on every
+/// read and every agent, so `--sample` and `--shard` choose the same units everywhere.
+pub fn from_stored(stored: StoredMessage) -> HttpMessage {
+    let scope = stable_hash(fnv1a(&stored.meta.node) ^ stable_hash(stored.meta.run));
+    // Bijective within a scope (xor, then a bijective mix): ids of one run never collide.
+    let global = |id: u64| stable_hash(scope ^ id);
+    let mut m = stored.to_http();
+    m.id = global(m.id);
+    m.request_id = m.request_id.map(global);
+    m.conn_id = global(m.conn_id);
+    m
 }
 
 #[cfg(test)]
@@ -134,31 +230,56 @@ mod tests {
         }
     }
 
+    fn ok(status: u16) -> MessageKind {
+        MessageKind::Response { status }
+    }
+
+    /// Streams `messages` through a look-ahead; every request handed on, and the stats.
+    fn stream(
+        messages: Vec<HttpMessage>,
+        lookahead: Lookahead,
+    ) -> (Vec<ReplayRequest>, SourceStats) {
+        let mut s = RequestStream::new(lookahead);
+        let mut out = Vec::new();
+        for m in messages {
+            s.push(m, &mut out);
+            assert!(s.pending.len() <= lookahead.requests, "look-ahead overrun");
+        }
+        s.finish(&mut out);
+        assert!(s.waiting.is_empty() && s.pending.is_empty());
+        (out, s.stats())
+    }
+
     #[test]
-    fn stored_ids_are_made_unique_across_nodes_and_runs() {
-        let stored = |node: &str, m: HttpMessage| StoredMessage {
-            meta: crate::store::meta_for(&m, node, 7, &["r".to_string()]),
+    fn stored_ids_are_unique_across_nodes_and_runs_and_the_same_on_every_read() {
+        let stored = |node: &str, run: u64, m: HttpMessage| StoredMessage {
+            meta: crate::store::meta_for(&m, node, run, &["r".to_string()]),
             bytes: m.bytes.clone(),
         };
-        let messages = from_stored(vec![
-            stored("a", msg(1, 1, 10, get("/a"), None)),
-            stored("b", msg(1, 1, 11, get("/b"), None)),
-            stored(
-                "b",
-                msg(2, 1, 12, MessageKind::Response { status: 500 }, Some(1)),
-            ),
-            stored(
-                "a",
-                msg(2, 1, 13, MessageKind::Response { status: 200 }, Some(1)),
-            ),
-        ]);
-        let (requests, _) = requests_from_messages(&messages);
+        let read = || {
+            vec![
+                stored("a", 7, msg(1, 1, 10, get("/a"), None)),
+                stored("b", 7, msg(1, 1, 11, get("/b"), None)),
+                stored("b", 7, msg(2, 1, 12, ok(500), Some(1))),
+                stored("a", 7, msg(2, 1, 13, ok(200), Some(1))),
+                stored("a", 8, msg(1, 1, 14, get("/c"), None)),
+            ]
+            .into_iter()
+            .map(from_stored)
+            .collect::<Vec<_>>()
+        };
+        let (requests, _) = stream(read(), Lookahead::default());
         let got: Vec<(&str, Option<u16>)> = requests
             .iter()
             .map(|r| (r.uri.as_str(), r.recorded_status))
             .collect();
-        assert_eq!(got, vec![("/a", Some(200)), ("/b", Some(500))]);
-        assert_ne!(requests[0].conn, requests[1].conn);
+        assert_eq!(
+            got,
+            vec![("/a", Some(200)), ("/b", Some(500)), ("/c", None)]
+        );
+        let conns: std::collections::HashSet<u64> = requests.iter().map(|r| r.conn).collect();
+        assert_eq!(conns.len(), 3, "same numbers, three nodes or runs");
+        assert_eq!(stream(read(), Lookahead::default()).0, requests);
     }
 
     #[test]
@@ -168,26 +289,75 @@ mod tests {
         let messages = vec![
             msg(3, 2, 20, get("/b"), None),
             msg(1, 1, 10, get("/a"), None),
-            msg(2, 1, 11, MessageKind::Response { status: 100 }, Some(1)),
-            msg(4, 1, 12, MessageKind::Response { status: 201 }, Some(1)),
+            msg(2, 1, 11, ok(100), Some(1)),
+            msg(4, 1, 12, ok(201), Some(1)),
             incomplete,
-            msg(6, 2, 21, MessageKind::Response { status: 404 }, Some(3)),
-            msg(7, 4, 20, get("/same-time-later-id"), None),
+            msg(6, 2, 21, ok(404), Some(3)),
+            msg(7, 4, 20, get("/same-time-later"), None),
         ];
-        let (requests, stats) = requests_from_messages(&messages);
+        let (requests, stats) = stream(messages, Lookahead::default());
         let uris: Vec<&str> = requests.iter().map(|r| r.uri.as_str()).collect();
-        assert_eq!(uris, vec!["/a", "/b", "/same-time-later-id"]);
-        assert_eq!(requests[0].recorded_status, Some(201));
-        assert_eq!(requests[1].recorded_status, Some(404));
-        assert_eq!(requests[2].recorded_status, None);
+        assert_eq!(uris, vec!["/a", "/b", "/same-time-later"]);
+        let statuses: Vec<Option<u16>> = requests.iter().map(|r| r.recorded_status).collect();
+        assert_eq!(statuses, vec![Some(201), Some(404), None]);
         assert_eq!(requests[0].bytes, Bytes::from("message 1"));
         assert_eq!(
             stats,
             SourceStats {
+                messages: 7,
                 requests: 3,
                 incomplete_skipped: 1,
-                with_recorded_response: 2
+                with_recorded_response: 2,
+                responses_unpaired: 0,
+                out_of_order: 0,
             }
         );
+    }
+
+    #[test]
+    fn the_look_ahead_bounds_what_waits_and_says_what_it_cost() {
+        // Two requests wait at most: /a goes on when /c arrives, so its late response is
+        // unpaired; /late, captured before /c was handed on, is out of order.
+        let messages = vec![
+            msg(1, 1, 10, get("/a"), None),
+            msg(2, 2, 20, get("/b"), None),
+            msg(3, 3, 30, get("/c"), None),
+            msg(4, 1, 31, ok(200), Some(1)),
+            msg(5, 4, 40, get("/d"), None),
+            msg(6, 5, 5, get("/late"), None),
+        ];
+        let lookahead = Lookahead {
+            time: Duration::from_secs(60),
+            requests: 2,
+        };
+        let (requests, stats) = stream(messages, lookahead);
+        let uris: Vec<&str> = requests.iter().map(|r| r.uri.as_str()).collect();
+        assert_eq!(uris, vec!["/a", "/b", "/late", "/c", "/d"]);
+        assert_eq!(requests[0].recorded_status, None);
+        assert_eq!((stats.responses_unpaired, stats.out_of_order), (1, 1));
+    }
+
+    #[test]
+    fn requests_wait_no_longer_than_the_look_ahead_time() {
+        let second = 1_000_000_000;
+        let lookahead = Lookahead {
+            time: Duration::from_secs(5),
+            requests: 1000,
+        };
+        let mut s = RequestStream::new(lookahead);
+        let mut out = Vec::new();
+        s.push(msg(1, 1, 10 * second, get("/a"), None), &mut out);
+        s.push(msg(2, 2, 14 * second, get("/b"), None), &mut out);
+        assert!(out.is_empty());
+        s.push(msg(3, 3, 16 * second, get("/c"), None), &mut out);
+        assert_eq!(
+            out.len(),
+            1,
+            "/a is more than 5 s older than the newest message"
+        );
+        s.push(msg(4, 2, 16 * second, ok(204), Some(2)), &mut out);
+        s.finish(&mut out);
+        assert_eq!(out[1].recorded_status, Some(204));
+        assert_eq!(out.len(), 3);
     }
 }

@@ -1,5 +1,7 @@
-//! `replay`: `capture replay --max` next to wrk against the same nginx, and the schedule lag
-//! of `--speed 1`.
+//! `replay`: `capture replay --max` next to wrk against the same nginx; peak RSS and time to
+//! the first request of recordings of 100k, 1M and 3M requests on both backends; a GoReplay
+//! file over a 16-connection pool next to wrk -c16; and the schedule lag of `--speed 1` at
+//! 5k req/s.
 
 use std::time::Duration;
 
@@ -11,6 +13,8 @@ use tests::run_ok;
 
 use crate::PORT;
 use crate::measure::wrk_requests_per_second;
+use tests::process::{Measured, run_measured};
+use tests::synth::{round_robin, write_pcap};
 
 /// Runs `capture replay ARGS --json --quiet` in `topo`'s client namespace; the summary.
 fn replay_summary(
@@ -63,41 +67,134 @@ pub fn replay_rates() -> Result<()> {
         );
     }
 
-    // 5000 requests at 500/s with jittered gaps, each on its own connection (GoReplay style).
-    let mut file = Vec::new();
-    let mut t_ns = 1_700_000_000_000_000_000u64;
-    for i in 0..5000u64 {
-        t_ns += 1_000_000 + (i * 2_654_435_761 % 2_000_000);
-        let request = format!("GET /index.html?lag={i} HTTP/1.1\r\nHost: bench\r\n\r\n");
-        capture_user::files::gor::write_payload(
-            &mut file,
-            &capture_user::files::gor::GorPayload {
-                kind: 1,
-                id: format!("{i:024x}"),
-                ts_ns: t_ns,
-                latency_ns: 0,
-                bytes: bytes::Bytes::from(request),
-            },
-        )?;
-    }
-    let gor = data.path().join("lag.gor");
-    std::fs::write(&gor, file)?;
+    replay_pool(&topo, &target, &url)?;
+    replay_lag(&topo, &target)?;
+    replay_scale(&topo, &target)?;
+    Ok(())
+}
+
+/// A 200k-request GoReplay file at `--max --connections 16`, next to wrk -c16 (one thread
+/// each way: replay's pool against wrk's 16 connections).
+fn replay_pool(topo: &Topology, target: &str, url: &str) -> Result<()> {
+    let data = tempfile::tempdir()?;
+    let gor = data.path().join("pool.gor");
+    tests::replay::write_round_robin_gor(&gor, 200_000)?;
+    let wrk = run_ok(topo.client("wrk").args(["-t2", "-c16", "-d10s", url]))?;
+    let wrk_rate = wrk_requests_per_second(&String::from_utf8_lossy(&wrk.stdout));
+    let gor = gor.to_string_lossy().to_string();
     let s = replay_summary(
-        &topo,
+        topo,
         data.path(),
         &[
             "--gor",
-            &gor.to_string_lossy(),
+            &gor,
             "--target",
-            &target,
-            "--speed",
-            "1",
+            target,
+            "--max",
+            "--connections",
+            "16",
         ],
+    )?;
+    let rate = s["requests_per_second"].as_f64().unwrap_or(0.0);
+    println!(
+        "GoReplay 200k requests --max --connections 16: {rate:.0} req/s ({} completed, {} failed, {} connections) vs wrk -c16 {wrk_rate:.0} req/s: ratio {:.2}",
+        s["completed"],
+        s["failed"],
+        s["connections"],
+        rate / wrk_rate.max(1.0)
+    );
+    Ok(())
+}
+
+/// `--speed 1` of a recording of 64 connections at 5,000 req/s for 10 s: how late sends leave.
+fn replay_lag(topo: &Topology, target: &str) -> Result<()> {
+    let data = tempfile::tempdir()?;
+    let pcap = data.path().join("lag.pcap");
+    // 50,000 exchanges 200 µs apart, with a jitter, over 64 connections.
+    let traffic = round_robin(64, 50_000, 1_700_000_000_000_000, 200, 0).map(|mut e| {
+        e.ts_us += e.ts_us.wrapping_mul(2_654_435_761) % 150;
+        e
+    });
+    write_pcap(&pcap, PORT, traffic)?;
+    let store = ["--data-dir".to_string(), data.path().display().to_string()];
+    import(&topo.client_ns, &pcap, "lag", &store)?;
+    let s = replay_summary(
+        topo,
+        data.path(),
+        &["lag", "--target", target, "--speed", "1"],
     )?;
     let lag = &s["schedule_lag_ms"];
     println!(
-        "--speed 1, 5000 requests at ~500/s: schedule lag p50 {} ms, p90 {} ms, p99 {} ms, max {} ms; latency p99 {} ms",
-        lag["p50"], lag["p90"], lag["p99"], lag["max"], s["latency_ms"]["p99"]
+        "--speed 1, 50,000 requests at 5,000/s over 64 connections: schedule lag p50 {} ms, p90 {} ms, p99 {} ms, max {} ms; latency p99 {} ms; {} completed",
+        lag["p50"], lag["p90"], lag["p99"], lag["max"], s["latency_ms"]["p99"], s["completed"]
     );
+    Ok(())
+}
+
+fn capture_in(ns: &str) -> std::process::Command {
+    Topology::exec(ns, &tests::capture_bin().to_string_lossy())
+}
+
+fn import(ns: &str, pcap: &std::path::Path, name: &str, store: &[String]) -> Result<Measured> {
+    let m = run_measured(
+        capture_in(ns)
+            .arg("import")
+            .arg(pcap)
+            .args(["--name", name, "--port", &PORT.to_string()])
+            .args(store),
+    )?;
+    anyhow::ensure!(m.ok, "import failed: {}", m.stderr);
+    Ok(m)
+}
+
+/// Peak RSS and time to the first request of `replay --max` of 100k, 1M and 3M recorded
+/// requests (16 connections), from the embedded store and from Kafka (tansu).
+fn replay_scale(topo: &Topology, target: &str) -> Result<()> {
+    let broker = tests::broker::Tansu::start_in(&topo.client_ns)?;
+    let data = tempfile::tempdir()?;
+    for requests in [100_000u64, 1_000_000, 3_000_000] {
+        let pcap = data.path().join("scale.pcap");
+        write_pcap(
+            &pcap,
+            PORT,
+            round_robin(16, requests, 1_700_000_000_000_000, 20, 100),
+        )?;
+        let name = format!("scale{requests}");
+        let embedded = vec![
+            "--data-dir".to_string(),
+            data.path().join("store").display().to_string(),
+        ];
+        let kafka = vec![
+            "--kafka".to_string(),
+            broker.bootstrap(),
+            "--topic".to_string(),
+            name.clone(),
+        ];
+        for (backend, store) in [("embedded", &embedded), ("kafka", &kafka)] {
+            let started = std::time::Instant::now();
+            let imported = import(&topo.client_ns, &pcap, &name, store)?;
+            let import_s = started.elapsed().as_secs_f64();
+            let replay = run_measured(
+                capture_in(&topo.client_ns)
+                    .args([
+                        "replay", &name, "--target", target, "--max", "--json", "--quiet",
+                    ])
+                    .args(store.iter()),
+            )?;
+            let s: serde_json::Value = serde_json::from_str(&replay.stdout)
+                .with_context(|| format!("replay printed no summary: {}", replay.stderr))?;
+            println!(
+                "{requests} requests ({} messages), {backend}: replay --max peak RSS {:.1} MiB, first request {:.0} ms after start, {:.0} req/s ({} completed, {} failed); import {import_s:.1} s, peak RSS {:.1} MiB",
+                2 * requests,
+                replay.peak_rss_mib,
+                s["first_request_after_ms"].as_f64().unwrap_or(f64::NAN),
+                s["requests_per_second"].as_f64().unwrap_or(0.0),
+                s["completed"],
+                s["failed"],
+                imported.peak_rss_mib,
+            );
+        }
+        std::fs::remove_file(&pcap)?;
+    }
     Ok(())
 }
