@@ -45,7 +45,7 @@ pub enum GorError {
 }
 
 /// Largest payload read (a message as large as the embedded store takes, and its header):
-/// a file without separators is refused before it fills memory.
+/// a file without separators is refused there rather than read whole into memory.
 pub const MAX_PAYLOAD_BYTES: usize = crate::store::embedded::MAX_MESSAGE_BYTES + 4096;
 
 /// One payload of a GoReplay file.

@@ -221,21 +221,6 @@ pub fn visit_messages(
     MessageFile::open(path, ports, format)?.visit(visit)
 }
 
-/// Reads a whole file into messages, with what was lost on the way (same names as live
-/// drops). It holds every message of the file: prefer [`visit_messages`].
-pub fn read_messages(
-    path: &Path,
-    ports: &[u16],
-    format: FileFormat,
-) -> anyhow::Result<(Vec<HttpMessage>, BTreeMap<String, u64>)> {
-    let mut messages = Vec::new();
-    let stats = visit_messages(path, ports, format, &mut |m, _| {
-        messages.push(m);
-        true
-    })?;
-    Ok((messages, stats.drops))
-}
-
 /// GoReplay files start with a payload type digit and a space; pcaps with a binary magic.
 fn looks_like_gor(path: &Path) -> anyhow::Result<bool> {
     use std::io::Read as _;

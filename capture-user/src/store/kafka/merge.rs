@@ -42,7 +42,9 @@ impl Partition {
 /// Partitions whose fetching must change, as [`WindowMerge::flow`] decides.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Flow {
+    /// Partitions to stop fetching: their queue is full, or their window is all taken.
     pub pause: Vec<i32>,
+    /// Paused partitions to fetch again: their queue is half drained.
     pub resume: Vec<i32>,
 }
 
