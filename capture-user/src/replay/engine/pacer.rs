@@ -36,8 +36,10 @@ const SLEEP_SLICE: Duration = Duration::from_millis(5);
 /// The queue of one replay connection (or of a copy's pool).
 struct Lane {
     tx: mpsc::UnboundedSender<Job>,
-    /// Due time of its latest send.
+    /// Due time of its latest send, delivered or read ahead.
     last_due: Duration,
+    /// Sends read ahead for it and not yet delivered.
+    pending: u32,
 }
 
 pub(super) struct Pacer {
@@ -137,6 +139,11 @@ impl Pacer {
         if !self.lanes.contains_key(&send.route) {
             self.open_lane(send.route);
         }
+        if let Some(lane) = self.lanes.get_mut(&send.route) {
+            // In use until then: not the idlest, whatever it sent before.
+            lane.last_due = lane.last_due.max(send.due);
+            lane.pending += 1;
+        }
         self.ahead.push_back(send);
     }
 
@@ -184,6 +191,7 @@ impl Pacer {
             Lane {
                 tx,
                 last_due: Duration::ZERO,
+                pending: 0,
             },
         );
     }
@@ -196,7 +204,10 @@ impl Pacer {
     }
 
     /// A connection slot: at once if one is free, else after closing the recorded connection
-    /// idle longest and waiting for a slot; None if the replay stops meanwhile.
+    /// idle longest (one with no send read ahead, if any: a closed connection with sends to
+    /// come opens again, taking a slot of its own) and waiting for a slot; None if the replay
+    /// stops meanwhile. Closing one always frees a slot: a connection's task ends once the
+    /// sends it was given are done.
     fn connection_permit(&mut self) -> Option<OwnedSemaphorePermit> {
         if let Ok(permit) = self.connections.clone().try_acquire_owned() {
             return Some(permit);
@@ -205,7 +216,7 @@ impl Pacer {
             .lanes
             .iter()
             .filter(|(route, _)| matches!(route, Route::Recorded(_)))
-            .min_by_key(|(_, lane)| lane.last_due)
+            .min_by_key(|(_, lane)| (lane.pending > 0, lane.last_due))
             .map(|(route, _)| *route);
         if let Some(route) = idlest {
             self.lanes.remove(&route);
@@ -240,7 +251,8 @@ impl Pacer {
         let Some(lane) = self.lanes.get_mut(&send.route) else {
             return; // no slot: the replay is stopping
         };
-        lane.last_due = send.due;
+        lane.last_due = lane.last_due.max(send.due);
+        lane.pending = lane.pending.saturating_sub(1);
         let job = Job {
             request: send.request,
             due_at: self.shared.start + send.due,
@@ -257,7 +269,9 @@ impl Pacer {
         self.last_sweep = std::time::Instant::now();
         let now = Instant::now().saturating_duration_since(self.shared.start);
         self.lanes.retain(|route, lane| {
-            matches!(route, Route::Pool { .. }) || lane.last_due + IDLE_CLOSE > now
+            matches!(route, Route::Pool { .. })
+                || lane.pending > 0
+                || lane.last_due + IDLE_CLOSE > now
         });
     }
 }
