@@ -23,8 +23,8 @@ use super::{
 /// Sends received ahead of the one being waited for (their connections open early).
 const AHEAD_MAX: usize = 4096;
 
-/// A recorded connection with no send for this long (replay time) is closed; a later request
-/// of it opens a new one. Its task, socket and buffer are freed for connections to come.
+/// A recorded connection with no send for this long is closed; a later request of it opens a
+/// new one. Its task, socket and buffer are freed for connections to come.
 const IDLE_CLOSE: Duration = Duration::from_secs(30);
 
 /// How often idle connections are looked for.
@@ -36,8 +36,8 @@ const SLEEP_SLICE: Duration = Duration::from_millis(5);
 /// The queue of one replay connection (or of a copy's pool).
 struct Lane {
     tx: mpsc::UnboundedSender<Job>,
-    /// Due time of its latest send, delivered or read ahead.
-    last_due: Duration,
+    /// When a send for it was last read ahead or delivered.
+    last_used: std::time::Instant,
     /// Sends read ahead for it and not yet delivered.
     pending: u32,
 }
@@ -133,15 +133,16 @@ impl Pacer {
         }
     }
 
-    /// Counts a send as planned and opens its connection if it has none yet.
+    /// Counts a send as planned and opens its connection ahead of it if it has none yet and
+    /// a slot is free (else it opens when the send is due: opening ahead never closes another).
     fn admit(&mut self, send: PlannedSend) {
         self.shared.tally().planned(send.route.copy());
         if !self.lanes.contains_key(&send.route) {
-            self.open_lane(send.route);
+            self.open_lane(send.route, false);
         }
         if let Some(lane) = self.lanes.get_mut(&send.route) {
             // In use until then: not the idlest, whatever it sent before.
-            lane.last_due = lane.last_due.max(send.due);
+            lane.last_used = std::time::Instant::now();
             lane.pending += 1;
         }
         self.ahead.push_back(send);
@@ -163,12 +164,18 @@ impl Pacer {
     }
 
     /// Starts the connection task(s) of a route: one for a recorded connection (within
-    /// `--concurrency`, closing the longest idle one to make room), the pool's for a copy.
-    fn open_lane(&mut self, route: Route) {
+    /// `--concurrency`; when all slots are taken, none, or with `make_room` after closing the
+    /// idlest connection), the pool's for a copy.
+    fn open_lane(&mut self, route: Route, make_room: bool) {
         let (tx, rx) = mpsc::unbounded_channel();
         match route {
             Route::Recorded(_) => {
-                let Some(permit) = self.connection_permit() else {
+                let permit = if make_room {
+                    self.connection_permit()
+                } else {
+                    self.connections.clone().try_acquire_owned().ok()
+                };
+                let Some(permit) = permit else {
                     return;
                 };
                 let (shared, stop) = (self.shared.clone(), self.stop.clone());
@@ -190,7 +197,7 @@ impl Pacer {
             route,
             Lane {
                 tx,
-                last_due: Duration::ZERO,
+                last_used: std::time::Instant::now(),
                 pending: 0,
             },
         );
@@ -216,7 +223,7 @@ impl Pacer {
             .lanes
             .iter()
             .filter(|(route, _)| matches!(route, Route::Recorded(_)))
-            .min_by_key(|(_, lane)| (lane.pending > 0, lane.last_due))
+            .min_by_key(|(_, lane)| (lane.pending > 0, lane.last_used))
             .map(|(route, _)| *route);
         if let Some(route) = idlest {
             self.lanes.remove(&route);
@@ -245,13 +252,13 @@ impl Pacer {
             },
         };
         if !self.lanes.contains_key(&send.route) {
-            // Closed meanwhile to make room: opened again.
-            self.open_lane(send.route);
+            // No slot when read ahead, or closed meanwhile to make room.
+            self.open_lane(send.route, true);
         }
         let Some(lane) = self.lanes.get_mut(&send.route) else {
             return; // no slot: the replay is stopping
         };
-        lane.last_due = lane.last_due.max(send.due);
+        lane.last_used = std::time::Instant::now();
         lane.pending = lane.pending.saturating_sub(1);
         let job = Job {
             request: send.request,
@@ -267,11 +274,10 @@ impl Pacer {
     /// Closes recorded connections idle for `IDLE_CLOSE`.
     fn sweep(&mut self) {
         self.last_sweep = std::time::Instant::now();
-        let now = Instant::now().saturating_duration_since(self.shared.start);
         self.lanes.retain(|route, lane| {
             matches!(route, Route::Pool { .. })
                 || lane.pending > 0
-                || lane.last_due + IDLE_CLOSE > now
+                || lane.last_used.elapsed() < IDLE_CLOSE
         });
     }
 }

@@ -132,9 +132,9 @@ fn replay_lag(topo: &Topology, target: &str) -> Result<()> {
 }
 
 /// Peak RSS and time to the first request of `replay --max` of 100k, 1M and 3M recorded
-/// requests (16 connections), from the embedded store and from Kafka (tansu).
+/// requests (16 connections), from the embedded store, and of 100k from Kafka (tansu).
 fn replay_scale(topo: &Topology, target: &str) -> Result<()> {
-    let broker = tests::broker::Tansu::start_in_memory(&topo.client_ns)?;
+    let broker = tests::broker::Tansu::start_in(&topo.client_ns)?;
     let data = tempfile::tempdir()?;
     for requests in [100_000u64, 1_000_000, 3_000_000] {
         let pcap = data.path().join("scale.pcap");
@@ -145,6 +145,11 @@ fn replay_scale(topo: &Topology, target: &str) -> Result<()> {
         )?;
         let name = format!("scale{requests}");
         for (backend, store) in &both_stores(data.path(), broker.bootstrap(), &name) {
+            // tansu stores and serves about 4,500 messages a second: beyond 100k requests
+            // the Kafka figures would be tansu's.
+            if *backend == "kafka" && requests > 100_000 {
+                continue;
+            }
             let started = std::time::Instant::now();
             let imported = import(&topo.client_ns, &pcap, PORT, &name, store)?;
             let import_s = started.elapsed().as_secs_f64();
