@@ -432,40 +432,7 @@ impl ReplayReport {
             self.requests_per_second,
             self.connections,
         );
-        if let Some(why) = &self.ended_early {
-            let _ = writeln!(s, "ended early: {why}");
-        }
-        if let Some(source) = &self.source {
-            let _ = writeln!(s, "{}", source.to_text());
-            if let Some(e) = &source.read_error {
-                let _ = writeln!(s, "reading the source failed: {e}");
-            }
-        }
-        if let Some(sample) = &self.sample {
-            let _ = writeln!(s, "{}", sample.to_text());
-        }
-        if self
-            .failures
-            .contains_key(FailureKind::LocalPortsExhausted.name())
-        {
-            let _ = writeln!(
-                s,
-                "local_ports_exhausted: this client ran out of local ports (EADDRNOTAVAIL). Replay over fewer, longer connections (--connections N for GoReplay files, a lower --concurrency), widen net.ipv4.ip_local_port_range, or set net.ipv4.tcp_tw_reuse=1"
-            );
-        }
-        if self.copies.len() > 1 {
-            let per_copy: Vec<String> = self
-                .copies
-                .iter()
-                .map(|c| format!("{}={}", c.copy, c.completed))
-                .collect();
-            let _ = writeln!(
-                s,
-                "copies: {}, completed per copy: {} (--json has each copy's counts)",
-                self.copies.len(),
-                per_copy.join(" ")
-            );
-        }
+        self.write_context(&mut s);
         let pairs = |m: &BTreeMap<String, u64>| {
             m.iter()
                 .map(|(k, v)| format!("{k}={v}"))
@@ -502,6 +469,47 @@ impl ReplayReport {
             }
         );
         s
+    }
+}
+
+impl ReplayReport {
+    /// The lines that say why the counts are what they are: an early end, what the source
+    /// held, the sample, a remedy, the copies.
+    fn write_context(&self, s: &mut String) {
+        if let Some(why) = &self.ended_early {
+            let _ = writeln!(s, "ended early: {why}");
+        }
+        if let Some(source) = &self.source {
+            let _ = writeln!(s, "{}", source.to_text());
+            if let Some(e) = &source.read_error {
+                let _ = writeln!(s, "reading the source failed: {e}");
+            }
+        }
+        if let Some(sample) = &self.sample {
+            let _ = writeln!(s, "{}", sample.to_text());
+        }
+        if self
+            .failures
+            .contains_key(FailureKind::LocalPortsExhausted.name())
+        {
+            let _ = writeln!(
+                s,
+                "local_ports_exhausted: this client ran out of local ports (EADDRNOTAVAIL). Replay over fewer, longer connections (--connections N for GoReplay files, a lower --concurrency), widen net.ipv4.ip_local_port_range, or set net.ipv4.tcp_tw_reuse=1"
+            );
+        }
+        if self.copies.len() > 1 {
+            let per_copy: Vec<String> = self
+                .copies
+                .iter()
+                .map(|c| format!("{}={}", c.copy, c.completed))
+                .collect();
+            let _ = writeln!(
+                s,
+                "copies: {}, completed per copy: {} (--json has each copy's counts)",
+                self.copies.len(),
+                per_copy.join(" ")
+            );
+        }
     }
 }
 
