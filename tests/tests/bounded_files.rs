@@ -4,10 +4,9 @@
 //! every message, and the exported file holds exactly the requests that went in (multiset of
 //! method, URI and body digest).
 //!
-//! Peak RSS is the child's `ru_maxrss` from `wait4`. Linux folds the memory the spawning
-//! process had at the `exec` into it (posix_spawn shares the parent's memory until then), so
-//! the file is generated as a stream and the test checks its own peak is far below the bound
-//! before it trusts the figure.
+//! Peak RSS is the program's VmHWM, read while it runs (`tests::process::run_measured`). The
+//! file is generated as a stream, and the test still checks its own peak is far below the
+//! bound.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -113,38 +112,17 @@ fn own_peak_rss_kib() -> Result<u64> {
 
 /// Runs `capture ARGS --data-dir DIR` to completion; its stderr and its peak RSS (KiB).
 fn run_measured(data_dir: &Path, args: &[&str]) -> Result<(String, u64)> {
-    let stderr_path = data_dir.join("stderr.txt");
-    let child = Command::new(capture_bin())
-        .args(args)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(File::create(&stderr_path)?)
-        .spawn()
-        .context("starting capture")?;
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: rusage is plain data that wait4 fills; zeroed is a valid value for it.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    loop {
-        // SAFETY: pid is our own child, not yet reaped (std's Child does not reap on drop);
-        // status and usage point to live locals.
-        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-        if r == pid {
-            break;
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(e).context("waiting for capture");
-        }
+    let m = tests::process::run_measured(
+        Command::new(capture_bin())
+            .args(args)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .stdin(Stdio::null()),
+    )?;
+    if !m.ok {
+        bail!("capture {args:?} failed:\n{}", m.stderr);
     }
-    drop(child);
-    let stderr = std::fs::read_to_string(&stderr_path)?;
-    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
-        bail!("capture {args:?} failed (wait status {status}):\n{stderr}");
-    }
-    Ok((stderr, usage.ru_maxrss as u64))
+    Ok((m.stderr, (m.peak_rss_mib * 1024.0) as u64))
 }
 
 /// Calls `each(header, message)` for every payload of a GoReplay file, read as a stream.

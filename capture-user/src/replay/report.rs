@@ -95,9 +95,7 @@ pub struct Tally {
     pub response_body_bytes: u64,
     /// Per copy, in copy order (one entry without `--copies`).
     pub copies: Vec<CopyCounts>,
-    /// What `--sample` kept, when asked.
-    pub sample: Option<SampleStats>,
-    /// What reading the source amounted to, once it is over.
+    /// What reading the source amounted to (and what `--sample` kept), once it is over.
     pub source: Option<SourceSummary>,
     latency: Histogram<u64>,
     lag: Histogram<u64>,
@@ -123,7 +121,6 @@ impl Tally {
                     ..CopyCounts::default()
                 })
                 .collect(),
-            sample: None,
             source: None,
             latency: histogram(),
             lag: histogram(),
@@ -133,7 +130,6 @@ impl Tally {
     /// The source was read to its end (or the replay stopped): what it held and what the
     /// filters, sample and shard kept.
     pub fn source_done(&mut self, summary: SourceSummary) {
-        self.sample = summary.sample;
         self.source = Some(summary);
     }
 
@@ -268,7 +264,7 @@ impl Tally {
             schedule_lag_ms: Percentiles::of(&self.lag),
             ended_early: ended_early.map(str::to_string),
             copies: self.copies.clone(),
-            sample: self.sample,
+            sample: self.source.as_ref().and_then(|s| s.sample),
             first_request_after_ms: self.first_request_after.map(|d| d.as_secs_f64() * 1e3),
             source: self.source.clone(),
         }
