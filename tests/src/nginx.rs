@@ -45,6 +45,12 @@ impl Nginx {
     /// from its docroot (see [`Nginx::docroot`]); `POST /upload` accepts bodies up to 64 MiB
     /// and answers 200 after reading them.
     pub fn start(ns: &str, ports: &[u16]) -> Result<Self> {
+        Self::start_with(ns, ports, "")
+    }
+
+    /// As [`Nginx::start`], with `server_extra` added to the server block (e.g. gzip
+    /// settings, a default type).
+    pub fn start_with(ns: &str, ports: &[u16], server_extra: &str) -> Result<Self> {
         let dir = tempfile::tempdir().context("creating nginx temp dir")?;
         let root = dir.path().join("www");
         std::fs::create_dir_all(&root)?;
@@ -77,6 +83,7 @@ http {{
         {listens}
         root {root};
         access_log {d}/access.log capture;
+        {server_extra}
         location = /upload {{
             # nginx reads the whole body before proxying (request buffering), so every byte
             # crosses the wire before the answer; the sink answers 200.

@@ -129,12 +129,32 @@ fn recordings_and_replays_over_the_api_match_the_cli_and_metrics_move_with_traff
 
     // A replay through the API, next to the same replay through the CLI.
     let target = format!("http://{}:8080", topo.server_ip);
-    let body = json!({"recording": "api1", "target": target, "max": true}).to_string();
+    let body =
+        json!({"recording": "api1", "target": target, "max": true, "diff": true}).to_string();
     let created = api.ok("POST", "/v1/replays", Some(&body))?;
     let id = created["id"].as_str().context("no replay id")?.to_string();
     let done = api.wait_replay(&id)?;
     assert_eq!(done["state"], "finished", "{done}");
     assert_eq!(done["progress"]["completed"], 10);
+    // nginx answers as recorded: the diff finds every answer identical, and the report page
+    // shows the same.
+    let diff = &done["report"]["diff"];
+    assert_eq!(
+        (&diff["requests"], &diff["identical"]),
+        (&json!(10), &json!(10)),
+        "{diff}"
+    );
+    let (status, page) = api.raw(
+        "GET",
+        &format!("/v1/replays/{id}/report"),
+        None,
+        Some(TOKEN),
+    )?;
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.starts_with("<!DOCTYPE html>") && page.contains("id=\"endpoints\""),
+        "{page}"
+    );
     let cli = run_ok(topo.client(&capture_bin().to_string_lossy()).args([
         "replay",
         "api1",

@@ -27,6 +27,10 @@ const APT_PACKAGES: &[&str] = &[
     "sqlite3",
     "util-linux",
     "procps",
+    // The replay report is checked as a person sees it: headless Chromium loads the page, with
+    // a font to draw its text in the screenshot.
+    "chromium",
+    "fonts-dejavu-core",
 ];
 
 /// What building `capture` needs, and all that running it needs: the eBPF crate is built

@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod recordings;
 pub mod reload;
+pub mod replay_call;
 pub mod replays;
 pub mod server;
 pub mod tls;
@@ -224,6 +225,13 @@ pub static ROUTES: &[Route] = &[
         access: Access::Token,
         deadline: false,
         handler: |m| on(m, replays::get),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/replays/{id}/report",
+        access: Access::Token,
+        deadline: false,
+        handler: |m| on(m, replays::report),
     },
     Route {
         method: Method::DELETE,

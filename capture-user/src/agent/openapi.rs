@@ -38,6 +38,7 @@ use super::{Access, ROUTES};
         super::replays::start,
         super::replays::list,
         super::replays::get,
+        super::replays::report,
         super::replays::stop,
     ),
     components(schemas(ErrorBody)),

@@ -6,202 +6,23 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiResult, Reply};
 use super::metrics::ReplayCounters;
+use super::replay_call::StartReplay;
 use super::{Agent, AgentConfig, forget_oldest, lock};
 use crate::replay::engine::Replay;
-use crate::replay::load::{ReplayOptions, ReplaySource, load_replay, pace_of, rewrites_from};
+use crate::replay::html::report_page;
+use crate::replay::load::{ReplaySource, load_replay};
 use crate::replay::report::ReplayReport;
-use crate::replay::rewrite::CopyHeader;
-use crate::replay::sample::SamplePercent;
-use crate::replay::select::{FilterRule, Filters};
-use crate::replay::shard::Shard;
-use crate::replay::source::Lookahead;
 use crate::replay::target::Target;
-use crate::units::parse_rfc3339;
-
-/// `POST /v1/replays`: what to replay, where, and how (fields as the `replay` command's flags).
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct StartReplay {
-    /// Name of the recording to replay.
-    pub recording: String,
-    /// Where to send: `http://HOST[:PORT]` (in the agent's `--allow-target` list, if it has one).
-    pub target: String,
-    /// Recorded inter-arrival times divided by this (default 1); not with `rate` or `max`.
-    #[serde(default)]
-    pub speed: Option<f64>,
-    /// Fixed requests per second instead of the recorded timing.
-    #[serde(default)]
-    pub rate: Option<f64>,
-    /// As fast as the connections allow (one request at a time per connection).
-    #[serde(default)]
-    pub max: bool,
-    /// Passes over the whole recording, one after the other (default 1).
-    #[serde(default, rename = "loop")]
-    pub loops: Option<u32>,
-    /// Copies of the traffic sent at once, each on connections of its own (default 1, at most
-    /// 1000): the target sees N times the load with the same shape over time; with `rate`,
-    /// each copy runs at that rate.
-    #[serde(default)]
-    pub copies: Option<u32>,
-    /// A header that carries each request's copy number (1 to N), e.g. `X-Copy`.
-    #[serde(default)]
-    pub copy_header: Option<String>,
-    /// A stable share of the traffic to replay, e.g. `10%`: the same subset every time. The
-    /// unit is the recorded connection (kept whole) when no connection carries more than 1 %
-    /// of the requests, the request otherwise.
-    #[serde(default)]
-    pub sample: Option<String>,
-    /// This agent's part of the recording, `I/N` (e.g. `1/2` here and `2/2` on another
-    /// node): each recorded connection goes whole to one part, the parts together are the
-    /// recording exactly once, each keeps the recorded timing.
-    #[serde(default)]
-    pub shard: Option<String>,
-    /// When the schedule starts, RFC 3339 (e.g. `2026-12-06T12:00:00Z`), so several agents
-    /// start one schedule together; default: at once.
-    #[serde(default)]
-    pub start_at: Option<String>,
-    /// How far (recorded time) the recording is read ahead of what is sent (default 5s).
-    #[serde(default)]
-    pub look_ahead: Option<String>,
-    /// Most requests read ahead (default 50000).
-    #[serde(default)]
-    pub look_ahead_requests: Option<usize>,
-    /// Stop sending after this long, e.g. `5m`.
-    #[serde(default)]
-    pub exit_after: Option<String>,
-    /// Most connections open at once (default 256).
-    #[serde(default)]
-    pub concurrency: Option<usize>,
-    /// Per request, from the first byte sent to the last byte of the response (default 30s).
-    #[serde(default)]
-    pub timeout: Option<String>,
-    /// Only requests matching every rule: `method=GET,POST`, `method!=OPTIONS`, `url=REGEX`,
-    /// `url!=REGEX`, `header:NAME=REGEX`, `header:NAME!=REGEX`.
-    #[serde(default)]
-    pub filters: Vec<String>,
-    /// Request-target rewrites, `REGEX=>REPLACEMENT` (`$1` for groups), applied in order.
-    #[serde(default)]
-    pub rewrite_urls: Vec<String>,
-    /// Headers to set (replacing any recorded value), `Name: value`.
-    #[serde(default)]
-    pub set_headers: Vec<String>,
-    /// Header names to remove.
-    #[serde(default)]
-    pub drop_headers: Vec<String>,
-    /// Host header to send instead of the recorded one.
-    #[serde(default)]
-    pub host: Option<String>,
-    /// Kafka bootstrap brokers to read the recording from, overriding the agent's store.
-    #[serde(default)]
-    pub kafka: Option<String>,
-    /// Kafka topic, overriding the agent's.
-    #[serde(default)]
-    pub topic: Option<String>,
-}
-
-impl StartReplay {
-    /// The replay options this call asks for, the rest from [`ReplayOptions::default`], or a
-    /// 400 naming the field.
-    fn options(&self) -> Result<ReplayOptions, ApiError> {
-        if self.rate.is_some() && self.max {
-            return Err(ApiError::BadRequest("rate and max: choose one".into()));
-        }
-        if self.speed.is_some() && (self.rate.is_some() || self.max) {
-            return Err(ApiError::BadRequest("speed: not with rate or max".into()));
-        }
-        let rules = self
-            .filters
-            .iter()
-            .map(|f| {
-                f.parse::<FilterRule>()
-                    .map_err(|e| ApiError::BadRequest(format!("filters: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let rewrites = rewrites_from(
-            &self.rewrite_urls,
-            &self.set_headers,
-            &self.drop_headers,
-            self.host.as_deref(),
-        )
-        .map_err(|e| ApiError::BadRequest(format!("rewrites: {e:#}")))?;
-        let copy_header = self
-            .copy_header
-            .as_deref()
-            .map(CopyHeader::new)
-            .transpose()
-            .map_err(|e| ApiError::BadRequest(format!("copy_header: {e}")))?;
-        let sample = self
-            .sample
-            .as_deref()
-            .map(str::parse::<SamplePercent>)
-            .transpose()
-            .map_err(|e| ApiError::BadRequest(format!("sample: {e}")))?;
-        let shard = self
-            .shard
-            .as_deref()
-            .map(str::parse::<Shard>)
-            .transpose()
-            .map_err(|e| ApiError::BadRequest(format!("shard: {e}")))?;
-        let start_at = self
-            .start_at
-            .as_deref()
-            .map(parse_rfc3339)
-            .transpose()
-            .map_err(|e| ApiError::BadRequest(format!("start_at: {e}")))?;
-        let defaults = ReplayOptions::default();
-        let lookahead = Lookahead {
-            time: duration_field("look_ahead", &self.look_ahead)?
-                .unwrap_or(defaults.lookahead.time),
-            requests: self
-                .look_ahead_requests
-                .unwrap_or(defaults.lookahead.requests),
-        };
-        Ok(ReplayOptions {
-            pace: pace_of(
-                self.speed.unwrap_or(ReplayOptions::DEFAULT_SPEED),
-                self.rate,
-                self.max,
-            ),
-            loops: self.loops.unwrap_or(defaults.loops),
-            copies: self.copies.unwrap_or(defaults.copies),
-            copy_header,
-            sample,
-            shard: shard.unwrap_or(Shard::WHOLE),
-            start_at,
-            lookahead,
-            exit_after: duration_field("exit_after", &self.exit_after)?,
-            concurrency: self.concurrency.unwrap_or(defaults.concurrency),
-            timeout: duration_field("timeout", &self.timeout)?.unwrap_or(defaults.timeout),
-            filters: Filters::new(rules),
-            rewrites,
-            ..defaults
-        })
-    }
-}
-
-fn duration_field(field: &str, value: &Option<String>) -> Result<Option<Duration>, ApiError> {
-    value
-        .as_deref()
-        .map(|v| {
-            humantime::parse_duration(v).map_err(|e| {
-                ApiError::BadRequest(format!(
-                    "{field}: {v:?} is not a duration like 30s or 5m ({e})"
-                ))
-            })
-        })
-        .transpose()
-}
 
 /// Where a replay is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
@@ -276,6 +97,7 @@ pub struct ReplayList {
 struct ReplayEntry {
     recording: String,
     target: String,
+    baseline: Option<String>,
     replay: Option<Replay>,
     report: Option<ReplayReport>,
     stopped_by_request: bool,
@@ -341,11 +163,26 @@ impl Replays {
             .parse()
             .map_err(|e: anyhow::Error| ApiError::BadRequest(format!("target: {e:#}")))?;
         check_target(&config.allow_targets, &target)?;
-        let options = req.options()?;
         let address = target
             .resolve()
             .await
             .map_err(|e| ApiError::BadRequest(format!("target: {e:#}")))?;
+        let baseline = match &req.baseline {
+            Some(url) => {
+                let baseline: Target = url
+                    .parse()
+                    .map_err(|e: anyhow::Error| ApiError::BadRequest(format!("baseline: {e:#}")))?;
+                check_target(&config.allow_targets, &baseline)?;
+                Some(
+                    baseline
+                        .resolve()
+                        .await
+                        .map_err(|e| ApiError::BadRequest(format!("baseline: {e:#}")))?,
+                )
+            }
+            None => None,
+        };
+        let options = req.options(baseline)?;
         let store = config
             .store
             .with_kafka(req.kafka.as_deref(), req.topic.as_deref());
@@ -366,6 +203,7 @@ impl Replays {
             ReplayEntry {
                 recording: req.recording.clone(),
                 target: req.target.clone(),
+                baseline: req.baseline.clone(),
                 replay: Some(replay),
                 report: None,
                 stopped_by_request: false,
@@ -413,6 +251,22 @@ impl Replays {
             .get(id)
             .map(|e| e.view(id))
             .ok_or_else(|| ApiError::NotFound(format!("replay {id:?} not found")))
+    }
+
+    /// The replay's report page: live while it runs, final once it ended.
+    async fn page(&self, id: &str) -> Result<String, ApiError> {
+        self.settle().await;
+        let entries = lock(&self.entries);
+        let e = entries
+            .get(id)
+            .ok_or_else(|| ApiError::NotFound(format!("replay {id:?} not found")))?;
+        let report = e.view(id).report;
+        Ok(report_page(
+            &format!("replay {id} of recording {}", e.recording),
+            &e.target,
+            e.baseline.as_deref(),
+            &report,
+        ))
     }
 
     async fn list(&self) -> ReplayList {
@@ -547,6 +401,29 @@ pub(super) async fn get(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<ReplayView> {
     Ok(Reply::ok(agent.replays.get(&id).await?))
+}
+
+/// Show a replay's report page
+///
+/// One self-contained HTML page (no network fetches): throughput and latency over time, the
+/// status mix and, for a replay with `diff`, the differences per endpoint with examples. The
+/// same page `capture replay --report FILE.html` writes.
+#[utoipa::path(
+    get,
+    path = "/v1/replays/{id}/report",
+    operation_id = "get_replay_report",
+    tag = "replays",
+    params(("id" = String, Path, description = "Replay id, as the start call answered (r1, r2...)")),
+    responses(
+        (status = 200, description = "The report page", content_type = "text/html", body = String),
+        (status = 404, description = "No such replay on this agent", body = ErrorBody),
+    )
+)]
+pub(super) async fn report(
+    State(agent): State<Arc<Agent>>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<axum::response::Html<String>, ApiError> {
+    Ok(axum::response::Html(agent.replays.page(&id).await?))
 }
 
 /// Stop a replay

@@ -12,8 +12,10 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cmd::store_args::StoreArgs;
 use crate::replay::engine::Replay;
+use crate::replay::html::report_page;
 use crate::replay::load::{
-    LoadedReplay, ReplayOptions, ReplaySource, load_replay, pace_of, rewrites_from,
+    DiffOptions, LoadedReplay, ReplayOptions, ReplaySource, diff_options, load_replay, pace_of,
+    rewrites_from,
 };
 use crate::replay::report::ReplayReport;
 use crate::replay::rewrite::{CopyHeader, Rewrites};
@@ -149,6 +151,48 @@ pub struct ReplayArgs {
     #[arg(long, value_name = "HOST[:PORT]")]
     pub host: Option<String>,
 
+    /// Compare each answer with the recorded answer of the same request: the status, the
+    /// headers (without those that differ by nature: Date, Set-Cookie values, ETag,
+    /// Last-Modified, Age, Expires, request and trace ids, Server-Timing, framing), and the
+    /// body decoded (chunked, gzip, deflate, br), JSON field by field ($.items[3].price),
+    /// anything else by its first differing byte. The summary says, per endpoint (method and
+    /// path with ids as {id}), how many answers were identical and which fields differed,
+    /// with example request ids.
+    #[arg(long)]
+    pub diff: bool,
+
+    /// Also send every request to URL, a target running the recorded version (implies
+    /// --diff): fields that differ there as well (times, random ids) are reported as noise,
+    /// and only what differs on --target alone as a regression.
+    #[arg(long, value_name = "URL")]
+    pub baseline: Option<String>,
+
+    /// With --diff: a header that may differ (repeatable), on top of the usual noise.
+    #[arg(long = "diff-ignore-header", value_name = "NAME")]
+    pub diff_ignore_headers: Vec<String>,
+
+    /// With --diff: a field that may differ (repeatable): 'json:$.meta.generated_at' (and
+    /// everything under it; [*] for any index, .* for any key) or 'header:NAME'.
+    #[arg(long = "diff-ignore", value_name = "FIELD")]
+    pub diff_ignore: Vec<String>,
+
+    /// With --diff: name endpoints by a path pattern instead of collapsing ids (repeatable,
+    /// first match wins): '/api/items/*', 'GET /users/{user}/**' (* or {name}: one segment,
+    /// **: the rest).
+    #[arg(long = "endpoint-pattern", value_name = "[METHOD] PATTERN")]
+    pub endpoint_patterns: Vec<String>,
+
+    /// With --diff: write one JSON line per request that differs (ids, endpoint,
+    /// differences; with --baseline also the baseline's and which are regressions).
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub diff_out: Option<PathBuf>,
+
+    /// Write a self-contained HTML report (no network fetches) at the end: throughput,
+    /// latency over time, status mix and, with --diff, the differences per endpoint with
+    /// examples side by side.
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<PathBuf>,
+
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -170,9 +214,41 @@ fn rewrites_of(args: &ReplayArgs) -> anyhow::Result<Rewrites> {
     )
 }
 
+/// The `--diff` options, when comparing was asked for (`--baseline` resolved to its address).
+async fn diff_of(args: &ReplayArgs) -> anyhow::Result<Option<DiffOptions>> {
+    let diffing = args.diff || args.baseline.is_some();
+    let needs_diff = [
+        (!args.diff_ignore_headers.is_empty(), "--diff-ignore-header"),
+        (!args.diff_ignore.is_empty(), "--diff-ignore"),
+        (!args.endpoint_patterns.is_empty(), "--endpoint-pattern"),
+        (args.diff_out.is_some(), "--diff-out"),
+    ];
+    if let Some((_, flag)) = needs_diff.iter().find(|(given, _)| *given && !diffing) {
+        bail!("{flag} compares answers: add --diff (or --baseline URL)");
+    }
+    if !diffing {
+        return Ok(None);
+    }
+    let baseline = match &args.baseline {
+        Some(url) => {
+            let target: Target = url.parse().context("--baseline")?;
+            Some(target.resolve().await.context("--baseline")?)
+        }
+        None => None,
+    };
+    Ok(Some(diff_options(
+        &args.diff_ignore_headers,
+        &args.diff_ignore,
+        &args.endpoint_patterns,
+        baseline,
+        args.diff_out.clone(),
+    )?))
+}
+
 /// Runs `capture replay`.
 pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let target: Target = args.target.parse()?;
+    let diff = diff_of(&args).await?;
     let options = ReplayOptions {
         pace: pace_of(args.speed, args.rate, args.max),
         loops: args.loops,
@@ -194,6 +270,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
         timeout: args.timeout.into(),
         filters: Filters::new(args.filters.clone()),
         rewrites: rewrites_of(&args)?,
+        diff,
     };
     let source = match (&args.name, &args.gor, &args.pcap) {
         (_, Some(gor), _) => ReplaySource::Gor(gor.clone()),
@@ -207,10 +284,25 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let address = target.resolve().await?;
     let loaded = load_replay(&source, &args.store.to_config()?, &options)?;
     eprintln!("{}", starting_line(&loaded, &target, address, &options));
+    let loaded_name = loaded.source_name.clone();
     let replay = loaded.start(address, &options)?;
     let interrupted = watch_progress(&replay, args.quiet).await?;
     let report = replay.finish().await;
     print_report(&report, args.json)?;
+    if let Some(path) = &args.report {
+        let page = report_page(
+            &format!("replay of {}", loaded_name),
+            &args.target,
+            args.baseline.as_deref(),
+            &report,
+        );
+        std::fs::write(path, page)
+            .with_context(|| format!("writing the report {}", path.display()))?;
+        eprintln!("report written to {}", path.display());
+    }
+    if let Some(e) = &report.diff_out_error {
+        bail!("--diff-out: {e}");
+    }
     if let Some(signal) = interrupted {
         bail!(
             "replay interrupted by {signal} after {} of {} requests",

@@ -25,18 +25,21 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until, timeout};
 
-use super::report::{FailureKind, ReplayReport, SourceSummary, Tally};
-use super::response::{ResponseError, ResponseReader};
+use super::report::{ReplayReport, SourceSummary, Tally};
 use super::rewrite::{CopyHeader, CopySlot};
 use super::schedule::ReplayConn;
 
+mod connection;
+mod differ;
 mod pacer;
+
+use connection::{Job, Jobs, connection_task};
+
+pub use differ::{DiffOutError, DiffSetup, Differ};
 
 /// Connections are opened this long before their first request is due, so the handshake
 /// does not make the first request late.
@@ -74,6 +77,8 @@ pub struct EngineConfig {
     pub copy_header: Option<CopyHeader>,
     /// When the schedule starts (`--start-at`), instead of just after the call.
     pub start_at: Option<SystemTime>,
+    /// `--baseline`: each request also goes there, to learn what differs by itself.
+    pub baseline: Option<SocketAddr>,
 }
 
 /// A request ready to send.
@@ -85,6 +90,23 @@ pub struct PreparedRequest {
     pub recorded_status: Option<u16>,
     /// Where the copy header goes, when there is one (see [`CopyHeader`]).
     pub copy_slot: Option<CopySlot>,
+    /// With `--diff`: what was recorded, to compare the answer with.
+    pub recorded: Option<Box<RecordedExchange>>,
+}
+
+/// What `--diff` needs of a request beyond its bytes: which request it is, its endpoint, and
+/// how it was answered when recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordedExchange {
+    /// The recorded request's id (as `--diff-out` names it).
+    pub request_id: u64,
+    /// "GET /items/17?x=1".
+    pub request_line: String,
+    /// "GET /items/{id}".
+    pub endpoint: String,
+    /// The recorded final response as on the wire, when it was recorded.
+    pub response: Option<Bytes>,
+    pub latency: Option<Duration>,
 }
 
 /// Where a send goes: the replay connection of a recorded connection, or a copy's pool.
@@ -160,6 +182,8 @@ pub type Feed = Box<dyn FnOnce(&FeedSink) -> SourceSummary + Send>;
 struct Shared {
     config: EngineConfig,
     tally: Mutex<Tally>,
+    /// `--diff`: compares each answer with the recorded one.
+    differ: Option<Differ>,
     /// The start of the schedule (due times count from here).
     start: Instant,
     /// When the replay was started (for the time to the first request).
@@ -177,6 +201,11 @@ impl Shared {
             }
             _ => Cow::Borrowed(&request.bytes[..]),
         }
+    }
+
+    /// Time since the schedule's start, where the timeline places events.
+    fn since_start(&self) -> Duration {
+        Instant::now().saturating_duration_since(self.start)
     }
 
     fn tally(&self) -> MutexGuard<'_, Tally> {
@@ -205,6 +234,8 @@ pub enum StartError {
     StartTooFar(f64),
     #[error("cannot start the replay's threads: {0}")]
     Thread(std::io::Error),
+    #[error(transparent)]
+    DiffOut(DiffOutError),
 }
 
 /// The schedule's start: `start_at` on this host's clock, or just after now.
@@ -225,13 +256,19 @@ fn schedule_start(start_at: Option<SystemTime>) -> Result<Instant, StartError> {
 impl Replay {
     /// Starts reading with `feed` on a thread of its own and sending on the current tokio
     /// runtime, counting into `tally`.
-    pub fn start(feed: Feed, tally: Tally, config: EngineConfig) -> Result<Self, StartError> {
+    pub fn start(
+        feed: Feed,
+        tally: Tally,
+        config: EngineConfig,
+        differ: Option<Differ>,
+    ) -> Result<Self, StartError> {
         let created = Instant::now();
         let start = schedule_start(config.start_at)?;
         let feed_closed = Arc::new(AtomicBool::new(false));
         let shared_closed = feed_closed.clone();
         let shared = Arc::new(Shared {
             tally: Mutex::new(tally),
+            differ,
             config,
             start,
             created,
@@ -320,13 +357,29 @@ impl Replay {
         let _ = (&mut { self.task }).await;
         let elapsed = Instant::now().saturating_duration_since(self.shared.start);
         let why = self.stop.borrow().clone();
-        self.shared.tally().report(elapsed, why.as_deref())
+        let mut report = {
+            let mut tally = self.shared.tally();
+            tally.ran_for(elapsed);
+            tally.report(elapsed, why.as_deref())
+        };
+        if let Some(differ) = &self.shared.differ {
+            report.diff = Some(differ.summary());
+            report.diff_out_error = differ.finish().and_then(Result::err);
+        }
+        report
     }
 
     /// The summary so far (for a replay still running, in-flight sends are not yet counted).
     pub fn report_now(&self) -> ReplayReport {
         let why = self.stop.borrow().clone();
-        self.shared.tally().report(self.elapsed(), why.as_deref())
+        let elapsed = self.elapsed();
+        let mut report = {
+            let mut tally = self.shared.tally();
+            tally.ran_for(elapsed);
+            tally.report(elapsed, why.as_deref())
+        };
+        report.diff = self.shared.differ.as_ref().map(Differ::summary);
+        report
     }
 }
 
@@ -380,204 +433,9 @@ async fn stopped(stop: &mut watch::Receiver<Option<String>>) {
     let _ = stop.wait_for(Option::is_some).await;
 }
 
-/// A send handed to a connection at its due time.
-struct Job {
-    request: Arc<PreparedRequest>,
-    due_at: Instant,
-    copy: u32,
-    /// Returned when the send is over: the cap on sends waiting (`MAX_QUEUED`).
-    _queued: OwnedSemaphorePermit,
-}
-
-/// Where a connection task takes its jobs from: its own queue, or its copy's pool.
-enum Jobs {
-    Own(mpsc::UnboundedReceiver<Job>),
-    Pool(Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Job>>>),
-}
-
-impl Jobs {
-    async fn next(&mut self) -> Option<Job> {
-        match self {
-            Self::Own(rx) => rx.recv().await,
-            Self::Pool(rx) => rx.lock().await.recv().await,
-        }
-    }
-}
-
-/// An open replay connection and the reader of its answers.
-struct Connection {
-    stream: TcpStream,
-    reader: ResponseReader,
-}
-
-async fn connect(shared: &Shared) -> Result<Connection, FailureKind> {
-    let config = &shared.config;
-    let stream = match timeout(config.connect_timeout, TcpStream::connect(config.target)).await {
-        Err(_) => return Err(FailureKind::ConnectTimeout),
-        Ok(Err(e)) => return Err(connect_failure(&e)),
-        Ok(Ok(stream)) => stream,
-    };
-    let _ = stream.set_nodelay(true);
-    shared.tally().connections += 1;
-    Ok(Connection {
-        stream,
-        reader: ResponseReader::new(),
-    })
-}
-
-/// The failure kind of a connect error.
-fn connect_failure(e: &std::io::Error) -> FailureKind {
-    match e.kind() {
-        std::io::ErrorKind::ConnectionRefused => FailureKind::ConnectRefused,
-        std::io::ErrorKind::AddrNotAvailable => FailureKind::LocalPortsExhausted,
-        _ if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => FailureKind::LocalPortsExhausted,
-        _ => FailureKind::ConnectError,
-    }
-}
-
-/// The target may have closed an idle keep-alive connection since the last answer; a new
-/// request on it would fail for a reason that is not the target's fault.
-fn still_open(conn: &Connection) -> bool {
-    let mut probe = [0u8; 1];
-    match conn.stream.try_read(&mut probe) {
-        Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
-        // EOF, or bytes nobody asked for: either way the connection is not reusable.
-        Ok(_) => false,
-    }
-}
-
-/// One replay connection's task: opened ahead of its first job, it sends its jobs one at a
-/// time, reconnecting when the target closed it, until its jobs end or the replay stops.
-async fn connection_task(
-    shared: Arc<Shared>,
-    mut jobs: Jobs,
-    mut stop: watch::Receiver<Option<String>>,
-) {
-    let mut buf = vec![0u8; READ_BUFFER];
-    // Opened ahead of the first request (see CONNECT_LEAD); a failure counts at the due time.
-    let mut first_attempt = tokio::select! {
-        attempt = connect(&shared) => Some(attempt),
-        _ = stopped(&mut stop) => return,
-    };
-    let mut open: Option<Connection> = None;
-    loop {
-        let job = tokio::select! {
-            job = jobs.next() => match job { Some(job) => job, None => return },
-            _ = stopped(&mut stop) => return,
-        };
-        // A stop that came exactly at the due time still wins: nothing new after a stop.
-        if stop.borrow().is_some() {
-            return;
-        }
-        let attempt = match first_attempt.take() {
-            Some(attempt) => attempt,
-            None => match open.take() {
-                Some(c) if still_open(&c) => Ok(c),
-                _ => connect(&shared).await,
-            },
-        };
-        open = send_job(&shared, job, attempt, &mut buf).await;
-    }
-}
-
-/// Sends one job over `attempt` and tallies the outcome; the connection, when it can be used
-/// again.
-async fn send_job(
-    shared: &Shared,
-    job: Job,
-    attempt: Result<Connection, FailureKind>,
-    buf: &mut [u8],
-) -> Option<Connection> {
-    let lag = Instant::now().saturating_duration_since(job.due_at);
-    let mut conn = match attempt {
-        Ok(conn) => conn,
-        Err(failure) => {
-            shared.tally().not_sent(job.copy, lag, failure);
-            return None;
-        }
-    };
-    let request = &job.request;
-    let bytes = shared.bytes_for(request, job.copy);
-    {
-        let mut tally = shared.tally();
-        tally.sent(job.copy, lag);
-        if tally.first_request_after.is_none() {
-            tally.first_request_after = Some(shared.created.elapsed());
-        }
-    }
-    let sent_at = Instant::now();
-    let answer = timeout(
-        shared.config.response_timeout,
-        exchange(&mut conn, &bytes, buf),
-    )
-    .await;
-    match answer {
-        Ok(Ok(outcome)) => {
-            shared.tally().completed(
-                job.copy,
-                outcome.status,
-                request.recorded_status,
-                outcome.body_len,
-                sent_at.elapsed(),
-            );
-            outcome.keep_alive.then_some(conn)
-        }
-        Ok(Err(failure)) => {
-            shared.tally().failed(job.copy, failure);
-            None
-        }
-        Err(_) => {
-            shared
-                .tally()
-                .failed(job.copy, FailureKind::ResponseTimeout);
-            None
-        }
-    }
-}
-
-/// Writes one request and reads its final response.
-async fn exchange(
-    conn: &mut Connection,
-    request: &[u8],
-    buf: &mut [u8],
-) -> Result<super::response::ResponseOutcome, FailureKind> {
-    conn.reader.request_sent(request);
-    conn.stream
-        .write_all(request)
-        .await
-        .map_err(|_| FailureKind::WriteError)?;
-    loop {
-        let n = match conn.stream.read(buf).await {
-            Ok(n) => n,
-            Err(_) => return Err(FailureKind::ClosedBeforeResponse),
-        };
-        let result = if n == 0 {
-            Some(conn.reader.closed())
-        } else {
-            conn.reader.received(&buf[..n])
-        };
-        match result {
-            None => continue,
-            Some(Ok(outcome)) => return Ok(outcome),
-            Some(Err(ResponseError::BadResponse)) => return Err(FailureKind::BadResponse),
-            Some(Err(ResponseError::Truncated)) => return Err(FailureKind::ClosedBeforeResponse),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn running_out_of_local_ports_is_named_as_such() {
-        let e = std::io::Error::from_raw_os_error(libc::EADDRNOTAVAIL);
-        assert_eq!(connect_failure(&e), FailureKind::LocalPortsExhausted);
-        let e = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-        assert_eq!(connect_failure(&e), FailureKind::ConnectRefused);
-        let e = std::io::Error::from_raw_os_error(libc::ENETUNREACH);
-        assert_eq!(connect_failure(&e), FailureKind::ConnectError);
-    }
 
     #[test]
     fn a_start_in_the_past_or_far_ahead_is_refused() {

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::message::HttpMessage;
-use crate::replay::engine::{FeedSink, PlannedSend, PreparedRequest, Route};
+use crate::replay::diff::EndpointNamer;
+use crate::replay::engine::{FeedSink, PlannedSend, PreparedRequest, RecordedExchange, Route};
 use crate::replay::report::SourceSummary;
 use crate::replay::rewrite::{CopyHeader, Rewrites};
 use crate::replay::sample::{SampleKey, SamplePercent, SampleStats, SampleUnit, keeps, unit_for};
@@ -46,6 +47,8 @@ pub struct FeedOptions {
     /// With the copy header added, when there is one (checked before the replay starts).
     pub rewrites: Rewrites,
     pub copy_header: Option<CopyHeader>,
+    /// `--diff`: requests carry their recorded response and their endpoint, named by this.
+    pub diff_endpoints: Option<Arc<EndpointNamer>>,
 }
 
 /// What `--sample` has kept so far.
@@ -166,6 +169,9 @@ impl Feeder<'_> {
                 self.first_pass = false;
             }
             let mut stream = RequestStream::new(self.options.lookahead);
+            if self.options.diff_endpoints.is_some() {
+                stream = stream.keeping_responses();
+            }
             let mut ready = Vec::new();
             let mut failed = None;
             let mut going = true;
@@ -238,12 +244,17 @@ impl Feeder<'_> {
             self.summary.other_shards += u64::from(count);
             return Ok(true);
         }
-        let request = Arc::new(prepare(
+        let mut prepared = prepare(
             &r,
             &self.options.rewrites,
             self.options.copy_header.as_ref(),
-        )?);
-        for conn in self.planner.conns(r.conn) {
+        )?;
+        let recorded_conn = r.conn;
+        if let Some(endpoints) = &self.options.diff_endpoints {
+            prepared.recorded = Some(Box::new(recorded_exchange(r, endpoints)));
+        }
+        let request = Arc::new(prepared);
+        for conn in self.planner.conns(recorded_conn) {
             let route = if self.has_connections {
                 Route::Recorded(conn)
             } else {
@@ -322,7 +333,19 @@ pub fn prepare(
         bytes,
         recorded_status: r.recorded_status,
         copy_slot,
+        recorded: None,
     })
+}
+
+/// What `--diff` compares the answer to `r` with, and under which endpoint it counts.
+fn recorded_exchange(r: ReplayRequest, endpoints: &EndpointNamer) -> RecordedExchange {
+    RecordedExchange {
+        request_id: r.id,
+        endpoint: endpoints.name(&r.method, &r.uri),
+        request_line: format!("{} {}", r.method, r.uri),
+        response: r.recorded_response,
+        latency: r.recorded_latency,
+    }
 }
 
 #[cfg(test)]
@@ -405,6 +428,7 @@ mod tests {
             },
             rewrites: Rewrites::default(),
             copy_header: None,
+            diff_endpoints: None,
         }
     }
 
@@ -516,6 +540,8 @@ mod tests {
             uri: "/a".into(),
             bytes: Bytes::from("GET /a HTTP/1.1\r\nHost: h\r\nX-Copy: old\r\n\r\n"),
             recorded_status: Some(200),
+            recorded_response: None,
+            recorded_latency: None,
         };
         let mut rewrites = Rewrites::default();
         rewrites.add_set_header("X-Replay: 1").unwrap();

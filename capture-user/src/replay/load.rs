@@ -6,11 +6,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::files::{FileFormat, MessageFile};
 use crate::message::HttpMessage;
-use crate::replay::engine::{EngineConfig, Replay, StartError};
+use crate::replay::diff::{DiffRules, EndpointNamer};
+use crate::replay::engine::{DiffSetup, Differ, EngineConfig, Replay, StartError};
 use crate::replay::feed::{FeedOptions, MessageSource};
 use crate::replay::report::Tally;
 use crate::replay::rewrite::{CopyHeader, Rewrites};
@@ -109,6 +111,19 @@ pub struct ReplayOptions {
     pub timeout: Duration,
     pub filters: Filters,
     pub rewrites: Rewrites,
+    /// `--diff`: compare each answer with the recorded one.
+    pub diff: Option<DiffOptions>,
+}
+
+/// What `--diff` compares, how endpoints are named, and where else requests go.
+#[derive(Clone, Debug)]
+pub struct DiffOptions {
+    pub rules: DiffRules,
+    pub endpoints: Arc<EndpointNamer>,
+    /// `--baseline`, resolved: a target running the recorded version, to learn noise from.
+    pub baseline: Option<SocketAddr>,
+    /// `--diff-out FILE.jsonl`.
+    pub out: Option<PathBuf>,
 }
 
 impl ReplayOptions {
@@ -146,8 +161,25 @@ impl Default for ReplayOptions {
             timeout: Duration::from_secs(30),
             filters: Filters::default(),
             rewrites: Rewrites::default(),
+            diff: None,
         }
     }
+}
+
+/// The `--diff` options from their command-line (or API) forms; an error names the bad one.
+pub fn diff_options(
+    ignore_headers: &[String],
+    ignore: &[String],
+    endpoint_patterns: &[String],
+    baseline: Option<SocketAddr>,
+    out: Option<PathBuf>,
+) -> anyhow::Result<DiffOptions> {
+    Ok(DiffOptions {
+        rules: DiffRules::new(ignore_headers, ignore)?,
+        endpoints: Arc::new(EndpointNamer::new(endpoint_patterns)?),
+        baseline,
+        out,
+    })
 }
 
 /// A replay ready to start: its source open and its options checked.
@@ -166,6 +198,17 @@ impl LoadedReplay {
     /// Starts reading and sending to `address` on the current runtime.
     pub fn start(self, address: SocketAddr, options: &ReplayOptions) -> Result<Replay, StartError> {
         let (source, feed) = (self.source, self.feed);
+        let differ = match &options.diff {
+            Some(diff) => Some(
+                Differ::new(DiffSetup {
+                    rules: diff.rules.clone(),
+                    baseline: diff.baseline.is_some(),
+                    out: diff.out.clone(),
+                })
+                .map_err(StartError::DiffOut)?,
+            ),
+            None => None,
+        };
         Replay::start(
             Box::new(move |sink| crate::replay::feed::run(source, feed, sink)),
             Tally::new(options.copies),
@@ -178,7 +221,9 @@ impl LoadedReplay {
                 exit_after: options.exit_after,
                 copy_header: options.copy_header.clone(),
                 start_at: options.start_at,
+                baseline: options.diff.as_ref().and_then(|d| d.baseline),
             },
+            differ,
         )
     }
 }
@@ -311,6 +356,7 @@ pub fn load_replay(
             shape: options.shape(),
             rewrites,
             copy_header: options.copy_header.clone(),
+            diff_endpoints: options.diff.as_ref().map(|d| d.endpoints.clone()),
         },
     })
 }

@@ -1,13 +1,16 @@
 //! Replay: sending a recording's requests to a target, streamed: the source is read as the
 //! replay goes, so memory is bounded by configuration, never by the recording's size. The
 //! sans-IO parts decide what is sent (`source`, `select`, `sample`, `shard`, `rewrite`), when
-//! and how many times at once (`schedule`), how answers are read (`response`) and what is
-//! reported (`report`); `feed` is the blocking shell that reads the source and plans, `engine`
+//! and how many times at once (`schedule`), how answers are read (`response`), how they compare
+//! with the recorded ones (`diff`) and what is reported (`report`, `timeline`, the page in
+//! `html`); `feed` is the blocking shell that reads the source and plans, `engine`
 //! the async shell that paces, opens connections and sends; `load` checks options and opens
 //! the source into a replay ready to start, for the command line and the agent alike.
 
+pub mod diff;
 pub mod engine;
 pub mod feed;
+pub mod html;
 pub mod load;
 pub mod report;
 pub mod response;
@@ -18,3 +21,4 @@ pub mod select;
 pub mod shard;
 pub mod source;
 pub mod target;
+pub mod timeline;

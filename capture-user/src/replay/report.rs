@@ -9,9 +9,11 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use super::diff::DiffSummary;
 use super::sample::SampleStats;
 use super::shard::Shard;
 use super::source::SourceStats;
+use super::timeline::{Timeline, TimelinePoint};
 
 /// Why a replayed request failed, named as in summaries and metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -99,6 +101,8 @@ pub struct Tally {
     pub source: Option<SourceSummary>,
     latency: Histogram<u64>,
     lag: Histogram<u64>,
+    /// Sends, answers and latency over the replay, for the report's charts.
+    timeline: Timeline,
 }
 
 impl Tally {
@@ -124,6 +128,7 @@ impl Tally {
             source: None,
             latency: histogram(),
             lag: histogram(),
+            timeline: Timeline::new(),
         }
     }
 
@@ -146,15 +151,18 @@ impl Tally {
         self.copy(copy).planned += 1;
     }
 
-    /// A request of copy `copy` is being written `lag` after its planned time.
-    pub fn sent(&mut self, copy: u32, lag: Duration) {
+    /// A request of copy `copy` is being written `lag` after its planned time, `at` into the
+    /// replay.
+    pub fn sent(&mut self, copy: u32, at: Duration, lag: Duration) {
+        self.timeline.sent(at);
         self.sent += 1;
         self.copy(copy).sent += 1;
         record(&mut self.lag, lag);
     }
 
     /// A request is not even written: its connection could not be opened.
-    pub fn not_sent(&mut self, copy: u32, lag: Duration, failure: FailureKind) {
+    pub fn not_sent(&mut self, copy: u32, at: Duration, lag: Duration, failure: FailureKind) {
+        self.timeline.failed(at);
         record(&mut self.lag, lag);
         *self.failures.entry(failure).or_default() += 1;
         self.copy(copy).failed += 1;
@@ -164,11 +172,13 @@ impl Tally {
     pub fn completed(
         &mut self,
         copy: u32,
+        at: Duration,
         status: u16,
         recorded: Option<u16>,
         body_len: u64,
         latency: Duration,
     ) {
+        self.timeline.answered(at, latency);
         self.completed += 1;
         self.copy(copy).completed += 1;
         *self.statuses.entry(status).or_default() += 1;
@@ -182,7 +192,8 @@ impl Tally {
     }
 
     /// A sent request failed.
-    pub fn failed(&mut self, copy: u32, failure: FailureKind) {
+    pub fn failed(&mut self, copy: u32, at: Duration, failure: FailureKind) {
+        self.timeline.failed(at);
         *self.failures.entry(failure).or_default() += 1;
         self.copy(copy).failed += 1;
     }
@@ -226,6 +237,12 @@ impl Tally {
         )
     }
 
+    /// The replay has run for `elapsed`: the timeline's last interval ends there, not at its
+    /// last event.
+    pub fn ran_for(&mut self, elapsed: Duration) {
+        self.timeline.advance(elapsed);
+    }
+
     /// The summary once the replay is over.
     pub fn report(&self, elapsed: Duration, ended_early: Option<&str>) -> ReplayReport {
         let accounted = self.completed + self.failures_total() + self.in_flight();
@@ -267,6 +284,9 @@ impl Tally {
             sample: self.source.as_ref().and_then(|s| s.sample),
             first_request_after_ms: self.first_request_after.map(|d| d.as_secs_f64() * 1e3),
             source: self.source.clone(),
+            timeline: self.timeline.points(),
+            diff: None,
+            diff_out_error: None,
         }
     }
 }
@@ -399,6 +419,13 @@ pub struct ReplayReport {
     pub first_request_after_ms: Option<f64>,
     /// What the source held and what was left out, once it was read.
     pub source: Option<SourceSummary>,
+    /// Sent, answered and failed per second, and latency percentiles, over the replay (at
+    /// most 300 points: long replays have wider intervals).
+    pub timeline: Vec<TimelinePoint>,
+    /// `--diff`: how the answers compare with the recorded ones, per endpoint.
+    pub diff: Option<DiffSummary>,
+    /// `--diff-out` could not be written completely (the summary above is still whole).
+    pub diff_out_error: Option<String>,
 }
 
 impl ReplayReport {
@@ -464,6 +491,12 @@ impl ReplayReport {
                 format!(" ({})", diffs.join(", "))
             }
         );
+        if let Some(diff) = &self.diff {
+            s.push_str(&diff.to_text());
+        }
+        if let Some(e) = &self.diff_out_error {
+            let _ = writeln!(s, "--diff-out incomplete: {e}");
+        }
         s
     }
 }
@@ -534,17 +567,18 @@ mod tests {
                 .into_iter()
                 .enumerate()
         {
-            t.sent(0, Duration::from_millis(i as u64));
+            t.sent(0, Duration::ZERO, Duration::from_millis(i as u64));
             t.completed(
                 0,
+                Duration::ZERO,
                 status,
                 recorded,
                 10,
                 Duration::from_millis(10 * (i as u64 + 1)),
             );
         }
-        t.sent(0, Duration::ZERO);
-        t.failed(0, FailureKind::ResponseTimeout);
+        t.sent(0, Duration::ZERO, Duration::ZERO);
+        t.failed(0, Duration::ZERO, FailureKind::ResponseTimeout);
         let r = t.report(Duration::from_secs(2), Some("--exit-after 2s"));
         assert_eq!(
             (r.planned, r.sent, r.completed, r.failed, r.not_run),
@@ -578,10 +612,15 @@ mod tests {
     #[test]
     fn connect_failures_are_not_sends_and_in_flight_is_what_is_left() {
         let mut t = tally(3, 1);
-        t.not_sent(0, Duration::ZERO, FailureKind::ConnectRefused);
-        t.sent(0, Duration::ZERO);
-        t.sent(0, Duration::ZERO);
-        t.completed(0, 200, None, 0, Duration::from_millis(1));
+        t.not_sent(
+            0,
+            Duration::ZERO,
+            Duration::ZERO,
+            FailureKind::ConnectRefused,
+        );
+        t.sent(0, Duration::ZERO, Duration::ZERO);
+        t.sent(0, Duration::ZERO, Duration::ZERO);
+        t.completed(0, Duration::ZERO, 200, None, 0, Duration::from_millis(1));
         assert_eq!(t.in_flight(), 1);
         let r = t.report(Duration::from_secs(1), None);
         assert_eq!((r.sent, r.failed, r.in_flight, r.not_run), (2, 1, 1, 0));
@@ -595,12 +634,24 @@ mod tests {
     fn copies_are_counted_together_and_each_on_its_own() {
         let mut t = tally(6, 3);
         for copy in 0..3 {
-            t.sent(copy, Duration::ZERO);
-            t.completed(copy, 200, Some(200), 0, Duration::from_millis(1));
+            t.sent(copy, Duration::ZERO, Duration::ZERO);
+            t.completed(
+                copy,
+                Duration::ZERO,
+                200,
+                Some(200),
+                0,
+                Duration::from_millis(1),
+            );
         }
-        t.sent(1, Duration::ZERO);
-        t.failed(1, FailureKind::ResponseTimeout);
-        t.not_sent(2, Duration::ZERO, FailureKind::ConnectRefused);
+        t.sent(1, Duration::ZERO, Duration::ZERO);
+        t.failed(1, Duration::ZERO, FailureKind::ResponseTimeout);
+        t.not_sent(
+            2,
+            Duration::ZERO,
+            Duration::ZERO,
+            FailureKind::ConnectRefused,
+        );
         let r = t.report(Duration::from_secs(1), None);
         assert_eq!((r.planned, r.sent, r.completed, r.failed), (6, 4, 3, 2));
         let counts = |c: &CopyCounts| (c.copy, c.planned, c.sent, c.completed, c.failed);

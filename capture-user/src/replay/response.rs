@@ -12,13 +12,16 @@ use crate::message::MessageKind;
 use crate::packet::Timestamp;
 use crate::reassembly::FlowDir;
 
-/// Response bodies beyond this are counted, not kept: replay needs the status, not the body.
-const KEEP_RESPONSE_BYTES: usize = 1 << 20;
+/// Response bytes beyond this are counted, not kept: the status and the first MiB are what
+/// replay and `--diff` look at.
+pub const KEEP_RESPONSE_BYTES: usize = 1 << 20;
 
 /// The final response to a replayed request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResponseOutcome {
     pub status: u16,
+    /// The response as received (head and body), cut at [`KEEP_RESPONSE_BYTES`].
+    pub bytes: Bytes,
     /// Body length as framed (chunked: decoded).
     pub body_len: u64,
     /// The server may take the next request on this connection.
@@ -122,6 +125,7 @@ impl ResponseReader {
             let keep_alive = !closing && status != 101 && keeps_alive(&m.bytes, m.minor_version);
             return Some(Ok(ResponseOutcome {
                 status,
+                bytes: m.bytes,
                 body_len: m.body_len,
                 keep_alive,
             }));
@@ -183,6 +187,7 @@ mod tests {
                 got,
                 Some(Ok(ResponseOutcome {
                     status: 200,
+                    bytes: Bytes::from_static(resp),
                     body_len: 5,
                     keep_alive: true
                 })),

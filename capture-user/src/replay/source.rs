@@ -29,6 +29,11 @@ pub struct ReplayRequest {
     pub bytes: Bytes,
     /// Final status of the recorded response, when it was recorded.
     pub recorded_status: Option<u16>,
+    /// The recorded final response as it was on the wire, kept only for `--diff` (see
+    /// [`RequestStream::keeping_responses`]).
+    pub recorded_response: Option<Bytes>,
+    /// From the request's first byte to the recorded response's last.
+    pub recorded_latency: Option<Duration>,
 }
 
 /// How far ahead of the request being handed on the source is read: requests wait this long
@@ -83,6 +88,7 @@ pub struct RequestStream {
     newest_ts: u64,
     released_ts: u64,
     stats: SourceStats,
+    keep_responses: bool,
 }
 
 impl RequestStream {
@@ -95,7 +101,15 @@ impl RequestStream {
             newest_ts: 0,
             released_ts: 0,
             stats: SourceStats::default(),
+            keep_responses: false,
         }
+    }
+
+    /// Also keeps each request's recorded response bytes, for comparing answers (`--diff`):
+    /// memory then holds the look-ahead's responses too.
+    pub fn keeping_responses(mut self) -> Self {
+        self.keep_responses = true;
+        self
     }
 
     /// Takes one message in source order; requests whose wait is over go to `out`.
@@ -126,6 +140,8 @@ impl RequestStream {
                             // Owned: a slice would keep the whole batch it was read from alive.
                             bytes: Bytes::copy_from_slice(&m.bytes),
                             recorded_status: None,
+                            recorded_response: None,
+                            recorded_latency: None,
                         },
                     );
                 }
@@ -133,7 +149,14 @@ impl RequestStream {
             MessageKind::Response { status } if !(100..200).contains(&status) => {
                 let request = m.request_id.and_then(|id| self.waiting.remove(&id));
                 match request.and_then(|key| self.pending.get_mut(&key)) {
-                    Some(r) => r.recorded_status = Some(status),
+                    Some(r) => {
+                        r.recorded_status = Some(status);
+                        let took = m.last_ts.as_nanos().saturating_sub(r.ts_ns);
+                        r.recorded_latency = Some(Duration::from_nanos(took));
+                        if self.keep_responses {
+                            r.recorded_response = Some(Bytes::copy_from_slice(&m.bytes));
+                        }
+                    }
                     None => self.stats.responses_unpaired += 1,
                 }
             }

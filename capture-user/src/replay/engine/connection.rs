@@ -1,0 +1,278 @@
+//! One replay connection's task: it opens its connection just ahead of its first job, sends
+//! its jobs one at a time (to the baseline too, with `--baseline`), reads each answer with the
+//! capture framer, tallies and compares it, and reconnects when the target closed it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
+use tokio::time::{Instant, timeout};
+
+use super::{PreparedRequest, READ_BUFFER, Shared, stopped};
+use crate::replay::report::FailureKind;
+use crate::replay::response::{ResponseError, ResponseOutcome, ResponseReader};
+
+/// A send handed to a connection at its due time.
+pub(super) struct Job {
+    pub(super) request: Arc<PreparedRequest>,
+    pub(super) due_at: Instant,
+    pub(super) copy: u32,
+    /// Returned when the send is over: the cap on sends waiting (`MAX_QUEUED`).
+    pub(super) _queued: OwnedSemaphorePermit,
+}
+
+/// Where a connection task takes its jobs from: its own queue, or its copy's pool.
+pub(super) enum Jobs {
+    Own(mpsc::UnboundedReceiver<Job>),
+    Pool(Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Job>>>),
+}
+
+impl Jobs {
+    async fn next(&mut self) -> Option<Job> {
+        match self {
+            Self::Own(rx) => rx.recv().await,
+            Self::Pool(rx) => rx.lock().await.recv().await,
+        }
+    }
+}
+
+/// An open replay connection and the reader of its answers.
+struct Connection {
+    stream: TcpStream,
+    reader: ResponseReader,
+}
+
+/// Opens a connection to `address` within the connect timeout.
+async fn connect_to(address: SocketAddr, within: Duration) -> Result<Connection, FailureKind> {
+    let stream = match timeout(within, TcpStream::connect(address)).await {
+        Err(_) => return Err(FailureKind::ConnectTimeout),
+        Ok(Err(e)) => return Err(connect_failure(&e)),
+        Ok(Ok(stream)) => stream,
+    };
+    let _ = stream.set_nodelay(true);
+    Ok(Connection {
+        stream,
+        reader: ResponseReader::new(),
+    })
+}
+
+/// A connection to the target, counted.
+async fn connect(shared: &Shared) -> Result<Connection, FailureKind> {
+    let conn = connect_to(shared.config.target, shared.config.connect_timeout).await?;
+    shared.tally().connections += 1;
+    Ok(conn)
+}
+
+/// The failure kind of a connect error.
+fn connect_failure(e: &std::io::Error) -> FailureKind {
+    match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => FailureKind::ConnectRefused,
+        std::io::ErrorKind::AddrNotAvailable => FailureKind::LocalPortsExhausted,
+        _ if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => FailureKind::LocalPortsExhausted,
+        _ => FailureKind::ConnectError,
+    }
+}
+
+/// The target may have closed an idle keep-alive connection since the last answer; a new
+/// request on it would fail for a reason that is not the target's fault.
+fn still_open(conn: &Connection) -> bool {
+    let mut probe = [0u8; 1];
+    match conn.stream.try_read(&mut probe) {
+        Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+        // EOF, or bytes nobody asked for: either way the connection is not reusable.
+        Ok(_) => false,
+    }
+}
+
+/// The connection a replay connection keeps to the baseline (`--baseline`): each request is
+/// sent there too, at the same time, and only its answer is used (to learn noise).
+struct BaselineSide {
+    address: SocketAddr,
+    open: Option<Connection>,
+    buf: Vec<u8>,
+}
+
+impl BaselineSide {
+    /// Sends `request` to the baseline; its answer, or None when it gave none.
+    async fn exchange(&mut self, shared: &Shared, request: &[u8]) -> Option<ResponseOutcome> {
+        let within = shared.config.connect_timeout;
+        let mut conn = match self.open.take() {
+            Some(c) if still_open(&c) => c,
+            _ => connect_to(self.address, within).await.ok()?,
+        };
+        let answer = timeout(
+            shared.config.response_timeout,
+            exchange(&mut conn, request, &mut self.buf),
+        )
+        .await;
+        let outcome = answer.ok()?.ok()?;
+        if outcome.keep_alive {
+            self.open = Some(conn);
+        }
+        Some(outcome)
+    }
+}
+
+/// One replay connection's task: opened ahead of its first job, it sends its jobs one at a
+/// time, reconnecting when the target closed it, until its jobs end or the replay stops.
+pub(super) async fn connection_task(
+    shared: Arc<Shared>,
+    mut jobs: Jobs,
+    mut stop: watch::Receiver<Option<String>>,
+) {
+    let mut buf = vec![0u8; READ_BUFFER];
+    let mut baseline = shared.config.baseline.map(|address| BaselineSide {
+        address,
+        open: None,
+        buf: vec![0u8; READ_BUFFER],
+    });
+    // Opened ahead of the first request (see CONNECT_LEAD); a failure counts at the due time.
+    let mut first_attempt = tokio::select! {
+        attempt = connect(&shared) => Some(attempt),
+        _ = stopped(&mut stop) => return,
+    };
+    let mut open: Option<Connection> = None;
+    loop {
+        let job = tokio::select! {
+            job = jobs.next() => match job { Some(job) => job, None => return },
+            _ = stopped(&mut stop) => return,
+        };
+        // A stop that came exactly at the due time still wins: nothing new after a stop.
+        if stop.borrow().is_some() {
+            return;
+        }
+        let attempt = match first_attempt.take() {
+            Some(attempt) => attempt,
+            None => match open.take() {
+                Some(c) if still_open(&c) => Ok(c),
+                _ => connect(&shared).await,
+            },
+        };
+        open = send_job(&shared, job, attempt, &mut buf, baseline.as_mut()).await;
+    }
+}
+
+/// Sends one job over `attempt` (and to the baseline, at the same time, when there is one),
+/// tallies and compares the outcome; the connection, when it can be used again.
+async fn send_job(
+    shared: &Shared,
+    job: Job,
+    attempt: Result<Connection, FailureKind>,
+    buf: &mut [u8],
+    baseline: Option<&mut BaselineSide>,
+) -> Option<Connection> {
+    let lag = Instant::now().saturating_duration_since(job.due_at);
+    let request = &job.request;
+    let mut conn = match attempt {
+        Ok(conn) => conn,
+        Err(failure) => {
+            shared
+                .tally()
+                .not_sent(job.copy, shared.since_start(), lag, failure);
+            if let Some(differ) = &shared.differ {
+                differ.exchange_done(request, None, None, None);
+            }
+            return None;
+        }
+    };
+    let bytes = shared.bytes_for(request, job.copy);
+    {
+        let mut tally = shared.tally();
+        tally.sent(job.copy, shared.since_start(), lag);
+        if tally.first_request_after.is_none() {
+            tally.first_request_after = Some(shared.created.elapsed());
+        }
+    }
+    let sent_at = Instant::now();
+    let candidate = async {
+        let answer = timeout(
+            shared.config.response_timeout,
+            exchange(&mut conn, &bytes, buf),
+        )
+        .await;
+        (answer, sent_at.elapsed())
+    };
+    let ((answer, latency), baseline_answer) = match baseline {
+        Some(side) => {
+            let (c, b) = tokio::join!(candidate, side.exchange(shared, &bytes));
+            (c, Some(b))
+        }
+        None => (candidate.await, None),
+    };
+    let outcome = match answer {
+        Ok(Ok(outcome)) => Ok(outcome),
+        Ok(Err(failure)) => Err(failure),
+        Err(_) => Err(FailureKind::ResponseTimeout),
+    };
+    if let Some(differ) = &shared.differ {
+        let answered = outcome.as_ref().ok();
+        let baseline = baseline_answer.as_ref().map(Option::as_ref);
+        differ.exchange_done(request, answered, baseline, answered.map(|_| latency));
+    }
+    let at = shared.since_start();
+    match outcome {
+        Ok(outcome) => {
+            shared.tally().completed(
+                job.copy,
+                at,
+                outcome.status,
+                request.recorded_status,
+                outcome.body_len,
+                latency,
+            );
+            outcome.keep_alive.then_some(conn)
+        }
+        Err(failure) => {
+            shared.tally().failed(job.copy, at, failure);
+            None
+        }
+    }
+}
+
+/// Writes one request and reads its final response.
+async fn exchange(
+    conn: &mut Connection,
+    request: &[u8],
+    buf: &mut [u8],
+) -> Result<ResponseOutcome, FailureKind> {
+    conn.reader.request_sent(request);
+    conn.stream
+        .write_all(request)
+        .await
+        .map_err(|_| FailureKind::WriteError)?;
+    loop {
+        let n = match conn.stream.read(buf).await {
+            Ok(n) => n,
+            Err(_) => return Err(FailureKind::ClosedBeforeResponse),
+        };
+        let result = if n == 0 {
+            Some(conn.reader.closed())
+        } else {
+            conn.reader.received(&buf[..n])
+        };
+        match result {
+            None => continue,
+            Some(Ok(outcome)) => return Ok(outcome),
+            Some(Err(ResponseError::BadResponse)) => return Err(FailureKind::BadResponse),
+            Some(Err(ResponseError::Truncated)) => return Err(FailureKind::ClosedBeforeResponse),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn running_out_of_local_ports_is_named_as_such() {
+        let e = std::io::Error::from_raw_os_error(libc::EADDRNOTAVAIL);
+        assert_eq!(connect_failure(&e), FailureKind::LocalPortsExhausted);
+        let e = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(connect_failure(&e), FailureKind::ConnectRefused);
+        let e = std::io::Error::from_raw_os_error(libc::ENETUNREACH);
+        assert_eq!(connect_failure(&e), FailureKind::ConnectError);
+    }
+}

@@ -1,0 +1,196 @@
+//! The engine's side of `--diff`: after each exchange, the replayed answer (and the baseline's,
+//! with `--baseline`) is decoded and compared with the recorded one, counted per endpoint, and
+//! written to `--diff-out` when it differs. What is kept is bounded (see `diff::tally`); each
+//! response is dropped once compared.
+
+use std::fs::File;
+use std::io::{BufWriter, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use super::PreparedRequest;
+use crate::replay::diff::{
+    Baseline, Comparison, DecodedResponse, DiffRules, DiffSummary, DiffTally, Observation, Outcome,
+    compare, decode_response, diff_line,
+};
+use crate::replay::response::{KEEP_RESPONSE_BYTES, ResponseOutcome};
+
+/// Decoded bodies beyond this are cut (a compressed body can expand a thousandfold).
+const MAX_DECODED_BODY: usize = 4 * KEEP_RESPONSE_BYTES;
+
+/// What to compare and where differing requests go.
+#[derive(Debug)]
+pub struct DiffSetup {
+    pub rules: DiffRules,
+    /// A baseline target runs the recorded version: noise is learned from it.
+    pub baseline: bool,
+    /// `--diff-out FILE.jsonl`: one line per differing request.
+    pub out: Option<PathBuf>,
+}
+
+/// Why `--diff-out` cannot be written.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot create --diff-out file {path}: {source}; check the directory exists and is writable"
+)]
+pub struct DiffOutError {
+    path: String,
+    source: std::io::Error,
+}
+
+/// The lines of `--diff-out`, and the first write error (reported, never silent).
+struct DiffOut {
+    path: String,
+    file: BufWriter<File>,
+    lines: u64,
+    error: Option<String>,
+}
+
+impl DiffOut {
+    fn write(&mut self, line: &impl serde::Serialize) {
+        if self.error.is_some() {
+            return;
+        }
+        let written = serde_json::to_writer(&mut self.file, line)
+            .map_err(std::io::Error::from)
+            .and_then(|()| self.file.write_all(b"\n"));
+        match written {
+            Ok(()) => self.lines += 1,
+            Err(e) => self.error = Some(format!("writing {} failed: {e}", self.path)),
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.error.is_none()
+            && let Err(e) = self.file.flush()
+        {
+            self.error = Some(format!("writing {} failed: {e}", self.path));
+        }
+    }
+}
+
+/// Compares answers as they come and keeps the per-endpoint summary.
+pub struct Differ {
+    rules: DiffRules,
+    tally: Mutex<DiffTally>,
+    out: Option<Mutex<DiffOut>>,
+}
+
+/// One answer, as the exchange ended.
+pub type Answer<'a> = Option<&'a ResponseOutcome>;
+
+impl Differ {
+    /// Opens `--diff-out` (truncating it) before anything is sent.
+    pub fn new(setup: DiffSetup) -> Result<Self, DiffOutError> {
+        let out = match &setup.out {
+            Some(path) => Some(Mutex::new(open_out(path)?)),
+            None => None,
+        };
+        Ok(Self {
+            rules: setup.rules,
+            tally: Mutex::new(DiffTally::new(setup.baseline)),
+            out,
+        })
+    }
+
+    /// Compares one exchange: `candidate` is None when the request got no answer, `baseline`
+    /// is None without `--baseline` and `Some(None)` when the baseline gave no answer.
+    pub fn exchange_done(
+        &self,
+        request: &PreparedRequest,
+        candidate: Answer<'_>,
+        baseline: Option<Answer<'_>>,
+        latency: Option<Duration>,
+    ) {
+        let Some(recorded) = &request.recorded else {
+            return;
+        };
+        let decode = |bytes: &[u8]| decode_response(bytes, MAX_DECODED_BODY).ok();
+        let recorded_response = recorded.response.as_deref().and_then(decode);
+        let replayed = candidate.and_then(|c| decode(&c.bytes));
+        let compared = match (&recorded_response, &replayed) {
+            (Some(r), Some(c)) => Some((r, c, compare(r, c, &self.rules))),
+            _ => None,
+        };
+        let baseline_compared = baseline.map(|answer| {
+            let decoded = answer.and_then(|b| decode(&b.bytes));
+            match (&recorded_response, decoded) {
+                (Some(r), Some(b)) => Some(compare(r, &b, &self.rules)),
+                _ => None,
+            }
+        });
+        let outcome = outcome_of(candidate.is_some(), &compared, &baseline_compared);
+        let observation = Observation {
+            endpoint: &recorded.endpoint,
+            request_id: recorded.request_id,
+            request: &recorded.request_line,
+            recorded_latency: recorded.latency,
+            replayed_latency: latency,
+            outcome,
+        };
+        let line = diff_line(&observation);
+        lock(&self.tally).observe(observation);
+        if let (Some(line), Some(out)) = (line, &self.out) {
+            lock(out).write(&line);
+        }
+    }
+
+    /// The summary so far (final once the replay ended).
+    pub fn summary(&self) -> DiffSummary {
+        lock(&self.tally).summary()
+    }
+
+    /// Flushes `--diff-out`; the lines written, or what went wrong with it.
+    pub fn finish(&self) -> Option<Result<u64, String>> {
+        self.out.as_ref().map(|out| {
+            let mut out = lock(out);
+            out.flush();
+            match &out.error {
+                Some(e) => Err(e.clone()),
+                None => Ok(out.lines),
+            }
+        })
+    }
+}
+
+/// What the tally is told about one exchange.
+fn outcome_of<'a>(
+    answered: bool,
+    compared: &'a Option<(&'a DecodedResponse, &'a DecodedResponse, Comparison)>,
+    baseline: &'a Option<Option<Comparison>>,
+) -> Outcome<'a> {
+    if !answered {
+        return Outcome::Failed;
+    }
+    match compared {
+        Some((recorded, replayed, candidate)) => Outcome::Compared {
+            recorded,
+            replayed,
+            candidate,
+            baseline: baseline.as_ref().map(|b| match b {
+                Some(c) => Baseline::Compared(c),
+                None => Baseline::Failed,
+            }),
+        },
+        None => Outcome::NotCompared,
+    }
+}
+
+fn open_out(path: &Path) -> Result<DiffOut, DiffOutError> {
+    let file = File::create(path).map_err(|source| DiffOutError {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(DiffOut {
+        path: path.display().to_string(),
+        file: BufWriter::new(file),
+        lines: 0,
+        error: None,
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panicking connection task leaves counts that are still worth reporting.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
