@@ -236,6 +236,28 @@ fn diff_reports_exactly_the_changed_fields_and_statuses_and_the_report_shows_the
         "{lines:#?}"
     );
 
+    // The summary a person reads names the same endpoints and fields.
+    let text = run_ok(
+        topo.client(&tests::capture_bin().to_string_lossy())
+            .args(["replay", "site", "--target", &target(&topo, PORT), "--diff"])
+            .args(["--quiet", "--data-dir"])
+            .arg(data.path()),
+    )?;
+    let text = String::from_utf8_lossy(&text.stdout);
+    println!("{text}");
+    for want in [
+        "GET /api/config",
+        "$.limits.max_items",
+        "$.beta",
+        "GET /api/health",
+        "GET /api/items/{id}",
+    ] {
+        ensure!(
+            text.contains(want),
+            "the text summary lacks {want}:\n{text}"
+        );
+    }
+
     check_report_in_chromium(&report, data.path())
 }
 

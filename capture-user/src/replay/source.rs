@@ -338,6 +338,25 @@ mod tests {
     }
 
     #[test]
+    fn responses_are_kept_for_diff_only_when_asked_with_the_recorded_latency() {
+        let messages = || {
+            let mut response = msg(2, 1, 10_000, ok(200), Some(1));
+            response.last_ts = Timestamp(12_500);
+            vec![msg(1, 1, 10_000, get("/a"), None), response]
+        };
+        let (plain, _) = stream(messages(), Lookahead::default());
+        assert_eq!(plain[0].recorded_response, None);
+        assert_eq!(plain[0].recorded_latency, Some(Duration::from_nanos(2_500)));
+        let mut s = RequestStream::new(Lookahead::default()).keeping_responses();
+        let mut out = Vec::new();
+        for m in messages() {
+            s.push(m, &mut out);
+        }
+        s.finish(&mut out);
+        assert_eq!(out[0].recorded_response, Some(Bytes::from("message 2")));
+    }
+
+    #[test]
     fn the_look_ahead_bounds_what_waits_and_says_what_it_cost() {
         // Two requests wait at most: /a goes on when /c arrives, so its late response is
         // unpaired; /late, captured before /c was handed on, is out of order.

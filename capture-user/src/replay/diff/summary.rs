@@ -212,7 +212,7 @@ impl DiffSummary {
 }
 
 impl EndpointSummary {
-    /// "  GET /x  10 req  8 same  2 diff (status 1, body 2)  p50 1.0→1.2ms  p99 3.0→9.1ms".
+    /// "  GET /x  10 req  8 same  2 diff (status 1, body 2)  p50 1.0→1.2ms  p99 0.31→12ms".
     fn text_line(&self) -> String {
         let name = crate::replay::diff::compare::cut_chars(&self.endpoint, TEXT_ENDPOINT_CHARS);
         let mut line = format!("  {name}  {} req  {} same", self.requests, self.identical);
@@ -234,7 +234,17 @@ impl EndpointSummary {
         if self.not_compared > 0 {
             line.push_str(&format!("  {} not compared", self.not_compared));
         }
-        let ms = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.1}"));
+        // Two significant digits at least: sub-millisecond answers are common.
+        let ms = |v: Option<f64>| {
+            v.map_or_else(
+                || "-".to_string(),
+                |v| match v {
+                    v if v >= 10.0 => format!("{v:.0}"),
+                    v if v >= 1.0 => format!("{v:.1}"),
+                    v => format!("{v:.2}"),
+                },
+            )
+        };
         let l = &self.latency;
         line.push_str(&format!(
             "  p50 {}→{}ms  p99 {}→{}ms",

@@ -129,7 +129,7 @@ impl Differ {
             replayed_latency: latency,
             outcome,
         };
-        let line = diff_line(&observation);
+        let line = self.out.as_ref().and_then(|_| diff_line(&observation));
         lock(&self.tally).observe(observation);
         if let (Some(line), Some(out)) = (line, &self.out) {
             lock(out).write(&line);
@@ -193,4 +193,98 @@ fn open_out(path: &Path) -> Result<DiffOut, DiffOutError> {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panicking connection task leaves counts that are still worth reporting.
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replay::engine::RecordedExchange;
+    use bytes::Bytes;
+
+    fn request(recorded: &'static str) -> PreparedRequest {
+        PreparedRequest {
+            bytes: Bytes::from_static(b"GET /items/7 HTTP/1.1\r\n\r\n"),
+            recorded_status: Some(200),
+            copy_slot: None,
+            recorded: Some(Box::new(RecordedExchange {
+                request_id: 7,
+                request_line: "GET /items/7".into(),
+                endpoint: "GET /items/{id}".into(),
+                response: Some(Bytes::from_static(recorded.as_bytes())),
+                latency: Some(Duration::from_millis(2)),
+            })),
+        }
+    }
+
+    fn answer(raw: &'static str) -> ResponseOutcome {
+        ResponseOutcome {
+            status: 200,
+            bytes: Bytes::from_static(raw.as_bytes()),
+            body_len: 0,
+            keep_alive: true,
+        }
+    }
+
+    const RECORDED: &str = "HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n{\"p\": 10}";
+    const CHANGED: &str = "HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n{\"p\": 12}";
+
+    #[test]
+    fn exchanges_are_compared_counted_and_differing_ones_written_as_json_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("diff.jsonl");
+        let differ = Differ::new(DiffSetup {
+            rules: DiffRules::new(&[], &[]).unwrap(),
+            baseline: false,
+            out: Some(out.clone()),
+        })
+        .unwrap();
+        let request = request(RECORDED);
+        let latency = Some(Duration::from_millis(1));
+        differ.exchange_done(&request, Some(&answer(RECORDED)), None, latency);
+        differ.exchange_done(&request, Some(&answer(CHANGED)), None, latency);
+        differ.exchange_done(&request, None, None, None);
+        let summary = differ.summary();
+        assert_eq!(
+            (
+                summary.requests,
+                summary.identical,
+                summary.different,
+                summary.failed
+            ),
+            (3, 1, 1, 1)
+        );
+        assert_eq!(summary.endpoints[0].fields[0].field, "json:$.p");
+        assert_eq!(differ.finish(), Some(Ok(1)));
+        let lines = std::fs::read_to_string(&out).unwrap();
+        let line: serde_json::Value = serde_json::from_str(lines.trim()).unwrap();
+        assert_eq!(line["endpoint"], "GET /items/{id}");
+        assert_eq!(line["differences"][0]["replayed"], "12");
+    }
+
+    #[test]
+    fn a_baseline_that_differs_the_same_way_makes_noise_and_an_unwritable_file_is_named() {
+        let differ = Differ::new(DiffSetup {
+            rules: DiffRules::new(&[], &[]).unwrap(),
+            baseline: true,
+            out: None,
+        })
+        .unwrap();
+        let request = request(RECORDED);
+        let changed = answer(CHANGED);
+        differ.exchange_done(&request, Some(&changed), Some(Some(&changed)), None);
+        let endpoint = &differ.summary().endpoints[0];
+        assert_eq!((endpoint.identical, endpoint.noise.len()), (1, 1));
+
+        let err = Differ::new(DiffSetup {
+            rules: DiffRules::new(&[], &[]).unwrap(),
+            baseline: false,
+            out: Some("/nonexistent-dir/diff.jsonl".into()),
+        })
+        .err()
+        .unwrap();
+        assert!(
+            err.to_string().contains("/nonexistent-dir/diff.jsonl"),
+            "{err}"
+        );
+    }
 }
