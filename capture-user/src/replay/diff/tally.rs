@@ -207,7 +207,8 @@ mod tests {
     use crate::replay::diff::compare::{DiffRules, compare};
     use crate::replay::diff::summary::{DiffKind, FieldClass};
 
-    fn response(status: u16, body: &str) -> DecodedResponse {
+    /// A decoded response with `body` (shared with `diff_line`'s tests).
+    pub(super) fn response(status: u16, body: &str) -> DecodedResponse {
         DecodedResponse {
             status,
             body: body.as_bytes().to_vec(),

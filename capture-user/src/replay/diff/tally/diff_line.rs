@@ -71,15 +71,7 @@ pub fn diff_line(o: &Observation<'_>) -> Option<DiffLine> {
 mod tests {
     use super::*;
     use crate::replay::diff::compare::{DiffRules, compare};
-    use crate::replay::diff::decode::DecodedResponse;
-
-    fn response(status: u16, body: &str) -> DecodedResponse {
-        DecodedResponse {
-            status,
-            body: body.as_bytes().to_vec(),
-            ..DecodedResponse::default()
-        }
-    }
+    use crate::replay::diff::tally::tests::response;
 
     #[test]
     fn diff_lines_name_regressions() {
