@@ -290,15 +290,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let report = replay.finish().await;
     print_report(&report, args.json)?;
     if let Some(path) = &args.report {
-        let page = report_page(
-            &format!("replay of {}", loaded_name),
-            &args.target,
-            args.baseline.as_deref(),
-            &report,
-        );
-        std::fs::write(path, page)
-            .with_context(|| format!("writing the report {}", path.display()))?;
-        eprintln!("report written to {}", path.display());
+        write_report_page(path, &args, &loaded_name, &report)?;
     }
     if let Some(e) = &report.diff_out_error {
         bail!("--diff-out: {e}");
@@ -339,6 +331,24 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
                 .join(" ")
         );
     }
+    Ok(())
+}
+
+/// `--report FILE.html`: the summary as a page.
+fn write_report_page(
+    path: &std::path::Path,
+    args: &ReplayArgs,
+    source_name: &str,
+    report: &ReplayReport,
+) -> anyhow::Result<()> {
+    let page = report_page(
+        &format!("replay of {source_name}"),
+        &args.target,
+        args.baseline.as_deref(),
+        report,
+    );
+    std::fs::write(path, page).with_context(|| format!("writing the report {}", path.display()))?;
+    eprintln!("report written to {}", path.display());
     Ok(())
 }
 
