@@ -282,6 +282,8 @@ fn store_until_closed(
 
 /// A recording in progress.
 pub struct Recorder {
+    /// The interfaces attached to at start (patterns resolved; more may follow).
+    pub interfaces: Vec<String>,
     status: Arc<Mutex<RecorderStatus>>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<anyhow::Result<FinishedRecording>>,
@@ -315,6 +317,7 @@ impl Recorder {
             .context("starting the store thread")?;
         let status = Arc::new(Mutex::new(RecorderStatus::default()));
         let (stop, stop_rx) = watch::channel(false);
+        let interfaces = live.attached_interfaces().into_iter().collect();
         let running = Running {
             name: config.name,
             live,
@@ -324,7 +327,12 @@ impl Recorder {
             started: Instant::now(),
         };
         let task = tokio::spawn(running.record(stop_rx, ended));
-        Ok(Self { status, stop, task })
+        Ok(Self {
+            interfaces,
+            status,
+            stop,
+            task,
+        })
     }
 
     /// The counters so far (updated every second).

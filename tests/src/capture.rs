@@ -501,3 +501,53 @@ impl BpfObjects {
         Ok(alive)
     }
 }
+
+/// One message line of `capture inspect`: what tests compare recordings by.
+#[derive(Debug)]
+pub struct Inspected {
+    pub conn: String,
+    pub id: u64,
+    /// (method, URI) for requests.
+    pub request: Option<(String, String)>,
+    /// The request a response answers.
+    pub answers: Option<u64>,
+}
+
+pub fn inspect(name: &str, data_dir: &std::path::Path) -> Result<Vec<Inspected>> {
+    let out = crate::run_ok(
+        std::process::Command::new(crate::capture_bin())
+            .args(["inspect", name, "--data-dir"])
+            .arg(data_dir),
+    )?;
+    let text = String::from_utf8(out.stdout)?;
+    text.lines().map(parse_inspected).collect()
+}
+
+/// `TIME conn=C id=I SRC > DST request METHOD URI body=N node=X` or
+/// `TIME conn=C id=I SRC > DST response STATUS to=R body=N node=X`.
+fn parse_inspected(line: &str) -> Result<Inspected> {
+    let f: Vec<&str> = line.split(' ').collect();
+    let field = |i: usize, key: &str| -> Result<String> {
+        f.get(i)
+            .and_then(|v| v.strip_prefix(key))
+            .map(str::to_string)
+            .with_context(|| format!("no {key} in {line:?}"))
+    };
+    let conn = field(1, "conn=")?;
+    let id: u64 = field(2, "id=")?.parse()?;
+    let (request, answers) = match f.get(6).copied() {
+        Some("request") => {
+            let method = f.get(7).context("no method")?.to_string();
+            let uri = f.get(8).context("no URI")?.to_string();
+            (Some((method, uri)), None)
+        }
+        Some("response") => (None, field(8, "to=").ok().and_then(|r| r.parse().ok())),
+        _ => anyhow::bail!("unexpected inspect line {line:?}"),
+    };
+    Ok(Inspected {
+        conn,
+        id,
+        request,
+        answers,
+    })
+}

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use tests::capture::CaptureRun;
+use tests::capture::{CaptureRun, inspect};
 use tests::netns::Topology;
 use tests::nginx::{AccessLogEntry, Nginx};
 use tests::{capture_bin, multiset, run_ok};
@@ -19,56 +19,6 @@ const PORT: u16 = 8080;
 /// How long a recording that stops by itself (a limit, a full disk) may take under wrk load,
 /// with the other tests sharing the machine's two cores.
 const ENDS_BY_ITSELF: Duration = Duration::from_secs(120);
-
-/// One message line of `capture inspect`.
-#[derive(Debug)]
-struct Inspected {
-    conn: String,
-    id: u64,
-    /// (method, URI) for requests.
-    request: Option<(String, String)>,
-    /// The request a response answers.
-    answers: Option<u64>,
-}
-
-fn inspect(name: &str, data_dir: &Path) -> Result<Vec<Inspected>> {
-    let out = run_ok(
-        Command::new(capture_bin())
-            .args(["inspect", name, "--data-dir"])
-            .arg(data_dir),
-    )?;
-    let text = String::from_utf8(out.stdout)?;
-    text.lines().map(parse_inspected).collect()
-}
-
-/// `TIME conn=C id=I SRC > DST request METHOD URI body=N node=X` or
-/// `TIME conn=C id=I SRC > DST response STATUS to=R body=N node=X`.
-fn parse_inspected(line: &str) -> Result<Inspected> {
-    let f: Vec<&str> = line.split(' ').collect();
-    let field = |i: usize, key: &str| -> Result<String> {
-        f.get(i)
-            .and_then(|v| v.strip_prefix(key))
-            .map(str::to_string)
-            .with_context(|| format!("no {key} in {line:?}"))
-    };
-    let conn = field(1, "conn=")?;
-    let id: u64 = field(2, "id=")?.parse()?;
-    let (request, answers) = match f.get(6).copied() {
-        Some("request") => {
-            let method = f.get(7).context("no method")?.to_string();
-            let uri = f.get(8).context("no URI")?.to_string();
-            (Some((method, uri)), None)
-        }
-        Some("response") => (None, field(8, "to=").ok().and_then(|r| r.parse().ok())),
-        _ => anyhow::bail!("unexpected inspect line {line:?}"),
-    };
-    Ok(Inspected {
-        conn,
-        id,
-        request,
-        answers,
-    })
-}
 
 /// wrk's counter in a unique URI (`...&n=123`): increases with every request a wrk thread
 /// sends, so it increases along each connection.

@@ -8,8 +8,11 @@ use crate::units::parse_port;
 /// can take these flags and still read a file instead.
 #[derive(Clone, Debug, clap::Args)]
 pub struct CaptureArgs {
-    /// Interface to capture on (repeat for several). List them with `ip link`.
-    #[arg(long = "iface", short = 'i', value_name = "IF")]
+    /// Interface to capture on (repeat for several; list them with `ip link`): a name, a
+    /// shell-style pattern ('veth*', 'cali*', 'lxc*'), or `any` (every interface but lo,
+    /// unless lo is named too). Patterns also take interfaces that appear later (pods that
+    /// start), within a second; interfaces that go away are let go of and counted.
+    #[arg(long = "iface", short = 'i', value_name = "IF|PATTERN|any")]
     pub interfaces: Vec<String>,
 
     /// TCP port to capture (repeat for several, up to 1024). A packet matches when its source
@@ -48,4 +51,18 @@ impl CaptureArgs {
             tc_netlink: self.tc_netlink,
         }
     }
+}
+
+/// "vethp1, vethp2 (vethp*)": the interfaces attached to at start, and the patterns when they
+/// are not just those names.
+pub fn interfaces_line(given: &[String], attached: &[String]) -> String {
+    if given == attached {
+        return attached.join(", ");
+    }
+    let now = if attached.is_empty() {
+        "no interface yet".to_string()
+    } else {
+        attached.join(", ")
+    };
+    format!("{now} (following {})", given.join(", "))
 }

@@ -132,7 +132,7 @@ pub async fn run_record(args: RecordArgs) -> anyhow::Result<()> {
     eprintln!(
         "recording {} from {} ports {:?} into {}; stop with Ctrl-C",
         args.name,
-        args.capture.interfaces.join(", "),
+        crate::cmd::capture_args::interfaces_line(&args.capture.interfaces, &recorder.interfaces),
         args.capture.ports,
         args.store.to_config()?.describe()
     );
@@ -165,6 +165,11 @@ pub async fn run_record(args: RecordArgs) -> anyhow::Result<()> {
     recorder.stop();
     let finished = recorder.finish().await?;
     print_summary(&finished.recording);
+    let i = finished.status.live.capture.interfaces;
+    eprintln!(
+        "interfaces: {} attached over the recording, {} went away, {} could not be attached",
+        i.attached, i.vanished, i.attach_failed
+    );
     if let Some(e) = finished.store_error {
         return Err(e.context(format!(
             "recording {} failed; the {} messages stored before are kept and readable",

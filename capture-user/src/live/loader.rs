@@ -6,7 +6,6 @@
 //! both are owned by file descriptors, so even a SIGKILLed capture leaves nothing behind.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::process::Command;
 
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
@@ -14,10 +13,11 @@ use aya::programs::tc::{NlOptions, SchedClassifierLinkId, TcAttachOptions};
 use aya::programs::xdp::XdpLinkId;
 use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
-use capture_common::{
-    COUNTERS_MAP, Counter, MAX_PORTS, PORTS_MAP, RING_MAP, WAKEUP_BYTES_GLOBAL, port_bit,
-};
+use capture_common::{COUNTERS_MAP, MAX_PORTS, PORTS_MAP, RING_MAP, WAKEUP_BYTES_GLOBAL, port_bit};
 use log::{info, warn};
+
+use super::interfaces::{InterfacePatterns, check_link, present_interfaces};
+pub use super::kernel_counters::{CounterSnapshot, KernelCounters};
 
 /// The compiled eBPF object, built by build.rs for the BPF target.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/capture"));
@@ -75,7 +75,8 @@ pub fn parse_ring_size(text: &str) -> Result<u32, String> {
 /// What to capture and where.
 #[derive(Clone, Debug)]
 pub struct CaptureConfig {
-    /// Interfaces to attach to (at least one).
+    /// Interfaces to attach to: names, globs (`veth*`) or `any` (see
+    /// [`InterfacePatterns`]); at least one.
     pub interfaces: Vec<String>,
     /// TCP ports; a packet matches when its source or destination port is one of them.
     pub ports: Vec<u16>,
@@ -111,6 +112,7 @@ impl LoaderError {
         matches!(
             self,
             Self::InterfaceNotFound(_)
+                | Self::BadInterfacePattern { .. }
                 | Self::UnsupportedLinkType { .. }
                 | Self::NoInterface
                 | Self::NoPort
@@ -126,6 +128,10 @@ impl LoaderError {
 pub enum LoaderError {
     #[error("interface {0} not found; list interfaces with `ip link`")]
     InterfaceNotFound(String),
+    #[error(
+        "interface pattern {pattern:?} is not a valid glob ({reason}); use a name, `any`, or a shell-style pattern such as 'veth*'"
+    )]
+    BadInterfacePattern { pattern: String, reason: String },
     #[error(
         "interface {name} has link type {link_type}, not Ethernet or loopback; capture needs an Ethernet-like device"
     )]
@@ -185,10 +191,8 @@ fn port_words(ports: &[u16]) -> BTreeMap<u32, u64> {
 
 /// Checks everything that can be checked before touching the kernel, so bad input fails
 /// fast with nothing attached.
-pub fn validate(config: &CaptureConfig) -> Result<(), LoaderError> {
-    if config.interfaces.is_empty() {
-        return Err(LoaderError::NoInterface);
-    }
+pub fn validate(config: &CaptureConfig) -> Result<InterfacePatterns, LoaderError> {
+    let interfaces = InterfacePatterns::parse(&config.interfaces)?;
     if config.ports.is_empty() {
         return Err(LoaderError::NoPort);
     }
@@ -203,25 +207,13 @@ pub fn validate(config: &CaptureConfig) -> Result<(), LoaderError> {
         });
     }
     check_ring_bytes(u64::from(config.ring_bytes))?;
-    for iface in &config.interfaces {
-        let dir = Path::new("/sys/class/net").join(iface);
-        if iface.is_empty() || iface.contains('/') || !dir.exists() {
-            return Err(LoaderError::InterfaceNotFound(iface.clone()));
-        }
-        // ARPHRD_ETHER = 1, ARPHRD_LOOPBACK = 772: both hand the hooks an Ethernet header.
-        let link_type = std::fs::read_to_string(dir.join("type")).unwrap_or_default();
-        let link_type = link_type.trim();
-        if link_type != "1" && link_type != "772" {
-            return Err(LoaderError::UnsupportedLinkType {
-                name: iface.clone(),
-                link_type: link_type.to_string(),
-            });
-        }
+    for iface in interfaces.exact_names() {
+        check_link(iface)?;
     }
     if !has_capture_privileges() {
         return Err(LoaderError::MissingPrivileges);
     }
-    Ok(())
+    Ok(interfaces)
 }
 
 /// True when the effective capabilities allow loading BPF and attaching to interfaces.
@@ -258,11 +250,23 @@ enum AttachedLink {
     },
 }
 
+impl AttachedLink {
+    fn iface(&self) -> &str {
+        match self {
+            Self::Tc { iface, .. } | Self::Xdp { iface, .. } => iface,
+        }
+    }
+}
+
 /// Loaded programs attached to interfaces. Dropping it detaches everything and removes any
 /// qdisc it added.
 pub struct AttachedCapture {
     ebpf: Ebpf,
     links: Vec<AttachedLink>,
+    /// The `--iface` values, for links that appear later.
+    pub interfaces: InterfacePatterns,
+    mode: AttachMode,
+    tc_netlink: bool,
     /// Interfaces where we created the clsact qdisc (legacy TC path only).
     added_qdiscs: Vec<String>,
     detached: bool,
@@ -276,7 +280,7 @@ impl AttachedCapture {
     /// Validates the config, loads the programs, fills the port map and attaches.
     /// On any error, whatever was attached so far is detached before returning.
     pub fn start(config: &CaptureConfig) -> Result<Self, LoaderError> {
-        validate(config)?;
+        let interfaces = validate(config)?;
         // A power of two, as the programs need: ring sizes are.
         let wakeup_bytes: u64 = u64::from(config.ring_bytes) / 8;
         let log_level: u8 = config.ebpf_log as u8;
@@ -306,31 +310,69 @@ impl AttachedCapture {
         let mut capture = AttachedCapture {
             ebpf,
             links: Vec::new(),
+            interfaces,
+            mode: config.mode,
+            tc_netlink: config.tc_netlink,
             added_qdiscs: Vec::new(),
             detached: false,
         };
         // On error, `capture` is dropped here and detaches what was attached.
-        match config.mode {
-            AttachMode::Tc => {
-                for iface in &config.interfaces {
-                    if config.tc_netlink {
-                        capture.ensure_clsact(iface)?;
-                    }
-                    for (name, hook) in [
-                        (TC_INGRESS, TcAttachType::Ingress),
-                        (TC_EGRESS, TcAttachType::Egress),
-                    ] {
-                        capture.attach_tc(name, iface, hook, config.tc_netlink)?;
-                    }
-                }
-            }
-            AttachMode::Xdp => {
-                for iface in &config.interfaces {
-                    capture.attach_xdp(iface)?;
-                }
+        for iface in present_interfaces() {
+            if capture.interfaces.matches(&iface) {
+                capture.attach_interface(&iface)?;
             }
         }
         Ok(capture)
+    }
+
+    /// Attaches the hooks to `iface`. An interface matched by a pattern whose link type the
+    /// hooks cannot read is skipped (Ok, nothing attached); one named exactly is an error.
+    pub fn attach_interface(&mut self, iface: &str) -> Result<bool, LoaderError> {
+        if let Err(e) = check_link(iface) {
+            return match e {
+                LoaderError::UnsupportedLinkType { .. }
+                    if !self.interfaces.names_exactly(iface) =>
+                {
+                    info!("{e}: skipped");
+                    Ok(false)
+                }
+                e => Err(e),
+            };
+        }
+        match self.mode {
+            AttachMode::Tc => {
+                if self.tc_netlink {
+                    self.ensure_clsact(iface)?;
+                }
+                for (name, hook) in [
+                    (TC_INGRESS, TcAttachType::Ingress),
+                    (TC_EGRESS, TcAttachType::Egress),
+                ] {
+                    self.attach_tc(name, iface, hook, self.tc_netlink)?;
+                }
+            }
+            AttachMode::Xdp => self.attach_xdp(iface)?,
+        }
+        Ok(true)
+    }
+
+    /// Interfaces the hooks are attached to now.
+    pub fn attached_interfaces(&self) -> BTreeSet<String> {
+        self.links.iter().map(|l| l.iface().to_string()).collect()
+    }
+
+    /// `iface` went away (or left the namespace): its links are let go of. True when it had
+    /// some.
+    pub fn release_interface(&mut self, iface: &str) -> bool {
+        let (gone, kept): (Vec<_>, Vec<_>) = self.links.drain(..).partition(|l| l.iface() == iface);
+        self.links = kept;
+        self.added_qdiscs.retain(|q| q != iface);
+        let had = !gone.is_empty();
+        for link in gone {
+            // The kernel already dropped the hooks of a deleted device: only our handles go.
+            detach_link(&mut self.ebpf, link, false);
+        }
+        had
     }
 
     fn ensure_clsact(&mut self, iface: &str) -> Result<(), LoaderError> {
@@ -480,29 +522,8 @@ impl AttachedCapture {
             return;
         }
         self.detached = true;
-        for link in self.links.drain(..) {
-            match link {
-                AttachedLink::Tc { program, iface, id } => {
-                    let result = self
-                        .ebpf
-                        .program_mut(program)
-                        .and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
-                        .map(|p| p.detach(id));
-                    if let Some(Err(e)) = result {
-                        warn!("detaching {program} from {iface}: {e}");
-                    }
-                }
-                AttachedLink::Xdp { iface, id } => {
-                    let result = self
-                        .ebpf
-                        .program_mut(XDP)
-                        .and_then(|p| <&mut Xdp>::try_from(p).ok())
-                        .map(|p| p.detach(id));
-                    if let Some(Err(e)) = result {
-                        warn!("detaching XDP from {iface}: {e}");
-                    }
-                }
-            }
+        for link in std::mem::take(&mut self.links) {
+            detach_link(&mut self.ebpf, link, true);
         }
         for iface in self.added_qdiscs.drain(..) {
             // aya has no qdisc delete; iproute2 is on every node that has tc.
@@ -518,56 +539,41 @@ impl AttachedCapture {
     }
 }
 
+/// Detaches one link (warning on failure when `loud`: a link of a deleted device cannot
+/// detach, and nothing is wrong then).
+fn detach_link(ebpf: &mut Ebpf, link: AttachedLink, loud: bool) {
+    let result = match link {
+        AttachedLink::Tc {
+            program,
+            ref iface,
+            id,
+        } => ebpf
+            .program_mut(program)
+            .and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
+            .map(|p| {
+                p.detach(id)
+                    .map_err(|e| format!("detaching {program} from {iface}: {e}"))
+            }),
+        AttachedLink::Xdp { ref iface, id } => ebpf
+            .program_mut(XDP)
+            .and_then(|p| <&mut Xdp>::try_from(p).ok())
+            .map(|p| {
+                p.detach(id)
+                    .map_err(|e| format!("detaching XDP from {iface}: {e}"))
+            }),
+    };
+    if let Some(Err(e)) = result {
+        if loud {
+            warn!("{e}");
+        } else {
+            info!("{e}");
+        }
+    }
+}
+
 impl Drop for AttachedCapture {
     fn drop(&mut self) {
         self.detach();
-    }
-}
-
-/// Reader for the kernel's per-CPU counters.
-pub struct KernelCounters {
-    array: PerCpuArray<MapData, u64>,
-}
-
-/// Kernel counters summed over CPUs, indexed like [`Counter::ALL`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CounterSnapshot(pub [u64; Counter::ALL.len()]);
-
-impl CounterSnapshot {
-    /// Value of one counter.
-    pub fn get(&self, counter: Counter) -> u64 {
-        self.0[counter as usize]
-    }
-
-    /// `name=value` pairs in slot order, the same names as the metrics.
-    pub fn pairs(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        Counter::ALL.iter().map(|c| (c.name(), self.get(*c)))
-    }
-
-    /// The counters that count lost packets, under the names recordings report drops by
-    /// (zero values included).
-    pub fn losses(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        Counter::ALL
-            .iter()
-            .filter_map(|c| Some((c.loss_name()?, self.get(*c))))
-    }
-}
-
-impl KernelCounters {
-    /// Sums every counter over all CPUs.
-    pub fn snapshot(&self) -> Result<CounterSnapshot, LoaderError> {
-        let mut snap = CounterSnapshot::default();
-        for counter in Counter::ALL {
-            let values =
-                self.array
-                    .get(&(counter as u32), 0)
-                    .map_err(|source| LoaderError::Map {
-                        name: COUNTERS_MAP,
-                        source,
-                    })?;
-            snap.0[counter as usize] = values.iter().sum();
-        }
-        Ok(snap)
     }
 }
 

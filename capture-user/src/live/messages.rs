@@ -326,6 +326,11 @@ impl<M: MessageSink + Clone> LiveMessages<M> {
         self.capture.is_running()
     }
 
+    /// The interfaces the hooks are attached to now.
+    pub fn attached_interfaces(&self) -> std::collections::BTreeSet<String> {
+        self.capture.attached_interfaces()
+    }
+
     /// Ends the capture: detaches, frames every packet still in flight and closes open
     /// connections, handing the last messages to the sinks with
     /// [`MessageSink::deliver_last`], then drops the sinks. Blocks until every thread ended

@@ -3,12 +3,17 @@
 //! shutdown order (detach, drain, close) so no caller can get it wrong; [`LivePackets`]
 //! hands the packets to async code, [`LiveMessages`] frames them on the ring thread.
 
+pub mod interfaces;
+mod kernel_counters;
+pub mod links;
 pub mod loader;
 pub mod messages;
 pub mod reader;
 pub mod ring;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use tokio::io::unix::AsyncFd;
@@ -22,6 +27,7 @@ pub use messages::{LiveMessages, LiveStats, MessageSink};
 pub use reader::{PacketBatch, PacketSink};
 pub use ring::RingStatsSnapshot;
 
+use links::{LinkEvent, LinkWatcher};
 use loader::{AttachedCapture, KernelCounters};
 use reader::{ChannelSink, RingReader};
 use ring::ClockOffset;
@@ -34,7 +40,10 @@ pub const CHANNEL_BATCHES: usize = 64;
 /// A running capture whose packets go to a [`PacketSink`] on the ring thread. Stop it with
 /// [`LiveCapture::stop`], which detaches, drains and gives the sink back.
 pub struct LiveCapture<S> {
-    attached: AttachedCapture,
+    attached: Arc<Mutex<AttachedCapture>>,
+    /// With `--iface` patterns: attaches to links that appear, lets go of vanished ones.
+    watcher: Option<LinkWatcher>,
+    interfaces: Arc<InterfaceCounts>,
     counters: KernelCounters,
     reader: RingReader<S>,
     logger: Option<tokio::task::JoinHandle<()>>,
@@ -48,14 +57,52 @@ pub struct CaptureStats {
     pub kernel: CounterSnapshot,
     /// Counters of the ring reader.
     pub ring: RingStatsSnapshot,
+    /// Interfaces attached and let go of.
+    pub interfaces: InterfaceSnapshot,
+}
+
+/// What following the interfaces did, counted as it happens.
+#[derive(Debug, Default)]
+struct InterfaceCounts {
+    attached: AtomicU64,
+    vanished: AtomicU64,
+    attach_failed: AtomicU64,
+}
+
+/// Interface counts at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InterfaceSnapshot {
+    /// Interfaces attached to, over the capture (those present at start included).
+    pub attached: u64,
+    /// Attached interfaces that went away (deleted, or moved to another namespace) and whose
+    /// links were let go of.
+    pub vanished: u64,
+    /// Matching interfaces that appeared but could not be attached to (logged).
+    pub attach_failed: u64,
+}
+
+impl InterfaceCounts {
+    fn snapshot(&self) -> InterfaceSnapshot {
+        InterfaceSnapshot {
+            attached: self.attached.load(Ordering::Relaxed),
+            vanished: self.vanished.load(Ordering::Relaxed),
+            attach_failed: self.attach_failed.load(Ordering::Relaxed),
+        }
+    }
 }
 
 impl CaptureStats {
     /// Every counter as `name=value`, kernel first, on one line.
     pub fn to_line(&self) -> String {
+        let i = &self.interfaces;
         self.kernel
             .pairs()
             .chain(self.ring.pairs())
+            .chain([
+                ("interfaces_attached", i.attached),
+                ("interfaces_vanished", i.vanished),
+                ("interfaces_attach_failed", i.attach_failed),
+            ])
             .map(|(name, value)| format!("{name}={value}"))
             .collect::<Vec<_>>()
             .join(" ")
@@ -67,6 +114,11 @@ impl<S: PacketSink> LiveCapture<S> {
     /// runtime (the eBPF log forwarder, when asked for, is a task).
     pub fn start(config: &CaptureConfig, sink: S) -> anyhow::Result<Self> {
         let mut attached = AttachedCapture::start(config)?;
+        let interfaces = Arc::new(InterfaceCounts::default());
+        interfaces.attached.store(
+            attached.attached_interfaces().len() as u64,
+            Ordering::Relaxed,
+        );
         let counters = attached.take_counters()?;
         let ring = attached.take_ring()?;
         let logger = if config.ebpf_log != EbpfLogLevel::Off {
@@ -76,18 +128,32 @@ impl<S: PacketSink> LiveCapture<S> {
         };
         let reader = reader::spawn_reader(ring, ClockOffset::now(), sink)
             .context("starting the ring reader thread")?;
-        let interface_names = config
-            .interfaces
+        let interface_names = attached
+            .attached_interfaces()
             .iter()
             .filter_map(|name| Some((interface_index(name)?, name.clone())))
             .collect();
+        let follows = attached.interfaces.follows_new_links();
+        let attached = Arc::new(Mutex::new(attached));
+        let watcher = if follows {
+            Some(follow_links(attached.clone(), interfaces.clone())?)
+        } else {
+            None
+        };
         Ok(Self {
             attached,
+            watcher,
+            interfaces,
             counters,
             reader,
             logger,
             interface_names,
         })
+    }
+
+    /// The interfaces the hooks are attached to now.
+    pub fn attached_interfaces(&self) -> BTreeSet<String> {
+        crate::sync::lock(&self.attached).attached_interfaces()
     }
 
     /// Names of the captured-on interfaces by ifindex, for display.
@@ -100,6 +166,7 @@ impl<S: PacketSink> LiveCapture<S> {
         Ok(CaptureStats {
             kernel: self.counters.snapshot()?,
             ring: self.reader.stats().snapshot(),
+            interfaces: self.interfaces.snapshot(),
         })
     }
 
@@ -114,13 +181,17 @@ impl<S: PacketSink> LiveCapture<S> {
     /// until the ring thread ends (run it off the async runtime's workers).
     pub fn stop(self) -> anyhow::Result<(CaptureStats, S)> {
         let Self {
-            mut attached,
+            attached,
+            watcher,
+            interfaces,
             counters,
             mut reader,
             logger,
             ..
         } = self;
-        attached.detach();
+        // No attaching after this: the watcher ends before the hooks come off.
+        drop(watcher);
+        crate::sync::lock(&attached).detach();
         if let Some(logger) = logger {
             logger.abort();
         }
@@ -130,6 +201,7 @@ impl<S: PacketSink> LiveCapture<S> {
         let stats = CaptureStats {
             kernel: counters.snapshot()?,
             ring: reader.stats().snapshot(),
+            interfaces: interfaces.snapshot(),
         };
         Ok((stats, sink))
     }
@@ -173,6 +245,54 @@ impl LivePackets {
             sink(batch);
         }
         stopping.await.context("joining the ring reader")?
+    }
+}
+
+/// Watches links: a matching one that appears is attached to (then, so a link created while
+/// the watcher subscribed is not missed, every present one is checked once more); an attached
+/// one that goes away is let go of and counted.
+fn follow_links(
+    attached: Arc<Mutex<AttachedCapture>>,
+    counts: Arc<InterfaceCounts>,
+) -> anyhow::Result<LinkWatcher> {
+    let on_event = {
+        let attached = attached.clone();
+        let counts = counts.clone();
+        move |event: LinkEvent| match event {
+            LinkEvent::Added { name, .. } => attach_new(&attached, &counts, &name),
+            LinkEvent::Removed { name, .. } => {
+                if crate::sync::lock(&attached).release_interface(&name) {
+                    counts.vanished.fetch_add(1, Ordering::Relaxed);
+                    log::info!("interface {name} went away; its hooks are released");
+                }
+            }
+        }
+    };
+    let watcher = LinkWatcher::spawn(on_event).context("watching links (rtnetlink)")?;
+    for name in interfaces::present_interfaces() {
+        attach_new(&attached, &counts, &name);
+    }
+    Ok(watcher)
+}
+
+/// Attaches to `name` if it matches and is not attached yet.
+fn attach_new(attached: &Mutex<AttachedCapture>, counts: &InterfaceCounts, name: &str) {
+    let mut capture = crate::sync::lock(attached);
+    if !capture.interfaces.matches(name) || capture.attached_interfaces().contains(name) {
+        return;
+    }
+    match capture.attach_interface(name) {
+        Ok(true) => {
+            counts.attached.fetch_add(1, Ordering::Relaxed);
+            log::info!("attached to {name}, which appeared");
+        }
+        Ok(false) => {}
+        Err(e) => {
+            // Gone again before the hooks went on, most often: counted, and capture goes on.
+            counts.attach_failed.fetch_add(1, Ordering::Relaxed);
+            log::warn!("{e}");
+            capture.release_interface(name);
+        }
     }
 }
 

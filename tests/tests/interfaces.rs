@@ -1,0 +1,213 @@
+//! Following the node's interfaces (issue 19): `record --iface 'vethp*'` started before any
+//! matching interface exists attaches to pod veths as they appear, lets go of one that goes
+//! away mid-traffic, records every request of every pod exactly once, and leaves nothing
+//! attached. Real peers: one namespace per pod with nginx, joined to a hub namespace (where
+//! the recorder runs, as on a node) by a `vethpN` pair.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use tests::capture::{CaptureRun, inspect};
+use tests::netns::Topology;
+use tests::nginx::Nginx;
+use tests::run_ok;
+
+const PORT: u16 = 8080;
+
+/// A namespace removed on drop.
+struct Netns(String);
+
+impl Netns {
+    fn add(name: String) -> Result<Self> {
+        run_ok(Command::new("ip").args(["netns", "add", &name]))?;
+        Ok(Self(name))
+    }
+
+    fn run(&self, args: &[&str]) -> Result<()> {
+        run_ok(Topology::exec(&self.0, args[0]).args(&args[1..])).map(drop)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// A pod: its namespace with nginx, joined to the hub by `vethpN` (hub side) and `eth0`.
+struct Pod {
+    nginx: Option<Nginx>,
+    /// Held for its drop: deleting the namespace deletes both ends of the veth.
+    _ns: Netns,
+    ip: String,
+}
+
+impl Pod {
+    fn start(hub: &Netns, tag: &str, n: u8) -> Result<Self> {
+        let ns = Netns::add(format!("capt-{tag}-p{n}"))?;
+        run_ok(Command::new("ip").args([
+            "link",
+            "add",
+            &format!("vethp{n}"),
+            "netns",
+            &hub.0,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &ns.0,
+        ]))?;
+        let subnet = format!("10.77.{n}");
+        hub.run(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{subnet}.1/24"),
+            "dev",
+            &format!("vethp{n}"),
+        ])?;
+        hub.run(&["ip", "link", "set", &format!("vethp{n}"), "up"])?;
+        ns.run(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{subnet}.2/24"),
+            "dev",
+            "eth0",
+        ])?;
+        ns.run(&["ip", "link", "set", "eth0", "up"])?;
+        ns.run(&["ip", "link", "set", "lo", "up"])?;
+        let nginx = Nginx::start(&ns.0, &[PORT])?;
+        Ok(Self {
+            nginx: Some(nginx),
+            _ns: ns,
+            ip: format!("{subnet}.2"),
+        })
+    }
+
+    /// `count` GETs from the hub over one keep-alive connection, each URI unique.
+    fn traffic(&self, hub: &Netns, pod: u8, from: usize, count: usize) -> Result<()> {
+        let mut curl = Topology::exec(&hub.0, "curl");
+        curl.arg("-sS");
+        for i in from..from + count {
+            curl.args([
+                "-o",
+                "/dev/null",
+                &format!("http://{}:{PORT}/index.html?pod={pod}&i={i}", self.ip),
+            ]);
+        }
+        run_ok(&mut curl).map(drop)
+    }
+
+    /// The requests nginx answered, as (method, URI).
+    fn served(&self) -> Result<Vec<(String, String)>> {
+        let nginx = self.nginx.as_ref().context("nginx already stopped")?;
+        Ok(nginx
+            .access_log()?
+            .into_iter()
+            .map(|e| (e.method, e.uri))
+            .collect())
+    }
+}
+
+/// Started with no matching interface, the recorder attaches to three pod veths created one
+/// after another, records every request of every pod exactly once, counts the veth of the pod
+/// deleted mid-traffic as gone, and leaves no program or link behind.
+#[test]
+fn a_pattern_follows_pod_veths_that_come_and_go_and_records_each_request_once() -> Result<()> {
+    let tag = format!("if{}", std::process::id() % 10000);
+    let hub = Netns::add(format!("capt-{tag}-hub"))?;
+    hub.run(&["ip", "link", "set", "lo", "up"])?;
+    let data = tempfile::tempdir()?;
+    let dir = data.path().display().to_string();
+    let run = CaptureRun::start(
+        &hub.0,
+        &[
+            "record",
+            "--iface",
+            "vethp*",
+            "--port",
+            "8080",
+            "--name",
+            "pods",
+            "--data-dir",
+            &dir,
+        ],
+    )?;
+
+    let mut pods = Vec::new();
+    let mut served = BTreeMap::new();
+    for n in 1..=3u8 {
+        pods.push(Pod::start(&hub, &tag, n)?);
+        // Attached within a second of the link's creation.
+        std::thread::sleep(Duration::from_millis(1200));
+        for (i, pod) in pods.iter().enumerate() {
+            pod.traffic(&hub, i as u8 + 1, usize::from(n) * 100, 5)?;
+        }
+    }
+    // Pod 2 goes away while the others keep serving: its nginx stops, its namespace (and with
+    // it both ends of vethp2) is deleted.
+    let mut gone = pods.remove(1);
+    for e in gone.served()? {
+        *served.entry(e).or_insert(0) += 1;
+    }
+    drop(gone.nginx.take());
+    drop(gone);
+    for (pod, n) in pods.iter().zip([1u8, 3]) {
+        pod.traffic(&hub, n, 900, 5)?;
+    }
+    for pod in &pods {
+        for e in pod.served()? {
+            *served.entry(e).or_insert(0) += 1;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // The programs and links the recorder holds now (pods 1 and 3 attached).
+    let objects = run.bpf_objects()?;
+    ensure!(!objects.link_ids.is_empty(), "no link held: {objects:?}");
+    let out = run.stop(libc::SIGINT)?;
+    let stderr = out.stderr.join("\n");
+    ensure!(out.status.success(), "record: {stderr}");
+    ensure!(
+        stderr.contains("no interface yet (following vethp*)"),
+        "the start line says what it follows: {stderr}"
+    );
+    ensure!(
+        stderr.contains("interfaces: 3 attached over the recording, 1 went away"),
+        "{stderr}"
+    );
+
+    let mut recorded = BTreeMap::new();
+    for m in inspect("pods", data.path())? {
+        if let Some(request) = m.request {
+            *recorded.entry(request).or_insert(0) += 1;
+        }
+    }
+    // After pod N came: 5 GETs to each pod there is; after pod 2 went: 5 to pods 1 and 3.
+    ensure!(
+        served.values().sum::<u32>() == 5 * (1 + 2 + 3) + 5 * 2,
+        "served {served:?}"
+    );
+    ensure!(
+        recorded == served,
+        "recorded {} requests, nginx served {}; differing: {:?}",
+        recorded.values().sum::<u32>(),
+        served.values().sum::<u32>(),
+        served
+            .iter()
+            .filter(|(k, v)| recorded.get(*k) != Some(v))
+            .take(5)
+            .collect::<Vec<_>>()
+    );
+    let alive = objects.still_alive()?;
+    ensure!(alive.is_empty(), "left in the kernel: {alive:?}");
+    for n in [1, 3] {
+        let left = Topology::attachments(&hub.0, &format!("vethp{n}"))?.leftovers();
+        ensure!(left.is_empty(), "left on vethp{n}: {left:?}");
+    }
+    Ok(())
+}
