@@ -51,6 +51,18 @@ pub const PORT_WORDS: u32 = 65536 / 64;
 pub const fn port_bit(port: u16) -> (u32, u64) {
     ((port >> 6) as u32, 1 << (port & 63))
 }
+/// Name of the BPF longest-prefix-match trie of `--host` networks. Keys are a prefix length
+/// and a 16-byte address (IPv4 mapped into `::ffff:0:0/96`, its prefix length plus 96); a
+/// packet on a configured port is kept when its source or destination address is in it.
+pub const HOSTS_MAP: &str = "HOSTS";
+
+/// Most `--host` networks one capture takes.
+pub const MAX_HOSTS: u32 = 1024;
+
+/// Name of the global set by userspace at load time: 1 when `--host` was given (look
+/// addresses up in [`HOSTS_MAP`]), 0 to keep every address.
+pub const HOST_FILTER_GLOBAL: &str = "HOST_FILTER";
+
 /// Name of the BPF ring buffer map the programs write packet chunks into.
 pub const RING_MAP: &str = "PACKETS";
 /// Name of the per-CPU array of [`Counter`] values.
@@ -206,10 +218,13 @@ pub enum Counter {
     /// Matched packets lost because the kernel refused to copy their bytes (should stay 0;
     /// counted so it is never silent).
     DroppedCopyFailed = 6,
+    /// TCP packets on a configured port skipped because neither address is in a `--host`
+    /// network.
+    SkippedHost = 7,
 }
 
 /// Number of [`Counter`] slots.
-pub const COUNTER_SLOTS: u32 = 7;
+pub const COUNTER_SLOTS: u32 = 8;
 
 impl Counter {
     /// Every counter, in slot order.
@@ -221,6 +236,7 @@ impl Counter {
         Counter::Truncated,
         Counter::SkippedNoPayload,
         Counter::DroppedCopyFailed,
+        Counter::SkippedHost,
     ];
 
     /// Name used in logs, summaries and metrics alike.
@@ -233,6 +249,7 @@ impl Counter {
             Counter::Truncated => "truncated",
             Counter::SkippedNoPayload => "skipped_no_payload",
             Counter::DroppedCopyFailed => "dropped_copy_failed",
+            Counter::SkippedHost => "skipped_host",
         }
     }
 
@@ -243,9 +260,11 @@ impl Counter {
             Counter::DroppedRingFull => Some("kernel_ring_full"),
             Counter::DroppedCopyFailed => Some("kernel_copy_failed"),
             Counter::Truncated => Some("kernel_truncated"),
-            Counter::Seen | Counter::Matched | Counter::Captured | Counter::SkippedNoPayload => {
-                None
-            }
+            Counter::Seen
+            | Counter::Matched
+            | Counter::Captured
+            | Counter::SkippedNoPayload
+            | Counter::SkippedHost => None,
         }
     }
 }

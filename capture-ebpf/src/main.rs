@@ -25,13 +25,13 @@ use aya_ebpf::{
     },
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::{classifier, map, xdp},
-    maps::{Array, PerCpuArray, RingBuf},
+    maps::{Array, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::debug;
 use capture_common::{
     CHUNK_HEADER_LEN, CHUNK_LEN, COUNTER_SLOTS, ChunkHeader, Counter, Direction, FLAG_LAST_CHUNK,
-    FLAG_TRUNCATED, MAX_CHUNKS, MAX_PACKET_LEN, PORT_WORDS, RECORD_DATA_SIZES, port_bit,
+    FLAG_TRUNCATED, MAX_CHUNKS, MAX_HOSTS, MAX_PACKET_LEN, PORT_WORDS, RECORD_DATA_SIZES, port_bit,
 };
 use parse::{TCP_FIN, TCP_RST, TCP_SYN, TcpMatch, classify};
 
@@ -39,6 +39,14 @@ use parse::{TCP_FIN, TCP_RST, TCP_SYN, TcpMatch, classify};
 /// destination port is set.
 #[map(name = "PORTS")]
 static PORTS: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
+
+/// `--host` networks (see `capture_common::HOSTS_MAP`): addresses as IPv6, IPv4 mapped.
+#[map(name = "HOSTS")]
+static HOSTS: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(MAX_HOSTS, 0);
+
+/// 1 when `--host` was given: packets must have an address in `HOSTS`. Set at load.
+#[unsafe(no_mangle)]
+static HOST_FILTER: Global<u8> = Global::new(0);
 
 /// Packet chunks for userspace. Userspace resizes it at load time (`--ring-size`).
 #[map(name = "PACKETS")]
@@ -65,6 +73,18 @@ fn count(counter: Counter) -> u64 {
         },
         None => 0,
     }
+}
+
+/// Whether addresses must be checked against the `--host` networks.
+#[inline(always)]
+fn host_filter_on() -> bool {
+    HOST_FILTER.load() != 0
+}
+
+/// Whether `addr` (16 bytes, IPv4 mapped) lies in a `--host` network.
+#[inline(always)]
+fn host_wanted(addr: [u8; 16]) -> bool {
+    HOSTS.get(Key::new(128, addr)).is_some()
 }
 
 /// Whether `port` is in the port set: one inlined array lookup and a bit test.

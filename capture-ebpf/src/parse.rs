@@ -8,7 +8,8 @@ use core::mem::MaybeUninit;
 use capture_common::flow_hash;
 
 use crate::access::{Direct, Headers, Loaded, PacketBytes};
-use crate::port_wanted;
+use crate::{count, host_filter_on, host_wanted, port_wanted};
+use capture_common::Counter;
 
 pub(crate) const ETH_HDR_LEN: u32 = 14;
 pub(crate) const ETH_P_IPV4: u16 = 0x0800;
@@ -169,12 +170,48 @@ pub(crate) fn parse<H: Headers>(pkt: &H) -> Option<Found> {
     if !port_wanted(dst_port) && !port_wanted(src_port) {
         return None;
     }
+    if host_filter_on() && !hosts_match(pkt, &layers)? {
+        count(Counter::SkippedHost);
+        return None;
+    }
     Some(Found {
         flags: tcp[13],
         payload_start: layers.l4 + ((tcp[12] >> 4) as u32) * 4,
         ip_end: layers.ip_end,
         flow_hash: flow_hash(addr_fold(pkt, &layers)?, src_port, dst_port),
     })
+}
+
+/// Whether the source or the destination address is in a `--host` network; `None` when the
+/// addresses cannot be read.
+#[inline(always)]
+pub(crate) fn hosts_match<H: Headers>(pkt: &H, layers: &Layers) -> Option<bool> {
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    if layers.v6 {
+        let mut buf = MaybeUninit::uninit();
+        let addrs: &[u8; 32] = pkt.read(layers.l3 + 8, &mut buf)?;
+        let mut i = 0;
+        while i < 16 {
+            src[i] = addrs[i];
+            dst[i] = addrs[16 + i];
+            i += 1;
+        }
+    } else {
+        let mut buf = MaybeUninit::uninit();
+        let addrs: &[u8; 8] = pkt.read(layers.l3 + 12, &mut buf)?;
+        src[10] = 0xff;
+        src[11] = 0xff;
+        dst[10] = 0xff;
+        dst[11] = 0xff;
+        let mut i = 0;
+        while i < 4 {
+            src[12 + i] = addrs[i];
+            dst[12 + i] = addrs[4 + i];
+            i += 1;
+        }
+    }
+    Some(host_wanted(src) || host_wanted(dst))
 }
 
 /// The source and destination addresses folded for `flow_hash`: `fold_v4(src) ^ fold_v4(dst)`

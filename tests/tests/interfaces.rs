@@ -1,8 +1,9 @@
-//! Following the node's interfaces (issue 19): `record --iface 'vethp*'` started before any
-//! matching interface exists attaches to pod veths as they appear, lets go of one that goes
-//! away mid-traffic, records every request of every pod exactly once, and leaves nothing
-//! attached. Real peers: one namespace per pod with nginx, joined to a hub namespace (where
-//! the recorder runs, as on a node) by a `vethpN` pair.
+//! Following the node (issue 19): `record --iface 'vethp*'` started before any matching
+//! interface exists attaches to pod veths as they appear, lets go of one that goes away
+//! mid-traffic, records every request of every pod exactly once, and leaves nothing attached;
+//! `--host` keeps one server's traffic of two on the same port, IPv4 and IPv6. Real peers: one
+//! namespace per pod with nginx, joined to a hub namespace (where the recorder runs, as on a
+//! node) by a `vethpN` pair.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -209,5 +210,84 @@ fn a_pattern_follows_pod_veths_that_come_and_go_and_records_each_request_once() 
         let left = Topology::attachments(&hub.0, &format!("vethp{n}"))?.leftovers();
         ensure!(left.is_empty(), "left on vethp{n}: {left:?}");
     }
+    Ok(())
+}
+
+/// Two servers on the same port (two addresses of the server host, each family): with
+/// `--host A/32 --host A6/128`, only the requests to A and A6 are recorded.
+#[test]
+fn host_filters_keep_only_the_chosen_servers_traffic_in_both_families() -> Result<()> {
+    let topo = Topology::new("hst")?;
+    let nginx = Nginx::start(&topo.server_ns, &[PORT])?;
+    let other = topo
+        .server_ip
+        .rsplit_once('.')
+        .context("IPv4")?
+        .0
+        .to_string()
+        + ".3";
+    let other6 = topo.server_ip6.trim_end_matches('2').to_string() + "3";
+    run_ok(Topology::exec(&topo.server_ns, "ip").args([
+        "addr",
+        "add",
+        &format!("{other}/24"),
+        "dev",
+        &topo.server_if,
+    ]))?;
+    run_ok(Topology::exec(&topo.server_ns, "ip").args([
+        "addr",
+        "add",
+        &format!("{other6}/64"),
+        "dev",
+        &topo.server_if,
+        "nodad",
+    ]))?;
+    let data = tempfile::tempdir()?;
+    let extra = [
+        "--data-dir".to_string(),
+        data.path().display().to_string(),
+        "--host".to_string(),
+        format!("{}/32", topo.server_ip),
+        "--host".to_string(),
+        format!("{}/128", topo.server_ip6),
+    ];
+    let run = CaptureRun::record(&topo.client_ns, &topo.client_if, "chosen", &extra)?;
+    let servers = [
+        ("a", topo.server_ip.clone()),
+        ("b", other),
+        ("a6", format!("[{}]", topo.server_ip6)),
+        ("b6", format!("[{other6}]")),
+    ];
+    for (name, host) in &servers {
+        let mut curl = topo.client("curl");
+        curl.args(["-sS", "-g"]);
+        for i in 0..4 {
+            curl.args([
+                "-o",
+                "/dev/null",
+                &format!("http://{host}:{PORT}/index.html?to={name}&i={i}"),
+            ]);
+        }
+        run_ok(&mut curl)?;
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let out = run.stop(libc::SIGINT)?;
+    ensure!(out.status.success(), "record: {}", out.stderr.join("\n"));
+    ensure!(
+        nginx.access_log()?.len() == 16,
+        "nginx served every request"
+    );
+    let recorded: Vec<String> = inspect("chosen", data.path())?
+        .into_iter()
+        .filter_map(|m| m.request.map(|(_, uri)| uri))
+        .collect();
+    let mut want: Vec<String> = ["a", "a6"]
+        .iter()
+        .flat_map(|to| (0..4).map(move |i| format!("/index.html?to={to}&i={i}")))
+        .collect();
+    let mut got = recorded.clone();
+    got.sort();
+    want.sort();
+    ensure!(got == want, "recorded {recorded:?}");
     Ok(())
 }

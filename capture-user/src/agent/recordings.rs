@@ -15,6 +15,7 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiResult, Reply};
 use super::metrics::RecordingCounters;
 use super::{Agent, forget_oldest, lock};
+use crate::live::hosts::HostNet;
 use crate::live::{AttachMode, CaptureConfig, DEFAULT_RING_BYTES, parse_ring_size};
 use crate::recorder::{
     DEFAULT_THREADS, Limits, Recorder, RecorderConfig, RecorderStatus, check_threads,
@@ -31,6 +32,10 @@ pub struct StartRecording {
     pub interfaces: Vec<String>,
     /// TCP ports whose traffic is recorded (1-65535).
     pub ports: Vec<i64>,
+    /// Only packets whose source or destination is in one of these networks: addresses or
+    /// CIDRs, IPv4 or IPv6 (`10.1.2.3`, `10.1.0.0/16`, `fd00::/64`). Default: every address.
+    #[serde(default)]
+    pub hosts: Vec<String>,
     /// Kernel hook: `tc` (requests and responses, the default) or `xdp` (ingress only).
     #[serde(default)]
     pub attach: Option<AttachMode>,
@@ -94,9 +99,15 @@ impl StartRecording {
                 parse_ring_size(s).map_err(|e| ApiError::BadRequest(format!("ring_size: {e}")))?
             }
         };
+        let hosts = self
+            .hosts
+            .iter()
+            .map(|h| h.parse::<HostNet>().map_err(ApiError::BadRequest))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(CaptureConfig {
             interfaces: self.interfaces.clone(),
             ports,
+            hosts,
             mode: self.attach.unwrap_or(CaptureConfig::default().mode),
             ring_bytes,
             ..CaptureConfig::default()

@@ -1,6 +1,7 @@
 //! Flags shared by every command that captures live traffic; they build a
 //! [`CaptureConfig`], whose defaults they show.
 
+use crate::live::hosts::HostNet;
 use crate::live::{AttachMode, CaptureConfig, EbpfLogLevel, parse_ring_size};
 use crate::units::parse_port;
 
@@ -19,6 +20,13 @@ pub struct CaptureArgs {
     /// or destination port is one of them.
     #[arg(long = "port", short = 'p', value_name = "P", value_parser = parse_port)]
     pub ports: Vec<u16>,
+
+    /// Keep only packets whose source or destination is in this network: an address
+    /// (10.1.2.3, fd00::5) or a CIDR (10.1.0.0/16, fd00::/64); repeat for several. Decided in
+    /// the kernel (a longest-prefix-match trie), so one service's pods can be recorded by
+    /// their IPs on a busy node. Default: every address.
+    #[arg(long = "host", value_name = "IP|CIDR")]
+    pub hosts: Vec<HostNet>,
 
     /// Kernel hook: `tc` sees both directions (requests and responses); `xdp` sees only
     /// what the interface receives, at lower cost. XDP tries native mode, then generic.
@@ -45,6 +53,7 @@ impl CaptureArgs {
         CaptureConfig {
             interfaces: self.interfaces.clone(),
             ports: self.ports.clone(),
+            hosts: self.hosts.clone(),
             mode: self.attach,
             ring_bytes: self.ring_bytes,
             ebpf_log: self.ebpf_log,

@@ -8,14 +8,19 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
+use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use aya::programs::tc::{NlOptions, SchedClassifierLinkId, TcAttachOptions};
 use aya::programs::xdp::XdpLinkId;
 use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
-use capture_common::{COUNTERS_MAP, MAX_PORTS, PORTS_MAP, RING_MAP, WAKEUP_BYTES_GLOBAL, port_bit};
+use capture_common::{
+    COUNTERS_MAP, HOST_FILTER_GLOBAL, HOSTS_MAP, MAX_HOSTS, MAX_PORTS, PORTS_MAP, RING_MAP,
+    WAKEUP_BYTES_GLOBAL, port_bit,
+};
 use log::{info, warn};
 
+use super::hosts::HostNet;
 use super::interfaces::{InterfacePatterns, check_link, present_interfaces};
 pub use super::kernel_counters::{CounterSnapshot, KernelCounters};
 
@@ -80,6 +85,9 @@ pub struct CaptureConfig {
     pub interfaces: Vec<String>,
     /// TCP ports; a packet matches when its source or destination port is one of them.
     pub ports: Vec<u16>,
+    /// `--host` networks: when given, a packet must also have its source or destination
+    /// address in one of them.
+    pub hosts: Vec<HostNet>,
     /// Hook to use.
     pub mode: AttachMode,
     /// Ring buffer size in bytes (a power of two, multiple of the page size).
@@ -98,6 +106,7 @@ impl Default for CaptureConfig {
         Self {
             interfaces: Vec::new(),
             ports: Vec::new(),
+            hosts: Vec::new(),
             mode: AttachMode::Tc,
             ring_bytes: DEFAULT_RING_BYTES,
             ebpf_log: EbpfLogLevel::Off,
@@ -118,6 +127,7 @@ impl LoaderError {
                 | Self::NoPort
                 | Self::PortZero
                 | Self::TooManyPorts { .. }
+                | Self::TooManyHosts { .. }
                 | Self::BadRingSize(_)
         )
     }
@@ -144,6 +154,8 @@ pub enum LoaderError {
     PortZero,
     #[error("{count} ports given but at most {max} fit the port map")]
     TooManyPorts { count: usize, max: u32 },
+    #[error("{count} --host networks given but at most {max} fit the host map; use wider CIDRs")]
+    TooManyHosts { count: usize, max: u32 },
     #[error("ring size {0} bytes is not a power of two between 4KiB and 1GiB; try 16MiB")]
     BadRingSize(u64),
     #[error(
@@ -204,6 +216,12 @@ pub fn validate(config: &CaptureConfig) -> Result<InterfacePatterns, LoaderError
         return Err(LoaderError::TooManyPorts {
             count: unique.len(),
             max: MAX_PORTS,
+        });
+    }
+    if config.hosts.len() > MAX_HOSTS as usize {
+        return Err(LoaderError::TooManyHosts {
+            count: config.hosts.len(),
+            max: MAX_HOSTS,
         });
     }
     check_ring_bytes(u64::from(config.ring_bytes))?;
@@ -284,9 +302,11 @@ impl AttachedCapture {
         // A power of two, as the programs need: ring sizes are.
         let wakeup_bytes: u64 = u64::from(config.ring_bytes) / 8;
         let log_level: u8 = config.ebpf_log as u8;
+        let host_filter = u8::from(!config.hosts.is_empty());
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(RING_MAP, config.ring_bytes)
             .override_global(WAKEUP_BYTES_GLOBAL, &wakeup_bytes, true)
+            .override_global(HOST_FILTER_GLOBAL, &host_filter, true)
             .override_global(aya_log::LEVEL, &log_level, true)
             .load(EBPF_OBJECT)?;
 
@@ -307,6 +327,7 @@ impl AttachedCapture {
                 })?;
         }
 
+        fill_hosts(&mut ebpf, &config.hosts)?;
         let mut capture = AttachedCapture {
             ebpf,
             links: Vec::new(),
@@ -537,6 +558,25 @@ impl AttachedCapture {
             }
         }
     }
+}
+
+/// Puts the `--host` networks into the programs' trie.
+fn fill_hosts(ebpf: &mut Ebpf, hosts: &[HostNet]) -> Result<(), LoaderError> {
+    let map_error = |source| LoaderError::Map {
+        name: HOSTS_MAP,
+        source,
+    };
+    let mut trie: LpmTrie<_, [u8; 16], u8> = LpmTrie::try_from(
+        ebpf.map_mut(HOSTS_MAP)
+            .ok_or(LoaderError::MissingMap(HOSTS_MAP))?,
+    )
+    .map_err(map_error)?;
+    for host in hosts {
+        let (bits, addr) = host.trie_key();
+        trie.insert(&LpmKey::new(bits, addr), 1, 0)
+            .map_err(map_error)?;
+    }
+    Ok(())
 }
 
 /// Detaches one link (warning on failure when `loud`: a link of a deleted device cannot
