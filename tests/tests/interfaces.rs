@@ -291,3 +291,83 @@ fn host_filters_keep_only_the_chosen_servers_traffic_in_both_families() -> Resul
     ensure!(got == want, "recorded {recorded:?}");
     Ok(())
 }
+
+/// A request that crosses two interfaces of a router namespace (in on one veth, out on the
+/// other), recorded there with `--iface any`: each request is recorded once, and the copies
+/// are counted as duplicate segments.
+#[test]
+fn any_interface_records_a_request_seen_on_two_interfaces_once() -> Result<()> {
+    let tag = format!("an{}", std::process::id() % 10000);
+    let hub = Netns::add(format!("capt-{tag}-hub"))?;
+    let client = Netns::add(format!("capt-{tag}-cli"))?;
+    let server = Netns::add(format!("capt-{tag}-srv"))?;
+    for (ns, ours, theirs, net) in [
+        (&client, "c0", "hc", "10.79.1"),
+        (&server, "s0", "hs", "10.79.2"),
+    ] {
+        run_ok(Command::new("ip").args([
+            "link", "add", theirs, "netns", &hub.0, "type", "veth", "peer", "name", ours, "netns",
+            &ns.0,
+        ]))?;
+        hub.run(&["ip", "addr", "add", &format!("{net}.1/24"), "dev", theirs])?;
+        hub.run(&["ip", "link", "set", theirs, "up"])?;
+        ns.run(&["ip", "addr", "add", &format!("{net}.2/24"), "dev", ours])?;
+        ns.run(&["ip", "link", "set", ours, "up"])?;
+        ns.run(&["ip", "link", "set", "lo", "up"])?;
+        ns.run(&["ip", "route", "add", "default", "via", &format!("{net}.1")])?;
+    }
+    hub.run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+    let nginx = Nginx::start(&server.0, &[PORT])?;
+    let data = tempfile::tempdir()?;
+    let dir = data.path().display().to_string();
+    let run = CaptureRun::start(
+        &hub.0,
+        &[
+            "record",
+            "--iface",
+            "any",
+            "--port",
+            "8080",
+            "--name",
+            "routed",
+            "--data-dir",
+            &dir,
+        ],
+    )?;
+    let mut curl = Topology::exec(&client.0, "curl");
+    curl.arg("-sS");
+    for i in 0..10 {
+        curl.args([
+            "-o",
+            "/dev/null",
+            &format!("http://10.79.2.2:{PORT}/index.html?i={i}"),
+        ]);
+    }
+    run_ok(&mut curl)?;
+    std::thread::sleep(Duration::from_millis(300));
+    let out = run.stop(libc::SIGINT)?;
+    let stderr = out.stderr.join("\n");
+    ensure!(out.status.success(), "record: {stderr}");
+    ensure!(stderr.contains("from hc, hs (following any)"), "{stderr}");
+    let served: Vec<String> = nginx.access_log()?.into_iter().map(|e| e.uri).collect();
+    let mut recorded: Vec<String> = inspect("routed", data.path())?
+        .into_iter()
+        .filter_map(|m| m.request.map(|(_, uri)| uri))
+        .collect();
+    recorded.sort();
+    let mut want = served.clone();
+    want.sort();
+    ensure!(
+        served.len() == 10 && recorded == want,
+        "recorded {recorded:?}, served {served:?}"
+    );
+    let duplicates: u64 = stderr
+        .split_once("could not be attached; ")
+        .and_then(|(_, rest)| rest.split(' ').next()?.parse().ok())
+        .with_context(|| format!("no duplicate count in {stderr}"))?;
+    ensure!(
+        duplicates >= 20,
+        "every segment crossed two interfaces: {duplicates} duplicates"
+    );
+    Ok(())
+}

@@ -165,10 +165,12 @@ pub async fn run_record(args: RecordArgs) -> anyhow::Result<()> {
     recorder.stop();
     let finished = recorder.finish().await?;
     print_summary(&finished.recording);
-    let i = finished.status.live.capture.interfaces;
+    let live = &finished.status.live;
+    let i = live.capture.interfaces;
     eprintln!(
-        "interfaces: {} attached over the recording, {} went away, {} could not be attached",
-        i.attached, i.vanished, i.attach_failed
+        "interfaces: {} attached over the recording, {} went away, {} could not be attached; \
+         {} duplicate segments stored once (seen on two interfaces, or retransmitted)",
+        i.attached, i.vanished, i.attach_failed, live.pipeline.reassembly.duplicate_segments
     );
     if let Some(e) = finished.store_error {
         return Err(e.context(format!(
