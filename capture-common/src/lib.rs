@@ -99,6 +99,19 @@ impl Direction {
 pub const FLAG_LAST_CHUNK: u8 = 1;
 /// [`ChunkHeader::flags`]: the packet was longer than [`MAX_PACKET_LEN`] and was cut.
 pub const FLAG_TRUNCATED: u8 = 2;
+/// [`ChunkHeader::flags`]: the decapsulated packet at [`ChunkHeader::inner_offset`] starts
+/// with an IP header (IP-in-IP), not an Ethernet header (VXLAN, Geneve).
+pub const FLAG_INNER_RAW_IP: u8 = 4;
+
+/// `--decap` bits (the [`DECAP_GLOBAL`]): VXLAN (UDP port 4789), Geneve (UDP port 6081,
+/// Ethernet payload) and IPv4-in-IPv4 (IP protocol 4).
+pub const DECAP_VXLAN: u8 = 1;
+pub const DECAP_GENEVE: u8 = 2;
+pub const DECAP_IPIP: u8 = 4;
+
+/// Name of the global set by userspace at load time: which encapsulations the programs look
+/// inside (`DECAP_*` bits; 0: none, encapsulated packets are only counted).
+pub const DECAP_GLOBAL: &str = "DECAP";
 
 /// Header of every ring buffer record; `chunk_len` bytes of packet data follow it. The record
 /// may be longer than that (one of [`RECORD_DATA_SIZES`] after the header): the bytes past
@@ -131,8 +144,9 @@ pub struct ChunkHeader {
     pub direction: u8,
     /// `FLAG_*` bits.
     pub flags: u8,
-    /// Explicit padding so the layout has no implicit holes.
-    pub _pad: [u8; 2],
+    /// Where the decapsulated packet starts within this one (`--decap`), 0 when the packet
+    /// was not encapsulated. The connection, ports and flow hash are the inner packet's.
+    pub inner_offset: u16,
     /// [`flow_hash`] of the packet's TCP connection: the same in both directions.
     pub flow_hash: u32,
 }
@@ -221,10 +235,15 @@ pub enum Counter {
     /// TCP packets on a configured port skipped because neither address is in a `--host`
     /// network.
     SkippedHost = 7,
+    /// Packets carrying VXLAN, Geneve or IP-in-IP, whether `--decap` looks inside or not
+    /// (what explains an overlay's traffic not being matched without it).
+    Encapsulated = 8,
+    /// Matched packets found inside an encapsulation (`--decap`).
+    EncapsulatedMatched = 9,
 }
 
 /// Number of [`Counter`] slots.
-pub const COUNTER_SLOTS: u32 = 8;
+pub const COUNTER_SLOTS: u32 = 10;
 
 impl Counter {
     /// Every counter, in slot order.
@@ -237,6 +256,8 @@ impl Counter {
         Counter::SkippedNoPayload,
         Counter::DroppedCopyFailed,
         Counter::SkippedHost,
+        Counter::Encapsulated,
+        Counter::EncapsulatedMatched,
     ];
 
     /// Name used in logs, summaries and metrics alike.
@@ -250,6 +271,8 @@ impl Counter {
             Counter::SkippedNoPayload => "skipped_no_payload",
             Counter::DroppedCopyFailed => "dropped_copy_failed",
             Counter::SkippedHost => "skipped_host",
+            Counter::Encapsulated => "encapsulated",
+            Counter::EncapsulatedMatched => "encapsulated_matched",
         }
     }
 
@@ -264,7 +287,9 @@ impl Counter {
             | Counter::Matched
             | Counter::Captured
             | Counter::SkippedNoPayload
-            | Counter::SkippedHost => None,
+            | Counter::SkippedHost
+            | Counter::Encapsulated
+            | Counter::EncapsulatedMatched => None,
         }
     }
 }

@@ -30,8 +30,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use capture_common::{
-    CHUNK_HEADER_LEN, CHUNK_LEN, COUNTER_SLOTS, ChunkHeader, Counter, Direction, FLAG_LAST_CHUNK,
-    FLAG_TRUNCATED, MAX_CHUNKS, MAX_HOSTS, MAX_PACKET_LEN, PORT_WORDS, RECORD_DATA_SIZES, port_bit,
+    CHUNK_HEADER_LEN, CHUNK_LEN, COUNTER_SLOTS, ChunkHeader, Counter, Direction, FLAG_INNER_RAW_IP,
+    FLAG_LAST_CHUNK, FLAG_TRUNCATED, MAX_CHUNKS, MAX_HOSTS, MAX_PACKET_LEN, PORT_WORDS,
+    RECORD_DATA_SIZES, port_bit,
 };
 use parse::{TCP_FIN, TCP_RST, TCP_SYN, TcpMatch, classify};
 
@@ -47,6 +48,11 @@ static HOSTS: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(MAX_HOSTS, 0);
 /// 1 when `--host` was given: packets must have an address in `HOSTS`. Set at load.
 #[unsafe(no_mangle)]
 static HOST_FILTER: Global<u8> = Global::new(0);
+
+/// `--decap`: which encapsulations to look inside (`capture_common::DECAP_*` bits). Set at
+/// load.
+#[unsafe(no_mangle)]
+static DECAP: Global<u8> = Global::new(0);
 
 /// Packet chunks for userspace. Userspace resizes it at load time (`--ring-size`).
 #[map(name = "PACKETS")]
@@ -73,6 +79,12 @@ fn count(counter: Counter) -> u64 {
         },
         None => 0,
     }
+}
+
+/// The encapsulations `--decap` looks inside.
+#[inline(always)]
+fn decap() -> u8 {
+    DECAP.load()
 }
 
 /// Whether addresses must be checked against the `--host` networks.
@@ -122,8 +134,14 @@ fn copy_packet<P: PacketBytes, C: aya_ebpf::EbpfContext>(
         chunk_offset: 0,
         chunk_len: CHUNK_LEN,
         direction: direction as u8,
-        flags: if truncated { FLAG_TRUNCATED } else { 0 },
-        _pad: [0; 2],
+        flags: if truncated { FLAG_TRUNCATED } else { 0 }
+            | if tcp.inner_raw_ip {
+                FLAG_INNER_RAW_IP
+            } else {
+                0
+            },
+        // Inner packets start within the headers, far below 64 KiB.
+        inner_offset: tcp.inner as u16,
         flow_hash: tcp.flow_hash,
     };
     let wakeup = wakeup_flags(captured_len);
@@ -258,6 +276,9 @@ fn handle<P: PacketBytes, C: aya_ebpf::EbpfContext>(ctx: &C, pkt: &P, direction:
     }
     // The CPU's matched count numbers its packets: it ties a packet's chunks together.
     let packet_seq = count(Counter::Matched);
+    if tcp.inner != 0 {
+        count(Counter::EncapsulatedMatched);
+    }
     copy_packet(ctx, pkt, &tcp, direction, packet_seq);
 }
 

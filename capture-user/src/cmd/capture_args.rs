@@ -1,7 +1,7 @@
 //! Flags shared by every command that captures live traffic; they build a
 //! [`CaptureConfig`], whose defaults they show.
 
-use crate::live::hosts::HostNet;
+use crate::live::hosts::{Decap, HostNet};
 use crate::live::{AttachMode, CaptureConfig, EbpfLogLevel, parse_ring_size};
 use crate::units::parse_port;
 
@@ -27,6 +27,14 @@ pub struct CaptureArgs {
     /// their IPs on a busy node. Default: every address.
     #[arg(long = "host", value_name = "IP|CIDR")]
     pub hosts: Vec<HostNet>,
+
+    /// Look inside overlay encapsulations and capture the inner traffic: vxlan (UDP 4789),
+    /// geneve (UDP 6081), ipip (IPv4 in IPv4), comma-separated, or all. Ports and --host apply
+    /// to the inner packet; the recording holds the inner connections. Without it,
+    /// encapsulated packets are only counted (`encapsulated`), which explains an overlay's
+    /// traffic not being matched.
+    #[arg(long = "decap", value_name = "LIST", default_value = "none")]
+    pub decap: Decap,
 
     /// Kernel hook: `tc` sees both directions (requests and responses); `xdp` sees only
     /// what the interface receives, at lower cost. XDP tries native mode, then generic.
@@ -54,6 +62,7 @@ impl CaptureArgs {
             interfaces: self.interfaces.clone(),
             ports: self.ports.clone(),
             hosts: self.hosts.clone(),
+            decap: self.decap,
             mode: self.attach,
             ring_bytes: self.ring_bytes,
             ebpf_log: self.ebpf_log,

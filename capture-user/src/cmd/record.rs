@@ -172,6 +172,7 @@ pub async fn run_record(args: RecordArgs) -> anyhow::Result<()> {
          {} duplicate segments stored once (seen on two interfaces, or retransmitted)",
         i.attached, i.vanished, i.attach_failed, live.pipeline.reassembly.duplicate_segments
     );
+    eprintln!("kernel: {}", live.capture.kernel_line());
     if let Some(e) = finished.store_error {
         return Err(e.context(format!(
             "recording {} failed; the {} messages stored before are kept and readable",

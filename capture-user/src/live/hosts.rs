@@ -1,10 +1,14 @@
-//! `--host IP|CIDR`: record one service's pods by their addresses. A packet on a captured port
-//! is kept when its source or destination is in one of the given networks; the kernel decides,
-//! with a longest-prefix-match trie keyed by the address as IPv6 (IPv4 mapped into
-//! `::ffff:0:0/96`), so one trie serves both families.
+//! What the kernel keeps beyond ports. `--host IP|CIDR`: record one service's pods by their
+//! addresses. A packet on a captured port is kept when its source or destination is in one of
+//! the given networks; the kernel decides, with a longest-prefix-match trie keyed by the
+//! address as IPv6 (IPv4 mapped into `::ffff:0:0/96`), so one trie serves both families.
+//! `--decap`: look inside overlay encapsulations (VXLAN, Geneve, IP-in-IP), where traffic
+//! between nodes travels, and match and frame the inner packets.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
+
+use capture_common::{DECAP_GENEVE, DECAP_IPIP, DECAP_VXLAN};
 
 /// One `--host` value: an address and how many leading bits of it count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +67,41 @@ impl std::fmt::Display for HostNet {
     }
 }
 
+/// The encapsulations `--decap` looks inside.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Decap(u8);
+
+impl Decap {
+    /// The kernel side's `DECAP_*` bits.
+    pub fn bits(self) -> u8 {
+        self.0
+    }
+}
+
+impl FromStr for Decap {
+    type Err = String;
+
+    /// `vxlan,geneve,ipip` (any of them), `all` or `none`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut bits = 0;
+        for name in text.split(',').map(str::trim) {
+            bits |= match name {
+                "vxlan" => DECAP_VXLAN,
+                "geneve" => DECAP_GENEVE,
+                "ipip" => DECAP_IPIP,
+                "all" => DECAP_VXLAN | DECAP_GENEVE | DECAP_IPIP,
+                "none" => 0,
+                other => {
+                    return Err(format!(
+                        "--decap {other:?}: expected vxlan, geneve, ipip (comma-separated), all or none"
+                    ));
+                }
+            };
+        }
+        Ok(Self(bits))
+    }
+}
+
 /// `addr` with the bits beyond `prefix_len` cleared (what the network is).
 fn masked(addr: IpAddr, prefix_len: u8) -> IpAddr {
     match addr {
@@ -102,6 +141,17 @@ mod tests {
         );
         let all: HostNet = "::/0".parse().unwrap();
         assert_eq!(all.trie_key().0, 0);
+    }
+
+    #[test]
+    fn decap_takes_a_list_of_encapsulations() {
+        assert_eq!(
+            "vxlan,ipip".parse::<Decap>().unwrap().bits(),
+            DECAP_VXLAN | DECAP_IPIP
+        );
+        assert_eq!("all".parse::<Decap>().unwrap().bits(), 7);
+        assert_eq!("none".parse::<Decap>().unwrap(), Decap::default());
+        assert!("gre".parse::<Decap>().unwrap_err().contains("gre"));
     }
 
     #[test]

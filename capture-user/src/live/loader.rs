@@ -15,12 +15,12 @@ use aya::programs::xdp::XdpLinkId;
 use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use capture_common::{
-    COUNTERS_MAP, HOST_FILTER_GLOBAL, HOSTS_MAP, MAX_HOSTS, MAX_PORTS, PORTS_MAP, RING_MAP,
-    WAKEUP_BYTES_GLOBAL, port_bit,
+    COUNTERS_MAP, DECAP_GLOBAL, HOST_FILTER_GLOBAL, HOSTS_MAP, MAX_HOSTS, MAX_PORTS, PORTS_MAP,
+    RING_MAP, WAKEUP_BYTES_GLOBAL, port_bit,
 };
 use log::{info, warn};
 
-use super::hosts::HostNet;
+use super::hosts::{Decap, HostNet};
 use super::interfaces::{InterfacePatterns, check_link, present_interfaces};
 pub use super::kernel_counters::{CounterSnapshot, KernelCounters};
 
@@ -88,6 +88,8 @@ pub struct CaptureConfig {
     /// `--host` networks: when given, a packet must also have its source or destination
     /// address in one of them.
     pub hosts: Vec<HostNet>,
+    /// `--decap`: encapsulations whose inner packets are matched and copied.
+    pub decap: Decap,
     /// Hook to use.
     pub mode: AttachMode,
     /// Ring buffer size in bytes (a power of two, multiple of the page size).
@@ -107,6 +109,7 @@ impl Default for CaptureConfig {
             interfaces: Vec::new(),
             ports: Vec::new(),
             hosts: Vec::new(),
+            decap: Decap::default(),
             mode: AttachMode::Tc,
             ring_bytes: DEFAULT_RING_BYTES,
             ebpf_log: EbpfLogLevel::Off,
@@ -307,6 +310,7 @@ impl AttachedCapture {
             .map_max_entries(RING_MAP, config.ring_bytes)
             .override_global(WAKEUP_BYTES_GLOBAL, &wakeup_bytes, true)
             .override_global(HOST_FILTER_GLOBAL, &host_filter, true)
+            .override_global(DECAP_GLOBAL, &config.decap.bits(), true)
             .override_global(aya_log::LEVEL, &log_level, true)
             .load(EBPF_OBJECT)?;
 

@@ -93,6 +93,15 @@ impl InterfaceCounts {
 }
 
 impl CaptureStats {
+    /// The kernel's counters as `name=value` on one line.
+    pub fn kernel_line(&self) -> String {
+        self.kernel
+            .pairs()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     /// Every counter as `name=value`, kernel first, on one line.
     pub fn to_line(&self) -> String {
         let i = &self.interfaces;

@@ -8,9 +8,10 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf as _, Bytes, BytesMut};
 use capture_common::{
-    CHUNK_HEADER_LEN, CHUNK_LEN, ChunkHeader, Direction, FLAG_LAST_CHUNK, MAX_PACKET_LEN,
+    CHUNK_HEADER_LEN, CHUNK_LEN, ChunkHeader, Direction, FLAG_INNER_RAW_IP, FLAG_LAST_CHUNK,
+    MAX_PACKET_LEN,
 };
 
 use crate::decode::LinkType;
@@ -222,13 +223,22 @@ impl ChunkAssembler {
         Assembled::Packet(self.packet(&header, bytes))
     }
 
-    fn packet(&self, header: &ChunkHeader, data: Bytes) -> CapturedPacket {
+    fn packet(&self, header: &ChunkHeader, mut data: Bytes) -> CapturedPacket {
+        // Both hooks hand over frames starting at an Ethernet header (lo included); a
+        // decapsulated packet (`--decap`) is framed from where the kernel found it.
+        let mut link = LinkType::Ethernet;
+        let inner = usize::from(header.inner_offset);
+        if inner != 0 && inner < data.len() {
+            data.advance(inner);
+            if header.flags & FLAG_INNER_RAW_IP != 0 {
+                link = LinkType::RawIp;
+            }
+        }
         CapturedPacket {
             ts: self.clock.to_wall(header.ts_ns),
             ifindex: header.ifindex,
             direction: Direction::from_u8(header.direction).unwrap_or(Direction::Ingress),
-            // Both hooks hand over frames starting at an Ethernet header (lo included).
-            link: LinkType::Ethernet,
+            link,
             wire_len: header.wire_len,
             flow_hash: header.flow_hash,
             data,
@@ -276,7 +286,7 @@ mod tests {
             chunk_len: data.len() as u32,
             direction: Direction::Egress as u8,
             flags: if last { FLAG_LAST_CHUNK } else { 0 },
-            _pad: [0; 2],
+            inner_offset: 0,
             flow_hash: 0xA5A5_0F0F,
         };
         // SAFETY: ChunkHeader is repr(C) plain data without padding holes.
