@@ -15,7 +15,7 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiResult, Reply};
 use super::metrics::RecordingCounters;
 use super::{Agent, forget_oldest, lock};
-use crate::live::hosts::HostNet;
+use crate::live::hosts::{Decap, HostNet};
 use crate::live::{AttachMode, CaptureConfig, DEFAULT_RING_BYTES, parse_ring_size};
 use crate::recorder::{
     DEFAULT_THREADS, Limits, Recorder, RecorderConfig, RecorderStatus, check_threads,
@@ -28,7 +28,9 @@ use crate::store::{Recording, RecordingState, StoreConfig};
 pub struct StartRecording {
     /// Recording name: 1-200 letters, digits, '.', '_' or '-'.
     pub name: String,
-    /// Interfaces to capture on (see `ip link`).
+    /// Interfaces to capture on (see `ip link`): names, shell-style patterns (`veth*`,
+    /// `cali*`, `lxc*`) or `any`. Patterns also take interfaces that appear while recording
+    /// (pods that start); interfaces that go away are let go of and counted.
     pub interfaces: Vec<String>,
     /// TCP ports whose traffic is recorded (1-65535).
     pub ports: Vec<i64>,
@@ -36,6 +38,9 @@ pub struct StartRecording {
     /// CIDRs, IPv4 or IPv6 (`10.1.2.3`, `10.1.0.0/16`, `fd00::/64`). Default: every address.
     #[serde(default)]
     pub hosts: Vec<String>,
+    /// Encapsulations to look inside: `vxlan`, `geneve`, `ipip` (comma-separated) or `all`.
+    #[serde(default)]
+    pub decap: Option<String>,
     /// Kernel hook: `tc` (requests and responses, the default) or `xdp` (ingress only).
     #[serde(default)]
     pub attach: Option<AttachMode>,
@@ -104,10 +109,15 @@ impl StartRecording {
             .iter()
             .map(|h| h.parse::<HostNet>().map_err(ApiError::BadRequest))
             .collect::<Result<Vec<_>, _>>()?;
+        let decap = match &self.decap {
+            Some(d) => d.parse::<Decap>().map_err(ApiError::BadRequest)?,
+            None => Decap::default(),
+        };
         Ok(CaptureConfig {
             interfaces: self.interfaces.clone(),
             ports,
             hosts,
+            decap,
             mode: self.attach.unwrap_or(CaptureConfig::default().mode),
             ring_bytes,
             ..CaptureConfig::default()
