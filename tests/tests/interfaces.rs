@@ -181,6 +181,15 @@ fn a_pattern_follows_pod_veths_that_come_and_go_and_records_each_request_once() 
         stderr.contains("interfaces: 3 attached over the recording, 1 went away"),
         "{stderr}"
     );
+    // Per-interface counters: the two pods still there by name, the one gone by index.
+    let per = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("per interface: "))
+        .with_context(|| format!("no per-interface line in {stderr}"))?;
+    ensure!(
+        per.contains("vethp1 ") && per.contains("vethp3 ") && per.matches(" packets ").count() == 3,
+        "{per}"
+    );
 
     let mut recorded = BTreeMap::new();
     for m in inspect("pods", data.path())? {

@@ -52,6 +52,8 @@ pub struct RecordingCounters {
     pub kernel: Vec<(&'static str, u64)>,
     /// Everything lost, by reason ([`RecorderStatus::losses`]).
     pub drops: Vec<(String, u64)>,
+    /// Packets captured per interface: (interface, packets).
+    pub interfaces: Vec<(String, u64)>,
 }
 
 impl RecordingCounters {
@@ -64,6 +66,13 @@ impl RecordingCounters {
             store_backlog: st.store_backlog(),
             kernel: st.live.capture.kernel.pairs().collect(),
             drops: st.losses(),
+            interfaces: st
+                .live
+                .capture
+                .per_interface
+                .iter()
+                .map(|t| (t.name.clone(), t.packets))
+                .collect(),
         }
     }
 }
@@ -204,6 +213,16 @@ impl MetricsSnapshot {
         )?;
         family(
             encoder,
+            ("capture_interface_packets", Counter),
+            "Packets captured per interface, per recording.",
+            recs.iter().flat_map(|r| {
+                r.interfaces
+                    .iter()
+                    .map(move |(i, v)| (vec![rec(r), ("interface", i.clone())], *v))
+            }),
+        )?;
+        family(
+            encoder,
             ("capture_recording_drops", Counter),
             "Messages or packets lost, by reason.",
             recs.iter().flat_map(|r| {
@@ -340,6 +359,7 @@ mod tests {
                     ("kernel_ring_full".into(), 2),
                     ("store_queue_full".into(), 0),
                 ],
+                interfaces: vec![("vethp1".into(), 30), ("vethp2".into(), 8)],
             }],
             replays: vec![ReplayCounters {
                 id: "r1".into(),
@@ -378,6 +398,10 @@ capture_recording_store_backlog_messages{recording="peak"} 3
 # TYPE capture_kernel_packets_total counter
 capture_kernel_packets_total{recording="peak",counter="seen"} 40
 capture_kernel_packets_total{recording="peak",counter="captured"} 38
+# HELP capture_interface_packets_total Packets captured per interface, per recording.
+# TYPE capture_interface_packets_total counter
+capture_interface_packets_total{recording="peak",interface="vethp1"} 30
+capture_interface_packets_total{recording="peak",interface="vethp2"} 8
 # HELP capture_recording_drops_total Messages or packets lost, by reason.
 # TYPE capture_recording_drops_total counter
 capture_recording_drops_total{recording="peak",reason="kernel_ring_full"} 2
@@ -427,7 +451,7 @@ capture_agent_file_reloads_total{file="token",outcome="ok"} 1
         let text = render(MetricsSnapshot::default());
         assert_eq!(
             text.lines().filter(|l| l.starts_with("# TYPE ")).count(),
-            16
+            17
         );
         let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(

@@ -173,6 +173,15 @@ pub async fn run_record(args: RecordArgs) -> anyhow::Result<()> {
         i.attached, i.vanished, i.attach_failed, live.pipeline.reassembly.duplicate_segments
     );
     eprintln!("kernel: {}", live.capture.kernel_line());
+    let per: Vec<String> = live
+        .capture
+        .per_interface
+        .iter()
+        .map(|t| format!("{} {} packets {} bytes", t.name, t.packets, t.bytes))
+        .collect();
+    if !per.is_empty() {
+        eprintln!("per interface: {}", per.join(", "));
+    }
     if let Some(e) = finished.store_error {
         return Err(e.context(format!(
             "recording {} failed; the {} messages stored before are kept and readable",

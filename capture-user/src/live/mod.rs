@@ -52,7 +52,7 @@ pub struct LiveCapture<S> {
 }
 
 /// Kernel and userspace counters at one moment.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CaptureStats {
     /// Summed per-CPU counters of the eBPF programs.
     pub kernel: CounterSnapshot,
@@ -60,6 +60,41 @@ pub struct CaptureStats {
     pub ring: RingStatsSnapshot,
     /// Interfaces attached and let go of.
     pub interfaces: InterfaceSnapshot,
+    /// Packets and bytes captured per interface, by name (`ifN` once the name is gone).
+    pub per_interface: Vec<InterfaceTraffic>,
+}
+
+/// What one interface contributed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InterfaceTraffic {
+    pub name: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Names the interface indexes of `per_index` as they are now.
+fn name_traffic(per_index: Vec<(u32, u64, u64)>) -> Vec<InterfaceTraffic> {
+    per_index
+        .into_iter()
+        .map(|(index, packets, bytes)| InterfaceTraffic {
+            name: interface_name(index).unwrap_or_else(|| format!("if{index}")),
+            packets,
+            bytes,
+        })
+        .collect()
+}
+
+/// The name of interface `index`, if it still exists.
+fn interface_name(index: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: if_indextoname writes at most IF_NAMESIZE bytes, NUL-terminated, into buf.
+    let name = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if name.is_null() {
+        return None;
+    }
+    // SAFETY: on success buf holds a NUL-terminated string.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
 }
 
 /// What following the interfaces did, counted as it happens.
@@ -114,6 +149,12 @@ impl CaptureStats {
                 ("interfaces_attach_failed", i.attach_failed),
             ])
             .map(|(name, value)| format!("{name}={value}"))
+            .chain(self.per_interface.iter().map(|t| {
+                format!(
+                    "{}:packets={} {}:bytes={}",
+                    t.name, t.packets, t.name, t.bytes
+                )
+            }))
             .collect::<Vec<_>>()
             .join(" ")
     }
@@ -177,6 +218,7 @@ impl<S: PacketSink> LiveCapture<S> {
             kernel: self.counters.snapshot()?,
             ring: self.reader.stats().snapshot(),
             interfaces: self.interfaces.snapshot(),
+            per_interface: name_traffic(self.reader.stats().per_interface()),
         })
     }
 
@@ -212,6 +254,7 @@ impl<S: PacketSink> LiveCapture<S> {
             kernel: counters.snapshot()?,
             ring: reader.stats().snapshot(),
             interfaces: interfaces.snapshot(),
+            per_interface: name_traffic(reader.stats().per_interface()),
         };
         Ok((stats, sink))
     }

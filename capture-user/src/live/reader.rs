@@ -163,6 +163,7 @@ fn drain(
             Assembled::Packet(packet) => {
                 tally.packets += 1;
                 tally.bytes += packet.data.len() as u64;
+                tally.interface(packet.ifindex, packet.data.len() as u64);
                 batch.push(packet);
             }
             Assembled::Pending => {}
@@ -185,9 +186,31 @@ struct Tally {
     packets: u64,
     bytes: u64,
     bad_records: u64,
+    /// (ifindex, packets, bytes): a node attaches to a handful of interfaces, and packets
+    /// come in runs from one, so the last one used is checked first.
+    interfaces: Vec<(u32, u64, u64)>,
+    last: usize,
 }
 
 impl Tally {
+    fn interface(&mut self, ifindex: u32, bytes: u64) {
+        let at = match self.interfaces.get(self.last) {
+            Some(&(i, ..)) if i == ifindex => self.last,
+            _ => match self.interfaces.iter().position(|&(i, ..)| i == ifindex) {
+                Some(at) => at,
+                None => {
+                    self.interfaces.push((ifindex, 0, 0));
+                    self.interfaces.len() - 1
+                }
+            },
+        };
+        self.last = at;
+        if let Some(entry) = self.interfaces.get_mut(at) {
+            entry.1 += 1;
+            entry.2 += bytes;
+        }
+    }
+
     fn publish(&mut self, stats: &RingStats) {
         stats.records.fetch_add(self.records, Ordering::Relaxed);
         stats.packets.fetch_add(self.packets, Ordering::Relaxed);
@@ -195,7 +218,19 @@ impl Tally {
         stats
             .bad_records
             .fetch_add(self.bad_records, Ordering::Relaxed);
+        if !self.interfaces.is_empty() {
+            let mut per = crate::sync::lock(&stats.per_interface);
+            for &(index, packets, bytes) in &self.interfaces {
+                let entry = per.entry(index).or_default();
+                entry.0 += packets;
+                entry.1 += bytes;
+            }
+        }
+        let interfaces = std::mem::take(&mut self.interfaces);
         *self = Self::default();
+        // Keep the allocation: the same interfaces come back in the next drain.
+        self.interfaces = interfaces;
+        self.interfaces.clear();
     }
 }
 

@@ -68,6 +68,8 @@ pub struct RingStats {
     pub bad_records: AtomicU64,
     /// Batches handed to the consumer.
     pub batches: AtomicU64,
+    /// Packets and bytes handed on per interface index (published with each batch).
+    pub per_interface: std::sync::Mutex<std::collections::BTreeMap<u32, (u64, u64)>>,
 }
 
 /// A point-in-time copy of [`RingStats`].
@@ -82,6 +84,14 @@ pub struct RingStatsSnapshot {
 }
 
 impl RingStats {
+    /// Packets and bytes per interface index so far.
+    pub fn per_interface(&self) -> Vec<(u32, u64, u64)> {
+        crate::sync::lock(&self.per_interface)
+            .iter()
+            .map(|(&index, &(packets, bytes))| (index, packets, bytes))
+            .collect()
+    }
+
     /// Reads every counter.
     pub fn snapshot(&self) -> RingStatsSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
