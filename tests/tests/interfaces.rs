@@ -191,6 +191,26 @@ fn a_pattern_follows_pod_veths_that_come_and_go_and_records_each_request_once() 
         "{per}"
     );
 
+    // The catalog entry keeps the per-interface counts too.
+    let show = run_ok(Command::new(tests::capture_bin()).args([
+        "recordings",
+        "show",
+        "pods",
+        "--json",
+        "--data-dir",
+        &dir,
+    ]))?;
+    let entry: serde_json::Value = serde_json::from_slice(&show.stdout)
+        .with_context(|| String::from_utf8_lossy(&show.stdout).into_owned())?;
+    ensure!(
+        entry["interfaces"]["vethp1"]
+            .as_u64()
+            .is_some_and(|n| n > 0)
+            && entry["interfaces"]["vethp3"]
+                .as_u64()
+                .is_some_and(|n| n > 0),
+        "{entry}"
+    );
     let mut recorded = BTreeMap::new();
     for m in inspect("pods", data.path())? {
         if let Some(request) = m.request {

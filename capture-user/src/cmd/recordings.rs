@@ -118,6 +118,9 @@ pub fn run_recordings(cmd: RecordingsCommand) -> anyhow::Result<()> {
                 for (k, v) in &rec.drops {
                     println!("drop {k}: {v}");
                 }
+                for (k, v) in &rec.interfaces {
+                    println!("interface {k}: {v} packets");
+                }
             }
             Ok(())
         }

@@ -132,6 +132,10 @@ pub struct Recording {
     pub bytes: u64,
     /// Drops and anomalies by reason, from capture and framing.
     pub drops: BTreeMap<String, u64>,
+    /// Live recordings: packets captured per interface (summed by name over the nodes of a
+    /// shared recording).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub interfaces: BTreeMap<String, u64>,
     /// Why it ended when it was not asked to: the limit it reached (`complete`) or what
     /// failed (`failed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -161,6 +165,7 @@ impl Recording {
             messages: 0,
             bytes: 0,
             drops: BTreeMap::new(),
+            interfaces: BTreeMap::new(),
             reason: None,
         }
     }
@@ -383,6 +388,8 @@ pub struct RecordingSummary {
     pub messages: u64,
     pub bytes: u64,
     pub drops: BTreeMap<String, u64>,
+    /// Packets captured per interface (live recordings).
+    pub interfaces: BTreeMap<String, u64>,
     /// Why the recording ended.
     pub ending: Ending,
 }

@@ -28,6 +28,7 @@ pub fn merge_parts(name: &str, parts: &[Recording]) -> Option<Recording> {
     merged.owner = None;
     merged.start = BTreeMap::new();
     merged.drops = BTreeMap::new();
+    merged.interfaces = BTreeMap::new();
     merged.messages = 0;
     merged.bytes = 0;
     let mut end: BTreeMap<i32, i64> = BTreeMap::new();
@@ -56,6 +57,9 @@ pub fn merge_parts(name: &str, parts: &[Recording]) -> Option<Recording> {
         merged.bytes += p.bytes;
         for (k, v) in &p.drops {
             *merged.drops.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &p.interfaces {
+            *merged.interfaces.entry(k.clone()).or_default() += v;
         }
         sources.push(p.source.clone());
     }

@@ -468,6 +468,7 @@ impl Store for EmbeddedStore {
             drops.entry(reason).or_insert(n);
         }
         rec.drops = drops;
+        rec.interfaces = summary.interfaces;
         save(&self.catalog, &self.ballast, &rec)?;
         match write_error {
             Some(e) => Err(e),

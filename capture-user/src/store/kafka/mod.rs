@@ -539,6 +539,7 @@ impl Store for KafkaStore {
         rec.messages = summary.messages;
         rec.bytes = summary.bytes;
         rec.drops = summary.drops;
+        rec.interfaces = summary.interfaces;
         self.save(&key, Some(&rec))?;
         flushed?;
         Ok(rec)
