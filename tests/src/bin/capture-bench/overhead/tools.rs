@@ -29,12 +29,13 @@ pub enum Tool {
     RecordXdp,
     RecordThreads,
     RecordLz4,
+    RecordAny,
     Tcpdump,
 }
 
 impl Tool {
     /// The rows in the order the table shows them.
-    pub const ROWS: [Tool; 8] = [
+    pub const ROWS: [Tool; 9] = [
         Tool::Baseline,
         Tool::Packets,
         Tool::Messages,
@@ -42,6 +43,7 @@ impl Tool {
         Tool::RecordXdp,
         Tool::RecordThreads,
         Tool::RecordLz4,
+        Tool::RecordAny,
         Tool::Tcpdump,
     ];
 
@@ -55,6 +57,7 @@ impl Tool {
             Tool::RecordXdp => "`capture record --attach xdp`",
             Tool::RecordThreads => "`capture record --threads 2`",
             Tool::RecordLz4 => "`capture record --compression lz4`",
+            Tool::RecordAny => "`capture record --iface any`, 10 idle veth pairs",
             Tool::Tcpdump => "`tcpdump -w FILE`",
         }
     }
@@ -94,6 +97,15 @@ impl Tool {
             Tool::RecordXdp => record(&["--attach", "xdp"]),
             Tool::RecordThreads => record(&["--threads", "2"]),
             Tool::RecordLz4 => record(&["--compression", "lz4"]),
+            Tool::RecordAny => {
+                idle_veths(ns, IDLE_VETHS)?;
+                let mut args = vec!["record", "--name", RECORDING, "--data-dir", &data];
+                args.extend(["--iface", "any", "--port", port.as_str()]);
+                Ok(Running::Record(
+                    CaptureRun::start(ns, &args)?,
+                    dir.join("data"),
+                ))
+            }
             Tool::Tcpdump => Ok(Running::Tcpdump(PlainTcpdump::start(
                 ns,
                 &topo.server_if,
@@ -101,6 +113,40 @@ impl Tool {
             )?)),
         }
     }
+}
+
+/// Idle veth pairs next to the busy one for the `--iface any` row: the row shows whether the
+/// busy interface's cost grows with interfaces that carry nothing.
+const IDLE_VETHS: usize = 10;
+
+/// Makes sure `count` idle veth pairs (`idleN`/`idleNp`, up, no traffic) exist in `ns`; they
+/// go with the namespace.
+fn idle_veths(ns: &str, count: usize) -> Result<()> {
+    for n in 0..count {
+        let name = format!("idle{n}");
+        let exists = Topology::exec(ns, "ip")
+            .args(["link", "show", &name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !exists {
+            run_ok(Topology::exec(ns, "ip").args([
+                "link",
+                "add",
+                &name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &format!("{name}p"),
+            ]))?;
+        }
+        for end in [name.clone(), format!("{name}p")] {
+            run_ok(Topology::exec(ns, "ip").args(["link", "set", &end, "up"]))?;
+        }
+    }
+    Ok(())
 }
 
 /// The recording every `record` row makes (each in a fresh data directory).
