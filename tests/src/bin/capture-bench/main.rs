@@ -58,6 +58,8 @@ enum Which {
     /// The embedded store alone (no broker needed).
     StoreEmbedded,
     Replay,
+    /// What `replay --diff` costs: rate and peak RSS with and without it, paired.
+    ReplayDiff,
     Overhead,
 }
 
@@ -76,6 +78,7 @@ fn main() -> Result<()> {
             drain::drain_rate()?;
             store::store_rates()?;
             replay::replay_rates()?;
+            replay::diff_cost()?;
             overhead()
         }
         Which::Ebpf => ebpf::ebpf_cost(),
@@ -83,6 +86,7 @@ fn main() -> Result<()> {
         Which::Store => store::store_rates(),
         Which::StoreEmbedded => store::embedded_store_rates(),
         Which::Replay => replay::replay_rates(),
+        Which::ReplayDiff => replay::diff_cost(),
         Which::Overhead => overhead(),
     }
 }

@@ -1,7 +1,7 @@
 //! `replay`: `capture replay --max` next to wrk against the same nginx; peak RSS and time to
 //! the first request of recordings of 100k, 1M and 3M requests on both backends; a GoReplay
-//! file over a 16-connection pool next to wrk -c16; and the schedule lag of `--speed 1` at
-//! 5k req/s.
+//! file over a 16-connection pool next to wrk -c16; the schedule lag of `--speed 1` at
+//! 5k req/s; and what `--diff` costs on a million requests.
 
 use std::time::Duration;
 
@@ -174,6 +174,53 @@ fn replay_scale(topo: &Topology, target: &str) -> Result<()> {
             );
         }
         std::fs::remove_file(&pcap)?;
+    }
+    Ok(())
+}
+
+/// `replay --max` of a million recorded requests without and with `--diff`, paired three
+/// times after a warm-up: the rate and peak RSS of each, and their ratios. Every answer
+/// differs from the synthetic recording's (nginx's own headers and body), so each one is
+/// decoded, compared and counted, and the examples fill up.
+pub fn diff_cost() -> Result<()> {
+    println!("== replay --diff next to plain replay, 1M requests, embedded store ==");
+    let topo = Topology::new("bdf")?;
+    let _nginx = Nginx::start(&topo.server_ns, &[PORT])?;
+    let target = format!("http://{}:{PORT}", topo.server_ip);
+    let data = tempfile::tempdir()?;
+    let pcap = data.path().join("diff.pcap");
+    let requests = 1_000_000u64;
+    write_pcap(
+        &pcap,
+        PORT,
+        round_robin(16, requests, 1_700_000_000_000_000, 20, 100),
+    )?;
+    let store = ["--data-dir".to_string(), data.path().display().to_string()];
+    import(&topo.client_ns, &pcap, PORT, "diff", &store)?;
+    std::fs::remove_file(&pcap)?;
+    let run = |diff: bool| -> Result<(f64, f64)> {
+        let mut cmd = capture_in(&topo.client_ns);
+        cmd.args(["replay", "diff", "--target", &target, "--max", "--json", "--quiet"])
+            .args(store.iter());
+        if diff {
+            cmd.arg("--diff");
+        }
+        let replay = run_measured(&mut cmd)?;
+        let s: serde_json::Value = serde_json::from_str(&replay.stdout)
+            .with_context(|| format!("replay printed no summary: {}", replay.stderr))?;
+        anyhow::ensure!(s["completed"] == requests, "not every request completed: {s}");
+        let rate = s["requests_per_second"].as_f64().unwrap_or(0.0);
+        Ok((rate, replay.peak_rss_mib))
+    };
+    run(false)?;
+    for pair in 1..=3 {
+        let (plain_rate, plain_rss) = run(false)?;
+        let (diff_rate, diff_rss) = run(true)?;
+        println!(
+            "pair {pair}: plain {plain_rate:.0} req/s, peak RSS {plain_rss:.1} MiB; --diff {diff_rate:.0} req/s, peak RSS {diff_rss:.1} MiB; rate ratio {:.2}, RSS +{:.1} MiB",
+            diff_rate / plain_rate,
+            diff_rss - plain_rss
+        );
     }
     Ok(())
 }
