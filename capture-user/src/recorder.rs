@@ -441,13 +441,7 @@ impl Running {
             messages: committed.map_or(last.messages_written, |c| c.messages),
             bytes: committed.map_or(outcome.bytes, |c| c.bytes),
             drops: crate::store::drops_seen(last.losses()),
-            interfaces: last
-                .live
-                .capture
-                .per_interface
-                .iter()
-                .map(|t| (t.name.clone(), t.packets))
-                .collect(),
+            interfaces: last.live.capture.packets_per_interface(),
             ending: outcome.ending,
         };
         let recording = store.end(&name, summary)?;

@@ -150,6 +150,18 @@ impl CaptureRun {
         self.child.id() as i32
     }
 
+    /// Lets the last packets reach the capture (300 ms), stops it with Ctrl-C (SIGINT) and
+    /// checks it ended well; its stderr, one string.
+    pub fn stop_ok(self) -> Result<String> {
+        std::thread::sleep(Duration::from_millis(300));
+        let out = self.stop(libc::SIGINT)?;
+        let stderr = out.stderr.join("\n");
+        if !out.status.success() {
+            bail!("capture failed ({:?}): {stderr}", out.status);
+        }
+        Ok(stderr)
+    }
+
     /// Sends `signal` and collects the output once it exits (fails after 30 s).
     pub fn stop(self, signal: i32) -> Result<CaptureOutput> {
         // SAFETY: kill(2) on our own child's pid.

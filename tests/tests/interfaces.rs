@@ -17,6 +17,16 @@ use tests::run_ok;
 
 const PORT: u16 = 8080;
 
+/// GETs every URL from namespace `ns` with one curl (one keep-alive connection per host).
+fn get_all(ns: &str, urls: impl IntoIterator<Item = String>) -> Result<()> {
+    let mut curl = Topology::exec(ns, "curl");
+    curl.args(["-sS", "-g"]);
+    for url in urls {
+        curl.args(["-o", "/dev/null", &url]);
+    }
+    run_ok(&mut curl).map(drop)
+}
+
 /// A namespace removed on drop.
 struct Netns(String);
 
@@ -92,16 +102,11 @@ impl Pod {
 
     /// `count` GETs from the hub over one keep-alive connection, each URI unique.
     fn traffic(&self, hub: &Netns, pod: u8, from: usize, count: usize) -> Result<()> {
-        let mut curl = Topology::exec(&hub.0, "curl");
-        curl.arg("-sS");
-        for i in from..from + count {
-            curl.args([
-                "-o",
-                "/dev/null",
-                &format!("http://{}:{PORT}/index.html?pod={pod}&i={i}", self.ip),
-            ]);
-        }
-        run_ok(&mut curl).map(drop)
+        let ip = &self.ip;
+        get_all(
+            &hub.0,
+            (from..from + count).map(|i| format!("http://{ip}:{PORT}/index.html?pod={pod}&i={i}")),
+        )
     }
 
     /// The requests nginx answered, as (method, URI).
@@ -166,13 +171,10 @@ fn a_pattern_follows_pod_veths_that_come_and_go_and_records_each_request_once() 
             *served.entry(e).or_insert(0) += 1;
         }
     }
-    std::thread::sleep(Duration::from_millis(300));
     // The programs and links the recorder holds now (pods 1 and 3 attached).
     let objects = run.bpf_objects()?;
     ensure!(!objects.link_ids.is_empty(), "no link held: {objects:?}");
-    let out = run.stop(libc::SIGINT)?;
-    let stderr = out.stderr.join("\n");
-    ensure!(out.status.success(), "record: {stderr}");
+    let stderr = run.stop_ok()?;
     ensure!(
         stderr.contains("no interface yet (following vethp*)"),
         "the start line says what it follows: {stderr}"
@@ -288,20 +290,12 @@ fn host_filters_keep_only_the_chosen_servers_traffic_in_both_families() -> Resul
         ("b6", format!("[{other6}]")),
     ];
     for (name, host) in &servers {
-        let mut curl = topo.client("curl");
-        curl.args(["-sS", "-g"]);
-        for i in 0..4 {
-            curl.args([
-                "-o",
-                "/dev/null",
-                &format!("http://{host}:{PORT}/index.html?to={name}&i={i}"),
-            ]);
-        }
-        run_ok(&mut curl)?;
+        get_all(
+            &topo.client_ns,
+            (0..4).map(|i| format!("http://{host}:{PORT}/index.html?to={name}&i={i}")),
+        )?;
     }
-    std::thread::sleep(Duration::from_millis(300));
-    let out = run.stop(libc::SIGINT)?;
-    ensure!(out.status.success(), "record: {}", out.stderr.join("\n"));
+    run.stop_ok()?;
     ensure!(
         nginx.access_log()?.len() == 16,
         "nginx served every request"
@@ -363,20 +357,11 @@ fn any_interface_records_a_request_seen_on_two_interfaces_once() -> Result<()> {
             &dir,
         ],
     )?;
-    let mut curl = Topology::exec(&client.0, "curl");
-    curl.arg("-sS");
-    for i in 0..10 {
-        curl.args([
-            "-o",
-            "/dev/null",
-            &format!("http://10.79.2.2:{PORT}/index.html?i={i}"),
-        ]);
-    }
-    run_ok(&mut curl)?;
-    std::thread::sleep(Duration::from_millis(300));
-    let out = run.stop(libc::SIGINT)?;
-    let stderr = out.stderr.join("\n");
-    ensure!(out.status.success(), "record: {stderr}");
+    get_all(
+        &client.0,
+        (0..10).map(|i| format!("http://10.79.2.2:{PORT}/index.html?i={i}")),
+    )?;
+    let stderr = run.stop_ok()?;
     ensure!(stderr.contains("from hc, hs (following any)"), "{stderr}");
     let served: Vec<String> = nginx.access_log()?.into_iter().map(|e| e.uri).collect();
     let mut recorded: Vec<String> = inspect("routed", data.path())?

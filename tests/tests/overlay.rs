@@ -103,10 +103,7 @@ fn record_while(
     ];
     let run = CaptureRun::record(&topo.client_ns, &topo.client_if, name, &extra)?;
     send()?;
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let out = run.stop(libc::SIGINT)?;
-    let stderr = out.stderr.join("\n");
-    ensure!(out.status.success(), "record: {stderr}");
+    let stderr = run.stop_ok()?;
     let kernel = stderr
         .lines()
         .find_map(|l| l.strip_prefix("kernel: "))

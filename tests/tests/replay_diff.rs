@@ -74,14 +74,6 @@ fn curl(topo: &Topology, paths: &[String], gzip: bool) -> Result<()> {
     run_ok(&mut cmd).map(drop)
 }
 
-/// Lets the last packets reach the recorder, then stops it (Ctrl-C) and checks it ended well.
-fn stop_recording(run: CaptureRun) -> Result<()> {
-    std::thread::sleep(Duration::from_millis(300));
-    let out = run.stop(libc::SIGINT)?;
-    ensure!(out.status.success(), "record: {}", out.stderr.join("\n"));
-    Ok(())
-}
-
 /// The diff summary's entry for `endpoint`.
 fn endpoint<'a>(diff: &'a Value, name: &str) -> Result<&'a Value> {
     diff["endpoints"]
@@ -123,7 +115,7 @@ fn diff_reports_exactly_the_changed_fields_and_statuses_and_the_report_shows_the
     curl(&topo, &[users.clone(), users].concat(), false)?;
     curl(&topo, &vec!["/api/config".to_string(); 3], true)?;
     curl(&topo, &vec!["/api/health".to_string(); 3], false)?;
-    stop_recording(run)?;
+    run.stop_ok()?;
     let recorded = nginx.access_log()?;
     ensure!(recorded.len() == 18, "{} requests recorded", recorded.len());
     let config_len = config_json(100, false).len() as u64;
@@ -458,7 +450,7 @@ fn a_baseline_turns_times_and_random_ids_into_noise_and_leaves_the_real_change()
         curl.args(["-o", "/dev/null", &format!("{}{p}", target(&topo, PORT))]);
     }
     run_ok(&mut curl)?;
-    stop_recording(run)?;
+    run.stop_ok()?;
     drop(recorded_version);
 
     let _candidate = PyBackend::start(&topo, PORT, "b")?;

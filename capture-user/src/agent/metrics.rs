@@ -66,13 +66,7 @@ impl RecordingCounters {
             store_backlog: st.store_backlog(),
             kernel: st.live.capture.kernel.pairs().collect(),
             drops: st.losses(),
-            interfaces: st
-                .live
-                .capture
-                .per_interface
-                .iter()
-                .map(|t| (t.name.clone(), t.packets))
-                .collect(),
+            interfaces: st.live.capture.packets_per_interface(),
         }
     }
 }

@@ -128,6 +128,14 @@ impl InterfaceCounts {
 }
 
 impl CaptureStats {
+    /// Packets captured per interface, by name.
+    pub fn packets_per_interface<T: FromIterator<(String, u64)>>(&self) -> T {
+        self.per_interface
+            .iter()
+            .map(|t| (t.name.clone(), t.packets))
+            .collect()
+    }
+
     /// The kernel's counters as `name=value` on one line.
     pub fn kernel_line(&self) -> String {
         self.kernel

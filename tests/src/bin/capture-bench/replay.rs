@@ -200,15 +200,20 @@ pub fn diff_cost() -> Result<()> {
     std::fs::remove_file(&pcap)?;
     let run = |diff: bool| -> Result<(f64, f64)> {
         let mut cmd = capture_in(&topo.client_ns);
-        cmd.args(["replay", "diff", "--target", &target, "--max", "--json", "--quiet"])
-            .args(store.iter());
+        cmd.args([
+            "replay", "diff", "--target", &target, "--max", "--json", "--quiet",
+        ])
+        .args(store.iter());
         if diff {
             cmd.arg("--diff");
         }
         let replay = run_measured(&mut cmd)?;
         let s: serde_json::Value = serde_json::from_str(&replay.stdout)
             .with_context(|| format!("replay printed no summary: {}", replay.stderr))?;
-        anyhow::ensure!(s["completed"] == requests, "not every request completed: {s}");
+        anyhow::ensure!(
+            s["completed"] == requests,
+            "not every request completed: {s}"
+        );
         let rate = s["requests_per_second"].as_f64().unwrap_or(0.0);
         Ok((rate, replay.peak_rss_mib))
     };
