@@ -3,6 +3,7 @@
 //! shutdown order (detach, drain, close) so no caller can get it wrong; [`LivePackets`]
 //! hands the packets to async code, [`LiveMessages`] frames them on the ring thread.
 
+mod config;
 pub mod hosts;
 pub mod interfaces;
 mod kernel_counters;
