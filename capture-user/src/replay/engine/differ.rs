@@ -6,7 +6,7 @@
 use std::fs::File;
 use std::io::{BufWriter, Write as _};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use super::PreparedRequest;
@@ -15,6 +15,7 @@ use crate::replay::diff::{
     compare, decode_response, diff_line,
 };
 use crate::replay::response::{KEEP_RESPONSE_BYTES, ResponseOutcome};
+use crate::sync::lock;
 
 /// Decoded bodies beyond this are cut (a compressed body can expand a thousandfold).
 const MAX_DECODED_BODY: usize = 4 * KEEP_RESPONSE_BYTES;
@@ -188,11 +189,6 @@ fn open_out(path: &Path) -> Result<DiffOut, DiffOutError> {
         lines: 0,
         error: None,
     })
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panicking connection task leaves counts that are still worth reporting.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
