@@ -226,11 +226,13 @@ impl Tally {
                 entry.1 += bytes;
             }
         }
-        let interfaces = std::mem::take(&mut self.interfaces);
-        *self = Self::default();
         // Keep the allocation: the same interfaces come back in the next drain.
-        self.interfaces = interfaces;
-        self.interfaces.clear();
+        let mut interfaces = std::mem::take(&mut self.interfaces);
+        interfaces.clear();
+        *self = Self {
+            interfaces,
+            ..Self::default()
+        };
     }
 }
 
