@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use compact_str::CompactString;
+use serde::{Deserialize, Serialize};
 
 use crate::packet::Timestamp;
 
@@ -23,7 +24,63 @@ pub enum MessageKind {
     },
 }
 
-/// One HTTP/1.x message as captured.
+/// The HTTP version a message was carried in. It decides how the message's bytes are laid out
+/// (HTTP/1's wire bytes, or HTTP/2's stored form, see `http2`) and how replay sends it.
+/// Stored as one byte: 0 and 1 are HTTP/1.0 and 1.1 (the minor version, as stores written
+/// before HTTP/2 hold it), 20 is HTTP/2.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "u8", try_from = "u8")]
+pub enum HttpVersion {
+    Http10,
+    #[default]
+    Http11,
+    Http2,
+}
+
+impl HttpVersion {
+    /// HTTP/1.`minor`.
+    pub fn http1(minor: u8) -> Self {
+        if minor == 0 {
+            Self::Http10
+        } else {
+            Self::Http11
+        }
+    }
+
+    /// As written in listings: "HTTP/1.1".
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Http10 => "HTTP/1.0",
+            Self::Http11 => "HTTP/1.1",
+            Self::Http2 => "HTTP/2",
+        }
+    }
+}
+
+impl From<HttpVersion> for u8 {
+    fn from(version: HttpVersion) -> u8 {
+        match version {
+            HttpVersion::Http10 => 0,
+            HttpVersion::Http11 => 1,
+            HttpVersion::Http2 => 20,
+        }
+    }
+}
+
+impl TryFrom<u8> for HttpVersion {
+    type Error = String;
+
+    fn try_from(byte: u8) -> Result<Self, String> {
+        match byte {
+            0 => Ok(Self::Http10),
+            1 => Ok(Self::Http11),
+            20 => Ok(Self::Http2),
+            other => Err(format!("unknown HTTP version byte {other}")),
+        }
+    }
+}
+
+/// One HTTP message as captured (HTTP/1.x, or HTTP/2 in its stored form).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpMessage {
     /// Unique within a capture run, in the order messages started.
@@ -31,8 +88,7 @@ pub struct HttpMessage {
     /// Connection the message belongs to (unique within a capture run).
     pub conn_id: u64,
     pub kind: MessageKind,
-    /// HTTP/1.`minor_version`.
-    pub minor_version: u8,
+    pub version: HttpVersion,
     /// For responses: the id of the request it answers, when known.
     pub request_id: Option<u64>,
     /// When its first and last bytes were captured.
@@ -40,7 +96,9 @@ pub struct HttpMessage {
     pub last_ts: Timestamp,
     pub src: SocketAddr,
     pub dst: SocketAddr,
-    /// Exactly the bytes seen on the wire: request/status line, headers and body as sent.
+    /// HTTP/1: exactly the bytes seen on the wire (request/status line, headers and body as
+    /// sent). HTTP/2: the stored form (`http2::render_stored`), since frames and HPACK are
+    /// connection state.
     pub bytes: Bytes,
     /// Body length as framed (chunked: decoded length).
     pub body_len: u64,
@@ -52,6 +110,21 @@ impl HttpMessage {
     /// True for requests.
     pub fn is_request(&self) -> bool {
         matches!(self.kind, MessageKind::Request { .. })
+    }
+
+    /// An HTTP/2 response's `grpc-status` (from its trailers, or the headers of a
+    /// trailers-only answer).
+    pub fn grpc_status(&self) -> Option<String> {
+        if self.version != HttpVersion::Http2 || self.is_request() {
+            return None;
+        }
+        let stored = crate::http2::parse_stored(&self.bytes, self.body_len)?;
+        let (_, value) = stored
+            .trailers
+            .iter()
+            .chain(stored.headers.iter())
+            .find(|(name, _)| name.eq_ignore_ascii_case(b"grpc-status"))?;
+        Some(String::from_utf8_lossy(value).into_owned())
     }
 
     /// One listing line: time, connection, id, what it is, body size, flags.
@@ -71,6 +144,12 @@ impl HttpMessage {
                 if let Some(req) = self.request_id {
                     let _ = write!(line, " to={req}");
                 }
+            }
+        }
+        if self.version == HttpVersion::Http2 {
+            line.push_str(" http2");
+            if let Some(code) = self.grpc_status() {
+                let _ = write!(line, " grpc-status={code}");
             }
         }
         let _ = write!(line, " body={}", self.body_len);

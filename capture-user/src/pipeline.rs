@@ -6,9 +6,10 @@ use std::net::SocketAddr;
 
 use crate::counters::CounterTable;
 use crate::decode::{TcpSegment, decode_tcp_owned};
-use crate::http::{ConnectionFramer, FramedMessage, HttpConfig, HttpStats, IdAllocator};
+use crate::http::{FramedMessage, IdAllocator};
 use crate::message::HttpMessage;
 use crate::packet::{CapturedPacket, Timestamp};
+use crate::protocol::{FramingConfig, FramingStats, ProtocolFramer};
 use crate::reassembly::{FlowDir, Reassembler, ReassemblyConfig, ReassemblyStats, StreamEvent};
 
 /// What the pipeline needs to know.
@@ -18,7 +19,8 @@ pub struct PipelineConfig {
     /// it also tells which side is the server on connections seen without their SYN.
     pub ports: Vec<u16>,
     pub reassembly: ReassemblyConfig,
-    pub http: HttpConfig,
+    /// Limits of HTTP/1 and HTTP/2 framing.
+    pub framing: FramingConfig,
 }
 
 /// Every counter of the pipeline.
@@ -30,7 +32,8 @@ pub struct PipelineStats {
     /// Packets that could not be decoded to TCP, by reason.
     pub decode_errors: BTreeMap<&'static str, u64>,
     pub reassembly: ReassemblyStats,
-    pub http: HttpStats,
+    /// HTTP/1 and HTTP/2 framing.
+    pub framing: FramingStats,
     pub messages: u64,
 }
 
@@ -52,10 +55,18 @@ impl PipelineStats {
                 .map(|(k, v)| (k.to_string(), v)),
         );
         pairs.extend(
-            self.http
+            self.framing
+                .http
                 .pairs()
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v)),
+        );
+        pairs.extend(
+            self.framing
+                .http2
+                .rows()
+                .into_iter()
+                .map(|(k, v, _)| (format!("h2_{k}"), v)),
         );
         pairs.push(("messages".to_string(), self.messages));
         pairs
@@ -68,8 +79,16 @@ impl PipelineStats {
             .reassembly
             .losses()
             .into_iter()
-            .chain(self.http.losses())
-            .map(|(name, v)| (name.to_string(), v));
+            .chain(self.framing.http.losses())
+            .map(|(name, v)| (name.to_string(), v))
+            .chain(
+                self.framing
+                    .http2
+                    .rows()
+                    .into_iter()
+                    .filter(|(_, _, loss)| *loss)
+                    .map(|(name, v, _)| (format!("h2_{name}"), v)),
+            );
         let decode = self
             .decode_errors
             .iter()
@@ -89,7 +108,8 @@ impl PipelineStats {
             *self.decode_errors.entry(reason).or_insert(0) += n;
         }
         self.reassembly.add(&other.reassembly);
-        self.http.add(&other.http);
+        self.framing.http.add(&other.framing.http);
+        self.framing.http2.add(&other.framing.http2);
         self.messages += other.messages;
     }
 
@@ -106,7 +126,7 @@ impl PipelineStats {
 struct Conn {
     client: SocketAddr,
     server: SocketAddr,
-    framer: ConnectionFramer,
+    framer: ProtocolFramer,
 }
 
 /// The sans-IO pipeline from packets to messages.
@@ -197,7 +217,7 @@ impl Pipeline {
     }
 
     fn drain(&mut self, out: &mut Vec<HttpMessage>) {
-        let http = &mut self.stats.http;
+        let framing = &mut self.stats.framing;
         for event in self.events.drain(..) {
             match event {
                 StreamEvent::Opened {
@@ -211,7 +231,7 @@ impl Pipeline {
                         Conn {
                             client,
                             server,
-                            framer: ConnectionFramer::new(self.config.http.clone(), midstream),
+                            framer: ProtocolFramer::new(self.config.framing.clone(), midstream),
                         },
                     );
                 }
@@ -223,19 +243,19 @@ impl Pipeline {
                 } => {
                     if let Some(c) = self.conns.get_mut(&conn) {
                         c.framer
-                            .data(dir, ts, bytes, &mut self.ids, http, &mut self.framed);
+                            .data(dir, ts, bytes, &mut self.ids, framing, &mut self.framed);
                         Self::publish(conn, c, &mut self.framed, &mut self.stats.messages, out);
                     }
                 }
                 StreamEvent::Gap { conn, dir, ts, .. } => {
                     if let Some(c) = self.conns.get_mut(&conn) {
-                        c.framer.gap(dir, ts, http, &mut self.framed);
+                        c.framer.gap(dir, ts, framing, &mut self.framed);
                         Self::publish(conn, c, &mut self.framed, &mut self.stats.messages, out);
                     }
                 }
                 StreamEvent::Closed { conn, ts, .. } => {
                     if let Some(mut c) = self.conns.remove(&conn) {
-                        c.framer.close(ts, &mut self.ids, http, &mut self.framed);
+                        c.framer.close(ts, &mut self.ids, framing, &mut self.framed);
                         Self::publish(conn, &c, &mut self.framed, &mut self.stats.messages, out);
                     }
                 }
@@ -260,7 +280,7 @@ impl Pipeline {
                 id: m.id,
                 conn_id,
                 kind: m.kind,
-                minor_version: m.minor_version,
+                version: m.version,
                 request_id: m.request_id,
                 first_ts: m.first_ts,
                 last_ts: m.last_ts,
@@ -286,8 +306,8 @@ mod tests {
         };
         stats.decode_errors.insert("not_tcp", 3);
         stats.reassembly.gaps = 4;
-        stats.http.incomplete_messages = 5;
-        stats.http.requests = 99; // a count, not a loss
+        stats.framing.http.incomplete_messages = 5;
+        stats.framing.http.requests = 99; // a count, not a loss
         let losses: BTreeMap<String, u64> = stats.losses().into_iter().collect();
         assert_eq!(losses["truncated_packets"], 2);
         assert_eq!(losses["decode_error_not_tcp"], 3);
@@ -308,12 +328,12 @@ mod tests {
         };
         one.decode_errors.insert("not_tcp", 1);
         one.reassembly.gaps = 2;
-        one.http.requests = 3;
+        one.framing.http.requests = 3;
         let mut total = one.clone();
         total.add(&one);
         assert_eq!((total.packets, total.messages), (20, 8));
         assert_eq!(total.decode_errors["not_tcp"], 2);
-        assert_eq!((total.reassembly.gaps, total.http.requests), (4, 6));
+        assert_eq!((total.reassembly.gaps, total.framing.http.requests), (4, 6));
         // Through the tables: every pair doubled.
         let doubled: Vec<(String, u64)> =
             one.pairs().into_iter().map(|(k, v)| (k, 2 * v)).collect();

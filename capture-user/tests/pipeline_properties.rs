@@ -238,7 +238,7 @@ proptest! {
             prop_assert_eq!(responses[i].request_id, Some(requests[i].id));
         }
         prop_assert_eq!(stats.reassembly.gaps, 0);
-        prop_assert_eq!(stats.http.incomplete_messages, 0);
+        prop_assert_eq!(stats.framing.http.incomplete_messages, 0);
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub struct AccessLogEntry {
     /// The request body, for the proxied `POST /upload` when it fit in memory (1 MiB);
     /// "" otherwise. JSON escapes are undone.
     pub request_body: String,
+    /// The Content-Length request header ("" when absent).
+    pub content_length: String,
 }
 
 impl Nginx {
@@ -51,13 +53,29 @@ impl Nginx {
     /// As [`Nginx::start`], with `server_extra` added to the server block (e.g. gzip
     /// settings, a default type).
     pub fn start_with(ns: &str, ports: &[u16], server_extra: &str) -> Result<Self> {
+        Self::start_listening(ns, ports, "", server_extra)
+    }
+
+    /// As [`Nginx::start`], serving HTTP/2 in clear text (h2c with prior knowledge: nginx
+    /// 1.22 has no `Upgrade: h2c`) on `ports`.
+    pub fn start_h2c(ns: &str, ports: &[u16]) -> Result<Self> {
+        Self::start_listening(ns, ports, " http2", "")
+    }
+
+    /// Starts nginx with `listen_params` after each listen's port.
+    fn start_listening(
+        ns: &str,
+        ports: &[u16],
+        listen_params: &str,
+        server_extra: &str,
+    ) -> Result<Self> {
         let dir = tempfile::tempdir().context("creating nginx temp dir")?;
         let root = dir.path().join("www");
         std::fs::create_dir_all(&root)?;
         std::fs::write(root.join("index.html"), "hello from nginx\n")?;
         let listens: String = ports
             .iter()
-            .map(|p| format!("listen {p}; listen [::]:{p};\n"))
+            .map(|p| format!("listen {p}{listen_params}; listen [::]:{p}{listen_params};\n"))
             .collect();
         let d = dir.path().display();
         let conf = format!(
@@ -71,7 +89,7 @@ pid {d}/nginx.pid;
 events {{ worker_connections 4096; }}
 http {{
     access_log off;
-    log_format capture escape=json '$request_method\t$request_uri\t$status\t$request_length\t$body_bytes_sent\t$msec\t$http_host\t$http_x_replay\t$http_x_drop_me\t$http_x_copy\t$request_body';
+    log_format capture escape=json '$request_method\t$request_uri\t$status\t$request_length\t$body_bytes_sent\t$msec\t$http_host\t$http_x_replay\t$http_x_drop_me\t$http_x_copy\t$request_body\t$content_length';
     client_body_temp_path {d}/body;
     proxy_temp_path {d}/proxy;
     fastcgi_temp_path {d}/fastcgi;
@@ -146,8 +164,10 @@ http {{
 }
 
 fn parse_access_log(path: &Path) -> Result<Vec<AccessLogEntry>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
+    // Lossy: a logged binary request body (escape=json leaves bytes over 0x7f as they are)
+    // must not make the whole log unreadable.
+    let text = match std::fs::read(path) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
@@ -155,7 +175,7 @@ fn parse_access_log(path: &Path) -> Result<Vec<AccessLogEntry>> {
         .map(|line| {
             // Tabs inside values are escaped (escape=json), so splitting on tabs is exact.
             let f: Vec<&str> = line.split('\t').collect();
-            if f.len() != 11 {
+            if f.len() != 12 {
                 bail!("unexpected access log line {line:?}");
             }
             Ok(AccessLogEntry {
@@ -170,6 +190,7 @@ fn parse_access_log(path: &Path) -> Result<Vec<AccessLogEntry>> {
                 x_drop_me: unescape_json(f[8]),
                 x_copy: unescape_json(f[9]),
                 request_body: unescape_json(f[10]),
+                content_length: unescape_json(f[11]),
             })
         })
         .collect()

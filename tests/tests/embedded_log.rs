@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use capture_user::message::{HttpMessage, MessageKind};
+use capture_user::message::{HttpMessage, HttpVersion, MessageKind};
 use capture_user::packet::Timestamp;
 use capture_user::store::embedded::{EmbeddedConfig, EmbeddedStore, TORN_TAIL_DROP};
 use capture_user::store::{Ending, RecordingState, RecordingSummary, Store, StoreError};
@@ -36,7 +36,7 @@ fn message(id: u64, body: usize) -> HttpMessage {
             method: "PUT".into(),
             uri: format!("/o/{id}").into(),
         },
-        minor_version: 1,
+        version: HttpVersion::Http11,
         request_id: None,
         first_ts: Timestamp(id),
         last_ts: Timestamp(id + 1),

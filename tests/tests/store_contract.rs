@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use capture_user::message::{HttpMessage, MessageKind};
+use capture_user::message::{HttpMessage, HttpVersion, MessageKind};
 use capture_user::packet::Timestamp;
 use capture_user::store::embedded::{EmbeddedConfig, EmbeddedStore};
 use capture_user::store::kafka::{KafkaConfig, KafkaStore};
@@ -24,7 +24,7 @@ fn message(id: u64, body_len: usize) -> HttpMessage {
             method: "POST".into(),
             uri: format!("/m/{id}").into(),
         },
-        minor_version: 1,
+        version: HttpVersion::Http11,
         request_id: None,
         first_ts: Timestamp(1_000 + id),
         last_ts: Timestamp(2_000 + id),

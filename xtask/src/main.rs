@@ -55,11 +55,12 @@ enum Task {
         #[arg(long, default_value_t = 9092)]
         port: u16,
     },
-    /// Fuzz the HTTP framer or the TCP reassembler with cargo-fuzz (installed if missing).
+    /// Fuzz the HTTP/1 framer, the HTTP/2 framer or the TCP reassembler with cargo-fuzz
+    /// (installed if missing).
     ///
     /// Example: cargo xtask fuzz framer --seconds 60
     Fuzz {
-        /// Fuzz target: framer or reassembler.
+        /// Fuzz target: framer, h2_framer or reassembler.
         target: String,
         /// How long to fuzz.
         #[arg(long, default_value_t = 60)]
@@ -299,8 +300,8 @@ fn broker(port: u16) -> Result<()> {
 }
 
 fn fuzz(target: &str, seconds: u64) -> Result<()> {
-    if !["framer", "reassembler"].contains(&target) {
-        bail!("unknown fuzz target {target:?}; use framer or reassembler");
+    if !["framer", "h2_framer", "reassembler"].contains(&target) {
+        bail!("unknown fuzz target {target:?}; use framer, h2_framer or reassembler");
     }
     setup::ensure_build()?;
     setup::ensure_cargo_fuzz()?;

@@ -19,6 +19,8 @@ const APT_PACKAGES: &[&str] = &[
     "curl",
     "openssl",
     "wrk",
+    // h2load: multiplexed HTTP/2 load, the h2c peer of the HTTP/2 tests and benchmark.
+    "nghttp2-client",
     "tshark",
     "tcpdump",
     "iproute2",
@@ -81,8 +83,9 @@ fn ensure_tansu() -> Result<()> {
 }
 
 /// Python packages the tests use as independent peers: confluent-kafka (offsets cross-check),
-/// prometheus-client (the reference parser of the agent's /metrics text) and
-/// openapi-spec-validator (the reference validator of the agent's OpenAPI document).
+/// prometheus-client (the reference parser of the agent's /metrics text), grpcio and h2 (the
+/// gRPC and raw HTTP/2 peers) and openapi-spec-validator (the reference validator of the
+/// agent's OpenAPI document).
 const PYTHON_PACKAGES: &[(&str, &str, &str)] = &[
     (
         "confluent_kafka",
@@ -93,6 +96,16 @@ const PYTHON_PACKAGES: &[(&str, &str, &str)] = &[
         "prometheus_client",
         "prometheus-client",
         "reference /metrics parser",
+    ),
+    (
+        "grpc",
+        "grpcio",
+        "gRPC server and client (tests/peers/h2/grpc_peer.py)",
+    ),
+    (
+        "h2",
+        "h2",
+        "raw HTTP/2 and h2c-upgrade peers (tests/peers/h2/)",
     ),
     (
         "openapi_spec_validator",

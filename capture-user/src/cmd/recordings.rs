@@ -10,6 +10,7 @@ use crate::cmd::record::print_summary;
 use crate::cmd::store_args::StoreArgs;
 use crate::files::gor::{to_payload, write_payload};
 use crate::files::pending::{PendingMap, is_interim};
+use crate::message::HttpVersion;
 use crate::packet::Timestamp;
 use crate::store::StoredKind;
 
@@ -176,8 +177,14 @@ pub fn run_export(args: ExportArgs) -> anyhow::Result<()> {
     // (run, request id) to the request's capture time.
     let mut request_ts = PendingMap::new(EXPORT_MAX_PENDING);
     let mut written = 0u64;
+    let mut skipped_http2 = 0u64;
     let mut error = None;
     store.read(&args.name, &mut |m| {
+        if m.meta.version == HttpVersion::Http2 {
+            // GoReplay's payloads are HTTP/1 messages: HTTP/2 has no place in them.
+            skipped_http2 += 1;
+            return true;
+        }
         let request_ts_of = |request_id: Option<u64>| request_id.map(|r| (m.meta.run, r));
         let payload = match &m.meta.kind {
             StoredKind::Request { .. } => {
@@ -210,6 +217,11 @@ pub fn run_export(args: ExportArgs) -> anyhow::Result<()> {
         args.name,
         args.gor.display()
     );
+    if skipped_http2 > 0 {
+        eprintln!(
+            "left out {skipped_http2} HTTP/2 messages: GoReplay files hold HTTP/1 only (replay the recording itself to send them)"
+        );
+    }
     if request_ts.evicted() > 0 {
         eprintln!(
             "{} requests waited for a response while {EXPORT_MAX_PENDING} later ones did and were forgotten: a response that came for one afterwards was written with latency 0",

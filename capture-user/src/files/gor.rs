@@ -15,7 +15,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use bytes::Bytes;
 
 use super::pending::{PendingMap, is_interim};
-use crate::message::{HttpMessage, MessageKind};
+use crate::message::{HttpMessage, HttpVersion, MessageKind};
 use crate::packet::Timestamp;
 use crate::store::{StoredKind, StoredMessage};
 
@@ -334,7 +334,7 @@ impl GorMessages {
             id,
             conn_id,
             kind,
-            minor_version: 1,
+            version: HttpVersion::Http11,
             request_id,
             first_ts: Timestamp(p.ts_ns),
             last_ts: Timestamp(p.ts_ns),

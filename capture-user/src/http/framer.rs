@@ -13,7 +13,7 @@ use super::head::{
 };
 use super::input::Piece;
 use super::{FramedMessage, HttpConfig, HttpStats, IdAllocator};
-use crate::message::MessageKind;
+use crate::message::{HttpVersion, MessageKind};
 use crate::packet::Timestamp;
 use crate::reassembly::FlowDir;
 
@@ -35,12 +35,24 @@ struct Pairing {
     tunnel: bool,
 }
 
+/// An accepted `Upgrade: h2c`: the connection goes on in HTTP/2, and these are the bytes
+/// each direction had buffered past the 101's head (the HTTP/2 framer's first input).
+#[derive(Debug)]
+pub struct H2cUpgrade {
+    /// The upgraded request (HTTP/2 stream 1 carries its response).
+    pub request_id: Option<u64>,
+    pub to_server: Bytes,
+    pub to_client: Bytes,
+}
+
 /// Frames both directions of one connection.
 pub struct ConnectionFramer {
     halves: [Half; 2],
     /// Requests waiting for their final response, oldest first.
     awaiting_response: VecDeque<RequestInfo>,
     config: HttpConfig,
+    /// Set when a 101 switched the connection to h2c, until taken.
+    h2c_upgrade: Option<H2cUpgrade>,
 }
 
 impl ConnectionFramer {
@@ -58,6 +70,7 @@ impl ConnectionFramer {
             ],
             awaiting_response: VecDeque::new(),
             config,
+            h2c_upgrade: None,
         }
     }
 
@@ -79,6 +92,12 @@ impl ConnectionFramer {
         self.halves[i].buf.push(bytes);
         self.run(i, ts, ids, stats, out);
         self.halves[i].settle();
+    }
+
+    /// The connection switched to HTTP/2 (`Upgrade: h2c` answered 101): what comes next
+    /// belongs to the HTTP/2 framer, starting with the bytes returned.
+    pub fn take_h2c_upgrade(&mut self) -> Option<H2cUpgrade> {
+        self.h2c_upgrade.take()
     }
 
     /// Bytes of one direction were lost: the message in progress is incomplete.
@@ -143,7 +162,7 @@ impl ConnectionFramer {
                 method: method.into(),
                 uri: uri.into(),
             },
-            minor_version: 0,
+            version: HttpVersion::Http10,
             request_id: None,
             first_ts: ts,
             last_ts: ts,
@@ -218,9 +237,14 @@ impl ConnectionFramer {
             MessageKind::Response { status } => self.pair_response(*status, head.framing, stats),
         };
         let half = &mut self.halves[i];
+        let h2c = pairing.tunnel
+            && matches!(head.kind, MessageKind::Response { status: 101 })
+            && upgrades_to_h2c(&half.buf[..head.len]);
         half.start_message(id, head, pairing.request_id, ts, limit, stats);
         half.begin_body(pairing.body, ts, stats, out);
-        if pairing.tunnel {
+        if h2c {
+            self.hand_over_to_h2c(pairing.request_id, ts, stats, out);
+        } else if pairing.tunnel {
             self.stop_tunnel(ts, stats, out);
         }
         true
@@ -285,6 +309,28 @@ impl ConnectionFramer {
         pairing
     }
 
+    /// A 101 to `Upgrade: h2c`: both directions stop being HTTP/1 and what they buffered is
+    /// kept for the HTTP/2 framer.
+    fn hand_over_to_h2c(
+        &mut self,
+        request_id: Option<u64>,
+        ts: Timestamp,
+        stats: &mut HttpStats,
+        out: &mut Vec<FramedMessage>,
+    ) {
+        stats.h2c_upgrades += 1;
+        let [to_server, to_client] = self.halves.each_mut().map(|half| {
+            half.state = State::Stopped;
+            half.buf.take_all()
+        });
+        self.halves[FlowDir::ToServer as usize].emit(ts, true, stats, out);
+        self.h2c_upgrade = Some(H2cUpgrade {
+            request_id,
+            to_server,
+            to_client,
+        });
+    }
+
     /// Upgrade or CONNECT tunnel: both directions stop being HTTP. What either has buffered
     /// is counted as tunnel bytes (and kept in a message in progress), and a request still
     /// in progress ends here.
@@ -300,4 +346,19 @@ impl ConnectionFramer {
         }
         self.halves[FlowDir::ToServer as usize].emit(ts, true, stats, out);
     }
+}
+
+/// The 101's head names h2c as the protocol switched to.
+fn upgrades_to_h2c(head: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; super::head::MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut headers);
+    if parsed.parse(head).is_err() {
+        return false;
+    }
+    parsed.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("upgrade")
+            && h.value
+                .split(|&b| b == b',')
+                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"h2c"))
+    })
 }

@@ -7,7 +7,7 @@ use super::input::{Input, MessageBytes, Piece};
 
 use super::head::{Head, HeadParse, find_message_start};
 use super::{FramedMessage, HttpStats};
-use crate::message::MessageKind;
+use crate::message::{HttpVersion, MessageKind};
 use crate::packet::Timestamp;
 use crate::reassembly::FlowDir;
 
@@ -116,7 +116,7 @@ impl Half {
             id: msg.id,
             dir: self.dir,
             kind: msg.kind,
-            minor_version: msg.minor_version,
+            version: HttpVersion::http1(msg.minor_version),
             request_id: msg.request_id,
             first_ts: msg.first_ts,
             last_ts: ts.max(msg.last_ts),

@@ -26,11 +26,11 @@ mod tests;
 use bytes::Bytes;
 
 use crate::counters::{CounterRow, CounterTable, LOSS, TALLY};
-use crate::message::MessageKind;
+use crate::message::{HttpVersion, MessageKind};
 use crate::packet::Timestamp;
 use crate::reassembly::FlowDir;
 
-pub use framer::ConnectionFramer;
+pub use framer::{ConnectionFramer, H2cUpgrade};
 
 /// Limits of the framer.
 #[derive(Clone, Debug)]
@@ -66,6 +66,7 @@ pub struct HttpStats {
     pub resync_skipped_bytes: u64,
     pub lenient_heads: u64,
     pub upgrades: u64,
+    pub h2c_upgrades: u64,
     pub tunnel_bytes_ignored: u64,
     pub unpaired_responses: u64,
 }
@@ -89,6 +90,7 @@ impl CounterTable for HttpStats {
         ),
         ("lenient_heads", |s| &mut s.lenient_heads, TALLY),
         ("upgrades", |s| &mut s.upgrades, LOSS),
+        ("h2c_upgrades", |s| &mut s.h2c_upgrades, TALLY),
         (
             "tunnel_bytes_ignored",
             |s| &mut s.tunnel_bytes_ignored,
@@ -104,8 +106,7 @@ pub struct FramedMessage {
     pub id: u64,
     pub dir: FlowDir,
     pub kind: MessageKind,
-    /// HTTP minor version (0 or 1).
-    pub minor_version: u8,
+    pub version: HttpVersion,
     /// For responses: the id of the request it answers, when known.
     pub request_id: Option<u64>,
     pub first_ts: Timestamp,
@@ -127,7 +128,7 @@ pub struct IdAllocator {
 }
 
 impl IdAllocator {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.next += 1;
         self.next
     }

@@ -164,7 +164,7 @@ fn close_delimited_response_completes_at_close() {
     let resp = h.out.iter().find(|m| m.dir == FlowDir::ToClient).unwrap();
     assert!(resp.complete);
     assert_eq!(resp.body_len, 9);
-    assert_eq!(resp.minor_version, 0);
+    assert_eq!(resp.version, HttpVersion::Http10);
 }
 
 #[test]
@@ -328,8 +328,9 @@ fn counter_table_lists_every_field_in_order_and_marks_the_losses() {
         resync_skipped_bytes: 10,
         lenient_heads: 11,
         upgrades: 12,
-        tunnel_bytes_ignored: 13,
-        unpaired_responses: 14,
+        h2c_upgrades: 13,
+        tunnel_bytes_ignored: 14,
+        unpaired_responses: 15,
     };
     let losses = [
         "incomplete_messages",

@@ -32,12 +32,15 @@ use tokio::time::{Instant, sleep_until, timeout};
 use super::report::{ReplayReport, SourceSummary, Tally};
 use super::rewrite::{CopyHeader, CopySlot};
 use super::schedule::ReplayConn;
+use crate::message::HttpVersion;
 
 mod connection;
 mod differ;
+mod http2;
 mod pacer;
 
 use connection::{Job, Jobs, connection_task};
+use http2::http2_connection_task;
 
 pub use differ::{DiffOutError, DiffSetup, Differ};
 
@@ -84,8 +87,16 @@ pub struct EngineConfig {
 /// A request ready to send.
 #[derive(Clone, Debug)]
 pub struct PreparedRequest {
-    /// The bytes to write (recorded, or rewritten).
+    /// The bytes to write (recorded, or rewritten). HTTP/2: the stored form, sent as a
+    /// stream of the connection's HTTP/2 session.
     pub bytes: Bytes,
+    pub version: HttpVersion,
+    /// Body bytes (splits HTTP/2's stored form into body and trailers).
+    pub body_len: u64,
+    /// HTTP/2: the recorded request started after every earlier request of its connection
+    /// had been answered, so replay waits for those answers too (a sequential client stays
+    /// sequential; multiplexed streams stay concurrent).
+    pub after_earlier_answers: bool,
     /// Final status when it was recorded, to spot changed behaviour.
     pub recorded_status: Option<u16>,
     /// Where the copy header goes, when there is one (see [`CopyHeader`]).

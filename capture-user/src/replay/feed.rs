@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use crate::message::HttpMessage;
+use crate::message::{HttpMessage, HttpVersion};
 use crate::replay::diff::EndpointNamer;
 use crate::replay::engine::{FeedSink, PlannedSend, PreparedRequest, RecordedExchange, Route};
 use crate::replay::report::SourceSummary;
@@ -15,6 +15,7 @@ use crate::replay::rewrite::{CopyHeader, Rewrites};
 use crate::replay::sample::{SampleKey, SamplePercent, SampleStats, SampleUnit, keeps, unit_for};
 use crate::replay::schedule::{Planner, Shape};
 use crate::replay::select::{Filters, RequestHead};
+use crate::replay::sequence::AnswerOrder;
 use crate::replay::shard::Shard;
 use crate::replay::source::{Lookahead, ReplayRequest, RequestStream};
 
@@ -127,6 +128,8 @@ struct Feeder<'a> {
     sample: Option<SampleCount>,
     summary: &'a mut SourceSummary,
     first_pass: bool,
+    /// HTTP/2: which requests waited for the earlier answers of their connection.
+    answer_order: AnswerOrder,
 }
 
 fn feed(
@@ -155,6 +158,7 @@ fn feed(
         sample,
         summary,
         first_pass: true,
+        answer_order: AnswerOrder::default(),
     };
     let result = feeder.passes(source);
     feeder.summary.sample = feeder.sample.as_ref().map(SampleCount::stats);
@@ -167,6 +171,7 @@ impl Feeder<'_> {
             if pass > 0 {
                 self.planner.next_pass();
                 self.first_pass = false;
+                self.answer_order = AnswerOrder::default();
             }
             let mut stream = RequestStream::new(self.options.lookahead);
             if self.options.diff_endpoints.is_some() {
@@ -224,6 +229,10 @@ impl Feeder<'_> {
     fn one(&mut self, r: ReplayRequest) -> anyhow::Result<bool> {
         use anyhow::Context as _;
         let count = self.first_pass;
+        let after_earlier_answers = r.version == HttpVersion::Http2
+            && self
+                .answer_order
+                .after_earlier_answers(r.conn, r.ts_ns, r.recorded_latency);
         if !self.options.filters.is_empty() {
             let head = RequestHead::parse(&r.bytes)
                 .with_context(|| format!("recorded request {} {}", r.method, r.uri))?;
@@ -249,6 +258,7 @@ impl Feeder<'_> {
             &self.options.rewrites,
             self.options.copy_header.as_ref(),
         )?;
+        prepared.after_earlier_answers = after_earlier_answers;
         let recorded_conn = r.conn;
         if let Some(endpoints) = &self.options.diff_endpoints {
             prepared.recorded = Some(Box::new(recorded_exchange(r, endpoints)));
@@ -331,6 +341,9 @@ pub fn prepare(
     };
     Ok(PreparedRequest {
         bytes,
+        version: r.version,
+        body_len: r.body_len,
+        after_earlier_answers: false,
         recorded_status: r.recorded_status,
         copy_slot,
         recorded: None,
@@ -375,7 +388,7 @@ mod tests {
                         method: "GET".into(),
                         uri: format!("/{i}").as_str().into(),
                     },
-                    minor_version: 1,
+                    version: HttpVersion::Http11,
                     request_id: None,
                     first_ts: Timestamp(1_000_000_000 + i * 1_000_000),
                     last_ts: Timestamp(1_000_000_000 + i * 1_000_000),
@@ -539,6 +552,8 @@ mod tests {
             method: "GET".into(),
             uri: "/a".into(),
             bytes: Bytes::from("GET /a HTTP/1.1\r\nHost: h\r\nX-Copy: old\r\n\r\n"),
+            version: HttpVersion::Http11,
+            body_len: 0,
             recorded_status: Some(200),
             recorded_response: None,
             recorded_latency: None,

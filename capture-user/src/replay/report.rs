@@ -35,6 +35,10 @@ pub enum FailureKind {
     ClosedBeforeResponse,
     /// The target answered with bytes that are not HTTP.
     BadResponse,
+    /// The HTTP/2 session failed (a protocol error, GOAWAY, or a stream reset by the target).
+    Http2Error,
+    /// The recorded request cannot be sent as HTTP/2 (its stored form does not read back).
+    UnsendableRequest,
 }
 
 impl FailureKind {
@@ -49,6 +53,8 @@ impl FailureKind {
             Self::ResponseTimeout => "response_timeout",
             Self::ClosedBeforeResponse => "closed_before_response",
             Self::BadResponse => "bad_response",
+            Self::Http2Error => "http2_error",
+            Self::UnsendableRequest => "unsendable_request",
         }
     }
 }
@@ -92,6 +98,9 @@ pub struct Tally {
     pub connections: u64,
     pub failures: BTreeMap<FailureKind, u64>,
     pub statuses: BTreeMap<u16, u64>,
+    /// gRPC answers by `grpc-status` (HTTP/2 only; a status missing from the trailers counts
+    /// as "missing").
+    pub grpc_statuses: BTreeMap<String, u64>,
     /// (recorded status, replayed status) → count, for responses that differ.
     pub mismatches: BTreeMap<(u16, u16), u64>,
     pub response_body_bytes: u64,
@@ -117,6 +126,7 @@ impl Tally {
             connections: 0,
             failures: BTreeMap::new(),
             statuses: BTreeMap::new(),
+            grpc_statuses: BTreeMap::new(),
             mismatches: BTreeMap::new(),
             response_body_bytes: 0,
             copies: (1..=copies)
@@ -263,6 +273,7 @@ impl Tally {
                 .iter()
                 .map(|(s, n)| (s.to_string(), *n))
                 .collect(),
+            grpc_statuses: self.grpc_statuses.clone(),
             status_mismatches: self.mismatches.values().sum(),
             mismatches: self
                 .mismatches
@@ -398,6 +409,9 @@ pub struct ReplayReport {
     pub not_run: u64,
     pub failures: BTreeMap<String, u64>,
     pub statuses: BTreeMap<String, u64>,
+    /// gRPC answers by `grpc-status` (empty when nothing was gRPC).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub grpc_statuses: BTreeMap<String, u64>,
     pub status_mismatches: u64,
     pub mismatches: Vec<Mismatch>,
     pub connections: u64,
@@ -463,6 +477,9 @@ impl ReplayReport {
                 .join(" ")
         };
         let _ = writeln!(s, "statuses: {}", or_none(pairs(&self.statuses)));
+        if !self.grpc_statuses.is_empty() {
+            let _ = writeln!(s, "grpc statuses: {}", pairs(&self.grpc_statuses));
+        }
         let _ = writeln!(s, "failures: {}", or_none(pairs(&self.failures)));
         let l = &self.latency_ms;
         let _ = writeln!(

@@ -8,7 +8,7 @@
 use bytes::Bytes;
 
 use crate::http::{ConnectionFramer, FramedMessage, HttpConfig, HttpStats, IdAllocator};
-use crate::message::MessageKind;
+use crate::message::{HttpVersion, MessageKind};
 use crate::packet::Timestamp;
 use crate::reassembly::FlowDir;
 
@@ -122,7 +122,7 @@ impl ResponseReader {
             if !m.ended {
                 return Some(Err(ResponseError::Truncated));
             }
-            let keep_alive = !closing && status != 101 && keeps_alive(&m.bytes, m.minor_version);
+            let keep_alive = !closing && status != 101 && keeps_alive(&m.bytes, m.version);
             return Some(Ok(ResponseOutcome {
                 status,
                 bytes: m.bytes,
@@ -135,13 +135,13 @@ impl ResponseReader {
 }
 
 /// HTTP/1.1 keeps the connection unless `Connection: close`; 1.0 only with `keep-alive`.
-fn keeps_alive(response: &[u8], minor_version: u8) -> bool {
+fn keeps_alive(response: &[u8], version: HttpVersion) -> bool {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut parsed = httparse::Response::new(&mut headers);
     if parsed.parse(response).is_err() {
         return false;
     }
-    let mut close = minor_version == 0;
+    let mut close = version == HttpVersion::Http10;
     for h in parsed.headers.iter() {
         if h.name.eq_ignore_ascii_case("connection") {
             for token in h.value.split(|&b| b == b',') {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::Serialize;
 
-use crate::message::{HttpMessage, MessageKind};
+use crate::message::{HttpMessage, HttpVersion, MessageKind};
 use crate::replay::sample::stable_hash;
 use crate::store::StoredMessage;
 
@@ -25,8 +25,12 @@ pub struct ReplayRequest {
     pub ts_ns: u64,
     pub method: String,
     pub uri: String,
-    /// The exact recorded bytes (head and body as sent).
+    /// The exact recorded bytes (head and body as sent; HTTP/2: the stored form).
     pub bytes: Bytes,
+    /// HTTP/1.x or HTTP/2: how the request is sent.
+    pub version: HttpVersion,
+    /// Body bytes (HTTP/2's stored form is split into body and trailers by it).
+    pub body_len: u64,
     /// Final status of the recorded response, when it was recorded.
     pub recorded_status: Option<u16>,
     /// The recorded final response as it was on the wire, kept only for `--diff` (see
@@ -139,6 +143,8 @@ impl RequestStream {
                             uri: uri.to_string(),
                             // Owned: a slice would keep the whole batch it was read from alive.
                             bytes: Bytes::copy_from_slice(&m.bytes),
+                            version: m.version,
+                            body_len: m.body_len,
                             recorded_status: None,
                             recorded_response: None,
                             recorded_latency: None,
@@ -234,7 +240,7 @@ mod tests {
             id,
             conn_id: conn,
             kind,
-            minor_version: 1,
+            version: HttpVersion::Http11,
             request_id: req,
             first_ts: Timestamp(ts),
             last_ts: Timestamp(ts),

@@ -28,7 +28,7 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::message::{HttpMessage, MessageKind};
+use crate::message::{HttpMessage, HttpVersion, MessageKind};
 use crate::packet::Timestamp;
 
 /// Why a store operation failed. Messages name the thing and the fix.
@@ -182,7 +182,7 @@ pub struct MessageMeta {
     pub conn_id: u64,
     pub kind: StoredKind,
     pub request_id: Option<u64>,
-    pub minor_version: u8,
+    pub version: HttpVersion,
     pub first_ts: u64,
     pub last_ts: u64,
     pub src: SocketAddr,
@@ -226,7 +226,7 @@ impl StoredMessage {
                 },
                 StoredKind::Response { status } => MessageKind::Response { status: *status },
             },
-            minor_version: self.meta.minor_version,
+            version: self.meta.version,
             request_id: self.meta.request_id,
             first_ts: Timestamp(self.meta.first_ts),
             last_ts: Timestamp(self.meta.last_ts),
@@ -259,7 +259,7 @@ pub fn meta_for(message: &HttpMessage, node: &str, run: u64, recordings: &[Strin
             MessageKind::Response { status } => StoredKind::Response { status: *status },
         },
         request_id: message.request_id,
-        minor_version: message.minor_version,
+        version: message.version,
         first_ts: message.first_ts.0,
         last_ts: message.last_ts.0,
         src: message.src,

@@ -31,7 +31,7 @@ pub(super) enum Jobs {
 }
 
 impl Jobs {
-    async fn next(&mut self) -> Option<Job> {
+    pub(super) async fn next(&mut self) -> Option<Job> {
         match self {
             Self::Own(rx) => rx.recv().await,
             Self::Pool(rx) => rx.lock().await.recv().await,
@@ -45,16 +45,24 @@ struct Connection {
     reader: ResponseReader,
 }
 
-/// Opens a connection to `address` within the connect timeout.
-async fn connect_to(address: SocketAddr, within: Duration) -> Result<Connection, FailureKind> {
+/// Opens a TCP connection to `address` within the connect timeout.
+pub(super) async fn open_stream(
+    address: SocketAddr,
+    within: Duration,
+) -> Result<TcpStream, FailureKind> {
     let stream = match timeout(within, TcpStream::connect(address)).await {
         Err(_) => return Err(FailureKind::ConnectTimeout),
         Ok(Err(e)) => return Err(connect_failure(&e)),
         Ok(Ok(stream)) => stream,
     };
     let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// Opens a connection to `address` within the connect timeout.
+async fn connect_to(address: SocketAddr, within: Duration) -> Result<Connection, FailureKind> {
     Ok(Connection {
-        stream,
+        stream: open_stream(address, within).await?,
         reader: ResponseReader::new(),
     })
 }

@@ -199,6 +199,9 @@ mod tests {
 
     fn request(recorded: &'static str) -> PreparedRequest {
         PreparedRequest {
+            version: crate::message::HttpVersion::Http11,
+            body_len: 0,
+            after_earlier_answers: false,
             bytes: Bytes::from_static(b"GET /items/7 HTTP/1.1\r\n\r\n"),
             recorded_status: Some(200),
             copy_slot: None,

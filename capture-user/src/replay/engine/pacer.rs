@@ -17,8 +17,25 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::{
-    CONNECT_LEAD, Job, Jobs, MAX_QUEUED, PlannedSend, Route, Shared, connection_task, stopped,
+    CONNECT_LEAD, Job, Jobs, MAX_QUEUED, PlannedSend, PreparedRequest, Route, Shared,
+    connection_task, http2_connection_task, stopped,
 };
+use crate::message::HttpVersion;
+
+/// A connection whose first request is HTTP/2, or an HTTP/1 `Upgrade: h2c`, is replayed as
+/// an HTTP/2 session.
+fn speaks_http2(first: &PreparedRequest) -> bool {
+    if first.version == HttpVersion::Http2 {
+        return true;
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut parsed = httparse::Request::new(&mut headers);
+    parsed.parse(&first.bytes).is_ok()
+        && parsed
+            .headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case("upgrade") && h.value.eq_ignore_ascii_case(b"h2c"))
+}
 
 /// Sends received ahead of the one being waited for (their connections open early).
 const AHEAD_MAX: usize = 4096;
@@ -138,7 +155,7 @@ impl Pacer {
     fn admit(&mut self, send: PlannedSend) {
         self.shared.tally().planned(send.route.copy());
         if !self.lanes.contains_key(&send.route) {
-            self.open_lane(send.route, false);
+            self.open_lane(send.route, speaks_http2(&send.request), false);
         }
         if let Some(lane) = self.lanes.get_mut(&send.route) {
             // In use until then: not the idlest, whatever it sent before.
@@ -165,8 +182,9 @@ impl Pacer {
 
     /// Starts the connection task(s) of a route: one for a recorded connection (within
     /// `--concurrency`; when all slots are taken, none, or with `make_room` after closing the
-    /// idlest connection), the pool's for a copy.
-    fn open_lane(&mut self, route: Route, make_room: bool) {
+    /// idlest connection), the pool's for a copy. A recorded HTTP/2 connection gets an
+    /// HTTP/2 session.
+    fn open_lane(&mut self, route: Route, http2: bool, make_room: bool) {
         let (tx, rx) = mpsc::unbounded_channel();
         match route {
             Route::Recorded(_) => {
@@ -180,7 +198,11 @@ impl Pacer {
                 };
                 let (shared, stop) = (self.shared.clone(), self.stop.clone());
                 self.spawn(async move {
-                    connection_task(shared, Jobs::Own(rx), stop).await;
+                    if http2 {
+                        http2_connection_task(shared, Jobs::Own(rx), stop).await;
+                    } else {
+                        connection_task(shared, Jobs::Own(rx), stop).await;
+                    }
                     drop(permit);
                 });
             }
@@ -253,7 +275,7 @@ impl Pacer {
         };
         if !self.lanes.contains_key(&send.route) {
             // No slot when read ahead, or closed meanwhile to make room.
-            self.open_lane(send.route, true);
+            self.open_lane(send.route, speaks_http2(&send.request), true);
         }
         let Some(lane) = self.lanes.get_mut(&send.route) else {
             return; // no slot: the replay is stopping

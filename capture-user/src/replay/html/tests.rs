@@ -20,6 +20,7 @@ fn empty_report() -> ReplayReport {
         not_run: 0,
         failures: BTreeMap::new(),
         statuses: BTreeMap::new(),
+        grpc_statuses: BTreeMap::new(),
         status_mismatches: 0,
         mismatches: Vec::new(),
         connections: 0,
@@ -47,6 +48,7 @@ fn busy_report() -> ReplayReport {
         failed: 1,
         failures: BTreeMap::from([("response_timeout".into(), 1)]),
         statuses: BTreeMap::from([("200".into(), 8), ("500".into(), 1)]),
+        grpc_statuses: BTreeMap::new(),
         status_mismatches: 1,
         mismatches: vec![Mismatch {
             recorded: 200,

@@ -14,7 +14,7 @@ fn message(id: u64, body: &[u8]) -> HttpMessage {
             method: "POST".into(),
             uri: format!("/m/{id}").into(),
         },
-        minor_version: 1,
+        version: crate::message::HttpVersion::Http11,
         request_id: None,
         first_ts: Timestamp(100 + id),
         last_ts: Timestamp(200 + id),

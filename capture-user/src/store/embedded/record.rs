@@ -7,7 +7,7 @@
 //! ```text
 //! u32 wire_len  u64 id  u64 conn_id  u64 first_ts  u64 last_ts  u64 body_len  u64 request_id
 //! u8 flags (1 complete, 2 has request_id, 4 response, 8 src is IPv6, 16 dst is IPv6)
-//! u8 minor_version  u16 status (response) or method length (request)  u32 uri length
+//! u8 HTTP version (0 1.0, 1 1.1, 20 HTTP/2)  u16 status (response) or method length (request)  u32 uri length
 //! src ip (4 or 16) u16 port   dst ip (4 or 16) u16 port   method  uri   wire bytes
 //! ```
 
@@ -15,7 +15,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use bytes::Bytes;
 
-use crate::message::{HttpMessage, MessageKind};
+use crate::message::{HttpMessage, HttpVersion, MessageKind};
 use crate::store::{MessageMeta, StoredKind};
 
 /// Fixed part of a record, before addresses, method, URI and wire bytes.
@@ -76,7 +76,7 @@ pub fn encode(message: &HttpMessage, out: &mut Vec<u8>) {
     put(&message.last_ts.0.to_le_bytes());
     put(&message.body_len.to_le_bytes());
     put(&message.request_id.unwrap_or(0).to_le_bytes());
-    put(&[flags, message.minor_version]);
+    put(&[flags, u8::from(message.version)]);
     put(&(short as u16).to_le_bytes());
     put(&(uri.len() as u32).to_le_bytes());
     out.extend_from_slice(&fixed);
@@ -198,7 +198,7 @@ impl Reader {
         let last_ts = self.u64()?;
         let body_len = self.u64()?;
         let request_id = self.u64()?;
-        let [flags, minor_version] = self.array::<2>()?;
+        let [flags, version] = self.array::<2>()?;
         let short = self.u16()?;
         let uri_len = self.u32()? as usize;
         let src = self.addr(flags & SRC_V6 != 0)?;
@@ -220,7 +220,7 @@ impl Reader {
             conn_id,
             kind,
             request_id: (flags & HAS_REQUEST_ID != 0).then_some(request_id),
-            minor_version,
+            version: HttpVersion::try_from(version)?,
             first_ts,
             last_ts,
             src,
@@ -282,7 +282,7 @@ mod tests {
             } else {
                 MessageKind::Response { status: 503 }
             },
-            minor_version: 1,
+            version: HttpVersion::Http11,
             request_id: (!request).then_some(id - 1),
             first_ts: Timestamp(1_000 + id),
             last_ts: Timestamp(2_000 + id),

@@ -23,7 +23,7 @@ fn message(id: u64, body: usize) -> HttpMessage {
             method: "POST".into(),
             uri: format!("/m/{id}").into(),
         },
-        minor_version: 1,
+        version: crate::message::HttpVersion::Http11,
         request_id: None,
         first_ts: Timestamp(1_000 + id),
         last_ts: Timestamp(2_000 + id),

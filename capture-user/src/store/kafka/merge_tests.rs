@@ -10,7 +10,7 @@ fn stored(id: u64, ts: u64) -> StoredMessage {
         id,
         conn_id: 1,
         kind: MessageKind::Response { status: 200 },
-        minor_version: 1,
+        version: crate::message::HttpVersion::Http11,
         request_id: None,
         first_ts: Timestamp(ts),
         last_ts: Timestamp(ts),

@@ -4,9 +4,10 @@
 //!
 //! Record layout (documented in the README so other tools can read the topic):
 //! key = `node/run/conn` (a connection's messages stay ordered in one partition); value =
-//! the exact wire bytes (or one fragment of them); timestamp = capture time (ms); headers:
-//! `capture.meta` (the full metadata, postcard-encoded, the source of truth when reading)
-//! and readable copies `capture.type`, `capture.id`, `capture.conn`, `capture.ts_ns`,
+//! the exact wire bytes (HTTP/2: the stored form) or one fragment of them; timestamp = capture
+//! time (ms); headers: `capture.meta` (the full metadata, postcard-encoded, the source of truth
+//! when reading) and readable copies `capture.type`, `capture.version` (`HTTP/1.1`, `HTTP/2`),
+//! `capture.body_len`, `capture.id`, `capture.conn`, `capture.ts_ns`,
 //! `capture.src`, `capture.dst`, `capture.node`, `capture.recordings` (comma-separated),
 //! `capture.fragment` (`i/n`).
 
@@ -371,6 +372,8 @@ impl KafkaStore {
         };
         let text = [
             ("capture.type", kind.to_string()),
+            ("capture.version", meta.version.label().to_string()),
+            ("capture.body_len", meta.body_len.to_string()),
             ("capture.id", meta.id.to_string()),
             ("capture.conn", meta.conn_id.to_string()),
             ("capture.ts_ns", meta.first_ts.to_string()),

@@ -67,9 +67,50 @@ pub fn replay_rates() -> Result<()> {
         );
     }
 
+    replay_h2(&topo, data.path())?;
     replay_pool(&topo, &target, &url)?;
     replay_lag(&topo, &target)?;
     replay_scale(&topo, &target)?;
+    Ok(())
+}
+
+/// h2load's multiplexed HTTP/2 load recorded, then replayed at `--max` next to h2load on the
+/// same h2c nginx (8 connections, 16 streams each).
+fn replay_h2(topo: &Topology, data_dir: &std::path::Path) -> Result<()> {
+    const H2_PORT: u16 = 8082;
+    let _nginx = Nginx::start_h2c(&topo.server_ns, &[H2_PORT])?;
+    let url = format!("http://{}:{H2_PORT}/index.html", topo.server_ip);
+    let h2load = |n: &str| -> Result<f64> {
+        let out = run_ok(
+            topo.client("h2load")
+                .args(["-n", n, "-c", "8", "-m", "16", &url]),
+        )?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        // "finished in 1.23s, 81234.56 req/s, ..."
+        text.lines()
+            .find_map(|l| l.strip_prefix("finished in "))
+            .and_then(|l| l.split(", ").nth(1))
+            .and_then(|r| r.strip_suffix(" req/s"))
+            .and_then(|r| r.parse().ok())
+            .with_context(|| format!("no rate in h2load's output:\n{text}"))
+    };
+    h2load("100000")?;
+    let h2load_rate = h2load("400000")?;
+    let store = ["--data-dir".to_string(), data_dir.display().to_string()];
+    let run = CaptureRun::record(&topo.client_ns, &topo.client_if, "h2load", &store)?;
+    h2load("200000")?;
+    std::thread::sleep(Duration::from_millis(300));
+    run.stop(libc::SIGINT)?;
+    let target = format!("http://{}:{H2_PORT}", topo.server_ip);
+    let s = replay_summary(topo, data_dir, &["h2load", "--target", &target, "--max"])?;
+    let rate = s["requests_per_second"].as_f64().unwrap_or(0.0);
+    println!(
+        "HTTP/2 h2load -c8 -m16 {h2load_rate:.0} req/s, replay --max of its recording {rate:.0} req/s ({} requests, {} failed, {} connections), ratio {:.2}",
+        s["completed"],
+        s["failed"],
+        s["connections"],
+        rate / h2load_rate.max(1.0)
+    );
     Ok(())
 }
 

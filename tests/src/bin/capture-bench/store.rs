@@ -38,7 +38,7 @@ fn bench_message(id: u64, size: usize, body: Body) -> capture_user::message::Htt
             method: "POST".into(),
             uri: format!("/api/items/{id}").into(),
         },
-        minor_version: 1,
+        version: capture_user::message::HttpVersion::Http11,
         request_id: None,
         first_ts: capture_user::packet::Timestamp(id),
         last_ts: capture_user::packet::Timestamp(id),
