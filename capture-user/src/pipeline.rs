@@ -64,9 +64,9 @@ impl PipelineStats {
         pairs.extend(
             self.framing
                 .http2
-                .rows()
+                .pairs()
                 .into_iter()
-                .map(|(k, v, _)| (format!("h2_{k}"), v)),
+                .map(|(k, v)| (format!("h2_{k}"), v)),
         );
         pairs.push(("messages".to_string(), self.messages));
         pairs
@@ -84,10 +84,9 @@ impl PipelineStats {
             .chain(
                 self.framing
                     .http2
-                    .rows()
+                    .losses()
                     .into_iter()
-                    .filter(|(_, _, loss)| *loss)
-                    .map(|(name, v, _)| (format!("h2_{name}"), v)),
+                    .map(|(name, v)| (format!("h2_{name}"), v)),
             );
         let decode = self
             .decode_errors

@@ -70,7 +70,8 @@ enum Task {
     ///
     /// Example: cargo xtask bench overhead --repeat 3
     Bench {
-        /// Which benchmarks: all, ebpf, drain, store (store-embedded: without Kafka), replay, or
+        /// Which benchmarks: all, ebpf, drain, store (store-embedded: without Kafka), replay
+        /// (replay-diff: what --diff costs; replay-h2: an HTTP/2 recording next to h2load), or
         /// overhead (what recording costs next to nginx, beside tcpdump, as a Markdown table;
         /// about 2 minutes a table).
         #[arg(default_value = "all")]

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use bytes::Bytes;
 
 use super::{H2Config, H2Framer, H2Start, H2Stats, parse_stored};
+use crate::counters::CounterTable;
 use crate::http::FramedMessage;
 use crate::http::IdAllocator;
 use crate::message::HttpVersion;
@@ -110,8 +111,7 @@ pub(crate) fn check_messages(messages: &[FramedMessage], config: &H2Config) {
 }
 
 fn check_stats(stats: &H2Stats, messages: &[FramedMessage]) {
-    let rows = stats.rows();
-    assert_eq!(rows.len(), 17);
+    assert_eq!(stats.pairs().len(), 17);
     let emitted = stats.requests + stats.responses;
     assert_eq!(emitted, messages.len() as u64, "every emission is counted");
     let incomplete = messages.iter().filter(|m| !m.complete).count() as u64;

@@ -71,17 +71,10 @@ macro_rules! counters {
             $($(#[$doc])* pub $name: u64,)*
         }
 
-        impl H2Stats {
-            /// Adds another connection's counters to these.
-            pub fn add(&mut self, other: &Self) {
-                $(self.$name += other.$name;)*
-            }
-
-            /// (name, value, is_loss) for every counter, in a fixed order, for reports;
-            /// `is_loss` marks counters of traffic that was not (fully) emitted.
-            pub fn rows(&self) -> Vec<(&'static str, u64, bool)> {
-                vec![$((stringify!($name), self.$name, $loss),)*]
-            }
+        impl crate::counters::CounterTable for H2Stats {
+            /// Losses are counters of traffic that was not (fully) emitted.
+            const COUNTERS: &'static [crate::counters::CounterRow<Self>] =
+                &[$((stringify!($name), |s| &mut s.$name, $loss),)*];
         }
     };
 }

@@ -4,6 +4,7 @@ use super::super::frame::{flag, kind};
 use super::super::{H2Config, H2Start};
 use super::support::*;
 use super::unit::{get_request, preface_run, response};
+use crate::counters::CounterTable;
 
 #[test]
 fn pad_length_beyond_frame_is_a_bad_frame() {
@@ -250,9 +251,33 @@ fn stats_rows_and_add() {
     };
     total.add(&one);
     total.add(&one);
-    let rows = total.rows();
-    assert_eq!(rows.len(), 17);
-    assert_eq!(rows[0], ("requests", 4, false));
-    assert!(rows.contains(&("bad_frames", 2, true)));
-    assert_eq!(rows.last().unwrap().0, "pushed_streams_ignored");
+    let pairs = total.pairs();
+    assert_eq!(pairs.len(), 17);
+    assert_eq!(pairs[0], ("requests", 4));
+    assert!(total.losses().contains(&("bad_frames", 2)));
+    assert_eq!(pairs.last().unwrap().0, "pushed_streams_ignored");
+}
+
+#[test]
+fn counter_table_lists_every_field_in_order_and_marks_the_losses() {
+    let mut stats = super::super::H2Stats::default();
+    let mut next = 0;
+    for (_, field, _) in <super::super::H2Stats as CounterTable>::COUNTERS {
+        next += 1;
+        *field(&mut stats) = next;
+    }
+    let losses = [
+        "incomplete_messages",
+        "undecodable_header_blocks",
+        "undecodable_messages",
+        "malformed_headers",
+        "header_list_too_large",
+        "body_too_large",
+        "too_many_streams",
+        "bad_frames",
+        "bad_preface",
+        "frame_too_large",
+        "midstream_streams_skipped",
+    ];
+    crate::counters::check_table(stats, &losses);
 }

@@ -97,12 +97,13 @@ pub(crate) fn h2_request(
         let body = bytes.get(head_len..)?;
         (method, path, None, None, body, Vec::new())
     };
-    if authority.is_none() {
-        authority = fields
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(b"host"))
-            .map(|(_, v)| *v);
-    }
+    // A Host field names the authority: what an HTTP/1 request carries, and what `--host`
+    // sets on an HTTP/2 one (so it wins over the recorded :authority).
+    let host = fields
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(b"host"))
+        .map(|(_, v)| *v);
+    authority = host.or(authority);
     let authority = authority.unwrap_or(default_authority.as_bytes());
     let uri = Uri::builder()
         .scheme(scheme.unwrap_or(b"http"))
@@ -401,6 +402,27 @@ mod tests {
         let names: Vec<&str> = request.head.headers().keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["accept"]);
         assert!(request.body.is_empty() && request.trailers.is_none());
+    }
+
+    #[test]
+    fn an_http2_request_keeps_its_fields_and_trailers_and_takes_a_host_rewrite_as_authority() {
+        let stored = b"POST /pkg.S/M HTTP/2\r\n:scheme: http\r\n:authority: svc:50051\r\n\
+            content-type: application/grpc\r\nte: trailers\r\n\r\nBODYx-t: 1\r\n\r\n";
+        let request = h2_request(stored, HttpVersion::Http2, 4, "h:1").expect("request");
+        assert_eq!(request.head.uri().to_string(), "http://svc:50051/pkg.S/M");
+        let names: Vec<&str> = request.head.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-type", "te"]);
+        assert_eq!(&request.body[..], b"BODY");
+        let trailers = request.trailers.expect("trailers");
+        assert_eq!(trailers.get("x-t").map(|v| v.as_bytes()), Some(&b"1"[..]));
+        // As `--host other:1` leaves it: a Host line at the end of the head.
+        let rewritten = b"POST /pkg.S/M HTTP/2\r\n:scheme: http\r\n:authority: svc:50051\r\n\
+            content-type: application/grpc\r\nHost: other:1\r\n\r\nBODY";
+        let request = h2_request(rewritten, HttpVersion::Http2, 4, "h:1").expect("request");
+        assert_eq!(
+            request.head.uri().authority().map(|a| a.as_str()),
+            Some("other:1")
+        );
     }
 
     #[test]

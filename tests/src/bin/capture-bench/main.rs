@@ -60,6 +60,9 @@ enum Which {
     Replay,
     /// What `replay --diff` costs: rate and peak RSS with and without it, paired.
     ReplayDiff,
+    /// An HTTP/2 recording of h2load's load replayed at `--max`, next to h2load (three
+    /// paired rounds).
+    ReplayH2,
     Overhead,
 }
 
@@ -87,6 +90,7 @@ fn main() -> Result<()> {
         Which::StoreEmbedded => store::embedded_store_rates(),
         Which::Replay => replay::replay_rates(),
         Which::ReplayDiff => replay::diff_cost(),
+        Which::ReplayH2 => replay::h2_rates(),
         Which::Overhead => overhead(),
     }
 }

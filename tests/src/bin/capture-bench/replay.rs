@@ -67,16 +67,27 @@ pub fn replay_rates() -> Result<()> {
         );
     }
 
-    replay_h2(&topo, data.path())?;
+    replay_h2(&topo, data.path(), "h2load")?;
     replay_pool(&topo, &target, &url)?;
     replay_lag(&topo, &target)?;
     replay_scale(&topo, &target)?;
     Ok(())
 }
 
+/// `replay-h2`: the HTTP/2 row of `replay` alone, three paired rounds.
+pub fn h2_rates() -> Result<()> {
+    println!("== HTTP/2: replay --max of an h2load recording next to h2load ==");
+    let topo = Topology::new("rph2")?;
+    let data = tempfile::tempdir()?;
+    for round in 1..=3 {
+        replay_h2(&topo, data.path(), &format!("h2load{round}"))?;
+    }
+    Ok(())
+}
+
 /// h2load's multiplexed HTTP/2 load recorded, then replayed at `--max` next to h2load on the
 /// same h2c nginx (8 connections, 16 streams each).
-fn replay_h2(topo: &Topology, data_dir: &std::path::Path) -> Result<()> {
+fn replay_h2(topo: &Topology, data_dir: &std::path::Path, name: &str) -> Result<()> {
     const H2_PORT: u16 = 8082;
     let _nginx = Nginx::start_h2c(&topo.server_ns, &[H2_PORT])?;
     let url = format!("http://{}:{H2_PORT}/index.html", topo.server_ip);
@@ -97,12 +108,14 @@ fn replay_h2(topo: &Topology, data_dir: &std::path::Path) -> Result<()> {
     h2load("100000")?;
     let h2load_rate = h2load("400000")?;
     let store = ["--data-dir".to_string(), data_dir.display().to_string()];
-    let run = CaptureRun::record(&topo.client_ns, &topo.client_if, "h2load", &store)?;
+    let mut args = store.to_vec();
+    args.extend(["--ring-size".to_string(), "128MiB".to_string()]);
+    let run = CaptureRun::record(&topo.client_ns, &topo.client_if, name, &args)?;
     h2load("200000")?;
     std::thread::sleep(Duration::from_millis(300));
     run.stop(libc::SIGINT)?;
     let target = format!("http://{}:{H2_PORT}", topo.server_ip);
-    let s = replay_summary(topo, data_dir, &["h2load", "--target", &target, "--max"])?;
+    let s = replay_summary(topo, data_dir, &[name, "--target", &target, "--max"])?;
     let rate = s["requests_per_second"].as_f64().unwrap_or(0.0);
     println!(
         "HTTP/2 h2load -c8 -m16 {h2load_rate:.0} req/s, replay --max of its recording {rate:.0} req/s ({} requests, {} failed, {} connections), ratio {:.2}",
