@@ -15,6 +15,7 @@ pub mod pipeline;
 pub mod protocol;
 pub mod reassembly;
 pub mod recorder;
+pub mod redact;
 pub mod replay;
 pub mod store;
 pub mod sync;

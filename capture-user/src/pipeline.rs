@@ -11,6 +11,7 @@ use crate::message::HttpMessage;
 use crate::packet::{CapturedPacket, Timestamp};
 use crate::protocol::{FramingConfig, FramingStats, ProtocolFramer};
 use crate::reassembly::{FlowDir, Reassembler, ReassemblyConfig, ReassemblyStats, StreamEvent};
+use crate::redact::Redaction;
 
 /// What the pipeline needs to know.
 #[derive(Clone, Debug, Default)]
@@ -21,6 +22,8 @@ pub struct PipelineConfig {
     pub reassembly: ReassemblyConfig,
     /// Limits of HTTP/1 and HTTP/2 framing.
     pub framing: FramingConfig,
+    /// `--redact-header`: applied to every message as it is framed.
+    pub redaction: Redaction,
 }
 
 /// Every counter of the pipeline.
@@ -215,7 +218,23 @@ impl Pipeline {
         self.drain(out);
     }
 
+    /// Frames the events reassembly produced; the new messages are redacted before anything
+    /// else sees them.
     fn drain(&mut self, out: &mut Vec<HttpMessage>) {
+        let first_new = out.len();
+        self.frame_events(out);
+        let redaction = &self.config.redaction;
+        if redaction.is_empty() {
+            return;
+        }
+        for m in &mut out[first_new..] {
+            if let Some(bytes) = redaction.apply(&m.bytes, m.version, m.body_len) {
+                m.bytes = bytes;
+            }
+        }
+    }
+
+    fn frame_events(&mut self, out: &mut Vec<HttpMessage>) {
         let framing = &mut self.stats.framing;
         for event in self.events.drain(..) {
             match event {

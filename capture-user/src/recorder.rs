@@ -302,11 +302,12 @@ impl Recorder {
         };
         check_threads(config.threads).map_err(anyhow::Error::msg)?;
         let live = LiveMessages::start(&config.capture, config.threads, queue)?;
-        let source = format!(
+        let mut source = format!(
             "live {} ports {:?}",
             config.capture.interfaces.join(","),
             config.capture.ports
         );
+        source.push_str(&redaction_note(&config.capture.redaction));
         if config.join {
             store.join(&config.name, &source)?;
         } else {
@@ -451,4 +452,13 @@ impl Running {
             store_error: outcome.error,
         })
     }
+}
+
+/// What a recording's description says of its redaction rules ("" without any), so the
+/// catalog entry tells which values were never stored.
+pub fn redaction_note(redaction: &crate::redact::Redaction) -> String {
+    if redaction.is_empty() {
+        return String::new();
+    }
+    format!("; headers redacted: {}", redaction.names().join(", "))
 }

@@ -40,6 +40,8 @@ pub struct AccessLogEntry {
     pub request_body: String,
     /// The Content-Length request header ("" when absent).
     pub content_length: String,
+    /// The Authorization request header ("" when absent), for redaction tests.
+    pub authorization: String,
 }
 
 impl Nginx {
@@ -89,7 +91,7 @@ pid {d}/nginx.pid;
 events {{ worker_connections 4096; }}
 http {{
     access_log off;
-    log_format capture escape=json '$request_method\t$request_uri\t$status\t$request_length\t$body_bytes_sent\t$msec\t$http_host\t$http_x_replay\t$http_x_drop_me\t$http_x_copy\t$request_body\t$content_length';
+    log_format capture escape=json '$request_method\t$request_uri\t$status\t$request_length\t$body_bytes_sent\t$msec\t$http_host\t$http_x_replay\t$http_x_drop_me\t$http_x_copy\t$request_body\t$content_length\t$http_authorization';
     client_body_temp_path {d}/body;
     proxy_temp_path {d}/proxy;
     fastcgi_temp_path {d}/fastcgi;
@@ -107,17 +109,19 @@ http {{
             # crosses the wire before the answer; the sink answers 200.
             client_max_body_size 64m;
             client_body_buffer_size 1m;
-            proxy_pass http://127.0.0.1:18999;
+            proxy_pass http://127.0.0.1:{sink};
         }}
     }}
     server {{
-        listen 127.0.0.1:18999;
+        listen 127.0.0.1:{sink};
         access_log off;
         location / {{ return 200 "ok\n"; }}
     }}
 }}
 "#,
-            root = root.display()
+            root = root.display(),
+            // The upload sink's port, apart for each nginx a namespace runs.
+            sink = 19000 + ports.first().copied().unwrap_or(0) % 1000,
         );
         let conf_path = dir.path().join("nginx.conf");
         std::fs::write(&conf_path, conf)?;
@@ -175,7 +179,7 @@ fn parse_access_log(path: &Path) -> Result<Vec<AccessLogEntry>> {
         .map(|line| {
             // Tabs inside values are escaped (escape=json), so splitting on tabs is exact.
             let f: Vec<&str> = line.split('\t').collect();
-            if f.len() != 12 {
+            if f.len() != 13 {
                 bail!("unexpected access log line {line:?}");
             }
             Ok(AccessLogEntry {
@@ -191,6 +195,7 @@ fn parse_access_log(path: &Path) -> Result<Vec<AccessLogEntry>> {
                 x_copy: unescape_json(f[9]),
                 request_body: unescape_json(f[10]),
                 content_length: unescape_json(f[11]),
+                authorization: unescape_json(f[12]),
             })
         })
         .collect()

@@ -20,6 +20,7 @@ use crate::live::{AttachMode, CaptureConfig, DEFAULT_RING_BYTES, parse_ring_size
 use crate::recorder::{
     DEFAULT_THREADS, Limits, Recorder, RecorderConfig, RecorderStatus, check_threads,
 };
+use crate::redact::Redaction;
 use crate::store::{Recording, RecordingState, StoreConfig};
 
 /// `POST /v1/recordings`: what to record, and where to store it.
@@ -41,6 +42,10 @@ pub struct StartRecording {
     /// Encapsulations to look inside: `vxlan`, `geneve`, `ipip` (comma-separated) or `all`.
     #[serde(default)]
     pub decap: Option<String>,
+    /// Headers whose values are replaced with `[redacted]` before anything is stored, e.g.
+    /// `["Authorization", "Cookie", "Set-Cookie"]` (HTTP/2 trailers too; bodies untouched).
+    #[serde(default)]
+    pub redact_headers: Vec<String>,
     /// Kernel hook: `tc` (requests and responses, the default) or `xdp` (ingress only).
     #[serde(default)]
     pub attach: Option<AttachMode>,
@@ -113,11 +118,14 @@ impl StartRecording {
             Some(d) => d.parse::<Decap>().map_err(ApiError::BadRequest)?,
             None => Decap::default(),
         };
+        let redaction = Redaction::new(&self.redact_headers)
+            .map_err(|e| ApiError::BadRequest(format!("redact_headers: {e}")))?;
         Ok(CaptureConfig {
             interfaces: self.interfaces.clone(),
             ports,
             hosts,
             decap,
+            redaction,
             mode: self.attach.unwrap_or(CaptureConfig::default().mode),
             ring_bytes,
             ..CaptureConfig::default()

@@ -3,6 +3,7 @@
 
 use crate::live::hosts::{Decap, HostNet};
 use crate::live::{AttachMode, CaptureConfig, EbpfLogLevel, parse_ring_size};
+use crate::redact::Redaction;
 use crate::units::parse_port;
 
 /// Where and what to capture. Interfaces and ports are checked by the loader, so `messages`
@@ -50,6 +51,14 @@ pub struct CaptureArgs {
     #[arg(long = "ebpf-log", value_enum, default_value_t = CaptureConfig::default().ebpf_log)]
     pub ebpf_log: EbpfLogLevel,
 
+    /// Replace the values of this header with "[redacted]" before anything is stored or
+    /// printed (repeat for several; names are case-insensitive), e.g. --redact-header
+    /// Authorization --redact-header Cookie --redact-header Set-Cookie. HTTP/2 trailers
+    /// too; bodies are not touched. Replay then sends the marker unless --set-header gives
+    /// the header a value.
+    #[arg(long = "redact-header", value_name = "NAME", value_parser = parse_header_name)]
+    pub redact_headers: Vec<String>,
+
     /// Attach TC programs as legacy netlink filters on a clsact qdisc instead of TCX links.
     #[arg(long = "tc-netlink", hide = true)]
     pub tc_netlink: bool,
@@ -57,8 +66,8 @@ pub struct CaptureArgs {
 
 impl CaptureArgs {
     /// The loader's view of these arguments.
-    pub fn to_config(&self) -> CaptureConfig {
-        CaptureConfig {
+    pub fn to_config(&self) -> anyhow::Result<CaptureConfig> {
+        Ok(CaptureConfig {
             interfaces: self.interfaces.clone(),
             ports: self.ports.clone(),
             hosts: self.hosts.clone(),
@@ -67,7 +76,8 @@ impl CaptureArgs {
             ring_bytes: self.ring_bytes,
             ebpf_log: self.ebpf_log,
             tc_netlink: self.tc_netlink,
-        }
+            redaction: Redaction::new(&self.redact_headers)?,
+        })
     }
 }
 
@@ -83,4 +93,11 @@ pub fn interfaces_line(given: &[String], attached: &[String]) -> String {
         attached.join(", ")
     };
     format!("{now} (following {})", given.join(", "))
+}
+
+/// A `--redact-header` name: an HTTP token.
+pub(crate) fn parse_header_name(text: &str) -> Result<String, String> {
+    Redaction::new(&[text])
+        .map(|_| text.trim().to_string())
+        .map_err(|e| e.to_string())
 }

@@ -89,7 +89,7 @@ impl MessageSink for Printer {
 }
 
 async fn run_live(args: MessagesArgs) -> anyhow::Result<()> {
-    let config = args.capture.to_config();
+    let config = args.capture.to_config()?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let printer = Printer {

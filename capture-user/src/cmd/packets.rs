@@ -45,7 +45,7 @@ enum StopReason {
 
 /// Runs `capture packets` until the duration, a signal, or a closed stdout.
 pub async fn run(args: PacketsArgs) -> anyhow::Result<()> {
-    let config = args.capture.to_config();
+    let config = args.capture.to_config()?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut capture = LivePackets::start(&config)?;

@@ -1,6 +1,8 @@
 //! `capture record` (live) and `capture import` (pcap or GoReplay file): frame messages and
 //! store them as a named recording, then print a summary an SRE can trust.
 
+use crate::cmd::capture_args::parse_header_name;
+use crate::redact::Redaction;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -67,6 +69,11 @@ pub struct ImportArgs {
     #[arg(long = "port", short = 'p', value_name = "P", value_parser = parse_port)]
     pub ports: Vec<u16>,
 
+    /// Replace the values of this header with "[redacted]" before anything is stored
+    /// (repeatable), as for `record`: e.g. Authorization, Cookie, Set-Cookie.
+    #[arg(long = "redact-header", value_name = "NAME", value_parser = parse_header_name)]
+    pub redact_headers: Vec<String>,
+
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -119,7 +126,7 @@ pub async fn run_record(args: RecordArgs) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let config = RecorderConfig {
-        capture: args.capture.to_config(),
+        capture: args.capture.to_config()?,
         name: args.name.clone(),
         join: args.join,
         threads: args.threads,
@@ -197,20 +204,30 @@ pub async fn run_record(args: RecordArgs) -> anyhow::Result<()> {
 pub fn run_import(args: ImportArgs) -> anyhow::Result<()> {
     let file = MessageFile::open(&args.file, &args.ports, FileFormat::Detect)?;
     let mut store = args.store.to_config()?.for_import().open()?;
-    let source = format!("import {}", args.file.display());
+    let redaction = Redaction::new(&args.redact_headers)?;
+    let source = format!(
+        "import {}{}",
+        args.file.display(),
+        crate::recorder::redaction_note(&redaction)
+    );
     store.begin(&args.name, &source)?;
     let tags = vec![args.name.clone()];
     let (mut messages, mut bytes) = (0u64, 0u64);
     let mut append_error = None;
-    let read = file.visit(&mut |m, _| match store.append(&m, &tags) {
-        Ok(()) => {
-            messages += 1;
-            bytes += m.bytes.len() as u64;
-            true
+    let read = file.visit(&mut |mut m, _| {
+        if let Some(bytes) = redaction.apply(&m.bytes, m.version, m.body_len) {
+            m.bytes = bytes;
         }
-        Err(e) => {
-            append_error = Some(anyhow::Error::from(e).context("storing"));
-            false
+        match store.append(&m, &tags) {
+            Ok(()) => {
+                messages += 1;
+                bytes += m.bytes.len() as u64;
+                true
+            }
+            Err(e) => {
+                append_error = Some(anyhow::Error::from(e).context("storing"));
+                false
+            }
         }
     });
     let mut summary = RecordingSummary {

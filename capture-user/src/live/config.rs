@@ -2,6 +2,7 @@
 //! ports, hosts, the ring's size and the privileges, each bad value failing with a message that
 //! names it and the fix.
 
+use crate::redact::Redaction;
 use std::collections::{BTreeMap, BTreeSet};
 
 use capture_common::{MAX_HOSTS, MAX_PORTS, port_bit};
@@ -81,6 +82,8 @@ pub struct CaptureConfig {
     /// Use legacy netlink TC filters (with a clsact qdisc) instead of TCX links. The default
     /// picks TCX on kernels that have it (6.6+); this exists to exercise the legacy path.
     pub tc_netlink: bool,
+    /// `--redact-header`: values replaced before messages leave the framing thread.
+    pub redaction: Redaction,
 }
 
 impl Default for CaptureConfig {
@@ -96,6 +99,7 @@ impl Default for CaptureConfig {
             ring_bytes: DEFAULT_RING_BYTES,
             ebpf_log: EbpfLogLevel::Off,
             tc_netlink: false,
+            redaction: Redaction::default(),
         }
     }
 }

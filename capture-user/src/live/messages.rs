@@ -110,6 +110,7 @@ impl<M: MessageSink> Framer<M> {
         Self {
             pipeline: Pipeline::new(PipelineConfig {
                 ports: config.ports.clone(),
+                redaction: config.redaction.clone(),
                 ..PipelineConfig::default()
             }),
             sink,
