@@ -58,6 +58,9 @@ pub struct H2Framer {
     streams: StreamTable,
     /// Largest frame accepted: max(16384, largest SETTINGS_MAX_FRAME_SIZE seen), capped.
     max_frame_size: u32,
+    /// At least the bytes the open messages hold (counted as bodies grow, made exact again
+    /// whenever it passes `max_connection_bytes`, so the sum is rarely taken).
+    held_estimate: usize,
 }
 
 impl H2Framer {
@@ -91,6 +94,7 @@ impl H2Framer {
             directions: [client, server],
             streams,
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+            held_estimate: 0,
         }
     }
 
@@ -234,9 +238,14 @@ impl H2Framer {
             return;
         }
         let max_message_bytes = self.config.max_message_bytes;
+        let connection_room = self.connection_room();
         match self.streams.get_mut(id).map(|stream| stream.side_mut(dir)) {
             Some(Side::Open(message)) => match payload {
-                Some(data) => message.append_body(&data, max_message_bytes, sink.stats),
+                Some(data) => {
+                    let kept =
+                        message.append_body(&data, max_message_bytes, connection_room, sink.stats);
+                    self.held_estimate += kept;
+                }
                 None => message.mark_damaged(),
             },
             Some(Side::Skipped) => {}
@@ -249,6 +258,15 @@ impl H2Framer {
         if end_stream {
             self.end_side(dir, id, frame.ts, sink);
         }
+    }
+
+    /// How many more body bytes the connection's open messages may hold.
+    fn connection_room(&mut self) -> usize {
+        let max = self.config.max_connection_bytes;
+        if self.held_estimate >= max {
+            self.held_estimate = self.streams.held_bytes();
+        }
+        max.saturating_sub(self.held_estimate)
     }
 
     /// DATA or CONTINUATION of a stream side whose HEADERS we did not see.

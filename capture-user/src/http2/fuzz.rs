@@ -43,6 +43,7 @@ pub fn fuzz_one(data: &[u8]) {
             max_header_list_bytes: 256,
             max_message_bytes: 512,
             max_streams: 4,
+            max_connection_bytes: 1024,
         }
     } else {
         H2Config::default()
@@ -111,7 +112,7 @@ pub(crate) fn check_messages(messages: &[FramedMessage], config: &H2Config) {
 }
 
 fn check_stats(stats: &H2Stats, messages: &[FramedMessage]) {
-    assert_eq!(stats.pairs().len(), 17);
+    assert_eq!(stats.pairs().len(), 18);
     let emitted = stats.requests + stats.responses;
     assert_eq!(emitted, messages.len() as u64, "every emission is counted");
     let incomplete = messages.iter().filter(|m| !m.complete).count() as u64;

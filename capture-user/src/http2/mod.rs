@@ -50,15 +50,21 @@ pub struct H2Config {
     pub max_message_bytes: usize,
     /// Most streams tracked at once per connection.
     pub max_streams: usize,
+    /// Most bytes the open messages of one connection hold together (many streams in
+    /// flight at once must not multiply `max_message_bytes`); body bytes beyond it are
+    /// counted but not kept.
+    pub max_connection_bytes: usize,
 }
 
 impl Default for H2Config {
-    /// 64 KiB header lists, 64 MiB messages, 1024 open streams.
+    /// 64 KiB header lists, 64 MiB messages, 1024 open streams, 128 MiB held per
+    /// connection (what an HTTP/1 connection may hold: a request and a response).
     fn default() -> Self {
         Self {
             max_header_list_bytes: 64 * 1024,
             max_message_bytes: 64 * 1024 * 1024,
             max_streams: 1024,
+            max_connection_bytes: 128 * 1024 * 1024,
         }
     }
 }
@@ -100,6 +106,9 @@ counters! {
     header_list_too_large: true,
     /// Messages whose body was cut at `max_message_bytes`.
     body_too_large: true,
+    /// Messages whose body was cut because the connection's open messages held
+    /// `max_connection_bytes`.
+    connection_bytes_cap_hits: true,
     /// Streams not tracked because `max_streams` were open.
     too_many_streams: true,
     /// Frames ignored because they break the framing rules.

@@ -34,25 +34,38 @@ pub(crate) struct MessageBuilder {
 }
 
 impl MessageBuilder {
-    /// Appends body bytes up to `max_message_bytes` in total; counts the first cut.
+    /// Appends body bytes up to `max_message_bytes` in total and up to `connection_room`
+    /// more bytes; counts the first cut. The bytes kept.
     pub(crate) fn append_body(
         &mut self,
         data: &[u8],
         max_message_bytes: usize,
+        connection_room: usize,
         stats: &mut H2Stats,
-    ) {
+    ) -> usize {
         if self.has_trailers {
             self.damaged = true;
-            return;
+            return 0;
         }
         self.body_len += data.len() as u64;
-        let room = max_message_bytes.saturating_sub(self.bytes.len());
+        let message_room = max_message_bytes.saturating_sub(self.bytes.len());
+        let room = message_room.min(connection_room);
         let kept = data.get(..room).unwrap_or(data);
         self.bytes.extend_from_slice(kept);
         if kept.len() < data.len() && !self.cut {
             self.cut = true;
-            stats.body_too_large += 1;
+            if message_room <= connection_room {
+                stats.body_too_large += 1;
+            } else {
+                stats.connection_bytes_cap_hits += 1;
+            }
         }
+        kept.len()
+    }
+
+    /// Bytes held so far.
+    pub(crate) fn held(&self) -> usize {
+        self.bytes.len()
     }
 
     /// Appends trailers, unless the body was cut (the reader could not find them).
@@ -159,6 +172,18 @@ impl StreamTable {
     /// Number of tracked streams.
     pub(crate) fn len(&self) -> usize {
         self.streams.len()
+    }
+
+    /// Bytes the open messages hold together.
+    pub(crate) fn held_bytes(&self) -> usize {
+        let held = |side: &Side| match side {
+            Side::Open(message) => message.held(),
+            _ => 0,
+        };
+        self.streams
+            .values()
+            .map(|s| held(&s.request) + held(&s.response))
+            .sum()
     }
 
     pub(crate) fn get_mut(&mut self, id: u32) -> Option<&mut Stream> {

@@ -94,6 +94,33 @@ fn body_too_large_is_cut_but_counted() {
 }
 
 #[test]
+fn streams_in_flight_together_share_the_connection_budget() {
+    let config = H2Config {
+        max_connection_bytes: 1000,
+        ..H2Config::default()
+    };
+    let mut wire = Wire::new();
+    // Three requests whose bodies arrive interleaved: together they pass the budget.
+    for id in [1, 3, 5] {
+        wire.headers(ToServer, id, &get_request("/").fields, false);
+    }
+    for id in [1, 3, 5] {
+        wire.data(ToServer, id, &[b'x'; 400], false);
+    }
+    for id in [1, 3, 5] {
+        wire.data(ToServer, id, b"", true);
+    }
+    let run = Run::whole(H2Start::Preface, config, &wire.events);
+    assert_eq!(run.messages.len(), 3);
+    assert!(run.messages.iter().all(|m| m.body_len == 400 && m.ended));
+    let held: usize = run.messages.iter().map(|m| m.bytes.len()).sum();
+    assert!(held <= 1000 + 3 * 100, "held {held} bytes");
+    assert_eq!(run.stats.connection_bytes_cap_hits, 1);
+    assert_eq!(run.stats.body_too_large, 0);
+    assert!(!run.messages[2].complete && run.messages[0].complete);
+}
+
+#[test]
 fn too_many_streams() {
     let config = H2Config {
         max_streams: 1,
@@ -252,7 +279,7 @@ fn stats_rows_and_add() {
     total.add(&one);
     total.add(&one);
     let pairs = total.pairs();
-    assert_eq!(pairs.len(), 17);
+    assert_eq!(pairs.len(), 18);
     assert_eq!(pairs[0], ("requests", 4));
     assert!(total.losses().contains(&("bad_frames", 2)));
     assert_eq!(pairs.last().unwrap().0, "pushed_streams_ignored");
@@ -273,6 +300,7 @@ fn counter_table_lists_every_field_in_order_and_marks_the_losses() {
         "malformed_headers",
         "header_list_too_large",
         "body_too_large",
+        "connection_bytes_cap_hits",
         "too_many_streams",
         "bad_frames",
         "bad_preface",
