@@ -319,16 +319,18 @@ fn digest(hex: &str) -> String {
     format!("{}:{hash:016x}", hex.len())
 }
 
-/// Starts a grpc_peer.py server on `port` of the server namespace, logging to `log`.
-fn grpc_server(topo: &Topology, port: u16, log: &Path) -> Result<Peer> {
+/// Starts the peer `script`'s server (grpc_peer.py, h2c_upgrade.py) on `port` of the server
+/// namespace, logging to `log`.
+fn peer_server(topo: &Topology, script: &str, port: u16, log: &Path) -> Result<Peer> {
     let mut cmd = topo.server("python3");
-    cmd.arg(peer("grpc_peer.py"))
+    let port = port.to_string();
+    cmd.arg(peer(script))
         .args([
             "server",
             "--host",
             &topo.server_ip,
             "--port",
-            &port.to_string(),
+            &port,
             "--log",
         ])
         .arg(log);
@@ -343,19 +345,9 @@ fn grpc_round_trip(topo: &Topology, store: &[String]) -> Result<()> {
         work.path().join("first.jsonl"),
         work.path().join("second.jsonl"),
     );
-    let _first = grpc_server(topo, PORT, &first_log)?;
-    let _second = grpc_server(topo, REPLAY_PORT, &second_log)?;
-    let mut args = vec![
-        "record",
-        "--iface",
-        &topo.client_if,
-        "--port",
-        "8080",
-        "--name",
-        "grpc",
-    ];
-    args.extend(store.iter().map(String::as_str));
-    let rec = CaptureRun::start(&topo.client_ns, &args)?;
+    let _first = peer_server(topo, "grpc_peer.py", PORT, &first_log)?;
+    let _second = peer_server(topo, "grpc_peer.py", REPLAY_PORT, &second_log)?;
+    let rec = CaptureRun::record(&topo.client_ns, &topo.client_if, "grpc", store)?;
     run_ok(
         topo.client("python3")
             .arg(peer("grpc_peer.py"))
@@ -587,20 +579,7 @@ fn an_upgrade_to_h2c_is_followed_into_http2_and_replayed() -> Result<()> {
         work.path().join("first.jsonl"),
         work.path().join("second.jsonl"),
     );
-    let start = |port: u16, log: &Path| -> Result<Peer> {
-        let mut cmd = topo.server("python3");
-        cmd.arg(peer("h2c_upgrade.py"))
-            .args([
-                "server",
-                "--host",
-                &topo.server_ip,
-                "--port",
-                &port.to_string(),
-                "--log",
-            ])
-            .arg(log);
-        Ok(start_until(cmd, "listening")?.0)
-    };
+    let start = |port, log: &Path| peer_server(&topo, "h2c_upgrade.py", port, log);
     let (_first, _second) = (start(PORT, &first_log)?, start(REPLAY_PORT, &second_log)?);
     let data = tempfile::tempdir()?;
     let store = data_dir_args(data.path());

@@ -118,12 +118,21 @@ fn start_servers(topo: &Topology) -> Result<(Nginx, Nginx)> {
     ))
 }
 
-const REDACT: [&str; 4] = [
-    "--redact-header",
-    "Authorization",
-    "--redact-header",
-    "cookie",
-];
+/// What `record` gets besides port 8080: the HTTP/2 port, the rules, then `store`.
+fn extra(store: &[&str]) -> Vec<String> {
+    let rules = [
+        "--redact-header",
+        "Authorization",
+        "--redact-header",
+        "cookie",
+    ];
+    ["--port", "8082"]
+        .iter()
+        .chain(&rules)
+        .chain(store)
+        .map(|a| a.to_string())
+        .collect()
+}
 
 #[test]
 fn redacted_values_never_reach_the_data_dir_and_replay_sends_the_marker_or_the_set_value()
@@ -134,21 +143,12 @@ fn redacted_values_never_reach_the_data_dir_and_replay_sends_the_marker_or_the_s
     let data = tempfile::tempdir()?;
     let dir = data.path().display().to_string();
     let secrets = Secrets::new();
-    let mut args = vec![
-        "record",
-        "--iface",
+    let rec = CaptureRun::record(
+        &topo.server_ns,
         &topo.server_if,
-        "--port",
-        "8080",
-        "--port",
-        "8082",
-        "--name",
         "sec",
-        "--data-dir",
-        &dir,
-    ];
-    args.extend(REDACT);
-    let rec = CaptureRun::start(&topo.server_ns, &args)?;
+        &extra(&["--data-dir", &dir]),
+    )?;
     send(&topo, &secrets)?;
     rec.stop_ok()?;
 
@@ -264,23 +264,8 @@ fn redacted_values_never_reach_the_kafka_topic() -> Result<()> {
     let broker = Tansu::start_in(&topo.client_ns)?;
     let bootstrap = broker.bootstrap();
     let secrets = Secrets::new();
-    let mut args = vec![
-        "record",
-        "--iface",
-        &topo.client_if,
-        "--port",
-        "8080",
-        "--port",
-        "8082",
-        "--name",
-        "sec",
-        "--kafka",
-        &bootstrap,
-        "--topic",
-        "secrets",
-    ];
-    args.extend(REDACT);
-    let rec = CaptureRun::start(&topo.client_ns, &args)?;
+    let store = ["--kafka", &bootstrap, "--topic", "secrets"];
+    let rec = CaptureRun::record(&topo.client_ns, &topo.client_if, "sec", &extra(&store))?;
     send(&topo, &secrets)?;
     rec.stop_ok()?;
     let out = run_ok(
