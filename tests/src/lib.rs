@@ -121,6 +121,7 @@ pub mod broker;
 pub mod capture;
 pub mod netns;
 pub mod nginx;
+pub mod pki;
 pub mod process;
 pub mod replay;
 pub mod synth;

@@ -64,6 +64,25 @@ impl Nginx {
         Self::start_listening(ns, ports, " http2", "")
     }
 
+    /// As [`Nginx::start`], serving HTTPS (TLS 1.2 and 1.3) on `ports` with the PEM
+    /// certificate chain `cert` and its key `key`, for every server name (the default
+    /// server); with `http2`, HTTP/2 by ALPN as well as HTTP/1.1.
+    pub fn start_tls(
+        ns: &str,
+        ports: &[u16],
+        cert: &Path,
+        key: &Path,
+        http2: bool,
+    ) -> Result<Self> {
+        let listen = if http2 { " ssl http2" } else { " ssl" };
+        let tls = format!(
+            "ssl_certificate {};\n        ssl_certificate_key {};\n        ssl_protocols TLSv1.2 TLSv1.3;",
+            cert.display(),
+            key.display()
+        );
+        Self::start_listening(ns, ports, listen, &tls)
+    }
+
     /// Starts nginx with `listen_params` after each listen's port.
     fn start_listening(
         ns: &str,

@@ -120,3 +120,23 @@ pub fn write_gor_from(path: &Path, requests: impl Iterator<Item = (u64, String)>
 pub fn get(uri: &str, extra_headers: &str) -> String {
     format!("GET {uri} HTTP/1.1\r\nHost: origin.example\r\nUser-Agent: test\r\n{extra_headers}\r\n")
 }
+
+/// Runs `capture replay ARGS --json --quiet` in the client namespace expecting it to be
+/// refused before anything is sent: asserts a non-zero exit and no summary; returns stderr.
+pub fn replay_refused(topo: &Topology, data_dir: &Path, args: &[&str]) -> Result<String> {
+    let out = topo
+        .client(&capture_bin().to_string_lossy())
+        .arg("replay")
+        .args(args)
+        .args(["--json", "--quiet", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .context("running capture replay")?;
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    anyhow::ensure!(
+        !out.status.success() && out.stdout.is_empty(),
+        "replay {args:?} was not refused; stdout:\n{}\nstderr:\n{stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    Ok(stderr)
+}

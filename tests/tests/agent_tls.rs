@@ -13,89 +13,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use tests::agent::{Api, TOKEN, sample};
 use tests::capture::CaptureRun;
+use tests::capture_bin;
 use tests::netns::Topology;
-use tests::{capture_bin, run_ok};
-
-fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
-    run_ok(Command::new("openssl").current_dir(dir).args(args))?;
-    Ok(())
-}
-
-/// `openssl req` arguments that make a new P-256 key (unencrypted, into `key`), then `rest`.
-fn new_key_request<'a>(key: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        key,
-    ];
-    args.extend_from_slice(rest);
-    args
-}
-
-/// A CA (`NAME.crt`, `NAME.key`) made with the openssl CLI in `dir`.
-fn make_ca(dir: &Path, name: &str) -> Result<PathBuf> {
-    let (crt, key) = (format!("{name}.crt"), format!("{name}.key"));
-    let subject = format!("/CN=capture test {name}");
-    let rest = ["-x509", "-out", &crt, "-days", "2", "-subj", &subject];
-    openssl(dir, &new_key_request(&key, &rest))?;
-    Ok(dir.join(crt))
-}
-
-/// A server certificate for `ip` (and DNS `capture-agent`) signed by CA `ca`, with subject
-/// CN=`cn` and serial `serial`: (certificate PEM, key PEM).
-fn make_server_cert(
-    dir: &Path,
-    ca: &str,
-    ip: &str,
-    cn: &str,
-    serial: &str,
-) -> Result<(Vec<u8>, Vec<u8>)> {
-    let ext = dir.join(format!("{cn}.ext"));
-    std::fs::write(
-        &ext,
-        format!(
-            "subjectAltName=IP:{ip},DNS:capture-agent\nbasicConstraints=CA:FALSE\n\
-             keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n"
-        ),
-    )?;
-    let (key, csr, crt) = (
-        format!("{cn}.key"),
-        format!("{cn}.csr"),
-        format!("{cn}.crt"),
-    );
-    let subject = format!("/CN={cn}");
-    openssl(
-        dir,
-        &new_key_request(&key, &["-out", &csr, "-subj", &subject]),
-    )?;
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            &format!("{ca}.crt"),
-            "-CAkey",
-            &format!("{ca}.key"),
-            "-set_serial",
-            serial,
-            "-days",
-            "2",
-            "-out",
-            &crt,
-            "-extfile",
-            &ext.display().to_string(),
-        ],
-    )?;
-    Ok((std::fs::read(dir.join(crt))?, std::fs::read(dir.join(key))?))
-}
+use tests::pki::{make_ca, make_server_cert};
 
 /// A directory laid out as kubelet lays out a mounted Secret: each key is a symlink
 /// `KEY -> ..data/KEY`, `..data` a symlink to a versioned directory, swapped atomically.
@@ -263,8 +183,9 @@ fn tls_with_a_test_ca_rotation_of_certificate_and_token_without_restart() -> Res
     let ca = make_ca(pki, "ca1")?;
     let wrong_ca = make_ca(pki, "ca2")?;
     let ip = topo.client_ip.clone();
-    let (crt1, key1) = make_server_cert(pki, "ca1", &ip, "agent-v1", "0x1001")?;
-    let (crt2, key2) = make_server_cert(pki, "ca1", &ip, "agent-v2", "0x2002")?;
+    let san = format!("IP:{ip},DNS:capture-agent");
+    let (crt1, key1) = make_server_cert(pki, "ca1", &san, "agent-v1", "0x1001")?;
+    let (crt2, key2) = make_server_cert(pki, "ca1", &san, "agent-v2", "0x2002")?;
     let mut tls = SecretDir::new(pki.join("tls"), &[("tls.crt", &crt1), ("tls.key", &key1)])?;
     let mut token = SecretDir::new(pki.join("token"), &[("token", b"first-token\n")])?;
     let listen = format!("{ip}:9300");

@@ -1,19 +1,21 @@
 //! The body of `POST /v1/replays` and the replay options it asks for: the `replay` command's
 //! flags as JSON fields, checked, with [`ReplayOptions::default`] for what a call leaves out.
 
-use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::error::ApiError;
+use crate::replay::engine::Endpoint;
 use crate::replay::load::{DiffOptions, ReplayOptions, diff_options, pace_of, rewrites_from};
 use crate::replay::rewrite::CopyHeader;
 use crate::replay::sample::SamplePercent;
 use crate::replay::select::{FilterRule, Filters};
 use crate::replay::shard::Shard;
 use crate::replay::source::Lookahead;
+use crate::replay::tls::TlsTrust;
 use crate::units::parse_rfc3339;
 
 /// `POST /v1/replays`: what to replay, where, and how (fields as the `replay` command's flags).
@@ -22,8 +24,17 @@ use crate::units::parse_rfc3339;
 pub struct StartReplay {
     /// Name of the recording to replay.
     pub recording: String,
-    /// Where to send: `http://HOST[:PORT]` (in the agent's `--allow-target` list, if it has one).
+    /// Where to send: `http://HOST[:PORT]` or `https://HOST[:PORT]` (in the agent's
+    /// `--allow-target` list, if it has one). https needs `ca_file` or `insecure`.
     pub target: String,
+    /// For an https target or baseline: a PEM file on the agent's node with the CA
+    /// certificates to trust (and only them).
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// For an https target or baseline: do not verify its certificate; the report's `tls`
+    /// says `insecure: true`.
+    #[serde(default)]
+    pub insecure: bool,
     /// Recorded inter-arrival times divided by this (default 1); not with `rate` or `max`.
     #[serde(default)]
     pub speed: Option<f64>,
@@ -86,7 +97,8 @@ pub struct StartReplay {
     /// Header names to remove.
     #[serde(default)]
     pub drop_headers: Vec<String>,
-    /// Host header to send instead of the recorded one.
+    /// Host header to send instead of the recorded one; to an https target, also the server
+    /// name asked for (SNI) and verified, without its port.
     #[serde(default)]
     pub host: Option<String>,
     /// Kafka bootstrap brokers to read the recording from, overriding the agent's store.
@@ -120,7 +132,7 @@ pub struct StartReplay {
 impl StartReplay {
     /// The replay options this call asks for, the rest from [`ReplayOptions::default`], or a
     /// 400 naming the field.
-    pub(super) fn options(&self, baseline: Option<SocketAddr>) -> Result<ReplayOptions, ApiError> {
+    pub(super) fn options(&self, baseline: Option<Endpoint>) -> Result<ReplayOptions, ApiError> {
         if self.rate.is_some() && self.max {
             return Err(ApiError::BadRequest("rate and max: choose one".into()));
         }
@@ -193,12 +205,22 @@ impl StartReplay {
             filters: Filters::new(rules),
             rewrites,
             diff: self.diff_options(baseline)?,
+            tls: self.tls_trust(),
             ..defaults
         })
     }
 
+    /// How https targets are verified, as `ca_file`, `insecure` and `host` ask.
+    pub(super) fn tls_trust(&self) -> TlsTrust {
+        TlsTrust {
+            ca_file: self.ca_file.as_ref().map(PathBuf::from),
+            insecure: self.insecure,
+            server_name: self.host.clone(),
+        }
+    }
+
     /// The `diff` fields' options, when comparing was asked for.
-    fn diff_options(&self, baseline: Option<SocketAddr>) -> Result<Option<DiffOptions>, ApiError> {
+    fn diff_options(&self, baseline: Option<Endpoint>) -> Result<Option<DiffOptions>, ApiError> {
         let diffing = self.diff || self.baseline.is_some();
         let given = !self.diff_ignore_headers.is_empty()
             || !self.diff_ignore.is_empty()

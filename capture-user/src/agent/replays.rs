@@ -20,7 +20,7 @@ use super::replay_call::StartReplay;
 use super::{Agent, AgentConfig, forget_oldest, lock};
 use crate::replay::engine::Replay;
 use crate::replay::html::report_page;
-use crate::replay::load::{ReplaySource, load_replay};
+use crate::replay::load::{ReplaySource, endpoints, load_replay};
 use crate::replay::report::ReplayReport;
 use crate::replay::target::Target;
 
@@ -163,25 +163,19 @@ impl Replays {
             .parse()
             .map_err(|e: anyhow::Error| ApiError::BadRequest(format!("target: {e:#}")))?;
         check_target(&config.allow_targets, &target)?;
-        let address = target
-            .resolve()
-            .await
-            .map_err(|e| ApiError::BadRequest(format!("target: {e:#}")))?;
-        let baseline = match &req.baseline {
+        let baseline_target = match &req.baseline {
             Some(url) => {
                 let baseline: Target = url
                     .parse()
                     .map_err(|e: anyhow::Error| ApiError::BadRequest(format!("baseline: {e:#}")))?;
                 check_target(&config.allow_targets, &baseline)?;
-                Some(
-                    baseline
-                        .resolve()
-                        .await
-                        .map_err(|e| ApiError::BadRequest(format!("baseline: {e:#}")))?,
-                )
+                Some(baseline)
             }
             None => None,
         };
+        let (endpoint, baseline) = endpoints(&target, baseline_target.as_ref(), &req.tls_trust())
+            .await
+            .map_err(|e| ApiError::BadRequest(format!("target: {e:#}")))?;
         let options = req.options(baseline)?;
         let store = config
             .store
@@ -194,7 +188,7 @@ impl Replays {
                 .context("loading the recording")??
         };
         let replay = loaded
-            .start(address, &options)
+            .start(endpoint, &options)
             .map_err(|e| ApiError::BadRequest(e.to_string()))?;
         let id = format!("r{}", self.next_id.fetch_add(1, Ordering::Relaxed) + 1);
         let mut entries = lock(&self.entries);

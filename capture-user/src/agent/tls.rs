@@ -14,6 +14,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
 use super::reload::{AgentFileError, Reloading, read_file};
+use crate::replay::tls::provider;
 
 /// The certificate pair in use, reloaded when its files change.
 pub type ReloadingCert = Reloading<CertifiedKey>;
@@ -65,14 +66,6 @@ fn load_pair(files: &[PathBuf]) -> Result<CertifiedKey, AgentFileError> {
             reason: e.to_string(),
         },
     })
-}
-
-/// ring's provider: it builds without a C toolchain beyond ring's own. rustls deprecates it
-/// for lacking post-quantum key exchange (aws-lc-rs has it, at the cost of a CMake build);
-/// the classical suites it offers protect the token today.
-#[allow(deprecated)]
-fn provider() -> rustls::crypto::CryptoProvider {
-    rustls::crypto::ring::default_provider()
 }
 
 /// Hands every handshake the pair in use now.

@@ -11,11 +11,11 @@ use anyhow::{Context as _, bail};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cmd::store_args::StoreArgs;
-use crate::replay::engine::Replay;
+use crate::replay::engine::{Endpoint, Replay};
 use crate::replay::html::report_page;
 use crate::replay::load::{
-    DiffOptions, LoadedReplay, ReplayOptions, ReplaySource, diff_options, load_replay, pace_of,
-    rewrites_from,
+    DiffOptions, LoadedReplay, ReplayOptions, ReplaySource, diff_options, endpoints, load_replay,
+    pace_of, rewrites_from,
 };
 use crate::replay::report::ReplayReport;
 use crate::replay::rewrite::{CopyHeader, Rewrites};
@@ -24,6 +24,7 @@ use crate::replay::select::{FilterRule, Filters};
 use crate::replay::shard::Shard;
 use crate::replay::source::Lookahead;
 use crate::replay::target::Target;
+use crate::replay::tls::TlsTrust;
 use crate::units::{parse_port, parse_rfc3339};
 
 /// Arguments of `capture replay`.
@@ -45,9 +46,20 @@ pub struct ReplayArgs {
     #[arg(long = "port", value_name = "P", value_parser = parse_port, requires = "pcap")]
     pub ports: Vec<u16>,
 
-    /// Where to send: http://HOST[:PORT]. Always explicit; nothing is sent anywhere else.
+    /// Where to send: http://HOST[:PORT] or https://HOST[:PORT] (TLS: needs --ca-file or
+    /// --insecure). Always explicit; nothing is sent anywhere else.
     #[arg(long, value_name = "URL")]
     pub target: String,
+
+    /// For an https target (or baseline): trust the CA certificates in this PEM file, and
+    /// only them (this build has no platform roots).
+    #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
+    pub ca_file: Option<PathBuf>,
+
+    /// For an https target (or baseline): do not verify its certificate (the session is
+    /// encrypted but not authenticated). The starting line and the summary say so.
+    #[arg(long)]
+    pub insecure: bool,
 
     /// Recorded inter-arrival times divided by this (2 = twice as fast, 0.5 = half speed).
     #[arg(long, value_name = "X", default_value_t = ReplayOptions::DEFAULT_SPEED, conflicts_with_all = ["rate", "max"])]
@@ -147,7 +159,8 @@ pub struct ReplayArgs {
     #[arg(long = "drop-header", value_name = "NAME")]
     pub drop_headers: Vec<String>,
 
-    /// Set the Host header (default: as recorded).
+    /// Set the Host header (default: as recorded); to an https target, also the server name
+    /// asked for (SNI) and verified, without its port.
     #[arg(long, value_name = "HOST[:PORT]")]
     pub host: Option<String>,
 
@@ -214,8 +227,8 @@ fn rewrites_of(args: &ReplayArgs) -> anyhow::Result<Rewrites> {
     )
 }
 
-/// The `--diff` options, when comparing was asked for (`--baseline` resolved to its address).
-async fn diff_of(args: &ReplayArgs) -> anyhow::Result<Option<DiffOptions>> {
+/// The `--diff` options, when comparing was asked for (`baseline`: `--baseline`, resolved).
+fn diff_of(args: &ReplayArgs, baseline: Option<Endpoint>) -> anyhow::Result<Option<DiffOptions>> {
     let diffing = args.diff || args.baseline.is_some();
     let needs_diff = [
         (!args.diff_ignore_headers.is_empty(), "--diff-ignore-header"),
@@ -229,13 +242,6 @@ async fn diff_of(args: &ReplayArgs) -> anyhow::Result<Option<DiffOptions>> {
     if !diffing {
         return Ok(None);
     }
-    let baseline = match &args.baseline {
-        Some(url) => {
-            let target: Target = url.parse().context("--baseline")?;
-            Some(target.resolve().await.context("--baseline")?)
-        }
-        None => None,
-    };
     Ok(Some(diff_options(
         &args.diff_ignore_headers,
         &args.diff_ignore,
@@ -248,7 +254,17 @@ async fn diff_of(args: &ReplayArgs) -> anyhow::Result<Option<DiffOptions>> {
 /// Runs `capture replay`.
 pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let target: Target = args.target.parse()?;
-    let diff = diff_of(&args).await?;
+    let baseline_target: Option<Target> = match &args.baseline {
+        Some(url) => Some(url.parse().context("--baseline")?),
+        None => None,
+    };
+    let tls = TlsTrust {
+        ca_file: args.ca_file.clone(),
+        insecure: args.insecure,
+        server_name: args.host.clone(),
+    };
+    let (endpoint, baseline) = endpoints(&target, baseline_target.as_ref(), &tls).await?;
+    let diff = diff_of(&args, baseline)?;
     let options = ReplayOptions {
         pace: pace_of(args.speed, args.rate, args.max),
         loops: args.loops,
@@ -271,6 +287,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
         filters: Filters::new(args.filters.clone()),
         rewrites: rewrites_of(&args)?,
         diff,
+        tls,
     };
     let source = match (&args.name, &args.gor, &args.pcap) {
         (_, Some(gor), _) => ReplaySource::Gor(gor.clone()),
@@ -281,11 +298,10 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
         (Some(name), _, _) => ReplaySource::Recording(name.clone()),
         _ => bail!("name a recording, or give --gor FILE or --pcap FILE"),
     };
-    let address = target.resolve().await?;
     let loaded = load_replay(&source, &args.store.to_config()?, &options)?;
-    eprintln!("{}", starting_line(&loaded, &target, address, &options));
+    eprintln!("{}", starting_line(&loaded, &target, &endpoint, &options));
     let loaded_name = loaded.source_name.clone();
-    let replay = loaded.start(address, &options)?;
+    let replay = loaded.start(endpoint, &options)?;
     let interrupted = watch_progress(&replay, args.quiet).await?;
     let report = replay.finish().await;
     print_report(&report, args.json)?;
@@ -352,11 +368,12 @@ fn write_report_page(
     Ok(())
 }
 
-/// "replaying recording R x 2 loops x 3 copies to ...": what is about to go.
+/// "replaying recording R x 2 loops x 3 copies to ...": what is about to go (and, to an https
+/// target, how its certificate is checked: loudly when it is not).
 fn starting_line(
     loaded: &LoadedReplay,
     target: &Target,
-    address: std::net::SocketAddr,
+    endpoint: &Endpoint,
     options: &ReplayOptions,
 ) -> String {
     let times = |n: u32, what: &str| {
@@ -377,13 +394,15 @@ fn starting_line(
     let start = options.start_at.map_or(String::new(), |at| {
         format!(", starting at {}", humantime::format_rfc3339_millis(at))
     });
+    let tls = endpoint.tls.as_ref().map_or(String::new(), |tls| {
+        format!("; {}", tls.summary().to_text())
+    });
     format!(
-        "replaying {}{size}{}{} to http://{}:{} ({address}){shard}{start}; read as it goes, {} or {} requests ahead at most",
+        "replaying {}{size}{}{} to {target} ({}){shard}{start}; read as it goes, {} or {} requests ahead at most{tls}",
         loaded.source_name,
         times(options.loops, "loops"),
         times(options.copies, "copies"),
-        target.host,
-        target.port,
+        endpoint.address,
         humantime::format_duration(options.lookahead.time),
         options.lookahead.requests,
     )

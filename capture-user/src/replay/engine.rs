@@ -2,8 +2,9 @@
 //! its replay connection when it is due, sends it, reads the answer, and tallies what happened.
 //!
 //! Requests are written as the bytes they are (recorded, or rewritten by the user's rules) on a
-//! plain TCP stream, and answers are framed by the capture framer: an HTTP library would
-//! re-serialise heads and re-chunk bodies, and the promise is byte-exact replay.
+//! plain TCP stream, or inside a TLS session for an https target (`stream`), and answers are
+//! framed by the capture framer: an HTTP library would re-serialise heads and re-chunk bodies,
+//! and the promise is byte-exact replay.
 //!
 //! Two kinds of connections carry the sends. A recorded connection replays over a connection
 //! of its own (per loop and copy), its requests in order (`lane`); requests without a recorded
@@ -19,7 +20,6 @@
 //! far behind, the pacer waits and the lag shows it.
 
 use std::borrow::Cow;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -32,17 +32,20 @@ use tokio::time::{Instant, sleep_until, timeout};
 use super::report::{ReplayReport, SourceSummary, Tally};
 use super::rewrite::{CopyHeader, CopySlot};
 use super::schedule::ReplayConn;
+use super::tls::TlsSummary;
 use crate::message::HttpVersion;
 
 mod connection;
 mod differ;
 mod http2;
 mod pacer;
+mod stream;
 
 use connection::{Job, Jobs, connection_task};
 use http2::http2_connection_task;
 
 pub use differ::{DiffOutError, DiffSetup, Differ};
+pub use stream::Endpoint;
 
 /// Connections are opened this long before their first request is due, so the handshake
 /// does not make the first request late.
@@ -66,7 +69,8 @@ pub const STOP_GRACE: Duration = Duration::from_secs(2);
 /// How to reach the target and how long to wait for it.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
-    pub target: SocketAddr,
+    /// The target's address, and TLS when it is https.
+    pub target: Endpoint,
     pub connect_timeout: Duration,
     /// From the first byte written to the end of the final response.
     pub response_timeout: Duration,
@@ -81,7 +85,7 @@ pub struct EngineConfig {
     /// When the schedule starts (`--start-at`), instead of just after the call.
     pub start_at: Option<SystemTime>,
     /// `--baseline`: each request also goes there, to learn what differs by itself.
-    pub baseline: Option<SocketAddr>,
+    pub baseline: Option<Endpoint>,
 }
 
 /// A request ready to send.
@@ -217,6 +221,12 @@ impl Shared {
     /// Time since the schedule's start, where the timeline places events.
     fn since_start(&self) -> Duration {
         Instant::now().saturating_duration_since(self.start)
+    }
+
+    /// What the summary says about TLS to the target (none for http).
+    fn tls_summary(&self) -> Option<TlsSummary> {
+        let tls = self.config.target.tls.as_ref();
+        tls.map(|tls| tls.summary().clone())
     }
 
     fn tally(&self) -> MutexGuard<'_, Tally> {
@@ -373,6 +383,7 @@ impl Replay {
             tally.ran_for(elapsed);
             tally.report(elapsed, why.as_deref())
         };
+        report.tls = self.shared.tls_summary();
         if let Some(differ) = &self.shared.differ {
             report.diff = Some(differ.summary());
             report.diff_out_error = differ.finish().and_then(Result::err);
@@ -389,6 +400,7 @@ impl Replay {
             tally.ran_for(elapsed);
             tally.report(elapsed, why.as_deref())
         };
+        report.tls = self.shared.tls_summary();
         report.diff = self.shared.differ.as_ref().map(Differ::summary);
         report
     }

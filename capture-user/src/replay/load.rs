@@ -4,7 +4,6 @@
 //! command line and the agent both come through here with a [`ReplayOptions`], whose `Default`
 //! is the one place the replay defaults live.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -12,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use crate::files::{FileFormat, MessageFile};
 use crate::message::HttpMessage;
 use crate::replay::diff::{DiffRules, EndpointNamer};
-use crate::replay::engine::{DiffSetup, Differ, EngineConfig, Replay, StartError};
+use crate::replay::engine::{DiffSetup, Differ, Endpoint, EngineConfig, Replay, StartError};
 use crate::replay::feed::{FeedOptions, MessageSource};
 use crate::replay::report::Tally;
 use crate::replay::rewrite::{CopyHeader, Rewrites};
@@ -21,6 +20,8 @@ use crate::replay::schedule::{Pace, Shape};
 use crate::replay::select::Filters;
 use crate::replay::shard::Shard;
 use crate::replay::source::{Lookahead, from_stored};
+use crate::replay::target::Target;
+use crate::replay::tls::{TlsClient, TlsSetupError, TlsTrust};
 use crate::store::{RecordingState, StoreConfig};
 
 /// Why options give no replay (the caller's to fix, not the node's).
@@ -113,6 +114,8 @@ pub struct ReplayOptions {
     pub rewrites: Rewrites,
     /// `--diff`: compare each answer with the recorded one.
     pub diff: Option<DiffOptions>,
+    /// `--ca-file`, `--insecure` and the server name, for https targets.
+    pub tls: TlsTrust,
 }
 
 /// What `--diff` compares, how endpoints are named, and where else requests go.
@@ -121,7 +124,7 @@ pub struct DiffOptions {
     pub rules: DiffRules,
     pub endpoints: Arc<EndpointNamer>,
     /// `--baseline`, resolved: a target running the recorded version, to learn noise from.
-    pub baseline: Option<SocketAddr>,
+    pub baseline: Option<Endpoint>,
     /// `--diff-out FILE.jsonl`.
     pub out: Option<PathBuf>,
 }
@@ -162,6 +165,7 @@ impl Default for ReplayOptions {
             filters: Filters::default(),
             rewrites: Rewrites::default(),
             diff: None,
+            tls: TlsTrust::default(),
         }
     }
 }
@@ -171,7 +175,7 @@ pub fn diff_options(
     ignore_headers: &[String],
     ignore: &[String],
     endpoint_patterns: &[String],
-    baseline: Option<SocketAddr>,
+    baseline: Option<Endpoint>,
     out: Option<PathBuf>,
 ) -> anyhow::Result<DiffOptions> {
     Ok(DiffOptions {
@@ -179,6 +183,49 @@ pub fn diff_options(
         endpoints: Arc::new(EndpointNamer::new(endpoint_patterns)?),
         baseline,
         out,
+    })
+}
+
+/// Where the target (and the baseline, when there is one) are reached: resolved, with TLS set
+/// up for https as `trust` says. `--ca-file` and `--insecure` with no https target are
+/// refused (they would silently do nothing), as is an https target nothing would verify.
+pub async fn endpoints(
+    target: &Target,
+    baseline: Option<&Target>,
+    trust: &TlsTrust,
+) -> anyhow::Result<(Endpoint, Option<Endpoint>)> {
+    use anyhow::Context as _;
+    let any_https = target.is_tls() || baseline.is_some_and(Target::is_tls);
+    if (trust.ca_file.is_some() || trust.insecure) && !any_https {
+        return Err(TlsSetupError::NotHttps {
+            target: target.to_string(),
+        }
+        .into());
+    }
+    let target = endpoint(target, trust).await?;
+    let baseline = match baseline {
+        Some(b) => Some(endpoint(b, trust).await.context("--baseline")?),
+        None => None,
+    };
+    Ok((target, baseline))
+}
+
+/// One target's endpoint (see [`endpoints`]).
+async fn endpoint(target: &Target, trust: &TlsTrust) -> anyhow::Result<Endpoint> {
+    // TLS first: a refused setup is the user's to fix whether or not the host resolves.
+    let tls = if target.is_tls() {
+        let url = target.to_string();
+        Some(std::sync::Arc::new(TlsClient::new(
+            &url,
+            &target.host,
+            trust,
+        )?))
+    } else {
+        None
+    };
+    Ok(Endpoint {
+        address: target.resolve().await?,
+        tls,
     })
 }
 
@@ -195,8 +242,8 @@ pub struct LoadedReplay {
 }
 
 impl LoadedReplay {
-    /// Starts reading and sending to `address` on the current runtime.
-    pub fn start(self, address: SocketAddr, options: &ReplayOptions) -> Result<Replay, StartError> {
+    /// Starts reading and sending to `target` on the current runtime.
+    pub fn start(self, target: Endpoint, options: &ReplayOptions) -> Result<Replay, StartError> {
         let (source, feed) = (self.source, self.feed);
         let differ = match &options.diff {
             Some(diff) => Some(
@@ -213,7 +260,7 @@ impl LoadedReplay {
             Box::new(move |sink| crate::replay::feed::run(source, feed, sink)),
             Tally::new(options.copies),
             EngineConfig {
-                target: address,
+                target,
                 connect_timeout: options.connect_timeout,
                 response_timeout: options.timeout,
                 concurrency: options.concurrency,
@@ -221,7 +268,7 @@ impl LoadedReplay {
                 exit_after: options.exit_after,
                 copy_header: options.copy_header.clone(),
                 start_at: options.start_at,
-                baseline: options.diff.as_ref().and_then(|d| d.baseline),
+                baseline: options.diff.as_ref().and_then(|d| d.baseline.clone()),
             },
             differ,
         )

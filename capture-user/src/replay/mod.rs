@@ -5,7 +5,8 @@
 //! answers), how answers are read (`response`), how they compare
 //! with the recorded ones (`diff`) and what is reported (`report`, `timeline`, the page in
 //! `html`); `feed` is the blocking shell that reads the source and plans, `engine`
-//! the async shell that paces, opens connections and sends; `load` checks options and opens
+//! the async shell that paces, opens connections (TCP, or TLS set up by `tls` for https
+//! targets) and sends; `load` checks options and opens
 //! the source into a replay ready to start, for the command line and the agent alike.
 
 pub mod diff;
@@ -24,3 +25,4 @@ pub mod shard;
 pub mod source;
 pub mod target;
 pub mod timeline;
+pub mod tls;

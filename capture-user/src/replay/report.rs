@@ -14,6 +14,7 @@ use super::sample::SampleStats;
 use super::shard::Shard;
 use super::source::SourceStats;
 use super::timeline::{Timeline, TimelinePoint};
+use super::tls::TlsSummary;
 
 /// Why a replayed request failed, named as in summaries and metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -39,6 +40,14 @@ pub enum FailureKind {
     Http2Error,
     /// The recorded request cannot be sent as HTTP/2 (its stored form does not read back).
     UnsendableRequest,
+    /// The TLS handshake with an https target failed: most often its certificate is not
+    /// signed by the `--ca-file` CA or does not name the server name (the target's host, or
+    /// `--host`); also no common protocol version or cipher suite. Remedy: the CA that signed
+    /// the target's certificate, `--host` with the name it carries, or `--insecure`.
+    TlsHandshake,
+    /// An HTTP/2 connection to an https target: the server refused or did not select `h2` by
+    /// ALPN (its TLS listener serves HTTP/1 only). Remedy: enable HTTP/2 on that listener.
+    TlsNoH2,
 }
 
 impl FailureKind {
@@ -55,6 +64,8 @@ impl FailureKind {
             Self::BadResponse => "bad_response",
             Self::Http2Error => "http2_error",
             Self::UnsendableRequest => "unsendable_request",
+            Self::TlsHandshake => "tls_handshake",
+            Self::TlsNoH2 => "tls_no_h2",
         }
     }
 }
@@ -229,6 +240,8 @@ impl Tally {
                         | FailureKind::ConnectTimeout
                         | FailureKind::ConnectError
                         | FailureKind::LocalPortsExhausted
+                        | FailureKind::TlsHandshake
+                        | FailureKind::TlsNoH2
                 )
             })
             .map(|(_, n)| n)
@@ -298,6 +311,7 @@ impl Tally {
             timeline: self.timeline.points(),
             diff: None,
             diff_out_error: None,
+            tls: None,
         }
     }
 }
@@ -440,6 +454,9 @@ pub struct ReplayReport {
     pub diff: Option<DiffSummary>,
     /// `--diff-out` could not be written completely (the summary above is still whole).
     pub diff_out_error: Option<String>,
+    /// For an https target: the server name and how its certificate was checked
+    /// (`insecure: true` when it was not).
+    pub tls: Option<TlsSummary>,
 }
 
 impl ReplayReport {
@@ -522,6 +539,9 @@ impl ReplayReport {
     /// The lines that say why the counts are what they are: an early end, what the source
     /// held, the sample, a remedy, the copies.
     fn write_context(&self, s: &mut String) {
+        if let Some(tls) = &self.tls {
+            let _ = writeln!(s, "{}", tls.to_text());
+        }
         if let Some(why) = &self.ended_early {
             let _ = writeln!(s, "ended early: {why}");
         }
@@ -541,6 +561,12 @@ impl ReplayReport {
             let _ = writeln!(
                 s,
                 "local_ports_exhausted: this client ran out of local ports (EADDRNOTAVAIL). Replay over fewer, longer connections (--connections N for GoReplay files, a lower --concurrency), widen net.ipv4.ip_local_port_range, or set net.ipv4.tcp_tw_reuse=1"
+            );
+        }
+        if self.failures.contains_key(FailureKind::TlsHandshake.name()) {
+            let _ = writeln!(
+                s,
+                "tls_handshake: the TLS handshake with the target failed. Give --ca-file with the CA that signed its certificate, --host with the name the certificate carries, or --insecure to skip verification"
             );
         }
         if self.copies.len() > 1 {

@@ -1,16 +1,16 @@
 //! One replay connection's task: it opens its connection just ahead of its first job, sends
 //! its jobs one at a time (to the baseline too, with `--baseline`), reads each answer with the
-//! capture framer, tallies and compares it, and reconnects when the target closed it.
+//! capture framer, tallies and compares it, and reconnects when the target closed it. Over
+//! TCP or TLS alike ([`Stream`]): the request bytes are the same either way.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio::time::{Instant, timeout};
 
+use super::stream::{Endpoint, Stream, open_stream};
 use super::{PreparedRequest, READ_BUFFER, Shared, stopped};
 use crate::replay::report::FailureKind;
 use crate::replay::response::{ResponseError, ResponseOutcome, ResponseReader};
@@ -41,64 +41,35 @@ impl Jobs {
 
 /// An open replay connection and the reader of its answers.
 struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     reader: ResponseReader,
 }
 
-/// Opens a TCP connection to `address` within the connect timeout.
-pub(super) async fn open_stream(
-    address: SocketAddr,
-    within: Duration,
-) -> Result<TcpStream, FailureKind> {
-    let stream = match timeout(within, TcpStream::connect(address)).await {
-        Err(_) => return Err(FailureKind::ConnectTimeout),
-        Ok(Err(e)) => return Err(connect_failure(&e)),
-        Ok(Ok(stream)) => stream,
-    };
-    let _ = stream.set_nodelay(true);
-    Ok(stream)
-}
-
-/// Opens a connection to `address` within the connect timeout.
-async fn connect_to(address: SocketAddr, within: Duration) -> Result<Connection, FailureKind> {
+/// Opens an HTTP/1 connection to `endpoint` within the connect timeout.
+async fn connect_to(endpoint: &Endpoint, within: Duration) -> Result<Connection, FailureKind> {
     Ok(Connection {
-        stream: open_stream(address, within).await?,
+        stream: open_stream(endpoint, within, false).await?,
         reader: ResponseReader::new(),
     })
 }
 
 /// A connection to the target, counted.
 async fn connect(shared: &Shared) -> Result<Connection, FailureKind> {
-    let conn = connect_to(shared.config.target, shared.config.connect_timeout).await?;
+    let conn = connect_to(&shared.config.target, shared.config.connect_timeout).await?;
     shared.tally().connections += 1;
     Ok(conn)
 }
 
-/// The failure kind of a connect error.
-fn connect_failure(e: &std::io::Error) -> FailureKind {
-    match e.kind() {
-        std::io::ErrorKind::ConnectionRefused => FailureKind::ConnectRefused,
-        std::io::ErrorKind::AddrNotAvailable => FailureKind::LocalPortsExhausted,
-        _ if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => FailureKind::LocalPortsExhausted,
-        _ => FailureKind::ConnectError,
-    }
-}
-
-/// The target may have closed an idle keep-alive connection since the last answer; a new
-/// request on it would fail for a reason that is not the target's fault.
-fn still_open(conn: &Connection) -> bool {
-    let mut probe = [0u8; 1];
-    match conn.stream.try_read(&mut probe) {
-        Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
-        // EOF, or bytes nobody asked for: either way the connection is not reusable.
-        Ok(_) => false,
-    }
+/// An idle connection the target has not closed (see [`Stream::still_open`]).
+fn reusable(conn: Option<Connection>) -> Option<Connection> {
+    let mut conn = conn?;
+    conn.stream.still_open().then_some(conn)
 }
 
 /// The connection a replay connection keeps to the baseline (`--baseline`): each request is
 /// sent there too, at the same time, and only its answer is used (to learn noise).
 struct BaselineSide {
-    address: SocketAddr,
+    endpoint: Endpoint,
     open: Option<Connection>,
     buf: Vec<u8>,
 }
@@ -107,9 +78,9 @@ impl BaselineSide {
     /// Sends `request` to the baseline; its answer, or None when it gave none.
     async fn exchange(&mut self, shared: &Shared, request: &[u8]) -> Option<ResponseOutcome> {
         let within = shared.config.connect_timeout;
-        let mut conn = match self.open.take() {
-            Some(c) if still_open(&c) => c,
-            _ => connect_to(self.address, within).await.ok()?,
+        let mut conn = match reusable(self.open.take()) {
+            Some(c) => c,
+            None => connect_to(&self.endpoint, within).await.ok()?,
         };
         let answer = timeout(
             shared.config.response_timeout,
@@ -132,8 +103,8 @@ pub(super) async fn connection_task(
     mut stop: watch::Receiver<Option<String>>,
 ) {
     let mut buf = vec![0u8; READ_BUFFER];
-    let mut baseline = shared.config.baseline.map(|address| BaselineSide {
-        address,
+    let mut baseline = shared.config.baseline.clone().map(|endpoint| BaselineSide {
+        endpoint,
         open: None,
         buf: vec![0u8; READ_BUFFER],
     });
@@ -154,9 +125,9 @@ pub(super) async fn connection_task(
         }
         let attempt = match first_attempt.take() {
             Some(attempt) => attempt,
-            None => match open.take() {
-                Some(c) if still_open(&c) => Ok(c),
-                _ => connect(&shared).await,
+            None => match reusable(open.take()) {
+                Some(c) => Ok(c),
+                None => connect(&shared).await,
             },
         };
         open = send_job(&shared, job, attempt, &mut buf, baseline.as_mut()).await;
@@ -254,6 +225,9 @@ async fn exchange(
     loop {
         let n = match conn.stream.read(buf).await {
             Ok(n) => n,
+            // A TLS peer that closes without close_notify: a close all the same (an answer
+            // delimited by the close is complete).
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
             Err(_) => return Err(FailureKind::ClosedBeforeResponse),
         };
         let result = if n == 0 {
@@ -267,20 +241,5 @@ async fn exchange(
             Some(Err(ResponseError::BadResponse)) => return Err(FailureKind::BadResponse),
             Some(Err(ResponseError::Truncated)) => return Err(FailureKind::ClosedBeforeResponse),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn running_out_of_local_ports_is_named_as_such() {
-        let e = std::io::Error::from_raw_os_error(libc::EADDRNOTAVAIL);
-        assert_eq!(connect_failure(&e), FailureKind::LocalPortsExhausted);
-        let e = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-        assert_eq!(connect_failure(&e), FailureKind::ConnectRefused);
-        let e = std::io::Error::from_raw_os_error(libc::ENETUNREACH);
-        assert_eq!(connect_failure(&e), FailureKind::ConnectError);
     }
 }

@@ -4,7 +4,8 @@
 //! headers, body and trailers are sent as recorded; frames, HPACK and the order of headers of
 //! different names are the h2 crate's (HTTP/2 cannot be replayed byte for byte: its frames
 //! depend on the session). A connection recorded as an `Upgrade: h2c` starts with an HTTP/1
-//! request: it is sent as the session's first stream.
+//! request: it is sent as the session's first stream. To an https target the session runs
+//! inside TLS (ALPN `h2`, required) and the requests' `:scheme` is `https`.
 
 use std::sync::Arc;
 
@@ -16,7 +17,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, timeout};
 
-use super::connection::{Job, Jobs, open_stream};
+use super::connection::{Job, Jobs};
+use super::stream::open_stream;
 use super::{Shared, stopped};
 use crate::http2::parse_stored;
 use crate::message::HttpVersion;
@@ -60,12 +62,14 @@ fn connection_specific(name: &[u8]) -> bool {
 }
 
 /// Reads a recorded request back: HTTP/2's stored form, or an HTTP/1 request. None when the
-/// bytes do not make a request HTTP/2 can carry.
+/// bytes do not make a request HTTP/2 can carry. `over_tls`: the session is inside TLS, so
+/// the scheme is `https` whatever was recorded.
 pub(crate) fn h2_request(
     bytes: &[u8],
     version: HttpVersion,
     body_len: u64,
     default_authority: &str,
+    over_tls: bool,
 ) -> Option<H2Request> {
     let mut fields: Vec<(&[u8], &[u8])> = Vec::new();
     let (method, path, scheme, mut authority, body, trailers) = if version == HttpVersion::Http2 {
@@ -106,7 +110,11 @@ pub(crate) fn h2_request(
     authority = host.or(authority);
     let authority = authority.unwrap_or(default_authority.as_bytes());
     let uri = Uri::builder()
-        .scheme(scheme.unwrap_or(b"http"))
+        .scheme(if over_tls {
+            &b"https"[..]
+        } else {
+            scheme.unwrap_or(b"http")
+        })
         .authority(authority)
         .path_and_query(path)
         .build()
@@ -146,10 +154,11 @@ fn append_fields(map: &mut HeaderMap, fields: &[(&[u8], &[u8])]) -> Option<()> {
     Some(())
 }
 
-/// Opens a session with the target: TCP, then the HTTP/2 preface and settings.
+/// Opens a session with the target: TCP (and TLS, for https), then the HTTP/2 preface and
+/// settings.
 async fn session(shared: &Shared) -> Result<SendRequest<Bytes>, FailureKind> {
     let within = shared.config.connect_timeout;
-    let stream = open_stream(shared.config.target, within).await?;
+    let stream = open_stream(&shared.config.target, within, true).await?;
     let handshake = h2::client::Builder::new()
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(SESSION_WINDOW)
@@ -247,8 +256,17 @@ fn open_stream_for(shared: &Shared, job: Job, send: &mut SendRequest<Bytes>) -> 
     let lag = Instant::now().saturating_duration_since(job.due_at);
     let request = &job.request;
     let bytes = shared.bytes_for(request, job.copy);
-    let authority = shared.config.target.to_string();
-    let Some(h2) = h2_request(&bytes, request.version, request.body_len, &authority) else {
+    let target = &shared.config.target;
+    let authority = target.address.to_string();
+    let over_tls = target.tls.is_some();
+    let h2 = h2_request(
+        &bytes,
+        request.version,
+        request.body_len,
+        &authority,
+        over_tls,
+    );
+    let Some(h2) = h2 else {
         let at = shared.since_start();
         let failure = FailureKind::UnsendableRequest;
         shared.tally().not_sent(job.copy, at, lag, failure);
@@ -396,7 +414,8 @@ mod tests {
         let bytes =
             b"GET /a?x=1 HTTP/1.1\r\nHost: svc:8080\r\nConnection: Upgrade, HTTP2-Settings\r\n\
             Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\nAccept: */*\r\n\r\n";
-        let request = h2_request(bytes, HttpVersion::Http11, 0, "127.0.0.1:1").expect("request");
+        let request =
+            h2_request(bytes, HttpVersion::Http11, 0, "127.0.0.1:1", false).expect("request");
         assert_eq!(request.head.method(), Method::GET);
         assert_eq!(request.head.uri().to_string(), "http://svc:8080/a?x=1");
         let names: Vec<&str> = request.head.headers().keys().map(|k| k.as_str()).collect();
@@ -408,7 +427,7 @@ mod tests {
     fn an_http2_request_keeps_its_fields_and_trailers_and_takes_a_host_rewrite_as_authority() {
         let stored = b"POST /pkg.S/M HTTP/2\r\n:scheme: http\r\n:authority: svc:50051\r\n\
             content-type: application/grpc\r\nte: trailers\r\n\r\nBODYx-t: 1\r\n\r\n";
-        let request = h2_request(stored, HttpVersion::Http2, 4, "h:1").expect("request");
+        let request = h2_request(stored, HttpVersion::Http2, 4, "h:1", false).expect("request");
         assert_eq!(request.head.uri().to_string(), "http://svc:50051/pkg.S/M");
         let names: Vec<&str> = request.head.headers().keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["content-type", "te"]);
@@ -418,16 +437,19 @@ mod tests {
         // As `--host other:1` leaves it: a Host line at the end of the head.
         let rewritten = b"POST /pkg.S/M HTTP/2\r\n:scheme: http\r\n:authority: svc:50051\r\n\
             content-type: application/grpc\r\nHost: other:1\r\n\r\nBODY";
-        let request = h2_request(rewritten, HttpVersion::Http2, 4, "h:1").expect("request");
+        let request = h2_request(rewritten, HttpVersion::Http2, 4, "h:1", false).expect("request");
         assert_eq!(
             request.head.uri().authority().map(|a| a.as_str()),
             Some("other:1")
         );
+        // Replayed inside TLS, the scheme is https whatever was recorded.
+        let request = h2_request(stored, HttpVersion::Http2, 4, "h:1", true).expect("request");
+        assert_eq!(request.head.uri().to_string(), "https://svc:50051/pkg.S/M");
     }
 
     #[test]
     fn bytes_that_are_no_request_are_not_sent() {
-        assert!(h2_request(b"garbage", HttpVersion::Http11, 0, "h:1").is_none());
-        assert!(h2_request(b"garbage", HttpVersion::Http2, 0, "h:1").is_none());
+        assert!(h2_request(b"garbage", HttpVersion::Http11, 0, "h:1", false).is_none());
+        assert!(h2_request(b"garbage", HttpVersion::Http2, 0, "h:1", false).is_none());
     }
 }

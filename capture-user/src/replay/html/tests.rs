@@ -37,6 +37,7 @@ fn empty_report() -> ReplayReport {
         timeline: Vec::new(),
         diff: None,
         diff_out_error: None,
+        tls: None,
     }
 }
 
