@@ -109,7 +109,8 @@ fn replay_h2(topo: &Topology, data_dir: &std::path::Path, name: &str) -> Result<
     let h2load_rate = h2load("400000")?;
     let store = ["--data-dir".to_string(), data_dir.display().to_string()];
     let mut args = store.to_vec();
-    args.extend(["--ring-size".to_string(), "128MiB".to_string()]);
+    let port = H2_PORT.to_string();
+    args.extend(["--port", &port, "--ring-size", "128MiB"].map(String::from));
     let run = CaptureRun::record(&topo.client_ns, &topo.client_if, name, &args)?;
     h2load("200000")?;
     std::thread::sleep(Duration::from_millis(300));
