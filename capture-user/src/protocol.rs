@@ -52,8 +52,32 @@ impl ProtocolFramer {
         Self { framer, config }
     }
 
-    /// In-order bytes of one direction.
+    /// In-order bytes of one direction. Inlined: a settled HTTP/1 connection (the common
+    /// case, on the capture's hot path) goes straight to its framer.
+    #[inline]
     pub fn data(
+        &mut self,
+        dir: FlowDir,
+        ts: Timestamp,
+        bytes: Bytes,
+        ids: &mut IdAllocator,
+        stats: &mut FramingStats,
+        out: &mut Vec<FramedMessage>,
+    ) {
+        if let Framer::Http1(framer) = &mut self.framer
+            && !framer.upgrade_pending()
+        {
+            framer.data(dir, ts, bytes, ids, &mut stats.http, out);
+            if framer.upgrade_pending() {
+                self.take_upgrade(ts, ids, stats, out);
+            }
+            return;
+        }
+        self.data_settling(dir, ts, bytes, ids, stats, out);
+    }
+
+    /// [`ProtocolFramer::data`] while the protocol is not settled, or for HTTP/2.
+    fn data_settling(
         &mut self,
         dir: FlowDir,
         ts: Timestamp,
@@ -69,12 +93,25 @@ impl ProtocolFramer {
         match &mut self.framer {
             Framer::Http1(framer) => {
                 framer.data(dir, ts, bytes, ids, &mut stats.http, out);
-                if let Some(upgrade) = framer.take_h2c_upgrade() {
-                    self.upgrade_to_h2c(upgrade, ts, ids, stats, out);
-                }
+                self.take_upgrade(ts, ids, stats, out);
             }
             Framer::Http2(framer) => framer.data(dir, ts, bytes, ids, &mut stats.http2, out),
             Framer::Undecided(_) | Framer::MidstreamUndecided => {}
+        }
+    }
+
+    /// An HTTP/1 framer that saw a 101 to `Upgrade: h2c` hands the connection over.
+    fn take_upgrade(
+        &mut self,
+        ts: Timestamp,
+        ids: &mut IdAllocator,
+        stats: &mut FramingStats,
+        out: &mut Vec<FramedMessage>,
+    ) {
+        if let Framer::Http1(framer) = &mut self.framer
+            && let Some(upgrade) = framer.take_h2c_upgrade()
+        {
+            self.upgrade_to_h2c(upgrade, ts, ids, stats, out);
         }
     }
 

@@ -214,8 +214,9 @@ pub fn run_import(args: ImportArgs) -> anyhow::Result<()> {
     let tags = vec![args.name.clone()];
     let (mut messages, mut bytes) = (0u64, 0u64);
     let mut append_error = None;
+    let redacting = !redaction.is_empty();
     let read = file.visit(&mut |mut m, _| {
-        if let Some(bytes) = redaction.apply(&m.bytes, m.version, m.body_len) {
+        if redacting && let Some(bytes) = redaction.apply(&m.bytes, m.version, m.body_len) {
             m.bytes = bytes;
         }
         match store.append(&m, &tags) {

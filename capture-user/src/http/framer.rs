@@ -94,6 +94,12 @@ impl ConnectionFramer {
         self.halves[i].settle();
     }
 
+    /// A 101 to `Upgrade: h2c` was seen and not taken yet (see [`Self::take_h2c_upgrade`]).
+    #[inline]
+    pub fn upgrade_pending(&self) -> bool {
+        self.h2c_upgrade.is_some()
+    }
+
     /// The connection switched to HTTP/2 (`Upgrade: h2c` answered 101): what comes next
     /// belongs to the HTTP/2 framer, starting with the bytes returned.
     pub fn take_h2c_upgrade(&mut self) -> Option<H2cUpgrade> {
