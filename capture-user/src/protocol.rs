@@ -73,45 +73,12 @@ impl ProtocolFramer {
             }
             return;
         }
-        self.data_settling(dir, ts, bytes, ids, stats, out);
-    }
-
-    /// [`ProtocolFramer::data`] while the protocol is not settled, or for HTTP/2.
-    fn data_settling(
-        &mut self,
-        dir: FlowDir,
-        ts: Timestamp,
-        bytes: Bytes,
-        ids: &mut IdAllocator,
-        stats: &mut FramingStats,
-        out: &mut Vec<FramedMessage>,
-    ) {
-        let bytes = match self.decide(dir, ts, bytes, ids, stats, out) {
-            Some(bytes) => bytes,
-            None => return,
-        };
-        match &mut self.framer {
-            Framer::Http1(framer) => {
-                framer.data(dir, ts, bytes, ids, &mut stats.http, out);
-                self.take_upgrade(ts, ids, stats, out);
-            }
-            Framer::Http2(framer) => framer.data(dir, ts, bytes, ids, &mut stats.http2, out),
-            Framer::Undecided(_) | Framer::MidstreamUndecided => {}
+        let settled = self.decide(dir, bytes);
+        if let Some(held) = settled.held_client_bytes {
+            self.feed(FlowDir::ToServer, ts, held, ids, stats, out);
         }
-    }
-
-    /// An HTTP/1 framer that saw a 101 to `Upgrade: h2c` hands the connection over.
-    fn take_upgrade(
-        &mut self,
-        ts: Timestamp,
-        ids: &mut IdAllocator,
-        stats: &mut FramingStats,
-        out: &mut Vec<FramedMessage>,
-    ) {
-        if let Framer::Http1(framer) = &mut self.framer
-            && let Some(upgrade) = framer.take_h2c_upgrade()
-        {
-            self.upgrade_to_h2c(upgrade, ts, ids, stats, out);
+        if let Some(bytes) = settled.now {
+            self.feed(dir, ts, bytes, ids, stats, out);
         }
     }
 
@@ -144,11 +111,10 @@ impl ProtocolFramer {
         if let Framer::Undecided(held) = &mut self.framer {
             // A client that sent a few bytes and closed: HTTP/1 makes of them what it can.
             let held = held.split().freeze();
-            let mut framer = ConnectionFramer::new(self.config.http.clone(), false);
+            self.framer = self.http1(false);
             if !held.is_empty() {
-                framer.data(FlowDir::ToServer, ts, held, ids, &mut stats.http, out);
+                self.feed(FlowDir::ToServer, ts, held, ids, stats, out);
             }
-            self.framer = Framer::Http1(Box::new(framer));
         }
         match &mut self.framer {
             Framer::Http1(framer) => framer.close(ts, ids, &mut stats.http, out),
@@ -157,9 +123,8 @@ impl ProtocolFramer {
         }
     }
 
-    /// Settles the protocol with `bytes` when it is not settled yet; the bytes the chosen
-    /// framer is to get now (None: held until there are enough to tell).
-    fn decide(
+    /// Hands `bytes` to the framer the connection has (none yet: nothing to do).
+    fn feed(
         &mut self,
         dir: FlowDir,
         ts: Timestamp,
@@ -167,44 +132,75 @@ impl ProtocolFramer {
         ids: &mut IdAllocator,
         stats: &mut FramingStats,
         out: &mut Vec<FramedMessage>,
-    ) -> Option<Bytes> {
+    ) {
         match &mut self.framer {
-            Framer::Http1(_) | Framer::Http2(_) => Some(bytes),
+            Framer::Http1(framer) => {
+                framer.data(dir, ts, bytes, ids, &mut stats.http, out);
+                self.take_upgrade(ts, ids, stats, out);
+            }
+            Framer::Http2(framer) => framer.data(dir, ts, bytes, ids, &mut stats.http2, out),
+            Framer::Undecided(_) | Framer::MidstreamUndecided => {}
+        }
+    }
+
+    /// An HTTP/1 framer that saw a 101 to `Upgrade: h2c` hands the connection over.
+    fn take_upgrade(
+        &mut self,
+        ts: Timestamp,
+        ids: &mut IdAllocator,
+        stats: &mut FramingStats,
+        out: &mut Vec<FramedMessage>,
+    ) {
+        if let Framer::Http1(framer) = &mut self.framer
+            && let Some(upgrade) = framer.take_h2c_upgrade()
+        {
+            self.upgrade_to_h2c(upgrade, ts, ids, stats, out);
+        }
+    }
+
+    fn http1(&self, midstream: bool) -> Framer {
+        Framer::Http1(Box::new(ConnectionFramer::new(
+            self.config.http.clone(),
+            midstream,
+        )))
+    }
+
+    fn http2(&self, start: H2Start) -> Framer {
+        Framer::Http2(Box::new(H2Framer::new(self.config.http2.clone(), start)))
+    }
+
+    /// Settles the protocol with `bytes` when it is not settled yet.
+    fn decide(&mut self, dir: FlowDir, bytes: Bytes) -> Settled {
+        let now = |bytes| Settled {
+            held_client_bytes: None,
+            now: Some(bytes),
+        };
+        match &mut self.framer {
+            Framer::Http1(_) | Framer::Http2(_) => now(bytes),
             Framer::MidstreamUndecided => {
                 self.framer = if starts_with_h2_frame(&bytes) {
-                    Framer::Http2(Box::new(H2Framer::new(
-                        self.config.http2.clone(),
-                        H2Start::Midstream,
-                    )))
+                    self.http2(H2Start::Midstream)
                 } else {
-                    Framer::Http1(Box::new(ConnectionFramer::new(
-                        self.config.http.clone(),
-                        true,
-                    )))
+                    self.http1(true)
                 };
-                Some(bytes)
+                now(bytes)
+            }
+            Framer::Undecided(held) if dir == FlowDir::ToClient => {
+                // The server spoke before the client's preface was whole: an HTTP/2 server
+                // may send its SETTINGS at once; an HTTP/1 server never starts with a frame
+                // header. What the client sent so far goes first.
+                let held = held.split().freeze();
+                self.framer = if starts_with_h2_frame(&bytes) {
+                    self.http2(H2Start::Preface)
+                } else {
+                    self.http1(false)
+                };
+                Settled {
+                    held_client_bytes: (!held.is_empty()).then_some(held),
+                    now: Some(bytes),
+                }
             }
             Framer::Undecided(held) => {
-                if dir == FlowDir::ToClient {
-                    // The server spoke before the client's preface was whole: an HTTP/2
-                    // server may send its SETTINGS at once; an HTTP/1 server never starts
-                    // with a frame header. What the client sent so far goes first.
-                    let held = held.split().freeze();
-                    if starts_with_h2_frame(&bytes) {
-                        let mut framer = H2Framer::new(self.config.http2.clone(), H2Start::Preface);
-                        if !held.is_empty() {
-                            framer.data(FlowDir::ToServer, ts, held, ids, &mut stats.http2, out);
-                        }
-                        self.framer = Framer::Http2(Box::new(framer));
-                        return Some(bytes);
-                    }
-                    let mut framer = ConnectionFramer::new(self.config.http.clone(), false);
-                    if !held.is_empty() {
-                        framer.data(FlowDir::ToServer, ts, held, ids, &mut stats.http, out);
-                    }
-                    self.framer = Framer::Http1(Box::new(framer));
-                    return Some(bytes);
-                }
                 // Most connections decide on their first segment, which is passed on as is.
                 let bytes = if held.is_empty() {
                     bytes
@@ -214,21 +210,17 @@ impl ProtocolFramer {
                 };
                 let n = bytes.len().min(PREFACE.len());
                 if bytes[..n] != PREFACE[..n] {
-                    self.framer = Framer::Http1(Box::new(ConnectionFramer::new(
-                        self.config.http.clone(),
-                        false,
-                    )));
-                    return Some(bytes);
-                }
-                if bytes.len() < PREFACE.len() {
+                    self.framer = self.http1(false);
+                } else if bytes.len() < PREFACE.len() {
                     held.extend_from_slice(&bytes);
-                    return None;
+                    return Settled {
+                        held_client_bytes: None,
+                        now: None,
+                    };
+                } else {
+                    self.framer = self.http2(H2Start::Preface);
                 }
-                self.framer = Framer::Http2(Box::new(H2Framer::new(
-                    self.config.http2.clone(),
-                    H2Start::Preface,
-                )));
-                Some(bytes)
+                now(bytes)
             }
         }
     }
@@ -247,17 +239,23 @@ impl ProtocolFramer {
             Some(request_id) => H2Start::Upgraded { request_id },
             None => H2Start::Preface,
         };
-        let mut framer = H2Framer::new(self.config.http2.clone(), start);
+        self.framer = self.http2(start);
         for (dir, bytes) in [
             (FlowDir::ToServer, upgrade.to_server),
             (FlowDir::ToClient, upgrade.to_client),
         ] {
             if !bytes.is_empty() {
-                framer.data(dir, ts, bytes, ids, &mut stats.http2, out);
+                self.feed(dir, ts, bytes, ids, stats, out);
             }
         }
-        self.framer = Framer::Http2(Box::new(framer));
     }
+}
+
+/// What settling the protocol left to frame: client bytes held back while undecided (they go
+/// first, client to server) and the bytes just given (None: held until there are enough).
+struct Settled {
+    held_client_bytes: Option<Bytes>,
+    now: Option<Bytes>,
 }
 
 /// The bytes begin with what can only be an HTTP/2 frame header: a length below 64 KiB (so

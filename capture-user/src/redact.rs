@@ -133,17 +133,19 @@ impl Redaction {
     }
 }
 
-/// Where the head ends (after its blank line), or the end of `bytes` when it does not.
+/// Where the head ends (after its blank line, CRLF or LF), or the end of `bytes` when it
+/// does not. One pass that stops there: the body is never scanned.
 fn head_end(bytes: &[u8]) -> usize {
-    let crlf = bytes
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| i + 4);
-    let lf = bytes.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-    match (crlf, lf) {
-        (Some(a), Some(b)) => a.min(b),
-        (a, b) => a.or(b).unwrap_or(bytes.len()),
+    let mut at = 0;
+    while let Some(i) = bytes[at..].iter().position(|&b| b == b'\n') {
+        let after = at + i + 1;
+        match bytes.get(after..) {
+            Some([b'\n', ..]) => return after + 1,
+            Some([b'\r', b'\n', ..]) => return after + 2,
+            _ => at = after,
+        }
     }
+    bytes.len()
 }
 
 /// The line's ending as it was ("\r\n", "\n", or none for a line cut short).

@@ -254,3 +254,16 @@ impl Drop for Nginx {
         let _ = self.child.wait();
     }
 }
+
+/// One request with `curl --http2-prior-knowledge ARGS URL` from `topo`'s client (the body
+/// is discarded). One URL per call: curl 7.88 fails the second request of a prior-knowledge
+/// connection ("Error in the HTTP2 framing layer").
+pub fn curl_h2c(topo: &Topology, url: &str, args: &[&str]) -> Result<()> {
+    crate::run_ok(
+        topo.client("curl")
+            .args(["-sS", "--http2-prior-knowledge", "-o", "/dev/null"])
+            .args(args)
+            .arg(url),
+    )
+    .map(drop)
+}

@@ -24,17 +24,21 @@ pub fn capture_in(data_dir: &Path, args: &[&str]) -> Result<Output> {
     )
 }
 
-/// Runs `capture replay ARGS --json --quiet` in the client namespace; returns its exit
-/// status success, the JSON summary and stderr.
-pub fn replay(topo: &Topology, data_dir: &Path, args: &[&str]) -> Result<(bool, Value, String)> {
-    let out = topo
-        .client(&capture_bin().to_string_lossy())
+/// `capture replay ARGS --json --quiet --data-dir DIR` run in the client namespace.
+fn replay_output(topo: &Topology, data_dir: &Path, args: &[&str]) -> Result<Output> {
+    topo.client(&capture_bin().to_string_lossy())
         .arg("replay")
         .args(args)
         .args(["--json", "--quiet", "--data-dir"])
         .arg(data_dir)
         .output()
-        .context("running capture replay")?;
+        .context("running capture replay")
+}
+
+/// Runs `capture replay ARGS --json --quiet` in the client namespace; returns its exit
+/// status success, the JSON summary and stderr.
+pub fn replay(topo: &Topology, data_dir: &Path, args: &[&str]) -> Result<(bool, Value, String)> {
+    let out = replay_output(topo, data_dir, args)?;
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     let summary: Value = serde_json::from_slice(&out.stdout).with_context(|| {
         format!(
@@ -124,14 +128,7 @@ pub fn get(uri: &str, extra_headers: &str) -> String {
 /// Runs `capture replay ARGS --json --quiet` in the client namespace expecting it to be
 /// refused before anything is sent: asserts a non-zero exit and no summary; returns stderr.
 pub fn replay_refused(topo: &Topology, data_dir: &Path, args: &[&str]) -> Result<String> {
-    let out = topo
-        .client(&capture_bin().to_string_lossy())
-        .arg("replay")
-        .args(args)
-        .args(["--json", "--quiet", "--data-dir"])
-        .arg(data_dir)
-        .output()
-        .context("running capture replay")?;
+    let out = replay_output(topo, data_dir, args)?;
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     anyhow::ensure!(
         !out.status.success() && out.stdout.is_empty(),

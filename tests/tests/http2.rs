@@ -15,7 +15,7 @@ use serde_json::Value;
 use tests::broker::Tansu;
 use tests::capture::{CaptureRun, Tcpdump};
 use tests::netns::Topology;
-use tests::nginx::Nginx;
+use tests::nginx::{Nginx, curl_h2c};
 use tests::{capture_bin, multiset, run_ok, workspace_root};
 
 const PORT: u16 = 8080;
@@ -146,25 +146,13 @@ fn h2c_from_curl_and_h2load_is_captured_as_nginx_logged_it_and_as_tshark_decodes
     let rec = CaptureRun::record(&topo.server_ns, &topo.server_if, "h2", &args)?;
     let url = |path: &str| format!("http://{}:{PORT}{path}", topo.server_ip);
 
-    // curl: GETs and POSTs (one with a body over 64 KiB). One URL per curl: curl 7.88 fails
-    // the second request of a prior-knowledge connection ("Error in the HTTP2 framing layer").
+    // curl: GETs and POSTs (one with a body over 64 KiB), one connection each.
     for path in ["/index.html?c=1", "/big.bin", "/index.html?c=2"] {
-        run_ok(topo.client("curl").args([
-            "-sS",
-            "--http2-prior-knowledge",
-            "-o",
-            "/dev/null",
-            &url(path),
-        ]))?;
+        curl_h2c(&topo, &url(path), &[])?;
     }
     for (file, path) in [(&small, "/upload?p=small"), (&large, "/upload?p=large")] {
-        run_ok(
-            topo.client("curl")
-                .args(["-sS", "--http2-prior-knowledge", "-o", "/dev/null"])
-                .arg("--data-binary")
-                .arg(format!("@{}", file.display()))
-                .arg(url(path)),
-        )?;
+        let body = format!("@{}", file.display());
+        curl_h2c(&topo, &url(path), &["--data-binary", &body])?;
     }
     // h2load: multiplexed streams on several connections, GETs and POSTs.
     let h2load = |args: &[&str]| -> Result<()> {
@@ -508,15 +496,7 @@ fn capture_started_mid_connection_never_stores_a_wrong_header_and_decodes_new_co
     // Three new connections (one URL per curl, see above).
     for i in 0..3 {
         let url = format!("http://{}:{PORT}/index.html?fresh={i}", topo.server_ip);
-        run_ok(topo.client("curl").args([
-            "-sS",
-            "--http2-prior-knowledge",
-            "-H",
-            "x-fresh: yes",
-            "-o",
-            "/dev/null",
-            &url,
-        ]))?;
+        curl_h2c(&topo, &url, &["-H", "x-fresh: yes"])?;
     }
     let stderr = rec.stop_ok()?;
 

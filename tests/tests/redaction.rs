@@ -12,7 +12,7 @@ use anyhow::{Context, Result, ensure};
 use tests::broker::Tansu;
 use tests::capture::CaptureRun;
 use tests::netns::Topology;
-use tests::nginx::Nginx;
+use tests::nginx::{Nginx, curl_h2c};
 use tests::replay::replay;
 use tests::{capture_bin, run_ok};
 
@@ -63,13 +63,9 @@ fn send(topo: &Topology, secrets: &Secrets) -> Result<()> {
     }
     run_ok(&mut http1)?;
     let url = format!("http://{}:{H2_PORT}/index.html?h2=1", topo.server_ip);
-    run_ok(
-        topo.client("curl")
-            .args(["-sS", "--http2-prior-knowledge", "-o", "/dev/null"])
-            .args(secrets.headers())
-            .arg(url),
-    )?;
-    Ok(())
+    let headers = secrets.headers();
+    let args: Vec<&str> = headers.iter().map(String::as_str).collect();
+    curl_h2c(topo, &url, &args)
 }
 
 /// Every byte under `dir`, file after file.

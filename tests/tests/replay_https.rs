@@ -10,7 +10,7 @@ use anyhow::{Result, ensure};
 use serde_json::Value;
 use tests::capture::CaptureRun;
 use tests::netns::Topology;
-use tests::nginx::{AccessLogEntry, Nginx};
+use tests::nginx::{AccessLogEntry, Nginx, curl_h2c};
 use tests::pki::{make_ca, make_server_cert};
 use tests::replay::{get, json_count, log_from, replay, replay_refused, target, write_gor};
 use tests::{multiset, run_ok};
@@ -214,27 +214,13 @@ fn recorded_h2c_replays_as_http2_inside_tls_and_a_server_without_h2_is_named() -
     let store = ["--data-dir".to_string(), data.path().display().to_string()];
     let run = CaptureRun::record(&topo.server_ns, &topo.server_if, "h2", &store)?;
     let url = |path: &str| format!("{}{path}", target(&topo, PLAIN));
-    // One URL per curl: curl 7.88 fails a second prior-knowledge request on one connection.
     for path in ["/index.html?h=1", "/index.html?h=2", "/missing?h=3"] {
-        run_ok(topo.client("curl").args([
-            "-sS",
-            "--http2-prior-knowledge",
-            "-o",
-            "/dev/null",
-            &url(path),
-        ]))?;
+        curl_h2c(&topo, &url(path), &[])?;
     }
     let body = data.path().join("body");
     std::fs::write(&body, vec![b'p'; 70_000])?;
-    run_ok(topo.client("curl").args([
-        "-sS",
-        "--http2-prior-knowledge",
-        "-o",
-        "/dev/null",
-        "--data-binary",
-        &format!("@{}", body.display()),
-        &url("/upload?h=4"),
-    ]))?;
+    let body = format!("@{}", body.display());
+    curl_h2c(&topo, &url("/upload?h=4"), &["--data-binary", &body])?;
     std::thread::sleep(std::time::Duration::from_millis(300));
     run.stop_ok()?;
     let recorded = h2c.access_log()?;

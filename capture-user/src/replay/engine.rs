@@ -229,6 +229,16 @@ impl Shared {
         tls.map(|tls| tls.summary().clone())
     }
 
+    /// A request of copy `copy` is being written, `lag` after it was due (the first one also
+    /// marks the time to the first request).
+    fn count_sent(&self, copy: u32, lag: Duration) {
+        let mut tally = self.tally();
+        tally.sent(copy, self.since_start(), lag);
+        if tally.first_request_after.is_none() {
+            tally.first_request_after = Some(self.created.elapsed());
+        }
+    }
+
     fn tally(&self) -> MutexGuard<'_, Tally> {
         // A panicking connection task cannot leave the totals half-updated in a way that
         // matters more than losing them, so a poisoned lock is still read.

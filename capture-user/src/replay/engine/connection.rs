@@ -158,13 +158,7 @@ async fn send_job(
         }
     };
     let bytes = shared.bytes_for(request, job.copy);
-    {
-        let mut tally = shared.tally();
-        tally.sent(job.copy, shared.since_start(), lag);
-        if tally.first_request_after.is_none() {
-            tally.first_request_after = Some(shared.created.elapsed());
-        }
-    }
+    shared.count_sent(job.copy, lag);
     let sent_at = Instant::now();
     let candidate = async {
         let answer = timeout(

@@ -272,13 +272,7 @@ fn open_stream_for(shared: &Shared, job: Job, send: &mut SendRequest<Bytes>) -> 
         shared.tally().not_sent(job.copy, at, lag, failure);
         return None;
     };
-    {
-        let mut tally = shared.tally();
-        tally.sent(job.copy, shared.since_start(), lag);
-        if tally.first_request_after.is_none() {
-            tally.first_request_after = Some(shared.created.elapsed());
-        }
-    }
+    shared.count_sent(job.copy, lag);
     let ends_at_head = h2.body.is_empty() && h2.trailers.is_none();
     let sent_at = Instant::now();
     match send.send_request(h2.head, ends_at_head) {
