@@ -294,6 +294,16 @@ impl Counter {
     }
 }
 
+pub mod tls;
+
 #[cfg(feature = "user")]
 // SAFETY: ChunkHeader is repr(C), Copy, has no padding holes and every bit pattern is valid.
 unsafe impl aya::Pod for ChunkHeader {}
+
+#[cfg(feature = "user")]
+// SAFETY: TlsChunkHeader is repr(C), Copy, has no padding holes and every bit pattern is valid.
+unsafe impl aya::Pod for tls::TlsChunkHeader {}
+
+#[cfg(feature = "user")]
+// SAFETY: KernelOffsets is repr(C), Copy, all u32 fields, every bit pattern is valid.
+unsafe impl aya::Pod for tls::KernelOffsets {}

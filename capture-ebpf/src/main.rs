@@ -16,13 +16,13 @@
 
 mod access;
 mod parse;
+mod record;
+mod tls;
 
 use access::{PacketBytes, Skb, Xdp};
 use aya_ebpf::{
     Global,
-    bindings::{
-        BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC, xdp_action,
-    },
+    bindings::{TC_ACT_UNSPEC, xdp_action},
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::{classifier, map, xdp},
     maps::{Array, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
@@ -31,10 +31,10 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use capture_common::{
     CHUNK_HEADER_LEN, CHUNK_LEN, COUNTER_SLOTS, ChunkHeader, Counter, Direction, FLAG_INNER_RAW_IP,
-    FLAG_LAST_CHUNK, FLAG_TRUNCATED, MAX_CHUNKS, MAX_HOSTS, MAX_PACKET_LEN, PORT_WORDS,
-    RECORD_DATA_SIZES, port_bit,
+    FLAG_LAST_CHUNK, FLAG_TRUNCATED, MAX_CHUNKS, MAX_HOSTS, MAX_PACKET_LEN, PORT_WORDS, port_bit,
 };
 use parse::{TCP_FIN, TCP_RST, TCP_SYN, TcpMatch, classify};
+use record::{Lost, Source, emit_full, emit_last, wakeup_flags};
 
 /// Ports to capture as a bitmap (see `PORTS_MAP`). A packet matches when its source or
 /// destination port is set.
@@ -65,7 +65,7 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS,
 /// Wake-up step (bytes, a power of two; see `WAKEUP_BYTES_GLOBAL`): a record wakes the reader
 /// when it takes the ring's fill level across a multiple of it. Set by userspace at load.
 #[unsafe(no_mangle)]
-static WAKEUP_BYTES: Global<u64> = Global::new(0);
+pub(crate) static WAKEUP_BYTES: Global<u64> = Global::new(0);
 
 /// Adds one to this CPU's `counter`; returns the new value.
 #[inline(always)]
@@ -101,7 +101,7 @@ fn host_wanted(addr: [u8; 16]) -> bool {
 
 /// Whether `port` is in the port set: one inlined array lookup and a bit test.
 #[inline(always)]
-fn port_wanted(port: u16) -> bool {
+pub(crate) fn port_wanted(port: u16) -> bool {
     let (word, bit) = port_bit(port);
     PORTS.get(word).is_some_and(|w| *w & bit != 0)
 }
@@ -144,12 +144,17 @@ fn copy_packet<P: PacketBytes, C: aya_ebpf::EbpfContext>(
         inner_offset: tcp.inner as u16,
         flow_hash: tcp.flow_hash,
     };
-    let wakeup = wakeup_flags(captured_len);
+    let wakeup = wakeup_flags(
+        &PACKETS,
+        u64::from(captured_len) + CHUNK_HEADER_LEN as u64,
+        WAKEUP_BYTES.load(),
+    );
+    let src = PacketSource(pkt);
 
     // Full chunks while more than one chunk is left (at most MAX_CHUNKS - 1 of them).
     let mut chunk = 1;
     while chunk < MAX_CHUNKS && captured_len - header.chunk_offset > CHUNK_LEN {
-        if let Err(lost) = emit::<P, { CHUNK_LEN as usize }>(pkt, &header, wakeup) {
+        if let Err(lost) = emit_full(&PACKETS, &header, &src, header.chunk_offset, wakeup) {
             return lost_packet(ctx, lost, wire_len);
         }
         header.chunk_offset += CHUNK_LEN;
@@ -157,7 +162,8 @@ fn copy_packet<P: PacketBytes, C: aya_ebpf::EbpfContext>(
     }
     header.chunk_len = captured_len - header.chunk_offset;
     header.flags |= FLAG_LAST_CHUNK;
-    if let Err(lost) = emit_last(pkt, &header, wakeup) {
+    let (offset, len) = (header.chunk_offset, header.chunk_len);
+    if let Err(lost) = emit_last(&PACKETS, &header, &src, offset, len, wakeup) {
         return lost_packet(ctx, lost, wire_len);
     }
     count(Counter::Captured);
@@ -166,102 +172,28 @@ fn copy_packet<P: PacketBytes, C: aya_ebpf::EbpfContext>(
     }
 }
 
-/// Batched wake-ups: the packet's records wake the reader only when they take the ring's
-/// fill level across a multiple of `WAKEUP_BYTES`; otherwise the reader finds them on its
-/// next timed poll. Waking on every record once the ring is that full (what a threshold
-/// alone does while the reader lags) costs an interrupt per record, more than the copy.
-#[inline(always)]
-fn wakeup_flags(captured_len: u32) -> u64 {
-    let before = PACKETS.query(BPF_RB_AVAIL_DATA as u64);
-    // Close enough: ring record headers and size-class slack are left out.
-    let after = before + u64::from(captured_len) + CHUNK_HEADER_LEN as u64;
-    // With a power-of-two step, a multiple lies in (before, after] exactly when the two
-    // differ in a bit at or above the step's.
-    if before ^ after >= WAKEUP_BYTES.load() {
-        BPF_RB_FORCE_WAKEUP as u64
-    } else {
-        BPF_RB_NO_WAKEUP as u64
-    }
-}
-
 /// Counts a matched packet that could not be copied whole (`lost` says why).
 #[inline(always)]
-fn lost_packet<C: aya_ebpf::EbpfContext>(ctx: &C, lost: Counter, wire_len: u32) {
-    count(lost);
+fn lost_packet<C: aya_ebpf::EbpfContext>(ctx: &C, lost: Lost, wire_len: u32) {
+    let counter = match lost {
+        Lost::RingFull => Counter::DroppedRingFull,
+        Lost::CopyFailed => Counter::DroppedCopyFailed,
+    };
+    count(counter);
     debug!(
         ctx,
-        "dropped packet of {} bytes (counter {})", wire_len, lost as u32
+        "dropped packet of {} bytes (counter {})", wire_len, counter as u32
     );
 }
 
-/// Writes the last chunk of a packet (1..=CHUNK_LEN bytes) into the smallest record size of
-/// [`RECORD_DATA_SIZES`] that holds it.
-#[inline(always)]
-fn emit_last<P: PacketBytes>(pkt: &P, header: &ChunkHeader, wakeup: u64) -> Result<(), Counter> {
-    const SIZES: [u32; 9] = RECORD_DATA_SIZES;
-    let len = header.chunk_len;
-    if len <= SIZES[0] {
-        emit::<P, { SIZES[0] as usize }>(pkt, header, wakeup)
-    } else if len <= SIZES[1] {
-        emit::<P, { SIZES[1] as usize }>(pkt, header, wakeup)
-    } else if len <= SIZES[2] {
-        emit::<P, { SIZES[2] as usize }>(pkt, header, wakeup)
-    } else if len <= SIZES[3] {
-        emit::<P, { SIZES[3] as usize }>(pkt, header, wakeup)
-    } else if len <= SIZES[4] {
-        emit::<P, { SIZES[4] as usize }>(pkt, header, wakeup)
-    } else if len <= SIZES[5] {
-        emit::<P, { SIZES[5] as usize }>(pkt, header, wakeup)
-    } else if len <= SIZES[6] {
-        emit::<P, { SIZES[6] as usize }>(pkt, header, wakeup)
-    } else if len <= SIZES[7] {
-        emit::<P, { SIZES[7] as usize }>(pkt, header, wakeup)
-    } else {
-        emit::<P, { SIZES[8] as usize }>(pkt, header, wakeup)
-    }
-}
+/// A packet as a record's data source.
+struct PacketSource<'a, P>(&'a P);
 
-/// Reserves a ring record of the header and `N` data bytes, writes `header` into it and loads
-/// the chunk it describes (`chunk_len` bytes, 1..=N, from `chunk_offset`) from the packet
-/// behind it; submits it, or discards it when the load fails. `Err` names the counter of
-/// the loss.
-#[inline(always)]
-fn emit<P: PacketBytes, const N: usize>(
-    pkt: &P,
-    header: &ChunkHeader,
-    wakeup: u64,
-) -> Result<(), Counter> {
-    let Some(mut record) = PACKETS.reserve_bytes(CHUNK_HEADER_LEN + N, 0) else {
-        return Err(Counter::DroppedRingFull);
-    };
-    let base = record.as_mut_ptr();
-    // SAFETY: ring records are 8-byte aligned (ChunkHeader's alignment) and this one is
-    // CHUNK_HEADER_LEN + N bytes long.
-    unsafe { base.cast::<ChunkHeader>().write(*header) };
-    // SAFETY: the data area starts right after the header, inside the record.
-    let data = unsafe { base.add(CHUNK_HEADER_LEN) };
-    if !pkt.load(
-        header.chunk_offset,
-        data,
-        bounded_len::<N>(header.chunk_len),
-    ) {
-        record.discard(BPF_RB_NO_WAKEUP as u64);
-        return Err(Counter::DroppedCopyFailed);
+impl<P: PacketBytes> Source for PacketSource<'_, P> {
+    #[inline(always)]
+    fn load(&self, offset: u32, dst: *mut u8, len: u32) -> bool {
+        self.0.load(offset, dst, len)
     }
-    record.submit(wakeup);
-    Ok(())
-}
-
-/// `len` (already 1..=N) written so the verifier can see it lies in 1..=N: the load helper
-/// must not write past the record, and a length it cannot bound is rejected.
-#[inline(always)]
-fn bounded_len<const N: usize>(len: u32) -> u32 {
-    // The optimiser knows len <= N from the size choice and would drop the mask and the
-    // clamp below; the verifier may not know it (it tracked another register), so hide it.
-    let len = core::hint::black_box(len);
-    let mask = (N as u32).next_power_of_two() - 1;
-    let len = ((len.wrapping_sub(1)) & mask) + 1;
-    if len > N as u32 { N as u32 } else { len }
 }
 
 #[inline(always)]

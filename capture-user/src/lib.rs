@@ -19,6 +19,7 @@ pub mod redact;
 pub mod replay;
 pub mod store;
 pub mod sync;
+pub mod tls;
 pub mod units;
 
 pub mod agent;

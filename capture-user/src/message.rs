@@ -85,7 +85,8 @@ impl TryFrom<u8> for HttpVersion {
 pub struct HttpMessage {
     /// Unique within a capture run, in the order messages started.
     pub id: u64,
-    /// Connection the message belongs to (unique within a capture run).
+    /// Connection the message belongs to (unique within a capture run). TLS streams
+    /// (`--tls`) are numbered from [`TLS_CONN_BASE`] up.
     pub conn_id: u64,
     pub kind: MessageKind,
     pub version: HttpVersion,
@@ -106,7 +107,16 @@ pub struct HttpMessage {
     pub complete: bool,
 }
 
+/// First connection number of TLS streams: a message from TLS plaintext (`--tls`) says so
+/// by its connection number, which packet capture never reaches.
+pub const TLS_CONN_BASE: u64 = 1 << 48;
+
 impl HttpMessage {
+    /// True for a message captured as TLS plaintext at the library (`--tls`).
+    pub fn is_tls(&self) -> bool {
+        self.conn_id >= TLS_CONN_BASE
+    }
+
     /// True for requests.
     pub fn is_request(&self) -> bool {
         matches!(self.kind, MessageKind::Request { .. })
@@ -155,6 +165,9 @@ impl HttpMessage {
         let _ = write!(line, " body={}", self.body_len);
         if !self.complete {
             line.push_str(" incomplete");
+        }
+        if self.is_tls() {
+            line.push_str(" tls");
         }
         line
     }

@@ -200,6 +200,20 @@ impl Pipeline {
         self.drain(out);
     }
 
+    /// Feeds stream events from a source that needs no reassembly (TLS plaintext: in order
+    /// per stream); finished messages are appended to `out`.
+    pub fn push_stream_events(
+        &mut self,
+        events: &mut Vec<StreamEvent>,
+        out: &mut Vec<HttpMessage>,
+    ) {
+        if let Some(ts) = events.iter().filter_map(event_ts).max() {
+            self.last_ts = self.last_ts.max(ts);
+        }
+        self.events.append(events);
+        self.drain(out);
+    }
+
     /// Out-of-order bytes reassembly holds right now (bounded by the reassembly caps).
     pub fn held_bytes(&self) -> usize {
         self.reassembler.held_bytes()
@@ -309,6 +323,15 @@ impl Pipeline {
                 complete: m.complete,
             });
         }
+    }
+}
+
+fn event_ts(event: &StreamEvent) -> Option<Timestamp> {
+    match event {
+        StreamEvent::Data { ts, .. }
+        | StreamEvent::Gap { ts, .. }
+        | StreamEvent::Closed { ts, .. } => Some(*ts),
+        StreamEvent::Opened { .. } => None,
     }
 }
 

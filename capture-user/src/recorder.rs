@@ -302,11 +302,18 @@ impl Recorder {
         };
         check_threads(config.threads).map_err(anyhow::Error::msg)?;
         let live = LiveMessages::start(&config.capture, config.threads, queue)?;
-        let mut source = format!(
-            "live {} ports {:?}",
-            config.capture.interfaces.join(","),
-            config.capture.ports
-        );
+        let mut source = match config.capture.tls {
+            Some(side) => format!(
+                "live tls ({} side) ports {:?}",
+                side.name(),
+                config.capture.ports
+            ),
+            None => format!(
+                "live {} ports {:?}",
+                config.capture.interfaces.join(","),
+                config.capture.ports
+            ),
+        };
         source.push_str(&redaction_note(&config.capture.redaction));
         if config.join {
             store.join(&config.name, &source)?;

@@ -537,7 +537,7 @@ pub fn inspect(name: &str, data_dir: &std::path::Path) -> Result<Vec<Inspected>>
 
 /// `TIME conn=C id=I SRC > DST request METHOD URI body=N node=X` or
 /// `TIME conn=C id=I SRC > DST response STATUS to=R body=N node=X`.
-fn parse_inspected(line: &str) -> Result<Inspected> {
+pub fn parse_inspected(line: &str) -> Result<Inspected> {
     let f: Vec<&str> = line.split(' ').collect();
     let field = |i: usize, key: &str| -> Result<String> {
         f.get(i)

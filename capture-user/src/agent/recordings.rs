@@ -22,6 +22,7 @@ use crate::recorder::{
 };
 use crate::redact::Redaction;
 use crate::store::{Recording, RecordingState, StoreConfig};
+use crate::tls::TlsSide;
 
 /// `POST /v1/recordings`: what to record, and where to store it.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -31,8 +32,15 @@ pub struct StartRecording {
     pub name: String,
     /// Interfaces to capture on (see `ip link`): names, shell-style patterns (`veth*`,
     /// `cali*`, `lxc*`) or `any`. Patterns also take interfaces that appear while recording
-    /// (pods that start); interfaces that go away are let go of and counted.
+    /// (pods that start); interfaces that go away are let go of and counted. Leave empty
+    /// with `tls`.
+    #[serde(default)]
     pub interfaces: Vec<String>,
+    /// Record HTTPS as plaintext at the TLS library (OpenSSL's libssl, uprobes) instead of
+    /// packets: `server` (processes serving the ports), `client` (processes calling them) or
+    /// `both`. Off by default: reading plaintext is the operator's decision.
+    #[serde(default)]
+    pub tls: Option<TlsSide>,
     /// TCP ports whose traffic is recorded (1-65535).
     pub ports: Vec<i64>,
     /// Only packets whose source or destination is in one of these networks: addresses or
@@ -86,7 +94,13 @@ impl StartRecording {
 
     /// The capture this call asks for, or a 400 naming the field.
     fn capture(&self) -> Result<CaptureConfig, ApiError> {
-        if self.interfaces.is_empty() {
+        if self.tls.is_some() && !self.interfaces.is_empty() {
+            return Err(ApiError::BadRequest(
+                "interfaces: leave empty with tls (TLS capture probes libraries, not interfaces)"
+                    .into(),
+            ));
+        }
+        if self.tls.is_none() && self.interfaces.is_empty() {
             return Err(ApiError::BadRequest(
                 "interfaces: give at least one interface (see `ip link`)".into(),
             ));
@@ -128,6 +142,7 @@ impl StartRecording {
             redaction,
             mode: self.attach.unwrap_or(CaptureConfig::default().mode),
             ring_bytes,
+            tls: self.tls,
             ..CaptureConfig::default()
         })
     }

@@ -4,6 +4,7 @@
 use crate::live::hosts::{Decap, HostNet};
 use crate::live::{AttachMode, CaptureConfig, EbpfLogLevel, parse_ring_size};
 use crate::redact::Redaction;
+use crate::tls::TlsSide;
 use crate::units::parse_port;
 
 /// Where and what to capture. Interfaces and ports are checked by the loader, so `messages`
@@ -59,6 +60,22 @@ pub struct CaptureArgs {
     #[arg(long = "redact-header", value_name = "NAME", value_parser = parse_header_name)]
     pub redact_headers: Vec<String>,
 
+    /// Capture HTTPS as plaintext at the TLS library instead of packets: uprobes on
+    /// OpenSSL's SSL_read/SSL_write (libssl.so.3 and 1.1) in every process of the node,
+    /// including containers and processes that start later. No keys are needed and the
+    /// applications are not touched, but the recording holds decrypted traffic: use
+    /// --redact-header for credentials. --port selects connections by their TCP ports, and
+    /// --iface is not used. TLS linked statically (Go, Envoy's BoringSSL) is not seen; the
+    /// processes serving --port without libssl are listed at start.
+    #[arg(long = "tls", conflicts_with_all = ["interfaces", "attach", "hosts", "decap"])]
+    pub tls: bool,
+
+    /// With --tls: which end to record, the process serving --port (server), the one calling
+    /// it (client), or both (a connection between two processes of this node then shows
+    /// twice).
+    #[arg(long = "tls-side", value_enum, default_value_t = TlsSide::Both, requires = "tls")]
+    pub tls_side: TlsSide,
+
     /// Attach TC programs as legacy netlink filters on a clsact qdisc instead of TCX links.
     #[arg(long = "tc-netlink", hide = true)]
     pub tc_netlink: bool,
@@ -77,6 +94,7 @@ impl CaptureArgs {
             ebpf_log: self.ebpf_log,
             tc_netlink: self.tc_netlink,
             redaction: Redaction::new(&self.redact_headers)?,
+            tls: self.tls.then_some(self.tls_side),
         })
     }
 }

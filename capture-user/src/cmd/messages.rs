@@ -96,11 +96,26 @@ async fn run_live(args: MessagesArgs) -> anyhow::Result<()> {
         requests_only: args.requests_only,
     };
     let live = LiveMessages::start(&config, 1, printer)?;
-    eprintln!(
-        "capturing HTTP on {} ports {:?}; stop with Ctrl-C",
-        config.interfaces.join(", "),
-        config.ports
-    );
+    match config.tls {
+        Some(side) => {
+            let stats = live.stats()?;
+            let tls = stats.tls.unwrap_or_default();
+            eprintln!(
+                "capturing HTTPS plaintext ({} side) on ports {:?} from {}; stop with Ctrl-C",
+                side.name(),
+                config.ports,
+                tls.libraries.join(", ")
+            );
+            if let Some(line) = tls.unhooked_line() {
+                eprintln!("not captured (no libssl mapped, TLS linked statically?): {line}");
+            }
+        }
+        None => eprintln!(
+            "capturing HTTP on {} ports {:?}; stop with Ctrl-C",
+            config.interfaces.join(", "),
+            config.ports
+        ),
+    }
     let deadline = tokio::time::sleep(args.duration.unwrap_or(Duration::MAX / 4));
     tokio::pin!(deadline);
     let mut check = tokio::time::interval(Duration::from_millis(200));

@@ -136,10 +136,15 @@ pub async fn run_record(args: RecordArgs) -> anyhow::Result<()> {
         },
     };
     let recorder = Recorder::start(config, store).await?;
+    let from = if args.capture.tls {
+        format!("TLS libraries ({} side)", args.capture.tls_side.name())
+    } else {
+        crate::cmd::capture_args::interfaces_line(&args.capture.interfaces, &recorder.interfaces)
+    };
     eprintln!(
         "recording {} from {} ports {:?} into {}; stop with Ctrl-C",
         args.name,
-        crate::cmd::capture_args::interfaces_line(&args.capture.interfaces, &recorder.interfaces),
+        from,
         args.capture.ports,
         args.store.to_config()?.describe()
     );
@@ -173,6 +178,21 @@ pub async fn run_record(args: RecordArgs) -> anyhow::Result<()> {
     let finished = recorder.finish().await?;
     print_summary(&finished.recording);
     let live = &finished.status.live;
+    if let Some(tls) = &live.tls {
+        let pairs: Vec<String> = tls
+            .pairs()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        eprintln!(
+            "tls: {} (libraries: {})",
+            pairs.join(" "),
+            tls.libraries.join(", ")
+        );
+        if let Some(line) = tls.unhooked_line() {
+            eprintln!("not captured (no libssl mapped, TLS linked statically?): {line}");
+        }
+    }
     let i = live.capture.interfaces;
     eprintln!(
         "interfaces: {} attached over the recording, {} went away, {} could not be attached; \

@@ -84,6 +84,8 @@ pub struct CaptureConfig {
     pub tc_netlink: bool,
     /// `--redact-header`: values replaced before messages leave the framing thread.
     pub redaction: Redaction,
+    /// `--tls`: capture the plaintext of TLS libraries instead of packets (which sides).
+    pub tls: Option<crate::tls::TlsSide>,
 }
 
 impl Default for CaptureConfig {
@@ -100,6 +102,7 @@ impl Default for CaptureConfig {
             ebpf_log: EbpfLogLevel::Off,
             tc_netlink: false,
             redaction: Redaction::default(),
+            tls: None,
         }
     }
 }
@@ -181,7 +184,7 @@ pub enum LoaderError {
 }
 
 /// The non-zero words of the port bitmap the programs test ports against, by word index.
-pub(super) fn port_words(ports: &[u16]) -> BTreeMap<u32, u64> {
+pub(crate) fn port_words(ports: &[u16]) -> BTreeMap<u32, u64> {
     let mut words = BTreeMap::new();
     for &port in ports {
         let (word, bit) = port_bit(port);
@@ -194,6 +197,19 @@ pub(super) fn port_words(ports: &[u16]) -> BTreeMap<u32, u64> {
 /// fast with nothing attached.
 pub fn validate(config: &CaptureConfig) -> Result<InterfacePatterns, LoaderError> {
     let interfaces = InterfacePatterns::parse(&config.interfaces)?;
+    validate_ports_and_limits(config)?;
+    for iface in interfaces.exact_names() {
+        check_link(iface)?;
+    }
+    if !has_capture_privileges() {
+        return Err(LoaderError::MissingPrivileges);
+    }
+    Ok(interfaces)
+}
+
+/// The checks every capture needs, from interfaces or from TLS libraries alike: ports,
+/// hosts, ring size and privileges.
+pub fn validate_ports_and_limits(config: &CaptureConfig) -> Result<(), LoaderError> {
     if config.ports.is_empty() {
         return Err(LoaderError::NoPort);
     }
@@ -214,13 +230,10 @@ pub fn validate(config: &CaptureConfig) -> Result<InterfacePatterns, LoaderError
         });
     }
     check_ring_bytes(u64::from(config.ring_bytes))?;
-    for iface in interfaces.exact_names() {
-        check_link(iface)?;
-    }
     if !has_capture_privileges() {
         return Err(LoaderError::MissingPrivileges);
     }
-    Ok(interfaces)
+    Ok(())
 }
 
 /// True when the effective capabilities allow loading BPF and attaching to interfaces.

@@ -20,17 +20,18 @@ use capture_common::{
 };
 use log::{info, warn};
 
-use super::config::port_words;
+pub(crate) use super::config::port_words;
 pub use super::config::{
     AttachMode, CaptureConfig, DEFAULT_RING_BYTES, EbpfLogLevel, LoaderError, check_ring_bytes,
-    parse_ring_size, validate,
+    parse_ring_size, validate, validate_ports_and_limits,
 };
 use super::hosts::HostNet;
 use super::interfaces::{InterfacePatterns, check_link, present_interfaces};
 pub use super::kernel_counters::{CounterSnapshot, KernelCounters};
 
 /// The compiled eBPF object, built by build.rs for the BPF target.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/capture"));
+pub(crate) static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/capture"));
 
 enum AttachedLink {
     Tc {

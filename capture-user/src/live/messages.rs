@@ -18,6 +18,8 @@ use super::{CaptureConfig, CaptureStats, LiveCapture, PacketSink};
 use crate::message::HttpMessage;
 use crate::packet::Timestamp;
 use crate::pipeline::{Pipeline, PipelineConfig, PipelineStats};
+use crate::reassembly::StreamEvent;
+use crate::tls::{TlsCapture, TlsStats};
 
 /// How often connections idle past the reassembly timeout are closed and their messages
 /// emitted, even when no packet arrives; also how fresh the framing counters in
@@ -50,12 +52,21 @@ pub trait MessageSink: Send + 'static {
 pub struct LiveStats {
     pub capture: CaptureStats,
     pub pipeline: PipelineStats,
+    /// With `--tls`: the probes' and streams' counters.
+    pub tls: Option<TlsStats>,
 }
 
 impl LiveStats {
     /// What was lost on the way from the wire to messages, by reason (zero values included):
     /// the kernel's losses, then reassembly's and framing's.
     pub fn losses(&self) -> Vec<(String, u64)> {
+        if let Some(tls) = &self.tls {
+            return tls
+                .losses()
+                .into_iter()
+                .chain(self.pipeline.losses())
+                .collect();
+        }
         self.capture
             .kernel
             .losses()
@@ -64,8 +75,16 @@ impl LiveStats {
             .collect()
     }
 
-    /// Every counter on one line, kernel and ring first.
+    /// Every counter on one line, kernel and ring first (TLS probes first with `--tls`).
     pub fn to_line(&self) -> String {
+        if let Some(tls) = &self.tls {
+            let probes: Vec<String> = tls
+                .pairs()
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            return format!("{} {}", probes.join(" "), self.pipeline.to_line());
+        }
         format!("{} {}", self.capture.to_line(), self.pipeline.to_line())
     }
 }
@@ -121,6 +140,23 @@ impl<M: MessageSink> Framer<M> {
         }
     }
 
+    /// One framer for a capture that is not sharded (TLS capture).
+    pub(crate) fn single(config: &CaptureConfig, sink: M) -> Self {
+        Self::new(config, sink, Shard { index: 0, count: 1 })
+    }
+
+    /// Where its counters are published every second.
+    pub(crate) fn published(&self) -> Arc<Mutex<PipelineStats>> {
+        self.published.clone()
+    }
+
+    /// Frames stream events from a source that needs no reassembly (TLS plaintext, in order
+    /// per stream); false once the sink gave up.
+    pub(crate) fn stream_events(&mut self, events: &mut Vec<StreamEvent>) -> bool {
+        self.pipeline.push_stream_events(events, &mut self.messages);
+        self.messages.len() < DELIVER_AT || self.deliver()
+    }
+
     fn deliver(&mut self) -> bool {
         if self.messages.is_empty() {
             return true;
@@ -130,7 +166,7 @@ impl<M: MessageSink> Framer<M> {
     }
 
     /// Closes what is open and hands the last messages on; the final counters.
-    fn finish(mut self) -> PipelineStats {
+    pub(crate) fn finish(mut self) -> PipelineStats {
         self.pipeline.finish(&mut self.messages);
         self.shard.renumber(&mut self.messages);
         self.sink.deliver_last(&mut self.messages);
@@ -292,44 +328,75 @@ impl<M: MessageSink + Clone> Framing<M> {
     }
 }
 
-/// A running capture whose packets are framed into messages as they arrive and handed to a
-/// [`MessageSink`].
+/// A running capture whose packets (or, with `--tls`, TLS plaintext) are framed into
+/// messages as they arrive and handed to a [`MessageSink`].
 pub struct LiveMessages<M> {
-    capture: LiveCapture<Framing<M>>,
-    published: Vec<Arc<Mutex<PipelineStats>>>,
+    source: Source<M>,
+}
+
+enum Source<M> {
+    Packets {
+        capture: LiveCapture<Framing<M>>,
+        published: Vec<Arc<Mutex<PipelineStats>>>,
+    },
+    Tls(TlsCapture<M>),
 }
 
 impl<M: MessageSink + Clone> LiveMessages<M> {
     /// Attaches the capture (see [`LiveCapture::start`]) with `threads` framing pipelines
     /// for its ports (1: framing on the ring thread; more: connections spread over that many
     /// threads by a hash of their addresses), the messages going to `sink` (cloned per
-    /// thread).
+    /// thread). With `config.tls`, probes TLS libraries instead (one framing thread).
     pub fn start(config: &CaptureConfig, threads: usize, sink: M) -> anyhow::Result<Self> {
+        if config.tls.is_some() {
+            let capture = TlsCapture::start(config, sink)?;
+            return Ok(Self {
+                source: Source::Tls(capture),
+            });
+        }
         let (framing, published) = Framing::start(config, threads, sink)?;
         let capture = LiveCapture::start(config, framing)?;
-        Ok(Self { capture, published })
+        Ok(Self {
+            source: Source::Packets { capture, published },
+        })
     }
 
     /// Counters now (framing counters as of the last second).
     pub fn stats(&self) -> anyhow::Result<LiveStats> {
-        let mut pipeline = PipelineStats::default();
-        for published in &self.published {
-            pipeline.add(&lock(published));
+        match &self.source {
+            Source::Packets { capture, published } => {
+                let mut pipeline = PipelineStats::default();
+                for published in published {
+                    pipeline.add(&lock(published));
+                }
+                Ok(LiveStats {
+                    capture: capture.stats()?,
+                    pipeline,
+                    tls: None,
+                })
+            }
+            Source::Tls(capture) => Ok(LiveStats {
+                capture: CaptureStats::default(),
+                pipeline: capture.pipeline_stats(),
+                tls: Some(capture.stats()),
+            }),
         }
-        Ok(LiveStats {
-            capture: self.capture.stats()?,
-            pipeline,
-        })
     }
 
     /// False once the ring thread ended on its own (a sink gave up).
     pub fn is_running(&self) -> bool {
-        self.capture.is_running()
+        match &self.source {
+            Source::Packets { capture, .. } => capture.is_running(),
+            Source::Tls(capture) => capture.is_running(),
+        }
     }
 
-    /// The interfaces the hooks are attached to now.
+    /// The interfaces the hooks are attached to now (none for TLS capture).
     pub fn attached_interfaces(&self) -> std::collections::BTreeSet<String> {
-        self.capture.attached_interfaces()
+        match &self.source {
+            Source::Packets { capture, .. } => capture.attached_interfaces(),
+            Source::Tls(_) => Default::default(),
+        }
     }
 
     /// Ends the capture: detaches, frames every packet still in flight and closes open
@@ -337,8 +404,24 @@ impl<M: MessageSink + Clone> LiveMessages<M> {
     /// [`MessageSink::deliver_last`], then drops the sinks. Blocks until every thread ended
     /// (run it off the async runtime's workers).
     pub fn finish(self) -> anyhow::Result<LiveStats> {
-        let (capture, framing) = self.capture.stop()?;
-        let pipeline = framing.finish()?;
-        Ok(LiveStats { capture, pipeline })
+        match self.source {
+            Source::Packets { capture, .. } => {
+                let (capture, framing) = capture.stop()?;
+                let pipeline = framing.finish()?;
+                Ok(LiveStats {
+                    capture,
+                    pipeline,
+                    tls: None,
+                })
+            }
+            Source::Tls(capture) => {
+                let (tls, pipeline) = capture.finish()?;
+                Ok(LiveStats {
+                    capture: CaptureStats::default(),
+                    pipeline,
+                    tls: Some(tls),
+                })
+            }
+        }
     }
 }

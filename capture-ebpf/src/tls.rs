@@ -1,0 +1,468 @@
+//! `--tls`: uprobes on the TLS library's read and write calls copy the plaintext an
+//! application hands over into the `TLS_DATA` ring, with the TCP connection it travels on.
+//!
+//! A call is seen twice: at entry (`tls_call`: the SSL object and the buffer, remembered per
+//! thread in `TLS_CALLS`) and at return (`tls_return`: how many bytes, then the copy). The
+//! connection comes from the SSL object's file descriptor, learnt from `SSL_set_fd` or from
+//! the socket syscalls the thread makes while inside a TLS call (`tls_fd_seen`, for
+//! libraries given a custom BIO, as curl does), kept per (process, SSL object) in `TLS_FDS`.
+//! At return the kernel walks from the current task to that descriptor's socket (offsets
+//! from BTF, in `KERNEL_OFFSETS`) and keeps the call only when its port is configured. A call
+//! whose descriptor or socket cannot be found is counted, never guessed.
+
+use aya_ebpf::{
+    EbpfContext, Global,
+    bindings::BPF_NOEXIST,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, generated::bpf_get_attach_cookie, generated::bpf_probe_read_user,
+    },
+    macros::{map, tracepoint, uprobe, uretprobe},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
+};
+use capture_common::CHUNK_LEN;
+use capture_common::tls::{
+    KernelOffsets, TLS_COUNTER_SLOTS, TLS_FLAG_FREED, TLS_FLAG_LAST_CHUNK, TLS_FLAG_MIDSTREAM,
+    TLS_FLAG_TRUNCATED, TLS_MAX_CALL_LEN, TLS_MAX_CHUNKS, TLS_RECEIVED, TLS_SENT, TLS_SIDE_CLIENT,
+    TLS_SIDE_SERVER, TlsCall, TlsChunkHeader, TlsCounter,
+};
+
+use crate::WAKEUP_BYTES;
+use crate::port_wanted;
+use crate::record::{Lost, Source, emit_full, emit_header, emit_last, wakeup_flags};
+
+/// Plaintext chunks for userspace. Userspace sizes it at load time (`--ring-size`); packet
+/// captures leave it at one page.
+#[map(name = "TLS_DATA")]
+static TLS_DATA: RingBuf = RingBuf::with_byte_size(4096, 0);
+
+/// Per-CPU counters, indexed by [`TlsCounter`].
+#[map(name = "TLS_COUNTERS")]
+static TLS_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(TLS_COUNTER_SLOTS, 0);
+
+/// Calls in progress, by thread (`pid_tgid`). Sized by userspace; not preallocated.
+#[map(name = "TLS_CALLS")]
+static TLS_CALLS: HashMap<u64, ActiveCall> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
+
+/// File descriptor of each (process, SSL object) seen. Sized by userspace; the least
+/// recently used entry makes room.
+#[map(name = "TLS_FDS")]
+static TLS_FDS: LruHashMap<SslKey, u64> = LruHashMap::with_max_entries(1, 0);
+
+/// Kernel structure offsets from BTF, set by userspace at load.
+#[unsafe(no_mangle)]
+static KERNEL_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
+    task_files: 0,
+    files_fdt: 0,
+    fdtable_max_fds: 0,
+    fdtable_fd: 0,
+    file_inode: 0,
+    file_private_data: 0,
+    inode_mode: 0,
+    socket_sk: 0,
+    sk_family: 0,
+    sk_num: 0,
+    sk_dport: 0,
+    sk_rcv_saddr: 0,
+    sk_daddr: 0,
+    sk_v6_rcv_saddr: 0,
+    sk_v6_daddr: 0,
+    valid: 0,
+});
+
+/// Which sides to keep (`TLS_SIDE_*` bits), set by userspace at load.
+#[unsafe(no_mangle)]
+static TLS_SIDE: Global<u8> = Global::new(TLS_SIDE_SERVER | TLS_SIDE_CLIENT);
+
+const BPF_F_NO_PREALLOC: u32 = 1;
+/// `TLS_FDS` values: the descriptor in the low 32 bits, and this bit when the stream was
+/// first seen in the middle (in a read or write rather than its handshake or `SSL_set_fd`).
+const FD_MASK: u64 = 0xffff_ffff;
+const FD_MIDSTREAM: u64 = 1 << 32;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const S_IFMT: u16 = 0o170000;
+const S_IFSOCK: u16 = 0o140000;
+
+/// A read or write call between its entry and its return.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ActiveCall {
+    ssl: u64,
+    buf: u64,
+    /// `SSL_*_ex`: where the library writes the byte count.
+    len_out: u64,
+    /// [`TlsCall`] as u64.
+    kind: u64,
+}
+
+/// A stream: the process and its SSL object.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SslKey {
+    tgid: u64,
+    ssl: u64,
+}
+
+/// The TCP connection behind a descriptor.
+struct Connection {
+    family: u8,
+    local_port: u16,
+    remote_port: u16,
+    local_addr: [u8; 16],
+    remote_addr: [u8; 16],
+}
+
+/// Adds one to this CPU's `counter`; returns the new value.
+#[inline(always)]
+fn count(counter: TlsCounter) -> u64 {
+    match TLS_COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot; uprobe programs do not nest on a CPU (they run with
+        // preemption off, and a BPF program cannot trigger a uprobe).
+        Some(slot) => unsafe {
+            *slot += 1;
+            *slot
+        },
+        None => 0,
+    }
+}
+
+/// The probe's attach cookie: the [`TlsCall`] it is attached to.
+#[inline(always)]
+fn cookie<C: EbpfContext>(ctx: &C) -> u64 {
+    // SAFETY: the helper only reads the program's run context.
+    unsafe { bpf_get_attach_cookie(ctx.as_ptr()) }
+}
+
+fn stream_key(ssl: u64) -> SslKey {
+    SslKey {
+        tgid: bpf_get_current_pid_tgid() >> 32,
+        ssl,
+    }
+}
+
+/// Entry of every probed function (the cookie says which).
+#[uprobe]
+pub fn tls_call(ctx: ProbeContext) -> u32 {
+    let kind = cookie(&ctx);
+    let ssl: u64 = ctx.arg(0).unwrap_or(0);
+    if ssl == 0 {
+        return 0;
+    }
+    if kind == TlsCall::SetFd as u64 {
+        let fd: u64 = ctx.arg(1).unwrap_or(u64::MAX);
+        let _ = TLS_FDS.insert(&stream_key(ssl), &(fd & FD_MASK), 0);
+        return 0;
+    }
+    if kind == TlsCall::Free as u64 {
+        freed(ssl);
+        return 0;
+    }
+    let call = ActiveCall {
+        ssl,
+        buf: ctx.arg(1).unwrap_or(0),
+        len_out: if kind == TlsCall::WriteEx as u64 || kind == TlsCall::ReadEx as u64 {
+            ctx.arg(3).unwrap_or(0)
+        } else {
+            0
+        },
+        kind,
+    };
+    // A handshake inside a read or write (renegotiation) must not replace that call.
+    let flags = if kind == TlsCall::Handshake as u64 {
+        BPF_NOEXIST as u64
+    } else {
+        0
+    };
+    let _ = TLS_CALLS.insert(&bpf_get_current_pid_tgid(), &call, flags);
+    0
+}
+
+/// `SSL_free`: the stream ends; tell userspace when it knew the stream.
+#[inline(always)]
+fn freed(ssl: u64) {
+    let key = stream_key(ssl);
+    // SAFETY: the value is copied out at once.
+    if unsafe { TLS_FDS.get(&key) }.is_none() {
+        return;
+    }
+    let _ = TLS_FDS.remove(&key);
+    let header = TlsChunkHeader {
+        // SAFETY: helpers without preconditions.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ssl,
+        call_seq: 0,
+        tgid: key.tgid as u32,
+        cpu: unsafe { bpf_get_smp_processor_id() },
+        call_len: 0,
+        captured_len: 0,
+        chunk_offset: 0,
+        chunk_len: 0,
+        local_port: 0,
+        remote_port: 0,
+        family: 0,
+        direction: 0,
+        flags: TLS_FLAG_FREED,
+        _pad: 0,
+        local_addr: [0; 16],
+        remote_addr: [0; 16],
+    };
+    let _ = emit_header(&TLS_DATA, &header);
+}
+
+/// Return of the read, write and handshake functions (the cookie says which).
+#[uretprobe]
+pub fn tls_return(ctx: RetProbeContext) -> u32 {
+    let kind = cookie(&ctx);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: the value is copied out at once.
+    let Some(call) = (unsafe { TLS_CALLS.get(&pid_tgid) }).copied() else {
+        if kind != TlsCall::Handshake as u64 {
+            count(TlsCounter::MissedEntry);
+        }
+        return 0;
+    };
+    if call.kind != kind {
+        // The return of a call nested in another (a handshake inside a read): the outer
+        // call's entry stays for its own return.
+        return 0;
+    }
+    let _ = TLS_CALLS.remove(&pid_tgid);
+    if kind == TlsCall::Handshake as u64 {
+        return 0;
+    }
+    let ret: i64 = ctx.ret();
+    let len = if call.len_out != 0 {
+        if ret as i32 != 1 {
+            return 0;
+        }
+        // SAFETY: reads the process's memory through the fault-tolerant helper.
+        match unsafe { aya_ebpf::helpers::bpf_probe_read_user(call.len_out as *const u64) } {
+            Ok(n) => n,
+            Err(_) => return 0,
+        }
+    } else {
+        let n = ret as i32;
+        if n <= 0 {
+            return 0;
+        }
+        n as u64
+    };
+    if len == 0 {
+        return 0;
+    }
+    count(TlsCounter::Calls);
+    let key = SslKey {
+        tgid: pid_tgid >> 32,
+        ssl: call.ssl,
+    };
+    // SAFETY: the value is copied out at once.
+    let Some(fd) = (unsafe { TLS_FDS.get(&key) }).copied() else {
+        count(TlsCounter::UnresolvedFd);
+        return 0;
+    };
+    let Some(conn) = socket_of((fd & FD_MASK) as u32) else {
+        count(TlsCounter::UnresolvedSocket);
+        return 0;
+    };
+    let side = TLS_SIDE.load();
+    let wanted = (side & TLS_SIDE_SERVER != 0 && port_wanted(conn.local_port))
+        || (side & TLS_SIDE_CLIENT != 0 && port_wanted(conn.remote_port));
+    if !wanted {
+        count(TlsCounter::OtherPorts);
+        return 0;
+    }
+    let call_seq = count(TlsCounter::CallsMatched);
+    let write = kind == TlsCall::Write as u64 || kind == TlsCall::WriteEx as u64;
+    let midstream = fd & FD_MIDSTREAM != 0;
+    copy_call(&key, &conn, call.buf, len, write, midstream, call_seq);
+    0
+}
+
+/// Any socket syscall (read, write, send, recv and their vector forms): when the thread is
+/// inside a TLS call, the descriptor is the SSL object's.
+#[tracepoint]
+pub fn tls_fd_seen(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: the value is copied out at once.
+    let Some(call) = (unsafe { TLS_CALLS.get(&pid_tgid) }).copied() else {
+        return 0;
+    };
+    // Every syscalls:sys_enter_* event has its first argument (here the descriptor) at 16.
+    // SAFETY: reads the tracepoint's record through the bounds-checked helper.
+    let Ok(fd) = (unsafe { ctx.read_at::<u64>(16) }) else {
+        return 0;
+    };
+    let fd = fd & FD_MASK;
+    let key = SslKey {
+        tgid: pid_tgid >> 32,
+        ssl: call.ssl,
+    };
+    // SAFETY: the value is copied out at once.
+    let known = unsafe { TLS_FDS.get(&key) }.copied();
+    let value = match known {
+        Some(v) if v & FD_MASK == fd => return 0,
+        // Same stream, new descriptor: keep what is known of its start.
+        Some(v) => fd | (v & FD_MIDSTREAM),
+        // First seen in a read or write, not in its handshake: it began before capture.
+        None if call.kind != TlsCall::Handshake as u64 => fd | FD_MIDSTREAM,
+        None => fd,
+    };
+    let _ = TLS_FDS.insert(&key, &value, 0);
+    0
+}
+
+/// Reads a `T` at `base + offset` in kernel memory.
+#[inline(always)]
+fn kread<T>(base: u64, offset: u32) -> Option<T> {
+    if base == 0 {
+        return None;
+    }
+    // SAFETY: the helper is fault-tolerant; a bad address is an error, not a crash.
+    unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }.ok()
+}
+
+/// The TCP connection behind descriptor `fd` of the current process: task → files →
+/// fdtable → file; a socket inode; file → socket → sock.
+#[inline(always)]
+fn socket_of(fd: u32) -> Option<Connection> {
+    let off = KERNEL_OFFSETS.load();
+    if off.valid == 0 {
+        return None;
+    }
+    // SAFETY: helper without preconditions.
+    let task = unsafe { bpf_get_current_task() };
+    let files: u64 = kread(task, off.task_files)?;
+    let fdt: u64 = kread(files, off.files_fdt)?;
+    let max_fds: u32 = kread(fdt, off.fdtable_max_fds)?;
+    if fd >= max_fds {
+        return None;
+    }
+    let fds: u64 = kread(fdt, off.fdtable_fd)?;
+    let file: u64 = kread(fds, fd * 8)?;
+    let inode: u64 = kread(file, off.file_inode)?;
+    let mode: u16 = kread(inode, off.inode_mode)?;
+    if mode & S_IFMT != S_IFSOCK {
+        return None;
+    }
+    let socket: u64 = kread(file, off.file_private_data)?;
+    let sk: u64 = kread(socket, off.socket_sk)?;
+    let family: u16 = kread(sk, off.sk_family)?;
+    let local_port: u16 = kread(sk, off.sk_num)?;
+    let remote_port: u16 = u16::from_be(kread(sk, off.sk_dport)?);
+    let mut conn = Connection {
+        family: 4,
+        local_port,
+        remote_port,
+        local_addr: [0; 16],
+        remote_addr: [0; 16],
+    };
+    if family == AF_INET {
+        let local: [u8; 4] = kread(sk, off.sk_rcv_saddr)?;
+        let remote: [u8; 4] = kread(sk, off.sk_daddr)?;
+        conn.local_addr[..4].copy_from_slice(&local);
+        conn.remote_addr[..4].copy_from_slice(&remote);
+    } else if family == AF_INET6 {
+        conn.family = 6;
+        conn.local_addr = kread(sk, off.sk_v6_rcv_saddr)?;
+        conn.remote_addr = kread(sk, off.sk_v6_daddr)?;
+    } else {
+        return None;
+    }
+    Some(conn)
+}
+
+/// A process's buffer as a record's data source.
+struct UserBuffer(u64);
+
+impl Source for UserBuffer {
+    #[inline(always)]
+    fn load(&self, offset: u32, dst: *mut u8, len: u32) -> bool {
+        // SAFETY: writes at most `len` bytes into `dst` (inside the reserved record); the
+        // source is read through the fault-tolerant helper.
+        unsafe {
+            bpf_probe_read_user(
+                dst.cast(),
+                len,
+                (self.0 + u64::from(offset)) as *const core::ffi::c_void,
+            ) == 0
+        }
+    }
+}
+
+/// Copies a call's plaintext into the ring, chunk by chunk, and counts the outcome.
+#[inline(always)]
+fn copy_call(
+    key: &SslKey,
+    conn: &Connection,
+    buf: u64,
+    len: u64,
+    write: bool,
+    midstream: bool,
+    call_seq: u64,
+) {
+    let truncated = len > u64::from(TLS_MAX_CALL_LEN);
+    let captured_len = if truncated {
+        TLS_MAX_CALL_LEN
+    } else {
+        len as u32
+    };
+    let mut header = TlsChunkHeader {
+        // SAFETY: helpers without preconditions.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ssl: key.ssl,
+        call_seq,
+        tgid: key.tgid as u32,
+        cpu: unsafe { bpf_get_smp_processor_id() },
+        call_len: if len > u64::from(u32::MAX) {
+            u32::MAX
+        } else {
+            len as u32
+        },
+        captured_len,
+        chunk_offset: 0,
+        chunk_len: CHUNK_LEN,
+        local_port: conn.local_port,
+        remote_port: conn.remote_port,
+        family: conn.family,
+        direction: if write { TLS_SENT } else { TLS_RECEIVED },
+        flags: if truncated { TLS_FLAG_TRUNCATED } else { 0 }
+            | if midstream { TLS_FLAG_MIDSTREAM } else { 0 },
+        _pad: 0,
+        local_addr: conn.local_addr,
+        remote_addr: conn.remote_addr,
+    };
+    let wakeup = wakeup_flags(
+        &TLS_DATA,
+        u64::from(captured_len) + core::mem::size_of::<TlsChunkHeader>() as u64,
+        WAKEUP_BYTES.load(),
+    );
+    let src = UserBuffer(buf);
+    let mut chunk = 1;
+    while chunk < TLS_MAX_CHUNKS && captured_len - header.chunk_offset > CHUNK_LEN {
+        if let Err(lost) = emit_full(&TLS_DATA, &header, &src, header.chunk_offset, wakeup) {
+            return lost_call(lost);
+        }
+        header.chunk_offset += CHUNK_LEN;
+        chunk += 1;
+    }
+    header.chunk_len = captured_len - header.chunk_offset;
+    header.flags |= TLS_FLAG_LAST_CHUNK;
+    let (offset, chunk_len) = (header.chunk_offset, header.chunk_len);
+    if let Err(lost) = emit_last(&TLS_DATA, &header, &src, offset, chunk_len, wakeup) {
+        return lost_call(lost);
+    }
+    count(TlsCounter::CallsCaptured);
+    if truncated {
+        count(TlsCounter::Truncated);
+    }
+}
+
+#[inline(always)]
+fn lost_call(lost: Lost) {
+    count(match lost {
+        Lost::RingFull => TlsCounter::DroppedRingFull,
+        Lost::CopyFailed => TlsCounter::DroppedCopyFailed,
+    });
+}

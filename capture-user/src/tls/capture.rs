@@ -1,0 +1,305 @@
+//! A running TLS capture: the probes, a watcher thread that attaches to libraries that
+//! appear (a new container image, a process that loads libssl late), and a reader thread
+//! that drains the plaintext ring and frames it on that same thread, as packet capture does.
+//! Stopping detaches first, then drains and frames what is in flight, then closes streams.
+
+use std::collections::HashSet;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use capture_common::tls::TlsCounter;
+
+use super::libraries::{self, TlsLibrary};
+use super::probes::TlsProbes;
+use super::record::TlsAssembler;
+use super::streams::{TlsStreamConfig, TlsStreams};
+use super::{TlsError, TlsStats};
+use crate::live::messages::Framer;
+use crate::live::ring::ClockOffset;
+use crate::live::{CaptureConfig, MessageSink, PacketSink};
+use crate::packet::Timestamp;
+use crate::pipeline::PipelineStats;
+use crate::sync::lock;
+
+/// How often new processes are looked at; every [`FULL_RESCAN_EVERY`] ticks every process
+/// is (one that loaded libssl after it was first seen).
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+const FULL_RESCAN_EVERY: u32 = 10;
+/// How often idle streams are closed and counters published.
+const EXPIRE_EVERY: Duration = Duration::from_secs(1);
+const POLL_TIMEOUT_MS: i32 = 100;
+
+/// What the threads publish for [`TlsCapture::stats`].
+#[derive(Default)]
+struct Shared {
+    stats: Mutex<TlsStats>,
+}
+
+/// A running TLS capture framing into a [`MessageSink`].
+pub struct TlsCapture<M> {
+    probes: Arc<Mutex<Option<TlsProbes>>>,
+    counters: PerCpuArray<MapData, u64>,
+    stop: Arc<AtomicBool>,
+    reader: Option<JoinHandle<Framer<M>>>,
+    watcher: Option<JoinHandle<()>>,
+    shared: Arc<Shared>,
+    published: Arc<Mutex<PipelineStats>>,
+}
+
+impl<M: MessageSink> TlsCapture<M> {
+    /// Loads and attaches the probes for `config` (its ports and `tls` side) and starts
+    /// framing into `sink`.
+    pub fn start(config: &CaptureConfig, sink: M) -> Result<Self, TlsError> {
+        if !config.interfaces.is_empty() {
+            return Err(TlsError::WithInterfaces);
+        }
+        crate::live::loader::validate_ports_and_limits(config)?;
+        let side = config.tls.unwrap_or_default();
+        let mut probes = TlsProbes::load(config, side.bits())?;
+        let mut with_tls = HashSet::new();
+        let mut found: Vec<TlsLibrary> = libraries::host_libraries();
+        for pid in libraries::pids() {
+            let libs = libraries::process_libraries(pid);
+            if !libs.is_empty() {
+                with_tls.insert(pid);
+            }
+            found.extend(libs);
+        }
+        for library in &found {
+            if probes.has(&library.id) {
+                continue;
+            }
+            match probes.attach_library(library) {
+                Ok(n) => log::info!("probing {} ({n} probes)", library.path.display()),
+                Err(e) => log::warn!("{e}"),
+            }
+        }
+        if probes.libraries().is_empty() {
+            return Err(TlsError::NoLibrary);
+        }
+        let unhooked = libraries::unhooked_servers(&config.ports, &with_tls);
+        for u in &unhooked {
+            log::warn!(
+                "pid {} ({}) serves port {} but maps no libssl: its TLS (statically linked, \
+                 or another library) is not captured",
+                u.pid,
+                u.command,
+                u.port
+            );
+        }
+        let shared = Arc::new(Shared::default());
+        {
+            let mut stats = lock(&shared.stats);
+            stats.unhooked = unhooked;
+            stats.libraries = library_names(&probes);
+        }
+        let ring = probes.take_ring()?;
+        let counters = probes.take_counters()?;
+        let framer = Framer::single(config, sink);
+        let published = framer.published();
+        let stop = Arc::new(AtomicBool::new(false));
+        let probes = Arc::new(Mutex::new(Some(probes)));
+        let streams = TlsStreams::new(TlsStreamConfig::default(), config.ports.clone());
+        let reader = {
+            let (stop, shared) = (stop.clone(), shared.clone());
+            std::thread::Builder::new()
+                .name("capture-tls".into())
+                .spawn(move || read_ring(ring, streams, framer, &stop, &shared))
+                .map_err(|e| TlsError::Load(format!("starting the TLS reader thread: {e}")))?
+        };
+        let watcher = {
+            let (stop, shared, probes) = (stop.clone(), shared.clone(), probes.clone());
+            std::thread::Builder::new()
+                .name("capture-tls-watch".into())
+                .spawn(move || watch_processes(&probes, &stop, &shared, with_tls))
+                .map_err(|e| TlsError::Load(format!("starting the process watcher: {e}")))?
+        };
+        Ok(Self {
+            probes,
+            counters,
+            stop,
+            reader: Some(reader),
+            watcher: Some(watcher),
+            shared,
+            published,
+        })
+    }
+
+    /// Counters now (streams as of the last second).
+    pub fn stats(&self) -> TlsStats {
+        let mut stats = lock(&self.shared.stats).clone();
+        stats.kernel = kernel_counters(&self.counters);
+        stats
+    }
+
+    /// The framing counters as of the last second.
+    pub fn pipeline_stats(&self) -> PipelineStats {
+        lock(&self.published).clone()
+    }
+
+    /// False once the reader ended on its own (the sink gave up).
+    pub fn is_running(&self) -> bool {
+        self.reader.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// Detaches every probe, frames what is still in the ring, closes open streams and hands
+    /// the last messages on. Blocks until the threads ended.
+    pub fn finish(mut self) -> anyhow::Result<(TlsStats, PipelineStats)> {
+        self.stop.store(true, Ordering::Release);
+        if let Some(watcher) = self.watcher.take() {
+            let _ = watcher.join();
+        }
+        // Detach before the last drain, so nothing new arrives.
+        *lock(&self.probes) = None;
+        let framer = self
+            .reader
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("TLS reader already stopped"))?
+            .join()
+            .map_err(|_| anyhow::anyhow!("the TLS reader thread panicked"))?;
+        let pipeline = framer.finish();
+        Ok((self.stats(), pipeline))
+    }
+}
+
+impl<M> Drop for TlsCapture<M> {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        *lock(&self.probes) = None;
+        if let Some(watcher) = self.watcher.take() {
+            let _ = watcher.join();
+        }
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}
+
+fn library_names(probes: &TlsProbes) -> Vec<String> {
+    probes
+        .libraries()
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect()
+}
+
+fn kernel_counters(array: &PerCpuArray<MapData, u64>) -> [u64; TlsCounter::ALL.len()] {
+    let mut out = [0; TlsCounter::ALL.len()];
+    for counter in TlsCounter::ALL {
+        if let Ok(values) = array.get(&(counter as u32), 0) {
+            out[counter as usize] = values.iter().sum();
+        }
+    }
+    out
+}
+
+/// The reader thread: drain, join chunks into calls, calls into stream events, frame.
+fn read_ring<M: MessageSink>(
+    mut ring: RingBuf<MapData>,
+    mut streams: TlsStreams,
+    mut framer: Framer<M>,
+    stop: &AtomicBool,
+    shared: &Shared,
+) -> Framer<M> {
+    let mut assembler = TlsAssembler::new(ClockOffset::now());
+    let mut events = Vec::new();
+    let mut last_expire = Instant::now();
+    let fd = ring.as_raw_fd();
+    loop {
+        let stopping = stop.load(Ordering::Acquire);
+        while let Some(record) = ring.next() {
+            if let Some(call) = assembler.push(&record) {
+                streams.push(call, &mut events);
+            }
+            drop(record);
+            if events.len() >= 256 && !framer.stream_events(&mut events) {
+                return framer;
+            }
+        }
+        if !events.is_empty() && !framer.stream_events(&mut events) {
+            return framer;
+        }
+        if stopping {
+            streams.finish(Timestamp::now(), &mut events);
+            framer.stream_events(&mut events);
+            publish(shared, &streams, &assembler);
+            return framer;
+        }
+        if last_expire.elapsed() >= EXPIRE_EVERY {
+            last_expire = Instant::now();
+            streams.expire(Timestamp::now(), &mut events);
+            framer.stream_events(&mut events);
+            publish(shared, &streams, &assembler);
+        }
+        framer.idle();
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; the ring's fd stays open for the life of `ring`.
+        unsafe { libc::poll(&mut pfd, 1, POLL_TIMEOUT_MS) };
+    }
+}
+
+fn publish(shared: &Shared, streams: &TlsStreams, assembler: &TlsAssembler) {
+    let mut stats = lock(&shared.stats);
+    stats.streams = streams.stats();
+    stats.discarded_calls = assembler.discarded();
+}
+
+/// The watcher thread: attaches to the libssl of processes that appear.
+fn watch_processes(
+    probes: &Mutex<Option<TlsProbes>>,
+    stop: &AtomicBool,
+    shared: &Shared,
+    mut seen: HashSet<u32>,
+) {
+    let mut tick = 0u32;
+    let mut last = Instant::now();
+    while !stop.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(100));
+        if last.elapsed() < WATCH_EVERY {
+            continue;
+        }
+        last = Instant::now();
+        tick += 1;
+        let full = tick.is_multiple_of(FULL_RESCAN_EVERY);
+        let pids = libraries::pids();
+        let live: HashSet<u32> = pids.iter().copied().collect();
+        for pid in pids {
+            if !full && seen.contains(&pid) {
+                continue;
+            }
+            let libs = libraries::process_libraries(pid);
+            if libs.is_empty() && !full {
+                // Looked at once; a full rescan looks again (libssl loaded late).
+                seen.insert(pid);
+                continue;
+            }
+            seen.insert(pid);
+            let mut guard = lock(probes);
+            let Some(probes) = guard.as_mut() else {
+                return;
+            };
+            for library in libs {
+                if probes.has(&library.id) {
+                    continue;
+                }
+                match probes.attach_library(&library) {
+                    Ok(n) => log::info!(
+                        "probing {} ({n} probes), mapped by pid {pid}",
+                        library.path.display()
+                    ),
+                    Err(e) => log::warn!("{e}"),
+                }
+                lock(&shared.stats).libraries = library_names(probes);
+            }
+        }
+        seen.retain(|pid| live.contains(pid));
+    }
+}

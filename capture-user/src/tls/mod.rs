@@ -1,0 +1,149 @@
+//! `--tls`: HTTP captured as plaintext at the TLS library, with no key and without touching
+//! the application. Uprobes on OpenSSL's read and write calls (in `capture-ebpf`) copy what
+//! the application hands over into a ring; this module finds the libraries ([`libraries`]),
+//! attaches the probes and follows processes that start later ([`probes`], [`capture`]),
+//! joins the ring's chunks into calls ([`record`]) and turns calls into the stream events
+//! the HTTP/1 and HTTP/2 framers take ([`streams`]). [`btf`] reads the kernel structure
+//! offsets the probes need to find each stream's TCP connection.
+//!
+//! What it cannot see: TLS linked statically into a program (Go's crypto/tls, BoringSSL in
+//! Envoy), and libraries other than OpenSSL's libssl. Capture lists the processes serving a
+//! configured port that map no libssl.
+
+pub mod btf;
+pub mod capture;
+pub mod libraries;
+pub mod probes;
+pub mod record;
+pub mod streams;
+
+use std::path::PathBuf;
+
+use capture_common::tls::{TLS_SIDE_CLIENT, TLS_SIDE_SERVER, TlsCounter};
+
+pub use capture::TlsCapture;
+pub use libraries::Unhooked;
+pub use streams::TlsStreamStats;
+
+/// Which end of a connection on a configured port to record: the process serving the port,
+/// the process calling it, or both (a connection between two processes of the node then
+/// shows twice, once from each end).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsSide {
+    /// Processes whose local port is a configured port (servers).
+    Server,
+    /// Processes whose remote port is a configured port (clients).
+    Client,
+    /// Both.
+    #[default]
+    Both,
+}
+
+impl TlsSide {
+    /// The kernel side's `TLS_SIDE_*` bits.
+    pub fn bits(self) -> u8 {
+        match self {
+            Self::Server => TLS_SIDE_SERVER,
+            Self::Client => TLS_SIDE_CLIENT,
+            Self::Both => TLS_SIDE_SERVER | TLS_SIDE_CLIENT,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Server => "server",
+            Self::Client => "client",
+            Self::Both => "both",
+        }
+    }
+}
+
+/// Why TLS capture could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error(transparent)]
+    Btf(#[from] btf::BtfError),
+    #[error(
+        "tracefs is not mounted at /sys/kernel/tracing and mounting it failed; mount it with \
+         `mount -t tracefs tracefs /sys/kernel/tracing`"
+    )]
+    Tracefs,
+    #[error("loading the TLS probes failed: {0}")]
+    Load(String),
+    #[error("attaching to {library}: {reason}")]
+    Attach { library: PathBuf, reason: String },
+    #[error(
+        "no libssl found (searched the usual library directories and every process's maps); \
+         --tls captures OpenSSL's libssl only"
+    )]
+    NoLibrary,
+    #[error(
+        "--tls captures from TLS libraries, not interfaces: drop --iface (run a second capture \
+         for clear-text traffic)"
+    )]
+    WithInterfaces,
+    #[error(transparent)]
+    Config(#[from] crate::live::LoaderError),
+}
+
+/// Counters of a TLS capture.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsStats {
+    /// The probes' per-CPU counters summed, indexed like [`TlsCounter::ALL`].
+    pub kernel: [u64; TlsCounter::ALL.len()],
+    pub streams: TlsStreamStats,
+    /// Calls whose chunks did not line up, discarded.
+    pub discarded_calls: u64,
+    /// Libraries probed.
+    pub libraries: Vec<String>,
+    /// Processes on a configured port with no libssl mapped.
+    pub unhooked: Vec<Unhooked>,
+}
+
+impl TlsStats {
+    /// Every counter as (name, value).
+    pub fn pairs(&self) -> Vec<(String, u64)> {
+        TlsCounter::ALL
+            .iter()
+            .map(|c| (c.name().to_string(), self.kernel[*c as usize]))
+            .chain(self.streams.pairs().map(|(k, v)| (k.to_string(), v)))
+            .chain([
+                ("tls_discarded_calls".to_string(), self.discarded_calls),
+                ("tls_libraries".to_string(), self.libraries.len() as u64),
+            ])
+            .collect()
+    }
+
+    /// What was lost, by reason (zero values included).
+    pub fn losses(&self) -> Vec<(String, u64)> {
+        TlsCounter::ALL
+            .iter()
+            .filter(|c| c.is_loss())
+            .map(|c| (c.name().to_string(), self.kernel[*c as usize]))
+            .chain([("tls_discarded_calls".to_string(), self.discarded_calls)])
+            .collect()
+    }
+
+    /// "pid 12 (envoy) on port 443, ...": what the probes cannot see, for a warning.
+    pub fn unhooked_line(&self) -> Option<String> {
+        (!self.unhooked.is_empty()).then(|| {
+            self.unhooked
+                .iter()
+                .map(|u| format!("pid {} ({}) on port {}", u.pid, u.command, u.port))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+    }
+}

@@ -1,0 +1,417 @@
+//! `--tls`: HTTPS captured as plaintext at OpenSSL's libssl with uprobes, no keys. nginx
+//! serves TLS with a certificate from a test CA in one namespace; curl and wrk call it from
+//! another. Both ends run on this kernel, so the same capture sees nginx's SSL calls
+//! (server side) and curl's and wrk's (client side). nginx's access log is the ground truth.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use tests::capture::{CaptureRun, Inspected, inspect, parse_inspected};
+use tests::netns::Topology;
+use tests::nginx::{AccessLogEntry, Nginx};
+use tests::pki::{make_ca, make_server_cert};
+use tests::{capture_bin, multiset, run_ok};
+
+/// A test CA and a server certificate for the topology's server address, in `pki`.
+fn pki_for(topo: &Topology, pki: &Path) -> Result<(String, String, String)> {
+    make_ca(pki, "ca")?;
+    make_server_cert(
+        pki,
+        "ca",
+        &format!("IP:{}", topo.server_ip),
+        "server",
+        "0x2001",
+    )?;
+    let s = |p: &str| pki.join(p).to_string_lossy().to_string();
+    Ok((s("ca.crt"), s("server.crt"), s("server.key")))
+}
+
+fn nginx_tls(topo: &Topology, pki: &Path, ports: &[u16]) -> Result<Nginx> {
+    Nginx::start_tls(
+        &topo.server_ns,
+        ports,
+        &pki.join("server.crt"),
+        &pki.join("server.key"),
+        false,
+    )
+}
+
+fn url(topo: &Topology, port: u16, path: &str) -> String {
+    format!("https://{}:{port}{path}", topo.server_ip)
+}
+
+fn curl(topo: &Topology, ca: &str, args: &[&str]) -> Result<()> {
+    run_ok(
+        topo.client("curl")
+            .args(["-sS", "-o", "/dev/null", "--cacert", ca])
+            .args(args),
+    )?;
+    Ok(())
+}
+
+fn wrk(topo: &Topology, port: u16, seconds: u32, script: &Path) -> Result<()> {
+    run_ok(
+        topo.client("wrk")
+            .args(["-t2", "-c16", &format!("-d{seconds}s"), "-s"])
+            .arg(script)
+            .arg(url(topo, port, "/")),
+    )?;
+    Ok(())
+}
+
+fn requests_of(messages: &[Inspected]) -> Vec<(String, String)> {
+    messages.iter().filter_map(|m| m.request.clone()).collect()
+}
+
+fn logged(log: &[AccessLogEntry]) -> Vec<(String, String)> {
+    log.iter()
+        .map(|e| (e.method.clone(), e.uri.clone()))
+        .collect()
+}
+
+/// Every request has a response that answers it (and a 100 Continue before it, when the
+/// client asked for one), but for at most `in_flight` (wrk's requests cut off when it
+/// stops: nginx logs them, but the answer never got through), and every response answers
+/// a request.
+fn assert_paired(messages: &[Inspected], in_flight: usize) -> Result<()> {
+    let requests: Vec<u64> = messages
+        .iter()
+        .filter(|m| m.request.is_some())
+        .map(|m| m.id)
+        .collect();
+    let answered = multiset(messages.iter().filter_map(|m| m.answers));
+    let unanswered: Vec<&u64> = requests
+        .iter()
+        .filter(|id| !answered.contains_key(id))
+        .collect();
+    ensure!(
+        unanswered.len() <= in_flight,
+        "requests not answered: {unanswered:?}"
+    );
+    ensure!(
+        answered.len() + unanswered.len() == requests.len(),
+        "responses to unknown requests"
+    );
+    Ok(())
+}
+
+/// `capture messages --tls --tls-side SIDE --port PORT` while `traffic` runs; the printed
+/// messages and the counters.
+fn messages_during(
+    topo: &Topology,
+    side: &str,
+    port: u16,
+    traffic: impl FnOnce() -> Result<()>,
+) -> Result<(Vec<Inspected>, Vec<String>)> {
+    let port_arg = port.to_string();
+    let run = CaptureRun::start(
+        &topo.client_ns,
+        &[
+            "messages",
+            "--tls",
+            "--tls-side",
+            side,
+            "--port",
+            &port_arg,
+            "--ring-size",
+            "64MiB",
+        ],
+    )?;
+    traffic()?;
+    std::thread::sleep(Duration::from_millis(500));
+    let out = run.stop(libc::SIGINT)?;
+    ensure!(out.status.success(), "{}", out.stderr.join("\n"));
+    let messages = out
+        .stdout
+        .iter()
+        .map(|l| parse_inspected(l))
+        .collect::<Result<Vec<_>>>()?;
+    let untagged: Vec<&String> = out.stdout.iter().filter(|l| !l.ends_with(" tls")).collect();
+    ensure!(
+        untagged.is_empty(),
+        "every message says tls: {:?}",
+        &untagged[..untagged.len().min(5)]
+    );
+    Ok((messages, out.stderr))
+}
+
+#[test]
+fn server_side_and_client_side_capture_each_equal_nginxs_access_log() -> Result<()> {
+    const PORT: u16 = 8443;
+    let topo = Topology::new("tlsm")?;
+    let pki = tempfile::tempdir()?;
+    let (ca, ..) = pki_for(&topo, pki.path())?;
+    let nginx = nginx_tls(&topo, pki.path(), &[PORT])?;
+    let work = tempfile::tempdir()?;
+    let script = work.path().join("unique.lua");
+    std::fs::write(&script, tests::WRK_UNIQUE_URIS_SCRIPT)?;
+
+    for side in ["server", "client"] {
+        let before = nginx.access_log()?.len();
+        let (messages, stderr) = messages_during(&topo, side, PORT, || {
+            // Several requests on one keep-alive connection, then a POST, then wrk.
+            let mut args = vec![];
+            let urls: Vec<String> = (0..4)
+                .map(|i| url(&topo, PORT, &format!("/index.html?{side}={i}")))
+                .collect();
+            for u in &urls {
+                args.extend(["-o", "/dev/null", u.as_str()]);
+            }
+            curl(&topo, &ca, &args)?;
+            curl(
+                &topo,
+                &ca,
+                &[
+                    "--data-binary",
+                    "posted",
+                    &url(&topo, PORT, &format!("/upload?{side}")),
+                ],
+            )?;
+            wrk(&topo, PORT, 5, &script)
+        })?;
+        let log = nginx.access_log()?;
+        let log = &log[before..];
+        ensure!(log.len() > 1000, "wrk ran: {} requests", log.len());
+        assert_eq!(
+            multiset(requests_of(&messages)),
+            multiset(logged(log)),
+            "{side} side: {}",
+            stderr.join("\n")
+        );
+        assert_paired(&messages, 16)?;
+        let all = stderr.join("\n");
+        ensure!(all.contains("tls_calls_captured="), "{all}");
+        for lost in [
+            "tls_dropped_ring_full=0",
+            "tls_unresolved_fd=0",
+            "tls_discarded_calls=0",
+        ] {
+            ensure!(all.contains(lost), "{side}: {lost} expected in {all}");
+        }
+    }
+    Ok(())
+}
+
+/// `capture ARGS --data-dir DIR`, stdout.
+fn capture(args: &[&str], dir: &Path) -> Result<String> {
+    let out = run_ok(
+        Command::new(capture_bin())
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir),
+    )?;
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// Every file under `dir`, read whole.
+fn all_bytes_under(dir: &Path) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            out.extend(all_bytes_under(&path)?);
+        } else {
+            out.extend(std::fs::read(&path)?);
+        }
+    }
+    Ok(out)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn a_tls_recording_is_redacted_byte_exact_blind_to_other_ports_and_replays_to_https() -> Result<()>
+{
+    const PORT: u16 = 9443;
+    const OTHER: u16 = 9444;
+    const SECRET: &str = "Bearer s3cr3t-t0ken-never-stored";
+    let topo = Topology::new("tlsr")?;
+    let pki = tempfile::tempdir()?;
+    let (ca, ..) = pki_for(&topo, pki.path())?;
+    let data = tempfile::tempdir()?;
+    let d = data.path().display().to_string();
+    // Capture starts before nginx: the server process is one that started later.
+    let run = CaptureRun::start(
+        &topo.client_ns,
+        &[
+            "record",
+            "--tls",
+            "--tls-side",
+            "server",
+            "--port",
+            "9443",
+            "--name",
+            "tlsrec",
+            "--redact-header",
+            "Authorization",
+            "--data-dir",
+            &d,
+            "--ring-size",
+            "64MiB",
+        ],
+    )?;
+    std::thread::sleep(Duration::from_millis(300));
+    let nginx = nginx_tls(&topo, pki.path(), &[PORT, OTHER])?;
+    let auth = format!("Authorization: {SECRET}");
+    for i in 0..3 {
+        curl(
+            &topo,
+            &ca,
+            &[
+                "-H",
+                &auth,
+                &url(&topo, PORT, &format!("/index.html?a={i}")),
+            ],
+        )?;
+    }
+    let body: Vec<u8> = (0..5_000_000u32).map(|i| (i % 251) as u8).collect();
+    let body_file = data.path().join("body.bin");
+    std::fs::write(&body_file, &body)?;
+    let at_body = format!("@{}", body_file.display());
+    curl(
+        &topo,
+        &ca,
+        &["--data-binary", &at_body, &url(&topo, PORT, "/upload")],
+    )?;
+    // Another TLS port of the same nginx: not recorded.
+    for i in 0..3 {
+        curl(
+            &topo,
+            &ca,
+            &[&url(&topo, OTHER, &format!("/index.html?other={i}"))],
+        )?;
+    }
+    let stderr = run.stop_ok()?;
+    ensure!(stderr.contains("tls:"), "{stderr}");
+
+    let log = nginx.access_log()?;
+    let on_port: Vec<AccessLogEntry> = log
+        .iter()
+        .filter(|e| !e.uri.contains("other="))
+        .cloned()
+        .collect();
+    assert_eq!(log.len(), 7);
+    let recorded = inspect("tlsrec", data.path())?;
+    assert_eq!(multiset(requests_of(&recorded)), multiset(logged(&on_port)));
+    assert_paired(&recorded, 0)?;
+    ensure!(
+        recorded
+            .iter()
+            .all(|m| m.request.as_ref().is_none_or(|r| !r.1.contains("other=")))
+    );
+    let show = capture(&["recordings", "show", "tlsrec", "--json"], data.path())?;
+    ensure!(
+        show.contains("live tls (server side)") && show.contains("headers redacted: authorization"),
+        "{show}"
+    );
+
+    // Redacted before storage: the marker is there, no byte run of the token anywhere.
+    let gor = data.path().join("tlsrec.gor");
+    capture(
+        &["export", "tlsrec", "--gor", &gor.to_string_lossy()],
+        data.path(),
+    )?;
+    let exported = std::fs::read(&gor)?;
+    ensure!(contains(&exported, b"Authorization: [redacted]"));
+    std::fs::remove_file(&gor)?;
+    let stored = all_bytes_under(data.path())?;
+    ensure!(
+        !contains(&stored, b"s3cr3t-t0ken"),
+        "the token reached the data dir"
+    );
+
+    // The 5 MB body byte for byte.
+    capture(
+        &["export", "tlsrec", "--gor", &gor.to_string_lossy()],
+        data.path(),
+    )?;
+    let file = std::fs::read(&gor)?;
+    let after = tests::bytes_after_head(&file, b"POST /upload HTTP/1.1")?;
+    assert_eq!(&after[..body.len()], &body[..]);
+    assert_eq!(
+        &after[body.len()..body.len() + 1],
+        b"\n",
+        "body longer than sent"
+    );
+
+    // Replayed to the HTTPS nginx, verified by the CA: the access log equals the recording.
+    let before = nginx.access_log()?.len();
+    let out = run_ok(
+        topo.client(&capture_bin().to_string_lossy())
+            .args([
+                "replay",
+                "tlsrec",
+                "--target",
+                &url(&topo, PORT, ""),
+                "--ca-file",
+                &ca,
+            ])
+            .args(["--quiet", "--data-dir", &d]),
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let log = nginx.access_log()?;
+    let replayed = &log[before..];
+    assert_eq!(
+        multiset(replayed.iter().map(|e| (
+            e.method.clone(),
+            e.uri.clone(),
+            e.content_length.clone()
+        ))),
+        multiset(on_port.iter().map(|e| (
+            e.method.clone(),
+            e.uri.clone(),
+            e.content_length.clone()
+        ))),
+        "{text}"
+    );
+    ensure!(replayed.iter().all(|e| e.status == 200), "{replayed:?}");
+    Ok(())
+}
+
+/// The capture's uprobes and tracepoints, as the kernel lists them: perf_event links
+/// running one of its programs.
+fn perf_links_of(objects: &tests::capture::BpfObjects) -> Result<usize> {
+    let out = run_ok(Command::new("bpftool").args(["link", "show", "-j"]))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .split('}')
+        .filter(|link| link.contains("\"type\":\"perf_event\""))
+        .filter(|link| {
+            objects
+                .prog_ids
+                .iter()
+                .any(|id| link.contains(&format!("\"prog_id\":{id}")))
+        })
+        .count())
+}
+
+#[test]
+fn stopping_by_ctrl_c_sigterm_or_sigkill_leaves_no_probe_attached() -> Result<()> {
+    let topo = Topology::new("tlsk")?;
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGKILL] {
+        let run = CaptureRun::start(&topo.client_ns, &["messages", "--tls", "--port", "7443"])?;
+        let objects = run.bpf_objects()?;
+        // Per library: 5 entry and 5 return probes, SSL_set_fd and SSL_free; 8 syscalls.
+        let links = perf_links_of(&objects)?;
+        ensure!(links >= 12 + 8, "{links} perf_event links while running");
+        let out = run.stop(signal)?;
+        if signal != libc::SIGKILL {
+            ensure!(out.status.success(), "{}", out.stderr.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let alive = objects.still_alive()?;
+        ensure!(
+            alive.is_empty(),
+            "after signal {signal}, left behind: {alive:?}"
+        );
+        ensure!(
+            perf_links_of(&objects)? == 0,
+            "after signal {signal}: probes left"
+        );
+    }
+    Ok(())
+}
