@@ -174,3 +174,39 @@ impl Drop for Tansu {
         }
     }
 }
+
+/// Every record of `topic` (values and headers), read back with confluent-kafka.
+const PY_DUMP: &str = r#"
+import sys
+from confluent_kafka import Consumer, TopicPartition
+bootstrap, topic = sys.argv[1], sys.argv[2]
+c = Consumer({"bootstrap.servers": bootstrap, "group.id": "dump", "enable.auto.commit": False})
+meta = c.list_topics(topic, timeout=10)
+out = sys.stdout.buffer
+for p in meta.topics[topic].partitions:
+    lo, hi = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+    if hi <= lo:
+        continue
+    c.assign([TopicPartition(topic, p, lo)])
+    seen = lo
+    while seen < hi:
+        m = c.poll(10)
+        if m is None:
+            raise SystemExit(f"timeout at partition {p} offset {seen}")
+        if m.error():
+            raise SystemExit(str(m.error()))
+        seen = m.offset() + 1
+        out.write(m.value() or b"")
+        for _, v in m.headers() or []:
+            out.write(v or b"")
+c.close()
+"#;
+
+/// Every record of `topic` (values and headers, concatenated), read with confluent-kafka from
+/// namespace `ns`: what a test greps for bytes that must never reach the topic.
+pub fn dump_topic(ns: &str, bootstrap: &str, topic: &str) -> anyhow::Result<Vec<u8>> {
+    let out = crate::run_ok(
+        crate::netns::Topology::exec(ns, "python3").args(["-c", PY_DUMP, bootstrap, topic]),
+    )?;
+    Ok(out.stdout)
+}

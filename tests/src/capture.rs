@@ -525,6 +525,17 @@ pub struct Inspected {
     pub answers: Option<u64>,
 }
 
+/// `capture ARGS --data-dir DIR` (a command on stored recordings); its stdout.
+pub fn run_with_data_dir(args: &[&str], data_dir: &std::path::Path) -> Result<String> {
+    let out = crate::run_ok(
+        std::process::Command::new(crate::capture_bin())
+            .args(args)
+            .arg("--data-dir")
+            .arg(data_dir),
+    )?;
+    Ok(String::from_utf8(out.stdout)?)
+}
+
 pub fn inspect(name: &str, data_dir: &std::path::Path) -> Result<Vec<Inspected>> {
     let out = crate::run_ok(
         std::process::Command::new(crate::capture_bin())

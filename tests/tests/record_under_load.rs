@@ -96,16 +96,7 @@ impl Bench {
     }
 }
 
-/// `capture ARGS --data-dir DIR`, stdout.
-fn capture(args: &[&str], dir: &Path) -> Result<String> {
-    let out = run_ok(
-        Command::new(capture_bin())
-            .args(args)
-            .arg("--data-dir")
-            .arg(dir),
-    )?;
-    Ok(String::from_utf8(out.stdout)?)
-}
+use tests::capture::run_with_data_dir as capture;
 
 /// The catalog entry as JSON.
 fn show(name: &str, dir: &Path) -> Result<serde_json::Value> {

@@ -13,15 +13,7 @@ use tests::{capture_bin, multiset, run_ok, zeek_pcaps_dir};
 
 const PORT: u16 = 8080;
 
-fn capture(args: &[&str], data_dir: &Path) -> Result<String> {
-    let out = run_ok(
-        Command::new(capture_bin())
-            .args(args)
-            .arg("--data-dir")
-            .arg(data_dir),
-    )?;
-    Ok(String::from_utf8(out.stdout)?)
-}
+use tests::capture::run_with_data_dir as capture;
 
 /// (method, URI) of each request line `capture inspect` prints.
 fn inspected_requests(name: &str, data_dir: &Path) -> Result<Vec<(String, String)>> {

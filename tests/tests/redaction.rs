@@ -225,33 +225,6 @@ fn redacted_values_never_reach_the_data_dir_and_replay_sends_the_marker_or_the_s
     Ok(())
 }
 
-/// Every record of `topic` (values and headers), read back with confluent-kafka.
-const PY_DUMP: &str = r#"
-import sys
-from confluent_kafka import Consumer, TopicPartition
-bootstrap, topic = sys.argv[1], sys.argv[2]
-c = Consumer({"bootstrap.servers": bootstrap, "group.id": "dump", "enable.auto.commit": False})
-meta = c.list_topics(topic, timeout=10)
-out = sys.stdout.buffer
-for p in meta.topics[topic].partitions:
-    lo, hi = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-    if hi <= lo:
-        continue
-    c.assign([TopicPartition(topic, p, lo)])
-    seen = lo
-    while seen < hi:
-        m = c.poll(10)
-        if m is None:
-            raise SystemExit(f"timeout at partition {p} offset {seen}")
-        if m.error():
-            raise SystemExit(str(m.error()))
-        seen = m.offset() + 1
-        out.write(m.value() or b"")
-        for _, v in m.headers() or []:
-            out.write(v or b"")
-c.close()
-"#;
-
 #[test]
 fn redacted_values_never_reach_the_kafka_topic() -> Result<()> {
     let topo = Topology::new("rdck")?;
@@ -264,13 +237,11 @@ fn redacted_values_never_reach_the_kafka_topic() -> Result<()> {
     let rec = CaptureRun::record(&topo.client_ns, &topo.client_if, "sec", &extra(&store))?;
     send(&topo, &secrets)?;
     rec.stop_ok()?;
-    let out = run_ok(
-        Topology::exec(&topo.client_ns, "python3").args(["-c", PY_DUMP, &bootstrap, "secrets"]),
-    )?;
+    let dumped = tests::broker::dump_topic(&topo.client_ns, &bootstrap, "secrets")?;
     ensure!(
-        out.stdout.len() > 1000,
+        dumped.len() > 1000,
         "the topic holds the messages ({} bytes)",
-        out.stdout.len()
+        dumped.len()
     );
-    check_absent(&out.stdout, &secrets, "Kafka topic")
+    check_absent(&dumped, &secrets, "Kafka topic")
 }

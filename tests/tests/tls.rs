@@ -98,13 +98,13 @@ fn assert_paired(messages: &[Inspected], in_flight: usize) -> Result<()> {
 }
 
 /// `capture messages --tls --tls-side SIDE --port PORT` while `traffic` runs; the printed
-/// messages and the counters.
+/// messages and stderr (the counters last), with how many message lines say `http2`.
 fn messages_during(
     topo: &Topology,
     side: &str,
     port: u16,
     traffic: impl FnOnce() -> Result<()>,
-) -> Result<(Vec<Inspected>, Vec<String>)> {
+) -> Result<(Vec<Inspected>, Vec<String>, usize)> {
     let port_arg = port.to_string();
     let run = CaptureRun::start(
         &topo.client_ns,
@@ -134,7 +134,8 @@ fn messages_during(
         "every message says tls: {:?}",
         &untagged[..untagged.len().min(5)]
     );
-    Ok((messages, out.stderr))
+    let http2 = out.stdout.iter().filter(|l| l.contains(" http2 ")).count();
+    Ok((messages, out.stderr, http2))
 }
 
 #[test]
@@ -150,7 +151,7 @@ fn server_side_and_client_side_capture_each_equal_nginxs_access_log() -> Result<
 
     for side in ["server", "client"] {
         let before = nginx.access_log()?.len();
-        let (messages, stderr) = messages_during(&topo, side, PORT, || {
+        let (messages, stderr, _) = messages_during(&topo, side, PORT, || {
             // Several requests on one keep-alive connection, then a POST, then wrk.
             let mut args = vec![];
             let urls: Vec<String> = (0..4)
@@ -194,16 +195,7 @@ fn server_side_and_client_side_capture_each_equal_nginxs_access_log() -> Result<
     Ok(())
 }
 
-/// `capture ARGS --data-dir DIR`, stdout.
-fn capture(args: &[&str], dir: &Path) -> Result<String> {
-    let out = run_ok(
-        Command::new(capture_bin())
-            .args(args)
-            .arg("--data-dir")
-            .arg(dir),
-    )?;
-    Ok(String::from_utf8(out.stdout)?)
-}
+use tests::capture::run_with_data_dir as capture;
 
 /// Every file under `dir`, read whole.
 fn all_bytes_under(dir: &Path) -> Result<Vec<u8>> {
@@ -413,5 +405,232 @@ fn stopping_by_ctrl_c_sigterm_or_sigkill_leaves_no_probe_attached() -> Result<()
             "after signal {signal}: probes left"
         );
     }
+    Ok(())
+}
+
+#[test]
+fn alpn_h2_streams_are_framed_as_http2_and_equal_the_access_log() -> Result<()> {
+    const PORT: u16 = 8445;
+    let topo = Topology::new("tlsh")?;
+    let pki = tempfile::tempdir()?;
+    let (ca, cert, key) = pki_for(&topo, pki.path())?;
+    let nginx = Nginx::start_tls(
+        &topo.server_ns,
+        &[PORT],
+        Path::new(&cert),
+        Path::new(&key),
+        true,
+    )?;
+    let (messages, stderr, http2) = messages_during(&topo, "server", PORT, || {
+        for i in 0..3 {
+            curl(
+                &topo,
+                &ca,
+                &["--http2", &url(&topo, PORT, &format!("/index.html?h2={i}"))],
+            )?;
+        }
+        run_ok(topo.client("h2load").args([
+            "-n",
+            "2000",
+            "-c",
+            "4",
+            "-m",
+            "8",
+            &url(&topo, PORT, "/index.html"),
+        ]))?;
+        Ok(())
+    })?;
+    let log = nginx.access_log()?;
+    ensure!(log.len() == 2003, "{} requests logged", log.len());
+    ensure!(
+        http2 == messages.len(),
+        "ALPN chose h2: {http2} of {} say http2",
+        messages.len()
+    );
+    assert_eq!(
+        multiset(requests_of(&messages)),
+        multiset(logged(&log)),
+        "{}",
+        stderr.join("\n")
+    );
+    assert_paired(&messages, 0)?;
+    Ok(())
+}
+
+#[test]
+fn a_library_first_mapped_after_capture_began_is_probed_and_its_calls_recorded() -> Result<()> {
+    const PORT: u16 = 8446;
+    let topo = Topology::new("tlsl")?;
+    let pki = tempfile::tempdir()?;
+    let (ca, ..) = pki_for(&topo, pki.path())?;
+    let nginx = nginx_tls(&topo, pki.path(), &[PORT])?;
+    // A libssl no process maps yet, in no library directory: only the watcher can find it,
+    // in the maps of the process that loads it.
+    let libdir = tempfile::tempdir()?;
+    let system = std::fs::canonicalize("/usr/lib/x86_64-linux-gnu/libssl.so.3")?;
+    std::fs::copy(&system, libdir.path().join("libssl.so.3"))?;
+    let port = PORT.to_string();
+    let run = CaptureRun::start(
+        &topo.client_ns,
+        &["messages", "--tls", "--tls-side", "client", "--port", &port],
+    )?;
+    // Python's ssl module loads the copy; it waits for the watcher, then makes requests on
+    // one keep-alive connection.
+    let script = format!(
+        "import http.client, ssl, time\n\
+         time.sleep(3)\n\
+         c = http.client.HTTPSConnection('{ip}', {PORT}, context=ssl.create_default_context(cafile='{ca}'))\n\
+         for i in range(5):\n    c.request('GET', f'/index.html?late={{i}}')\n    c.getresponse().read()\n",
+        ip = topo.server_ip
+    );
+    run_ok(
+        topo.client("python3")
+            .env("LD_LIBRARY_PATH", libdir.path())
+            .args(["-c", &script]),
+    )?;
+    std::thread::sleep(Duration::from_millis(500));
+    let out = run.stop(libc::SIGINT)?;
+    let stderr = out.stderr.join("\n");
+    ensure!(out.status.success(), "{stderr}");
+    let copy = libdir.path().join("libssl.so.3").display().to_string();
+    ensure!(stderr.contains(&copy), "the copy was probed: {stderr}");
+    let messages = out
+        .stdout
+        .iter()
+        .map(|l| parse_inspected(l))
+        .collect::<Result<Vec<_>>>()?;
+    let log = nginx.access_log()?;
+    assert_eq!(log.len(), 5);
+    assert_eq!(
+        multiset(requests_of(&messages)),
+        multiset(logged(&log)),
+        "{stderr}"
+    );
+    assert_paired(&messages, 0)?;
+    Ok(())
+}
+
+#[test]
+fn a_redacted_tls_recording_keeps_the_token_out_of_the_kafka_topic() -> Result<()> {
+    const PORT: u16 = 8447;
+    const TOKEN: &str = "k4fka-t0ken-never-stored";
+    let topo = Topology::new("tlsk2")?;
+    let pki = tempfile::tempdir()?;
+    let (ca, ..) = pki_for(&topo, pki.path())?;
+    let nginx = nginx_tls(&topo, pki.path(), &[PORT])?;
+    let broker = tests::broker::Tansu::start_in(&topo.client_ns)?;
+    let bootstrap = broker.bootstrap();
+    let port = PORT.to_string();
+    let run = CaptureRun::start(
+        &topo.client_ns,
+        &[
+            "record",
+            "--tls",
+            "--tls-side",
+            "server",
+            "--port",
+            &port,
+            "--name",
+            "ktls",
+            "--redact-header",
+            "Authorization",
+            "--kafka",
+            &bootstrap,
+            "--topic",
+            "tlssecrets",
+        ],
+    )?;
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    for i in 0..4 {
+        curl(
+            &topo,
+            &ca,
+            &[
+                "-H",
+                &auth,
+                &url(&topo, PORT, &format!("/index.html?k={i}")),
+            ],
+        )?;
+    }
+    run.stop_ok()?;
+    assert_eq!(nginx.access_log()?.len(), 4);
+    let dumped = tests::broker::dump_topic(&topo.client_ns, &bootstrap, "tlssecrets")?;
+    ensure!(
+        contains(&dumped, b"Authorization: [redacted]"),
+        "the marker is stored"
+    );
+    ensure!(
+        contains(&dumped, b"/index.html?k=3"),
+        "the requests are stored"
+    );
+    ensure!(
+        !contains(&dumped, TOKEN.as_bytes()),
+        "the token reached the topic"
+    );
+    Ok(())
+}
+
+#[test]
+fn the_agent_records_tls_when_asked_and_refuses_tls_with_interfaces() -> Result<()> {
+    const PORT: u16 = 8448;
+    let topo = Topology::new("tlsa")?;
+    let pki = tempfile::tempdir()?;
+    let (ca, ..) = pki_for(&topo, pki.path())?;
+    let nginx = nginx_tls(&topo, pki.path(), &[PORT])?;
+    let data = tempfile::tempdir()?;
+    let dir = data.path().display().to_string();
+    let _agent = tests::agent::start_agent(
+        &topo.client_ns,
+        "127.0.0.1:9790",
+        data.path(),
+        &["--data-dir", &dir],
+        &[],
+    )?;
+    let api = tests::agent::Api {
+        ns: &topo.client_ns,
+        base: "http://127.0.0.1:9790".to_string(),
+    };
+    let both = serde_json::json!({"name": "x", "tls": "server", "interfaces": [topo.client_if], "ports": [PORT]});
+    let (status, answer) = api.call(
+        "POST",
+        "/v1/recordings",
+        Some(&both.to_string()),
+        Some(tests::agent::TOKEN),
+    )?;
+    ensure!(
+        status == 400 && answer.to_string().contains("leave empty with tls"),
+        "{status} {answer}"
+    );
+
+    let body = serde_json::json!({"name": "agtls", "tls": "server", "ports": [PORT]});
+    let started = api.ok("POST", "/v1/recordings", Some(&body.to_string()))?;
+    assert_eq!(started["state"], "recording");
+    for i in 0..3 {
+        curl(
+            &topo,
+            &ca,
+            &[&url(&topo, PORT, &format!("/index.html?agent={i}"))],
+        )?;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = api.ok("GET", "/v1/recordings/agtls", None)?;
+        if v["live"]["messages_written"] == 6 {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "6 messages never written: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let stopped = api.ok("POST", "/v1/recordings/agtls/stop", None)?;
+    assert_eq!(stopped["state"], "complete", "{stopped}");
+    assert_eq!(stopped["messages"], 6, "{stopped}");
+    let recorded = inspect("agtls", data.path())?;
+    assert_eq!(
+        multiset(requests_of(&recorded)),
+        multiset(logged(&nginx.access_log()?))
+    );
     Ok(())
 }

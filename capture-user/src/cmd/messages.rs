@@ -130,6 +130,9 @@ async fn run_live(args: MessagesArgs) -> anyhow::Result<()> {
     let stats = tokio::task::spawn_blocking(move || live.finish())
         .await
         .context("joining the capture")??;
+    if let Some(tls) = &stats.tls {
+        eprintln!("tls libraries probed: {}", tls.libraries.join(", "));
+    }
     eprintln!("counters: {}", stats.to_line());
     Ok(())
 }

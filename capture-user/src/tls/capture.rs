@@ -43,7 +43,10 @@ struct Shared {
 pub struct TlsCapture<M> {
     probes: Arc<Mutex<Option<TlsProbes>>>,
     counters: PerCpuArray<MapData, u64>,
-    stop: Arc<AtomicBool>,
+    /// Stops the watcher (first), then the reader (once the probes are detached, so its last
+    /// drain sees everything the probes wrote).
+    stop_watching: Arc<AtomicBool>,
+    stop_reading: Arc<AtomicBool>,
     reader: Option<JoinHandle<Framer<M>>>,
     watcher: Option<JoinHandle<()>>,
     shared: Arc<Shared>,
@@ -101,18 +104,19 @@ impl<M: MessageSink> TlsCapture<M> {
         let counters = probes.take_counters()?;
         let framer = Framer::single(config, sink);
         let published = framer.published();
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop_watching = Arc::new(AtomicBool::new(false));
+        let stop_reading = Arc::new(AtomicBool::new(false));
         let probes = Arc::new(Mutex::new(Some(probes)));
         let streams = TlsStreams::new(TlsStreamConfig::default(), config.ports.clone());
         let reader = {
-            let (stop, shared) = (stop.clone(), shared.clone());
+            let (stop, shared) = (stop_reading.clone(), shared.clone());
             std::thread::Builder::new()
                 .name("capture-tls".into())
                 .spawn(move || read_ring(ring, streams, framer, &stop, &shared))
                 .map_err(|e| TlsError::Load(format!("starting the TLS reader thread: {e}")))?
         };
         let watcher = {
-            let (stop, shared, probes) = (stop.clone(), shared.clone(), probes.clone());
+            let (stop, shared, probes) = (stop_watching.clone(), shared.clone(), probes.clone());
             std::thread::Builder::new()
                 .name("capture-tls-watch".into())
                 .spawn(move || watch_processes(&probes, &stop, &shared, with_tls))
@@ -121,7 +125,8 @@ impl<M: MessageSink> TlsCapture<M> {
         Ok(Self {
             probes,
             counters,
-            stop,
+            stop_watching,
+            stop_reading,
             reader: Some(reader),
             watcher: Some(watcher),
             shared,
@@ -149,12 +154,7 @@ impl<M: MessageSink> TlsCapture<M> {
     /// Detaches every probe, frames what is still in the ring, closes open streams and hands
     /// the last messages on. Blocks until the threads ended.
     pub fn finish(mut self) -> anyhow::Result<(TlsStats, PipelineStats)> {
-        self.stop.store(true, Ordering::Release);
-        if let Some(watcher) = self.watcher.take() {
-            let _ = watcher.join();
-        }
-        // Detach before the last drain, so nothing new arrives.
-        *lock(&self.probes) = None;
+        self.detach();
         let framer = self
             .reader
             .take()
@@ -166,13 +166,22 @@ impl<M: MessageSink> TlsCapture<M> {
     }
 }
 
-impl<M> Drop for TlsCapture<M> {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        *lock(&self.probes) = None;
+impl<M> TlsCapture<M> {
+    /// Stops the watcher and detaches every probe, then tells the reader to drain what the
+    /// probes wrote and end.
+    fn detach(&mut self) {
+        self.stop_watching.store(true, Ordering::Release);
         if let Some(watcher) = self.watcher.take() {
             let _ = watcher.join();
         }
+        *lock(&self.probes) = None;
+        self.stop_reading.store(true, Ordering::Release);
+    }
+}
+
+impl<M> Drop for TlsCapture<M> {
+    fn drop(&mut self) {
+        self.detach();
         if let Some(reader) = self.reader.take() {
             let _ = reader.join();
         }

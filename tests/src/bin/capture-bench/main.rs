@@ -14,6 +14,8 @@
 //! - overhead: what recording costs the node next to nginx under wrk, row by row (no
 //!   capture, `packets`, `messages`, `record` with TC, XDP and `--threads 2`, tcpdump), as a
 //!   Markdown table for the README; `--repeat N` prints N tables (about 2 minutes each).
+//! - tls: `--tls` (server side) under wrk over HTTPS next to clear-text capture of the same
+//!   load over HTTP, three paired rounds (not part of `all`).
 
 mod drain;
 mod ebpf;
@@ -21,6 +23,7 @@ mod measure;
 mod overhead;
 mod replay;
 mod store;
+mod tls;
 
 use std::time::Duration;
 
@@ -64,6 +67,8 @@ enum Which {
     /// paired rounds).
     ReplayH2,
     Overhead,
+    /// `--tls` next to clear-text capture, three paired rounds.
+    Tls,
 }
 
 fn main() -> Result<()> {
@@ -92,5 +97,6 @@ fn main() -> Result<()> {
         Which::ReplayDiff => replay::diff_cost(),
         Which::ReplayH2 => replay::h2_rates(),
         Which::Overhead => overhead(),
+        Which::Tls => tls::tls_cost(),
     }
 }
