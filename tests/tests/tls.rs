@@ -14,28 +14,47 @@ use tests::nginx::{AccessLogEntry, Nginx};
 use tests::pki::{make_ca, make_server_cert};
 use tests::{capture_bin, multiset, run_ok};
 
-/// A test CA and a server certificate for the topology's server address, in `pki`.
-fn pki_for(topo: &Topology, pki: &Path) -> Result<(String, String, String)> {
-    make_ca(pki, "ca")?;
-    make_server_cert(
-        pki,
-        "ca",
-        &format!("IP:{}", topo.server_ip),
-        "server",
-        "0x2001",
-    )?;
-    let s = |p: &str| pki.join(p).to_string_lossy().to_string();
-    Ok((s("ca.crt"), s("server.crt"), s("server.key")))
+/// A test CA and a server certificate for the topology's server address.
+struct Pki {
+    dir: tempfile::TempDir,
+    /// The CA certificate's path, for `--cacert` and `--ca-file`.
+    ca: String,
 }
 
-fn nginx_tls(topo: &Topology, pki: &Path, ports: &[u16]) -> Result<Nginx> {
-    Nginx::start_tls(
-        &topo.server_ns,
-        ports,
-        &pki.join("server.crt"),
-        &pki.join("server.key"),
-        false,
-    )
+impl Pki {
+    fn new(topo: &Topology) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        make_ca(dir.path(), "ca")?;
+        make_server_cert(
+            dir.path(),
+            "ca",
+            &format!("IP:{}", topo.server_ip),
+            "server",
+            "0x2001",
+        )?;
+        let ca = dir.path().join("ca.crt").to_string_lossy().to_string();
+        Ok(Self { dir, ca })
+    }
+
+    /// nginx serving TLS on `ports` in the server namespace (HTTP/2 by ALPN too with `h2`).
+    fn nginx(&self, topo: &Topology, ports: &[u16], h2: bool) -> Result<Nginx> {
+        let d = self.dir.path();
+        Nginx::start_tls(
+            &topo.server_ns,
+            ports,
+            &d.join("server.crt"),
+            &d.join("server.key"),
+            h2,
+        )
+    }
+}
+
+/// A topology, its CA and nginx serving TLS on `ports`.
+fn tls_peers(tag: &str, ports: &[u16], h2: bool) -> Result<(Topology, Pki, Nginx)> {
+    let topo = Topology::new(tag)?;
+    let pki = Pki::new(&topo)?;
+    let nginx = pki.nginx(&topo, ports, h2)?;
+    Ok((topo, pki, nginx))
 }
 
 fn url(topo: &Topology, port: u16, path: &str) -> String {
@@ -141,10 +160,8 @@ fn messages_during(
 #[test]
 fn server_side_and_client_side_capture_each_equal_nginxs_access_log() -> Result<()> {
     const PORT: u16 = 8443;
-    let topo = Topology::new("tlsm")?;
-    let pki = tempfile::tempdir()?;
-    let (ca, ..) = pki_for(&topo, pki.path())?;
-    let nginx = nginx_tls(&topo, pki.path(), &[PORT])?;
+    let (topo, pki, nginx) = tls_peers("tlsm", &[PORT], false)?;
+    let ca = &pki.ca;
     let work = tempfile::tempdir()?;
     let script = work.path().join("unique.lua");
     std::fs::write(&script, tests::WRK_UNIQUE_URIS_SCRIPT)?;
@@ -160,10 +177,10 @@ fn server_side_and_client_side_capture_each_equal_nginxs_access_log() -> Result<
             for u in &urls {
                 args.extend(["-o", "/dev/null", u.as_str()]);
             }
-            curl(&topo, &ca, &args)?;
+            curl(&topo, ca, &args)?;
             curl(
                 &topo,
-                &ca,
+                ca,
                 &[
                     "--data-binary",
                     "posted",
@@ -222,8 +239,8 @@ fn a_tls_recording_is_redacted_byte_exact_blind_to_other_ports_and_replays_to_ht
     const OTHER: u16 = 9444;
     const SECRET: &str = "Bearer s3cr3t-t0ken-never-stored";
     let topo = Topology::new("tlsr")?;
-    let pki = tempfile::tempdir()?;
-    let (ca, ..) = pki_for(&topo, pki.path())?;
+    let pki = Pki::new(&topo)?;
+    let ca = &pki.ca;
     let data = tempfile::tempdir()?;
     let d = data.path().display().to_string();
     // Capture starts before nginx: the server process is one that started later.
@@ -247,12 +264,12 @@ fn a_tls_recording_is_redacted_byte_exact_blind_to_other_ports_and_replays_to_ht
         ],
     )?;
     std::thread::sleep(Duration::from_millis(300));
-    let nginx = nginx_tls(&topo, pki.path(), &[PORT, OTHER])?;
+    let nginx = pki.nginx(&topo, &[PORT, OTHER], false)?;
     let auth = format!("Authorization: {SECRET}");
     for i in 0..3 {
         curl(
             &topo,
-            &ca,
+            ca,
             &[
                 "-H",
                 &auth,
@@ -266,14 +283,14 @@ fn a_tls_recording_is_redacted_byte_exact_blind_to_other_ports_and_replays_to_ht
     let at_body = format!("@{}", body_file.display());
     curl(
         &topo,
-        &ca,
+        ca,
         &["--data-binary", &at_body, &url(&topo, PORT, "/upload")],
     )?;
     // Another TLS port of the same nginx: not recorded.
     for i in 0..3 {
         curl(
             &topo,
-            &ca,
+            ca,
             &[&url(&topo, OTHER, &format!("/index.html?other={i}"))],
         )?;
     }
@@ -340,7 +357,7 @@ fn a_tls_recording_is_redacted_byte_exact_blind_to_other_ports_and_replays_to_ht
                 "--target",
                 &url(&topo, PORT, ""),
                 "--ca-file",
-                &ca,
+                ca,
             ])
             .args(["--quiet", "--data-dir", &d]),
     )?;
@@ -411,21 +428,13 @@ fn stopping_by_ctrl_c_sigterm_or_sigkill_leaves_no_probe_attached() -> Result<()
 #[test]
 fn alpn_h2_streams_are_framed_as_http2_and_equal_the_access_log() -> Result<()> {
     const PORT: u16 = 8445;
-    let topo = Topology::new("tlsh")?;
-    let pki = tempfile::tempdir()?;
-    let (ca, cert, key) = pki_for(&topo, pki.path())?;
-    let nginx = Nginx::start_tls(
-        &topo.server_ns,
-        &[PORT],
-        Path::new(&cert),
-        Path::new(&key),
-        true,
-    )?;
+    let (topo, pki, nginx) = tls_peers("tlsh", &[PORT], true)?;
+    let ca = &pki.ca;
     let (messages, stderr, http2) = messages_during(&topo, "server", PORT, || {
         for i in 0..3 {
             curl(
                 &topo,
-                &ca,
+                ca,
                 &["--http2", &url(&topo, PORT, &format!("/index.html?h2={i}"))],
             )?;
         }
@@ -460,10 +469,8 @@ fn alpn_h2_streams_are_framed_as_http2_and_equal_the_access_log() -> Result<()> 
 #[test]
 fn a_library_first_mapped_after_capture_began_is_probed_and_its_calls_recorded() -> Result<()> {
     const PORT: u16 = 8446;
-    let topo = Topology::new("tlsl")?;
-    let pki = tempfile::tempdir()?;
-    let (ca, ..) = pki_for(&topo, pki.path())?;
-    let nginx = nginx_tls(&topo, pki.path(), &[PORT])?;
+    let (topo, pki, nginx) = tls_peers("tlsl", &[PORT], false)?;
+    let ca = &pki.ca;
     // A libssl no process maps yet, in no library directory: only the watcher can find it,
     // in the maps of the process that loads it.
     let libdir = tempfile::tempdir()?;
@@ -514,10 +521,8 @@ fn a_library_first_mapped_after_capture_began_is_probed_and_its_calls_recorded()
 fn a_redacted_tls_recording_keeps_the_token_out_of_the_kafka_topic() -> Result<()> {
     const PORT: u16 = 8447;
     const TOKEN: &str = "k4fka-t0ken-never-stored";
-    let topo = Topology::new("tlsk2")?;
-    let pki = tempfile::tempdir()?;
-    let (ca, ..) = pki_for(&topo, pki.path())?;
-    let nginx = nginx_tls(&topo, pki.path(), &[PORT])?;
+    let (topo, pki, nginx) = tls_peers("tlsk2", &[PORT], false)?;
+    let ca = &pki.ca;
     let broker = tests::broker::Tansu::start_in(&topo.client_ns)?;
     let bootstrap = broker.bootstrap();
     let port = PORT.to_string();
@@ -544,7 +549,7 @@ fn a_redacted_tls_recording_keeps_the_token_out_of_the_kafka_topic() -> Result<(
     for i in 0..4 {
         curl(
             &topo,
-            &ca,
+            ca,
             &[
                 "-H",
                 &auth,
@@ -573,10 +578,8 @@ fn a_redacted_tls_recording_keeps_the_token_out_of_the_kafka_topic() -> Result<(
 #[test]
 fn the_agent_records_tls_when_asked_and_refuses_tls_with_interfaces() -> Result<()> {
     const PORT: u16 = 8448;
-    let topo = Topology::new("tlsa")?;
-    let pki = tempfile::tempdir()?;
-    let (ca, ..) = pki_for(&topo, pki.path())?;
-    let nginx = nginx_tls(&topo, pki.path(), &[PORT])?;
+    let (topo, pki, nginx) = tls_peers("tlsa", &[PORT], false)?;
+    let ca = &pki.ca;
     let data = tempfile::tempdir()?;
     let dir = data.path().display().to_string();
     let _agent = tests::agent::start_agent(
@@ -608,7 +611,7 @@ fn the_agent_records_tls_when_asked_and_refuses_tls_with_interfaces() -> Result<
     for i in 0..3 {
         curl(
             &topo,
-            &ca,
+            ca,
             &[&url(&topo, PORT, &format!("/index.html?agent={i}"))],
         )?;
     }
