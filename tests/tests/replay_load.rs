@@ -346,7 +346,9 @@ fn short_connections_sample_whole_and_stably_and_copies_keep_counts_exact_with_s
         per_conn.len() as u64,
         json_count(&summary["sample"], "units_kept")
     );
-    assert!((14..=26).contains(&per_conn.len()), "{summary}");
+    // Binomial(200, 10 %): mean 20, sd 4.2; the recorded connections differ from run to run,
+    // so the bound is about 3 sd wide (14..=26 failed one clean CI run in six with 27).
+    assert!((8..=33).contains(&per_conn.len()), "{summary}");
 
     // A GoReplay file records no connections: its requests are the unit.
     let gor = data.path().join("five-hundred.gor");

@@ -637,3 +637,39 @@ fn the_agent_records_tls_when_asked_and_refuses_tls_with_interfaces() -> Result<
     );
     Ok(())
 }
+
+#[test]
+fn a_server_on_the_port_without_libssl_is_named_as_not_captured() -> Result<()> {
+    let topo = Topology::new("tlsu")?;
+    // A listener that maps no libssl, as a Go or Envoy server with TLS linked in would be.
+    let mut listener = topo
+        .server("python3")
+        .args([
+            "-c",
+            "import socket, time\n\
+             s = socket.socket(); s.bind(('0.0.0.0', 7444)); s.listen()\n\
+             print('listening', flush=True); time.sleep(60)",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    let stdout = listener
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+    let run = CaptureRun::start(&topo.client_ns, &["messages", "--tls", "--port", "7444"]);
+    let out = run.and_then(|r| r.stop(libc::SIGINT));
+    let _ = listener.kill();
+    let _ = listener.wait();
+    let out = out?;
+    let stderr = out.stderr.join("\n");
+    ensure!(out.status.success(), "{stderr}");
+    let pid = listener.id();
+    ensure!(
+        stderr.contains(&format!("pid {pid} (python3) on port 7444"))
+            && stderr.contains("not captured"),
+        "{stderr}"
+    );
+    Ok(())
+}
