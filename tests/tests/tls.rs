@@ -169,7 +169,7 @@ fn server_side_and_client_side_capture_each_equal_nginxs_access_log() -> Result<
     for side in ["server", "client"] {
         let before = nginx.access_log()?.len();
         let (messages, stderr, _) = messages_during(&topo, side, PORT, || {
-            // Several requests on one keep-alive connection, then a POST, then wrk.
+            // Several requests on one keep-alive connection, then a POST, then wrk (-c16, 10 s, unique URIs).
             let mut args = vec![];
             let urls: Vec<String> = (0..4)
                 .map(|i| url(&topo, PORT, &format!("/index.html?{side}={i}")))
@@ -187,7 +187,7 @@ fn server_side_and_client_side_capture_each_equal_nginxs_access_log() -> Result<
                     &url(&topo, PORT, &format!("/upload?{side}")),
                 ],
             )?;
-            wrk(&topo, PORT, 5, &script)
+            wrk(&topo, PORT, 10, &script)
         })?;
         let log = nginx.access_log()?;
         let log = &log[before..];
