@@ -467,15 +467,19 @@ fn alpn_h2_streams_are_framed_as_http2_and_equal_the_access_log() -> Result<()> 
 }
 
 #[test]
-fn a_library_first_mapped_after_capture_began_is_probed_and_its_calls_recorded() -> Result<()> {
+fn a_library_in_a_containers_filesystem_mapped_after_capture_began_is_probed_and_recorded()
+-> Result<()> {
     const PORT: u16 = 8446;
     let (topo, pki, nginx) = tls_peers("tlsl", &[PORT], false)?;
     let ca = &pki.ca;
-    // A libssl no process maps yet, in no library directory: only the watcher can find it,
-    // in the maps of the process that loads it.
-    let libdir = tempfile::tempdir()?;
+    // A libssl that no process maps yet, in no library directory, and at a path that exists
+    // only in the client's own mount namespace (as in a container's image): the watcher
+    // finds it in that process's maps and opens it through /proc/PID/root.
+    let copy = tempfile::tempdir()?;
     let system = std::fs::canonicalize("/usr/lib/x86_64-linux-gnu/libssl.so.3")?;
-    std::fs::copy(&system, libdir.path().join("libssl.so.3"))?;
+    std::fs::copy(&system, copy.path().join("libssl.so.3"))?;
+    let mountpoint = tempfile::tempdir()?;
+    let inside = mountpoint.path().display().to_string();
     let port = PORT.to_string();
     let run = CaptureRun::start(
         &topo.client_ns,
@@ -490,17 +494,29 @@ fn a_library_first_mapped_after_capture_began_is_probed_and_its_calls_recorded()
          for i in range(5):\n    c.request('GET', f'/index.html?late={{i}}')\n    c.getresponse().read()\n",
         ip = topo.server_ip
     );
+    let shell = format!(
+        "mount --bind {} {inside} && LD_LIBRARY_PATH={inside} exec python3 -c \"$0\"",
+        copy.path().display()
+    );
     run_ok(
-        topo.client("python3")
-            .env("LD_LIBRARY_PATH", libdir.path())
-            .args(["-c", &script]),
+        topo.client("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &shell])
+            .arg(&script),
     )?;
     std::thread::sleep(Duration::from_millis(500));
     let out = run.stop(libc::SIGINT)?;
     let stderr = out.stderr.join("\n");
     ensure!(out.status.success(), "{stderr}");
-    let copy = libdir.path().join("libssl.so.3").display().to_string();
-    ensure!(stderr.contains(&copy), "the copy was probed: {stderr}");
+    let probed = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("tls libraries probed: "))
+        .unwrap_or_default();
+    ensure!(
+        probed
+            .split(", ")
+            .any(|p| p.starts_with("/proc/") && p.ends_with(&format!("/root{inside}/libssl.so.3"))),
+        "the copy was probed through its process's root: {stderr}"
+    );
     let messages = out
         .stdout
         .iter()
