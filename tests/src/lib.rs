@@ -125,6 +125,7 @@ pub mod pki;
 pub mod process;
 pub mod replay;
 pub mod synth;
+pub mod tls;
 
 /// The bytes after the head of the first message in `file` that starts with `request_line`
 /// (e.g. a request's body inside a GoReplay export), up to the end of the file.

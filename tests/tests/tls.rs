@@ -8,67 +8,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use tests::capture::{CaptureRun, Inspected, inspect, parse_inspected};
+use tests::capture::{CaptureRun, inspect};
 use tests::netns::Topology;
-use tests::nginx::{AccessLogEntry, Nginx};
-use tests::pki::{make_ca, make_server_cert};
+use tests::nginx::AccessLogEntry;
+use tests::tls::{Pki, assert_paired, curl, logged, messages_during, requests_of, tls_peers, url};
 use tests::{capture_bin, multiset, run_ok};
-
-/// A test CA and a server certificate for the topology's server address.
-struct Pki {
-    dir: tempfile::TempDir,
-    /// The CA certificate's path, for `--cacert` and `--ca-file`.
-    ca: String,
-}
-
-impl Pki {
-    fn new(topo: &Topology) -> Result<Self> {
-        let dir = tempfile::tempdir()?;
-        make_ca(dir.path(), "ca")?;
-        make_server_cert(
-            dir.path(),
-            "ca",
-            &format!("IP:{}", topo.server_ip),
-            "server",
-            "0x2001",
-        )?;
-        let ca = dir.path().join("ca.crt").to_string_lossy().to_string();
-        Ok(Self { dir, ca })
-    }
-
-    /// nginx serving TLS on `ports` in the server namespace (HTTP/2 by ALPN too with `h2`).
-    fn nginx(&self, topo: &Topology, ports: &[u16], h2: bool) -> Result<Nginx> {
-        let d = self.dir.path();
-        Nginx::start_tls(
-            &topo.server_ns,
-            ports,
-            &d.join("server.crt"),
-            &d.join("server.key"),
-            h2,
-        )
-    }
-}
-
-/// A topology, its CA and nginx serving TLS on `ports`.
-fn tls_peers(tag: &str, ports: &[u16], h2: bool) -> Result<(Topology, Pki, Nginx)> {
-    let topo = Topology::new(tag)?;
-    let pki = Pki::new(&topo)?;
-    let nginx = pki.nginx(&topo, ports, h2)?;
-    Ok((topo, pki, nginx))
-}
-
-fn url(topo: &Topology, port: u16, path: &str) -> String {
-    format!("https://{}:{port}{path}", topo.server_ip)
-}
-
-fn curl(topo: &Topology, ca: &str, args: &[&str]) -> Result<()> {
-    run_ok(
-        topo.client("curl")
-            .args(["-sS", "-o", "/dev/null", "--cacert", ca])
-            .args(args),
-    )?;
-    Ok(())
-}
 
 fn wrk(topo: &Topology, port: u16, seconds: u32, script: &Path) -> Result<()> {
     run_ok(
@@ -78,83 +22,6 @@ fn wrk(topo: &Topology, port: u16, seconds: u32, script: &Path) -> Result<()> {
             .arg(url(topo, port, "/")),
     )?;
     Ok(())
-}
-
-fn requests_of(messages: &[Inspected]) -> Vec<(String, String)> {
-    messages.iter().filter_map(|m| m.request.clone()).collect()
-}
-
-fn logged(log: &[AccessLogEntry]) -> Vec<(String, String)> {
-    log.iter()
-        .map(|e| (e.method.clone(), e.uri.clone()))
-        .collect()
-}
-
-/// Every request has a response that answers it (and a 100 Continue before it, when the
-/// client asked for one), but for at most `in_flight` (wrk's requests cut off when it
-/// stops: nginx logs them, but the answer never got through), and every response answers
-/// a request.
-fn assert_paired(messages: &[Inspected], in_flight: usize) -> Result<()> {
-    let requests: Vec<u64> = messages
-        .iter()
-        .filter(|m| m.request.is_some())
-        .map(|m| m.id)
-        .collect();
-    let answered = multiset(messages.iter().filter_map(|m| m.answers));
-    let unanswered: Vec<&u64> = requests
-        .iter()
-        .filter(|id| !answered.contains_key(id))
-        .collect();
-    ensure!(
-        unanswered.len() <= in_flight,
-        "requests not answered: {unanswered:?}"
-    );
-    ensure!(
-        answered.len() + unanswered.len() == requests.len(),
-        "responses to unknown requests"
-    );
-    Ok(())
-}
-
-/// `capture messages --tls --tls-side SIDE --port PORT` while `traffic` runs; the printed
-/// messages and stderr (the counters last), with how many message lines say `http2`.
-fn messages_during(
-    topo: &Topology,
-    side: &str,
-    port: u16,
-    traffic: impl FnOnce() -> Result<()>,
-) -> Result<(Vec<Inspected>, Vec<String>, usize)> {
-    let port_arg = port.to_string();
-    let run = CaptureRun::start(
-        &topo.client_ns,
-        &[
-            "messages",
-            "--tls",
-            "--tls-side",
-            side,
-            "--port",
-            &port_arg,
-            "--ring-size",
-            "64MiB",
-        ],
-    )?;
-    traffic()?;
-    std::thread::sleep(Duration::from_millis(500));
-    let out = run.stop(libc::SIGINT)?;
-    ensure!(out.status.success(), "{}", out.stderr.join("\n"));
-    let messages = out
-        .stdout
-        .iter()
-        .map(|l| parse_inspected(l))
-        .collect::<Result<Vec<_>>>()?;
-    let untagged: Vec<&String> = out.stdout.iter().filter(|l| !l.ends_with(" tls")).collect();
-    ensure!(
-        untagged.is_empty(),
-        "every message says tls: {:?}",
-        &untagged[..untagged.len().min(5)]
-    );
-    let http2 = out.stdout.iter().filter(|l| l.contains(" http2 ")).count();
-    Ok((messages, out.stderr, http2))
 }
 
 #[test]
@@ -480,11 +347,6 @@ fn a_library_in_a_containers_filesystem_mapped_after_capture_began_is_probed_and
     std::fs::copy(&system, copy.path().join("libssl.so.3"))?;
     let mountpoint = tempfile::tempdir()?;
     let inside = mountpoint.path().display().to_string();
-    let port = PORT.to_string();
-    let run = CaptureRun::start(
-        &topo.client_ns,
-        &["messages", "--tls", "--tls-side", "client", "--port", &port],
-    )?;
     // Python's ssl module loads the copy; it waits for the watcher, then makes requests on
     // one keep-alive connection.
     let script = format!(
@@ -498,15 +360,15 @@ fn a_library_in_a_containers_filesystem_mapped_after_capture_began_is_probed_and
         "mount --bind {} {inside} && LD_LIBRARY_PATH={inside} exec python3 -c \"$0\"",
         copy.path().display()
     );
-    run_ok(
-        topo.client("unshare")
-            .args(["--mount", "--propagation", "private", "sh", "-c", &shell])
-            .arg(&script),
-    )?;
-    std::thread::sleep(Duration::from_millis(500));
-    let out = run.stop(libc::SIGINT)?;
-    let stderr = out.stderr.join("\n");
-    ensure!(out.status.success(), "{stderr}");
+    let (messages, stderr, _) = messages_during(&topo, "client", PORT, || {
+        run_ok(
+            topo.client("unshare")
+                .args(["--mount", "--propagation", "private", "sh", "-c", &shell])
+                .arg(&script),
+        )?;
+        Ok(())
+    })?;
+    let stderr = stderr.join("\n");
     let probed = stderr
         .lines()
         .find_map(|l| l.strip_prefix("tls libraries probed: "))
@@ -517,11 +379,6 @@ fn a_library_in_a_containers_filesystem_mapped_after_capture_began_is_probed_and
             .any(|p| p.starts_with("/proc/") && p.ends_with(&format!("/root{inside}/libssl.so.3"))),
         "the copy was probed through its process's root: {stderr}"
     );
-    let messages = out
-        .stdout
-        .iter()
-        .map(|l| parse_inspected(l))
-        .collect::<Result<Vec<_>>>()?;
     let log = nginx.access_log()?;
     assert_eq!(log.len(), 5);
     assert_eq!(

@@ -10,8 +10,8 @@ use anyhow::Result;
 use tests::capture::CaptureRun;
 use tests::netns::Topology;
 use tests::nginx::Nginx;
-use tests::pki::{make_ca, make_server_cert};
 use tests::run_ok;
+use tests::tls::tls_peers;
 
 use crate::PORT;
 use crate::measure::{
@@ -72,20 +72,10 @@ pub fn tls_cost() -> Result<()> {
     println!(
         "== --tls next to clear-text capture: nginx in a netns, wrk -t1 -c16 {SECONDS}s, unique URIs =="
     );
-    let topo = Topology::new("btls")?;
-    let pki = tempfile::tempdir()?;
-    make_ca(pki.path(), "ca")?;
-    make_server_cert(
-        pki.path(),
-        "ca",
-        &format!("IP:{}", topo.server_ip),
-        "server",
-        "0x3001",
-    )?;
-    let (cert, key) = (pki.path().join("server.crt"), pki.path().join("server.key"));
-    let _https = Nginx::start_tls(&topo.server_ns, &[TLS_PORT], &cert, &key, false)?;
+    let (topo, _pki, _https) = tls_peers("btls", &[TLS_PORT], false)?;
     let _http = Nginx::start(&topo.server_ns, &[PORT])?;
-    let script = pki.path().join("unique.lua");
+    let work = tempfile::tempdir()?;
+    let script = work.path().join("unique.lua");
     std::fs::write(&script, tests::WRK_UNIQUE_URIS_SCRIPT)?;
     let https = format!("https://{}:{TLS_PORT}/", topo.server_ip);
     let http = format!("http://{}:{PORT}/", topo.server_ip);
