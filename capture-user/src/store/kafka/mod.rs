@@ -36,6 +36,10 @@ use super::{
 use crate::message::HttpMessage;
 use crate::packet::Timestamp;
 
+/// Room for a record's headers and framing beyond its fragment's bytes: the producer's
+/// largest request, and what one fetch must allow to return a whole record.
+const RECORD_OVERHEAD: usize = 64 * 1024;
+
 /// How to reach and use the broker.
 #[derive(Clone, Debug)]
 pub struct KafkaConfig {
@@ -162,7 +166,7 @@ impl KafkaStore {
             )
             .set(
                 "message.max.bytes",
-                (config.fragment_bytes + 64 * 1024).to_string(),
+                (config.fragment_bytes + RECORD_OVERHEAD).to_string(),
             )
             .set("socket.timeout.ms", config.timeout.as_millis().to_string())
             .create_with_context(Context(deliveries.clone()))

@@ -9,8 +9,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::KafkaStore;
 use super::merge::{Flow, WindowMerge};
+use super::{KafkaStore, RECORD_OVERHEAD};
 use crate::store::{FragmentJoiner, MessageMeta, Recording, StoreError, StoredMessage};
 
 /// The `capture.meta` header's value: the record's metadata, postcard-encoded.
@@ -125,7 +125,7 @@ impl KafkaStore {
 
     /// A consumer of its own (a fresh group, nothing committed): reads never move anything.
     /// Its prefetch is capped at [`CONSUMER_QUEUE_KIB`] (librdkafka's default queues up to
-    /// 64 MiB ahead), and `fetch.max.bytes` follows it down.
+    /// 64 MiB ahead), and each fetch at [`FETCH_BYTES`].
     pub(super) fn consumer(&self) -> Result<BaseConsumer, StoreError> {
         rdkafka::config::ClientConfig::new()
             .set("bootstrap.servers", &self.config.brokers)
@@ -133,6 +133,8 @@ impl KafkaStore {
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
             .set("queued.max.messages.kbytes", CONSUMER_QUEUE_KIB.to_string())
+            .set("max.partition.fetch.bytes", self.fetch_bytes().to_string())
+            .set("fetch.max.bytes", self.fetch_bytes().to_string())
             .create()
             .map_err(|e| self.err("creating a consumer", e))
     }
@@ -140,6 +142,19 @@ impl KafkaStore {
 
 /// The consumer's prefetch cap (KiB): with the merge's queues, what a read holds at most.
 const CONSUMER_QUEUE_KIB: usize = 16 * 1024;
+
+impl KafkaStore {
+    /// Most bytes one fetch asks for, per partition and in all: 1 MiB, or one whole record
+    /// if fragments are configured larger (Kafka returns an oversized first batch whole,
+    /// tansu returns nothing). Small fetches get the first message of every partition
+    /// sooner, which the merge needs before it hands anything on: on tansu, a 200k-message
+    /// window's first message came after 9 s with librdkafka's sizes (fetch.max.bytes
+    /// following the 16 MiB prefetch) and after 3-4 s with 1 MiB, and the whole window read
+    /// in 75 s instead of 120 s.
+    fn fetch_bytes(&self) -> usize {
+        (self.config.fragment_bytes + RECORD_OVERHEAD).max(1 << 20)
+    }
+}
 
 /// The message a record completes, if the record is ours, tagged with `recording`, and its
 /// message's last fragment.
