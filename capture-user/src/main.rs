@@ -77,6 +77,12 @@ enum Command {
     Agent(Box<AgentArgs>),
 }
 
+/// mimalloc rather than glibc's malloc: the hot paths allocate on one thread and free on
+/// another (the replay feed's requests, the recorder's batches), which glibc's arenas pay
+/// for in locks and consolidation.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -94,8 +100,12 @@ fn main() -> ExitCode {
         .format_timestamp_millis()
         .init();
 
+    let worker_threads = match &cli.command {
+        Command::Replay(args) => replay::send_threads(args),
+        _ => 2,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(worker_threads)
         .enable_all()
         .build()
     {

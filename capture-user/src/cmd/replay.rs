@@ -124,6 +124,13 @@ pub struct ReplayArgs {
     #[arg(long, value_name = "N", requires = "gor")]
     pub connections: Option<usize>,
 
+    /// Threads that write requests and read answers. Default: half the CPUs, at least one:
+    /// the target often runs on the same node, and reading the source and pacing have
+    /// threads of their own (on 2 CPUs, one sending thread leaves a whole CPU to the target
+    /// and keeps `--max` about 20 % cheaper per request than two).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub send_threads: Option<u16>,
+
     /// How far (recorded time) the source is read ahead of what is sent: requests wait this
     /// long for their recorded responses and for requests stored after them but captured
     /// before. Memory holds at most --look-ahead-requests requests, whatever the source's size.
@@ -252,6 +259,17 @@ fn diff_of(args: &ReplayArgs, baseline: Option<Endpoint>) -> anyhow::Result<Opti
 }
 
 /// Runs `capture replay`.
+/// The async runtime's threads for a replay (`--send-threads`, else half the CPUs).
+pub fn send_threads(args: &ReplayArgs) -> usize {
+    args.send_threads.map_or_else(
+        || {
+            let cpus = std::thread::available_parallelism().map_or(2, usize::from);
+            (cpus / 2).max(1)
+        },
+        usize::from,
+    )
+}
+
 pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let target: Target = args.target.parse()?;
     let baseline_target: Option<Target> = match &args.baseline {
@@ -432,6 +450,7 @@ async fn watch_progress(replay: &Replay, quiet: bool) -> anyhow::Result<Option<&
     while !replay.is_finished() {
         tokio::select! {
             _ = tick.tick() => {}
+            _ = replay.over() => {}
             _ = sigint.recv() => { interrupted = Some("SIGINT"); replay.stop("interrupted by SIGINT"); }
             _ = sigterm.recv() => { interrupted = Some("SIGTERM"); replay.stop("interrupted by SIGTERM"); }
         }

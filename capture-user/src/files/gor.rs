@@ -8,6 +8,7 @@
 //! Files are read as streams ([`GorReader`] then [`GorMessages`]): neither holds more than
 //! one payload and the requests still waiting for their response, within a cap.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -185,25 +186,29 @@ fn payload_of(payload: &[u8], index: usize, offset: u64) -> Result<GorPayload, G
         .iter()
         .position(|&b| b == b'\n')
         .ok_or(GorError::NoHeader { index, offset })?;
-    let line = String::from_utf8_lossy(&payload[..nl]).to_string();
-    let f: Vec<&str> = line.split_whitespace().collect();
+    let header = &payload[..nl];
     let bad = || GorError::BadHeader {
         index,
         offset,
-        line: line.clone(),
+        line: String::from_utf8_lossy(header).into_owned(),
     };
-    if f.len() < 3 {
-        return Err(bad());
+    // `TYPE ID TIMESTAMP [LATENCY]`: read in place; only the id is allocated.
+    let mut fields = header
+        .split(u8::is_ascii_whitespace)
+        .filter(|f| !f.is_empty());
+    fn number<T: std::str::FromStr>(f: Option<&[u8]>) -> Option<T> {
+        std::str::from_utf8(f?).ok()?.parse().ok()
     }
-    let kind: u8 = f[0].parse().map_err(|_| bad())?;
-    if !(1..=3).contains(&kind) {
-        return Err(bad());
-    }
+    let kind = number::<u8>(fields.next())
+        .filter(|k| (1..=3).contains(k))
+        .ok_or_else(bad)?;
+    let id = String::from_utf8_lossy(fields.next().ok_or_else(bad)?).into_owned();
+    let ts_ns = number(fields.next()).ok_or_else(bad)?;
     Ok(GorPayload {
         kind,
-        id: f[1].to_string(),
-        ts_ns: f[2].parse().map_err(|_| bad())?,
-        latency_ns: f.get(3).and_then(|l| l.parse().ok()).unwrap_or(0),
+        id,
+        ts_ns,
+        latency_ns: number(fields.next()).unwrap_or(0),
         bytes: Bytes::copy_from_slice(&payload[nl + 1..]),
     })
 }
@@ -241,7 +246,9 @@ fn kind_of(bytes: &[u8], request: bool) -> MessageKind {
         .iter()
         .position(|&b| b == b'\n')
         .unwrap_or(bytes.len());
-    let line = String::from_utf8_lossy(&bytes[..line_end]);
+    let line = &bytes[..line_end];
+    let line =
+        std::str::from_utf8(line).map_or_else(|_| String::from_utf8_lossy(line), Cow::Borrowed);
     let mut parts = line.split_whitespace();
     if request {
         MessageKind::Request {

@@ -94,6 +94,13 @@ impl ConnectionFramer {
         self.halves[i].settle();
     }
 
+    /// A request written on this connection whose bytes need no framing (replay writes them
+    /// as recorded): queues what its response's framing needs, as a framed request head does.
+    pub fn request_written(&mut self, method: &str, ids: &mut IdAllocator, stats: &mut HttpStats) {
+        let id = ids.next();
+        self.pair_request(id, method, BodyFraming::None, stats);
+    }
+
     /// A 101 to `Upgrade: h2c` was seen and not taken yet (see [`Self::take_h2c_upgrade`]).
     #[inline]
     pub fn upgrade_pending(&self) -> bool {

@@ -21,11 +21,11 @@
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until, timeout};
 
@@ -37,6 +37,7 @@ use crate::message::HttpVersion;
 
 mod connection;
 mod differ;
+pub mod handoff;
 mod http2;
 mod pacer;
 mod stream;
@@ -162,15 +163,15 @@ pub struct ReadPosition {
 /// The reading side's end of the replay: planned sends go in here, blocking while the pacer
 /// is far enough ahead.
 pub struct FeedSink {
-    tx: std::sync::mpsc::SyncSender<PlannedSend>,
+    tx: handoff::Sender<PlannedSend>,
     closed: Arc<AtomicBool>,
     pub position: Arc<ReadPosition>,
 }
 
 impl FeedSink {
     /// A sink and the receiving end of its sends (the engine's, or a test's).
-    pub fn channel(capacity: usize) -> (Self, std::sync::mpsc::Receiver<PlannedSend>) {
-        let (tx, rx) = std::sync::mpsc::sync_channel(capacity);
+    pub fn channel(capacity: usize) -> (Self, handoff::Receiver<PlannedSend>) {
+        let (tx, rx) = handoff::handoff(capacity);
         let sink = Self {
             tx,
             closed: Arc::new(AtomicBool::new(false)),
@@ -205,6 +206,10 @@ struct Shared {
     created: Instant,
     /// Set when the pacer ends: the feed stops reading.
     feed_closed: Arc<AtomicBool>,
+    /// When the last send was over (the rate counts up to here, not to when it was asked).
+    ended: OnceLock<Instant>,
+    /// Told once the replay is over.
+    over: Notify,
 }
 
 impl Shared {
@@ -304,6 +309,8 @@ impl Replay {
             start,
             created,
             feed_closed: shared_closed,
+            ended: OnceLock::new(),
+            over: Notify::new(),
         });
         let (mut sink, rx) = FeedSink::channel(FEED_CAPACITY);
         sink.closed = feed_closed;
@@ -338,7 +345,7 @@ impl Replay {
             tasks.clone(),
         );
         let pacer_done = spawn_thread("replay-pacer", move || pacer.run())?;
-        let task = tokio::spawn(run(pacer_done, feed_done, tasks, stop_rx));
+        let task = tokio::spawn(run(shared.clone(), pacer_done, feed_done, tasks, stop_rx));
         Ok(Self {
             shared,
             stop,
@@ -383,10 +390,23 @@ impl Replay {
         self.task.is_finished()
     }
 
+    /// Resolves when the replay is over (at once if it already is).
+    pub async fn over(&self) {
+        if !self.is_finished() {
+            self.shared.over.notified().await;
+        }
+    }
+
     /// Waits for the end and returns the summary.
     pub async fn finish(self) -> ReplayReport {
         let _ = (&mut { self.task }).await;
-        let elapsed = Instant::now().saturating_duration_since(self.shared.start);
+        let ended = self
+            .shared
+            .ended
+            .get()
+            .copied()
+            .unwrap_or_else(Instant::now);
+        let elapsed = ended.saturating_duration_since(self.shared.start);
         let why = self.stop.borrow().clone();
         let mut report = {
             let mut tally = self.shared.tally();
@@ -435,6 +455,7 @@ fn spawn_thread(
 /// Waits for the pacer to hand on its last send, then for the connections to finish theirs
 /// (on a stop: for the grace, then they are cut), then for the feed's summary.
 async fn run(
+    shared: Arc<Shared>,
     pacer_done: tokio::sync::oneshot::Receiver<()>,
     feed_done: tokio::sync::oneshot::Receiver<()>,
     tasks: Arc<Mutex<JoinSet<()>>>,
@@ -458,7 +479,9 @@ async fn run(
             }
         }
     }
+    let _ = shared.ended.set(Instant::now());
     let _ = feed_done.await;
+    shared.over.notify_one();
 }
 
 /// Resolves once a stop is asked for (or the handle is gone: no replay runs unowned).

@@ -66,18 +66,13 @@ impl ResponseReader {
         }
     }
 
-    /// The request just written (the framer needs it to know, e.g., that a HEAD's answer has
-    /// no body).
+    /// The request just written: its method tells the framer, e.g., that a HEAD's answer
+    /// has no body. The request itself is not framed (it goes as recorded).
     pub fn request_sent(&mut self, request: &[u8]) {
-        self.framer.data(
-            FlowDir::ToServer,
-            Timestamp(0),
-            Bytes::copy_from_slice(request),
-            &mut self.ids,
-            &mut self.stats,
-            &mut self.out,
-        );
-        self.out.retain(|m| m.dir == FlowDir::ToClient);
+        let method = request.split(|&b| b == b' ').next().unwrap_or_default();
+        let method = std::str::from_utf8(method).unwrap_or_default();
+        self.framer
+            .request_written(method, &mut self.ids, &mut self.stats);
     }
 
     /// Bytes read from the target. `Some` once the final response is complete.

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use bytes::Bytes;
+use compact_str::CompactString;
 use serde::Serialize;
 
 use crate::message::{HttpMessage, HttpVersion, MessageKind};
@@ -23,8 +24,8 @@ pub struct ReplayRequest {
     pub conn: u64,
     /// Capture time of its first byte (ns since the epoch).
     pub ts_ns: u64,
-    pub method: String,
-    pub uri: String,
+    pub method: CompactString,
+    pub uri: CompactString,
     /// The exact recorded bytes (head and body as sent; HTTP/2: the stored form).
     pub bytes: Bytes,
     /// HTTP/1.x or HTTP/2: how the request is sent.
@@ -139,8 +140,8 @@ impl RequestStream {
                             id: m.id,
                             conn: m.conn_id,
                             ts_ns: ts,
-                            method: method.to_string(),
-                            uri: uri.to_string(),
+                            method,
+                            uri,
                             // Owned: a slice would keep the whole batch it was read from alive.
                             bytes: Bytes::copy_from_slice(&m.bytes),
                             version: m.version,

@@ -192,6 +192,7 @@ pub(super) async fn http2_connection_task(
     };
     loop {
         let job = tokio::select! {
+            biased;
             job = jobs.next() => match job { Some(job) => job, None => break },
             _ = stopped(&mut stop) => break,
         };

@@ -7,7 +7,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,6 +15,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::handoff::{Empty, Receiver};
 use super::{
     CONNECT_LEAD, Job, Jobs, MAX_QUEUED, PlannedSend, PreparedRequest, Route, Shared,
     connection_task, http2_connection_task, stopped,
@@ -47,6 +47,10 @@ const IDLE_CLOSE: Duration = Duration::from_secs(30);
 /// How often idle connections are looked for.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
+/// Permits of the cap on queued sends taken at a time: a pacer blocked on a full queue is
+/// woken once this many sends are over, not for each.
+const PERMIT_BATCH: u32 = 256;
+
 /// The longest single sleep, so a stop is noticed within it.
 const SLEEP_SLICE: Duration = Duration::from_millis(5);
 
@@ -71,6 +75,8 @@ pub(super) struct Pacer {
     connections: Arc<Semaphore>,
     /// Sends handed to connections and not yet over.
     queued: Arc<Semaphore>,
+    /// Permits of `queued` taken ahead, one handed out per send.
+    permits: Option<OwnedSemaphorePermit>,
     last_sweep: std::time::Instant,
 }
 
@@ -93,6 +99,7 @@ impl Pacer {
             lanes: HashMap::new(),
             connections,
             queued: Arc::new(Semaphore::new(MAX_QUEUED)),
+            permits: None,
             last_sweep: std::time::Instant::now(),
         }
     }
@@ -119,8 +126,8 @@ impl Pacer {
         if self.ahead.is_empty() {
             match self.sends.recv_timeout(SLEEP_SLICE * 10) {
                 Ok(send) => self.admit(send),
-                Err(RecvTimeoutError::Timeout) => return true,
-                Err(RecvTimeoutError::Disconnected) => return false,
+                Err(Empty::Waiting) => return true,
+                Err(Empty::Closed) => return false,
             }
         }
         self.read_ahead();
@@ -145,7 +152,7 @@ impl Pacer {
         {
             match self.sends.try_recv() {
                 Ok(send) => self.admit(send),
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return,
+                Err(Empty::Waiting | Empty::Closed) => return,
             }
         }
     }
@@ -250,28 +257,44 @@ impl Pacer {
         if let Some(route) = idlest {
             self.lanes.remove(&route);
         }
-        self.acquire(self.connections.clone())
+        self.acquire(self.connections.clone(), 1)
     }
 
-    /// Waits for a permit of `semaphore`, or for a stop (None).
-    fn acquire(&self, semaphore: Arc<Semaphore>) -> Option<OwnedSemaphorePermit> {
+    /// Waits for `n` permits of `semaphore`, or for a stop (None).
+    fn acquire(&self, semaphore: Arc<Semaphore>, n: u32) -> Option<OwnedSemaphorePermit> {
         let mut stop = self.stop.clone();
         self.runtime.block_on(async move {
             tokio::select! {
-                permit = semaphore.acquire_owned() => permit.ok(),
+                permit = semaphore.acquire_many_owned(n) => permit.ok(),
                 _ = stopped(&mut stop) => None,
             }
         })
     }
 
+    /// A place among the sends queued to connections, from the permits taken ahead
+    /// ([`PERMIT_BATCH`] at a time, waiting while `MAX_QUEUED` sends are out); None if the
+    /// replay stops meanwhile.
+    fn queued_permit(&mut self) -> Option<OwnedSemaphorePermit> {
+        if self.permits.is_none() {
+            self.permits = Some(
+                match self.queued.clone().try_acquire_many_owned(PERMIT_BATCH) {
+                    Ok(permits) => permits,
+                    Err(_) => self.acquire(self.queued.clone(), PERMIT_BATCH)?,
+                },
+            );
+        }
+        let permits = self.permits.as_mut()?;
+        if permits.num_permits() > 1 {
+            permits.split(1)
+        } else {
+            self.permits.take()
+        }
+    }
+
     /// Hands a due send to its connection (waiting while `MAX_QUEUED` sends are out).
     fn deliver(&mut self, send: PlannedSend) {
-        let queued = match self.queued.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => match self.acquire(self.queued.clone()) {
-                Some(permit) => permit,
-                None => return,
-            },
+        let Some(queued) = self.queued_permit() else {
+            return;
         };
         if !self.lanes.contains_key(&send.route) {
             // No slot when read ahead, or closed meanwhile to make room.
