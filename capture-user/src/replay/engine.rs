@@ -234,13 +234,13 @@ impl Shared {
         tls.map(|tls| tls.summary().clone())
     }
 
-    /// A request of copy `copy` is being written, `lag` after it was due (the first one also
-    /// marks the time to the first request).
-    fn count_sent(&self, copy: u32, lag: Duration) {
+    /// A request of copy `copy` is being written at `at`, `lag` after it was due (the first
+    /// one also marks the time to the first request).
+    fn count_sent(&self, copy: u32, lag: Duration, at: Instant) {
         let mut tally = self.tally();
-        tally.sent(copy, self.since_start(), lag);
+        tally.sent(copy, at.saturating_duration_since(self.start), lag);
         if tally.first_request_after.is_none() {
-            tally.first_request_after = Some(self.created.elapsed());
+            tally.first_request_after = Some(at.saturating_duration_since(self.created));
         }
     }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
-use tokio::time::{Instant, timeout};
+use tokio::time::{Instant, timeout, timeout_at};
 
 use super::stream::{Endpoint, Stream, open_stream};
 use super::{PreparedRequest, READ_BUFFER, Shared, stopped};
@@ -148,7 +148,9 @@ async fn send_job(
     buf: &mut [u8],
     baseline: Option<&mut BaselineSide>,
 ) -> Option<Connection> {
-    let lag = Instant::now().saturating_duration_since(job.due_at);
+    // Two clock reads per exchange: when it is written and when it is over.
+    let sent_at = Instant::now();
+    let lag = sent_at.saturating_duration_since(job.due_at);
     let request = &job.request;
     let mut conn = match attempt {
         Ok(conn) => conn,
@@ -163,23 +165,23 @@ async fn send_job(
         }
     };
     let bytes = shared.bytes_for(request, job.copy);
-    shared.count_sent(job.copy, lag);
-    let sent_at = Instant::now();
+    shared.count_sent(job.copy, lag, sent_at);
     let candidate = async {
-        let answer = timeout(
-            shared.config.response_timeout,
+        let answer = timeout_at(
+            sent_at + shared.config.response_timeout,
             exchange(&mut conn, &bytes, buf),
         )
         .await;
-        (answer, sent_at.elapsed())
+        (answer, Instant::now())
     };
-    let ((answer, latency), baseline_answer) = match baseline {
+    let ((answer, done), baseline_answer) = match baseline {
         Some(side) => {
             let (c, b) = tokio::join!(candidate, side.exchange(shared, &bytes));
             (c, Some(b))
         }
         None => (candidate.await, None),
     };
+    let latency = done.saturating_duration_since(sent_at);
     let outcome = match answer {
         Ok(Ok(outcome)) => Ok(outcome),
         Ok(Err(failure)) => Err(failure),
@@ -190,7 +192,7 @@ async fn send_job(
         let baseline = baseline_answer.as_ref().map(Option::as_ref);
         differ.exchange_done(request, answered, baseline, answered.map(|_| latency));
     }
-    let at = shared.since_start();
+    let at = done.saturating_duration_since(shared.start);
     match outcome {
         Ok(outcome) => {
             shared.tally().completed(

@@ -273,9 +273,9 @@ fn open_stream_for(shared: &Shared, job: Job, send: &mut SendRequest<Bytes>) -> 
         shared.tally().not_sent(job.copy, at, lag, failure);
         return None;
     };
-    shared.count_sent(job.copy, lag);
-    let ends_at_head = h2.body.is_empty() && h2.trailers.is_none();
     let sent_at = Instant::now();
+    shared.count_sent(job.copy, lag, sent_at);
+    let ends_at_head = h2.body.is_empty() && h2.trailers.is_none();
     match send.send_request(h2.head, ends_at_head) {
         Ok((response, out)) => Some(OpenStream {
             rest: (!ends_at_head).then_some((out, h2.body, h2.trailers)),

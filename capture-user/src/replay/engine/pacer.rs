@@ -77,6 +77,9 @@ pub(super) struct Pacer {
     queued: Arc<Semaphore>,
     /// Permits of `queued` taken ahead, one handed out per send.
     permits: Option<OwnedSemaphorePermit>,
+    /// The time when this step began (or its wait last woke): never later than now, read
+    /// once per send rather than at every use.
+    clock: Instant,
     last_sweep: std::time::Instant,
 }
 
@@ -100,6 +103,7 @@ impl Pacer {
             connections,
             queued: Arc::new(Semaphore::new(MAX_QUEUED)),
             permits: None,
+            clock: Instant::now(),
             last_sweep: std::time::Instant::now(),
         }
     }
@@ -123,6 +127,7 @@ impl Pacer {
         if self.stopping() {
             return false;
         }
+        self.clock = Instant::now();
         if self.ahead.is_empty() {
             match self.sends.recv_timeout(SLEEP_SLICE * 10) {
                 Ok(send) => self.admit(send),
@@ -138,7 +143,12 @@ impl Pacer {
             return false;
         }
         self.deliver(send);
-        if self.last_sweep.elapsed() >= SWEEP_EVERY {
+        if self
+            .clock
+            .into_std()
+            .saturating_duration_since(self.last_sweep)
+            >= SWEEP_EVERY
+        {
             self.sweep();
         }
         true
@@ -146,7 +156,7 @@ impl Pacer {
 
     /// Takes the sends due within `CONNECT_LEAD` of now (opening their connections).
     fn read_ahead(&mut self) {
-        let horizon = Instant::now().saturating_duration_since(self.shared.start) + CONNECT_LEAD;
+        let horizon = self.clock.saturating_duration_since(self.shared.start) + CONNECT_LEAD;
         while self.ahead.len() < AHEAD_MAX
             && self.ahead.back().is_none_or(|last| last.due <= horizon)
         {
@@ -166,7 +176,7 @@ impl Pacer {
         }
         if let Some(lane) = self.lanes.get_mut(&send.route) {
             // In use until then: not the idlest, whatever it sent before.
-            lane.last_used = std::time::Instant::now();
+            lane.last_used = self.clock.into_std();
             lane.pending += 1;
         }
         self.ahead.push_back(send);
@@ -174,15 +184,20 @@ impl Pacer {
 
     /// Sleeps until `at`, reading ahead meanwhile; false if the replay stopped.
     fn wait_until(&mut self, at: Instant) -> bool {
+        // Due already by the step's clock (at `--max`, every send): no clock read.
+        if self.clock >= at {
+            return true;
+        }
         loop {
             if self.stopping() {
                 return false;
             }
-            let now = Instant::now();
-            if now >= at {
+            self.clock = Instant::now();
+            if self.clock >= at {
                 return true;
             }
-            std::thread::sleep((at - now).min(SLEEP_SLICE));
+            std::thread::sleep((at - self.clock).min(SLEEP_SLICE));
+            self.clock = Instant::now();
             self.read_ahead();
         }
     }
@@ -303,7 +318,7 @@ impl Pacer {
         let Some(lane) = self.lanes.get_mut(&send.route) else {
             return; // no slot: the replay is stopping
         };
-        lane.last_used = std::time::Instant::now();
+        lane.last_used = self.clock.into_std();
         lane.pending = lane.pending.saturating_sub(1);
         let job = Job {
             request: send.request,
