@@ -77,12 +77,6 @@ enum Command {
     Agent(Box<AgentArgs>),
 }
 
-/// mimalloc rather than glibc's malloc: the hot paths allocate on one thread and free on
-/// another (the replay feed's requests, the recorder's batches), which glibc's arenas pay
-/// for in locks and consolidation.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
