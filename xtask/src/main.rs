@@ -71,7 +71,8 @@ enum Task {
     /// Example: cargo xtask bench overhead --repeat 3
     Bench {
         /// Which benchmarks: all, ebpf, drain, store (store-embedded: without Kafka), replay
-        /// (replay-diff: what --diff costs; replay-h2: an HTTP/2 recording next to h2load), or
+        /// (replay-diff: what --diff costs; replay-h2: an HTTP/2 recording next to h2load;
+        /// replay-pool: a GoReplay file over 16 pooled connections next to wrk -c16), or
         /// overhead (what recording costs next to nginx, beside tcpdump, as a Markdown table;
         /// about 2 minutes a table).
         #[arg(default_value = "all")]

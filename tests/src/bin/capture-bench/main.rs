@@ -66,6 +66,9 @@ enum Which {
     /// An HTTP/2 recording of h2load's load replayed at `--max`, next to h2load (three
     /// paired rounds).
     ReplayH2,
+    /// A 200k-request GoReplay file at `--max --connections 16` next to wrk -c16 (three
+    /// paired rounds).
+    ReplayPool,
     Overhead,
     /// `--tls` next to clear-text capture, three paired rounds.
     Tls,
@@ -96,6 +99,7 @@ fn main() -> Result<()> {
         Which::Replay => replay::replay_rates(),
         Which::ReplayDiff => replay::diff_cost(),
         Which::ReplayH2 => replay::h2_rates(),
+        Which::ReplayPool => replay::pool_rates(),
         Which::Overhead => overhead(),
         Which::Tls => tls::tls_cost(),
     }

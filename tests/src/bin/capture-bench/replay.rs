@@ -128,6 +128,19 @@ fn replay_h2(topo: &Topology, data_dir: &std::path::Path, name: &str) -> Result<
     Ok(())
 }
 
+/// `replay-pool`: the GoReplay row of `replay` alone, three paired rounds.
+pub fn pool_rates() -> Result<()> {
+    println!("== a 200k-request GoReplay file at --max --connections 16 next to wrk -c16 ==");
+    let topo = Topology::new("rpool")?;
+    let _nginx = Nginx::start(&topo.server_ns, &[PORT])?;
+    let url = format!("http://{}:{PORT}/index.html", topo.server_ip);
+    let target = format!("http://{}:{PORT}", topo.server_ip);
+    for _ in 0..3 {
+        replay_pool(&topo, &target, &url)?;
+    }
+    Ok(())
+}
+
 /// A 200k-request GoReplay file at `--max --connections 16`, next to wrk -c16 (one thread
 /// each way: replay's pool against wrk's 16 connections).
 fn replay_pool(topo: &Topology, target: &str, url: &str) -> Result<()> {
