@@ -8,7 +8,6 @@
 //! Files are read as streams ([`GorReader`] then [`GorMessages`]): neither holds more than
 //! one payload and the requests still waiting for their response, within a cap.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -186,29 +185,26 @@ fn payload_of(payload: &[u8], index: usize, offset: u64) -> Result<GorPayload, G
         .iter()
         .position(|&b| b == b'\n')
         .ok_or(GorError::NoHeader { index, offset })?;
-    let header = &payload[..nl];
+    // Borrowed when the line is UTF-8 (always, in practice): nothing allocated but the id.
+    let header = String::from_utf8_lossy(&payload[..nl]);
     let bad = || GorError::BadHeader {
         index,
         offset,
-        line: String::from_utf8_lossy(header).into_owned(),
+        line: header.to_string(),
     };
-    // `TYPE ID TIMESTAMP [LATENCY]`: read in place; only the id is allocated.
-    let mut fields = header
-        .split(u8::is_ascii_whitespace)
-        .filter(|f| !f.is_empty());
-    fn number<T: std::str::FromStr>(f: Option<&[u8]>) -> Option<T> {
-        std::str::from_utf8(f?).ok()?.parse().ok()
-    }
-    let kind = number::<u8>(fields.next())
+    let mut fields = header.split_whitespace();
+    let kind = fields
+        .next()
+        .and_then(|f| f.parse::<u8>().ok())
         .filter(|k| (1..=3).contains(k))
         .ok_or_else(bad)?;
-    let id = String::from_utf8_lossy(fields.next().ok_or_else(bad)?).into_owned();
-    let ts_ns = number(fields.next()).ok_or_else(bad)?;
+    let id = fields.next().ok_or_else(bad)?.to_string();
+    let ts_ns = fields.next().and_then(|f| f.parse().ok()).ok_or_else(bad)?;
     Ok(GorPayload {
         kind,
         id,
         ts_ns,
-        latency_ns: number(fields.next()).unwrap_or(0),
+        latency_ns: fields.next().and_then(|l| l.parse().ok()).unwrap_or(0),
         bytes: Bytes::copy_from_slice(&payload[nl + 1..]),
     })
 }
@@ -246,9 +242,7 @@ fn kind_of(bytes: &[u8], request: bool) -> MessageKind {
         .iter()
         .position(|&b| b == b'\n')
         .unwrap_or(bytes.len());
-    let line = &bytes[..line_end];
-    let line =
-        std::str::from_utf8(line).map_or_else(|_| String::from_utf8_lossy(line), Cow::Borrowed);
+    let line = String::from_utf8_lossy(&bytes[..line_end]);
     let mut parts = line.split_whitespace();
     if request {
         MessageKind::Request {

@@ -122,6 +122,7 @@ impl<T> Receiver<T> {
     }
 
     /// Every item, waiting for each, until the sender is gone.
+    #[cfg(test)]
     pub fn iter(&self) -> impl Iterator<Item = T> + '_ {
         std::iter::from_fn(|| {
             loop {

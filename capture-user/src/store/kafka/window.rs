@@ -125,7 +125,7 @@ impl KafkaStore {
 
     /// A consumer of its own (a fresh group, nothing committed): reads never move anything.
     /// Its prefetch is capped at [`CONSUMER_QUEUE_KIB`] (librdkafka's default queues up to
-    /// 64 MiB ahead), and each fetch at [`FETCH_BYTES`].
+    /// 64 MiB ahead), and each fetch at [`Self::fetch_bytes`].
     pub(super) fn consumer(&self) -> Result<BaseConsumer, StoreError> {
         rdkafka::config::ClientConfig::new()
             .set("bootstrap.servers", &self.config.brokers)
@@ -138,12 +138,7 @@ impl KafkaStore {
             .create()
             .map_err(|e| self.err("creating a consumer", e))
     }
-}
 
-/// The consumer's prefetch cap (KiB): with the merge's queues, what a read holds at most.
-const CONSUMER_QUEUE_KIB: usize = 16 * 1024;
-
-impl KafkaStore {
     /// Most bytes one fetch asks for, per partition and in all: 1 MiB, or one whole record
     /// if fragments are configured larger (Kafka returns an oversized first batch whole,
     /// tansu returns nothing). Small fetches get the first message of every partition
@@ -155,6 +150,9 @@ impl KafkaStore {
         (self.config.fragment_bytes + RECORD_OVERHEAD).max(1 << 20)
     }
 }
+
+/// The consumer's prefetch cap (KiB): with the merge's queues, what a read holds at most.
+const CONSUMER_QUEUE_KIB: usize = 16 * 1024;
 
 /// The message a record completes, if the record is ours, tagged with `recording`, and its
 /// message's last fragment.
