@@ -325,6 +325,10 @@ impl Tcpdump {
                 "0",
                 "-U",
                 "--immediate-mode",
+                // 64 MiB of kernel buffer (KiB): the default 2 MiB dropped packets of h2load's
+                // 70 KB POSTs, and tshark then decoded fewer requests than were sent.
+                "-B",
+                "65536",
                 "-Z",
                 "root",
                 "-w",
