@@ -99,7 +99,7 @@ pub fn write_gor_from(path: &Path, requests: impl Iterator<Item = (u64, String)>
             &mut out,
             &GorPayload {
                 kind: 1,
-                id: id.clone(),
+                id: id.as_str().into(),
                 ts_ns: ts,
                 latency_ns: 0,
                 bytes: Bytes::from(request),
@@ -109,7 +109,7 @@ pub fn write_gor_from(path: &Path, requests: impl Iterator<Item = (u64, String)>
             &mut out,
             &GorPayload {
                 kind: 2,
-                id,
+                id: id.into(),
                 ts_ns: ts + 1_000_000,
                 latency_ns: 1_000_000,
                 bytes: Bytes::from_static(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),

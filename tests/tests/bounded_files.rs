@@ -71,7 +71,7 @@ fn write_file(path: &Path) -> Result<u64> {
             out,
             &GorPayload {
                 kind: 2,
-                id: format!("{i:024x}"),
+                id: format!("{i:024x}").into(),
                 ts_ns: base + i * 10_000 + RESPONSE_LAG * 10_000,
                 latency_ns: (RESPONSE_LAG * 10_000) as i64,
                 bytes: Bytes::from_static(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
@@ -83,7 +83,7 @@ fn write_file(path: &Path) -> Result<u64> {
             &mut out,
             &GorPayload {
                 kind: 1,
-                id: format!("{i:024x}"),
+                id: format!("{i:024x}").into(),
                 ts_ns: base + i * 10_000,
                 latency_ns: 0,
                 bytes: Bytes::from(request_bytes(i)),

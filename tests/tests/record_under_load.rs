@@ -369,7 +369,7 @@ fn incompressible_gor(path: &Path, n: usize, body: usize, seed: u64) -> Result<(
             &mut out,
             &GorPayload {
                 kind: 1,
-                id: format!("{seed:x}{i:08x}"),
+                id: format!("{seed:x}{i:08x}").into(),
                 ts_ns: 1_700_000_000_000_000_000 + i as u64 * 1_000_000,
                 latency_ns: 0,
                 bytes: bytes::Bytes::from(request),

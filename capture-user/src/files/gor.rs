@@ -11,8 +11,11 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::LazyLock;
 
 use bytes::Bytes;
+use compact_str::{CompactString, format_compact};
+use memchr::memmem;
 
 use super::pending::{PendingMap, is_interim};
 use crate::message::{HttpMessage, HttpVersion, MessageKind};
@@ -53,7 +56,8 @@ pub const MAX_PAYLOAD_BYTES: usize = crate::store::embedded::MAX_MESSAGE_BYTES +
 pub struct GorPayload {
     /// 1 request, 2 response, 3 replayed response.
     pub kind: u8,
-    pub id: String,
+    /// Hex; GoReplay's 24 digits fit a `CompactString` without an allocation.
+    pub id: CompactString,
     pub ts_ns: u64,
     pub latency_ns: i64,
     pub bytes: Bytes,
@@ -83,6 +87,7 @@ pub struct GorReader<R> {
     /// Payloads returned so far.
     index: usize,
     done: bool,
+    separator: memmem::Finder<'static>,
 }
 
 impl<R: BufRead> GorReader<R> {
@@ -94,6 +99,7 @@ impl<R: BufRead> GorReader<R> {
             position: 0,
             index: 0,
             done: false,
+            separator: memmem::Finder::new(SEPARATOR.as_bytes()),
         }
     }
 
@@ -106,17 +112,7 @@ impl<R: BufRead> GorReader<R> {
     pub fn next_payload(&mut self) -> Result<Option<GorPayload>, GorError> {
         while !self.done {
             let offset = self.position;
-            let result = self.gather(offset).and_then(|ended| {
-                self.done |= !ended;
-                let payload = match ended {
-                    true => &self.buf[..self.buf.len() - SEPARATOR.len()],
-                    false => &self.buf[..],
-                };
-                if payload.iter().all(|b| b.is_ascii_whitespace()) {
-                    return Ok(None);
-                }
-                payload_of(payload, self.index, offset).map(Some)
-            });
+            let result = self.read_one(offset);
             self.release_large_buffer();
             match result {
                 Ok(None) => {}
@@ -133,27 +129,46 @@ impl<R: BufRead> GorReader<R> {
         Ok(None)
     }
 
-    /// Reads the next payload into `buf`, through its separator (true) or to the end of the
-    /// input (false). The separator ends in a newline, so looking for it at the end of each
-    /// line finds its first occurrence.
-    fn gather(&mut self, offset: u64) -> Result<bool, GorError> {
-        let separator = SEPARATOR.as_bytes();
+    /// Reads the next payload through its separator (or to the end of the input, which ends
+    /// the reading) and parses it; None for a payload of nothing but whitespace. A payload
+    /// whole in the input's buffer is parsed where it lies; one that runs past it is
+    /// gathered in `buf`.
+    fn read_one(&mut self, offset: u64) -> Result<Option<GorPayload>, GorError> {
+        let sep_len = SEPARATOR.len();
         self.buf.clear();
         loop {
-            let n = self
-                .input
-                .read_until(b'\n', &mut self.buf)
-                .map_err(|source| GorError::Read {
-                    offset: self.position,
-                    source,
-                })?;
-            self.position += n as u64;
-            if n == 0 {
-                return Ok(false);
+            let available = self.input.fill_buf().map_err(|source| GorError::Read {
+                offset: self.position,
+                source,
+            })?;
+            if available.is_empty() {
+                self.done = true;
+                return parse_payload(&self.buf, self.index, offset);
             }
-            if self.buf.ends_with(separator) {
-                return Ok(true);
+            if self.buf.is_empty()
+                && let Some(at) = self.separator.find(available)
+            {
+                let parsed = parse_payload(&available[..at], self.index, offset);
+                self.input.consume(at + sep_len);
+                self.position += (at + sep_len) as u64;
+                return parsed;
             }
+            // The payload runs past the buffered input: gather it, looking for the separator
+            // from where it may have started in the bytes gathered before.
+            let before = self.buf.len();
+            let from = before.saturating_sub(sep_len - 1);
+            self.buf.extend_from_slice(available);
+            if let Some(at) = self.separator.find(&self.buf[from..]) {
+                let at = from + at;
+                let used = at + sep_len - before;
+                self.input.consume(used);
+                self.position += used as u64;
+                self.buf.truncate(at);
+                return parse_payload(&self.buf, self.index, offset);
+            }
+            let used = self.buf.len() - before;
+            self.input.consume(used);
+            self.position += used as u64;
             if self.buf.len() > MAX_PAYLOAD_BYTES {
                 return Err(GorError::TooLarge {
                     index: self.index,
@@ -179,39 +194,66 @@ impl<R: BufRead> Iterator for GorReader<R> {
     }
 }
 
+/// A payload from its bytes (separator removed), or None when they are nothing but
+/// whitespace (what GoReplay leaves between payloads at times).
+fn parse_payload(
+    payload: &[u8],
+    index: usize,
+    offset: u64,
+) -> Result<Option<GorPayload>, GorError> {
+    if payload.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    payload_of(payload, index, offset).map(Some)
+}
+
 /// A payload from its bytes (separator removed): the header line, then the message.
 fn payload_of(payload: &[u8], index: usize, offset: u64) -> Result<GorPayload, GorError> {
-    let nl = payload
-        .iter()
-        .position(|&b| b == b'\n')
-        .ok_or(GorError::NoHeader { index, offset })?;
-    // Borrowed when the line is UTF-8 (always, in practice): nothing allocated but the id.
-    let header = String::from_utf8_lossy(&payload[..nl]);
-    let bad = || GorError::BadHeader {
+    let nl = memchr::memchr(b'\n', payload).ok_or(GorError::NoHeader { index, offset })?;
+    let line = &payload[..nl];
+    let header = if line.is_ascii() {
+        header_of(ascii_fields(line))
+    } else {
+        let text = String::from_utf8_lossy(line);
+        header_of(text.split_whitespace().map(str::as_bytes))
+    };
+    let (kind, id, ts_ns, latency_ns) = header.ok_or_else(|| GorError::BadHeader {
         index,
         offset,
-        line: header.to_string(),
-    };
-    let mut fields = header.split_whitespace();
-    let kind = fields
-        .next()
-        .and_then(|f| f.parse::<u8>().ok())
-        .filter(|k| (1..=3).contains(k))
-        .ok_or_else(bad)?;
-    let id = fields.next().ok_or_else(bad)?.to_string();
-    let ts_ns = fields.next().and_then(|f| f.parse().ok()).ok_or_else(bad)?;
+        line: String::from_utf8_lossy(line).into_owned(),
+    })?;
     Ok(GorPayload {
         kind,
         id,
         ts_ns,
-        latency_ns: fields.next().and_then(|l| l.parse().ok()).unwrap_or(0),
+        latency_ns,
         bytes: Bytes::copy_from_slice(&payload[nl + 1..]),
     })
 }
 
+/// The fields of an ASCII line split as `str::split_whitespace` splits it (whose whitespace,
+/// in ASCII, is these six bytes: `u8::is_ascii_whitespace` leaves out the vertical tab).
+fn ascii_fields(line: &[u8]) -> impl Iterator<Item = &[u8]> {
+    line.split(|b| matches!(b, b' ' | b'\t' | b'\n' | 0x0B | 0x0C | b'\r'))
+        .filter(|f| !f.is_empty())
+}
+
+/// A header line's type (1 to 3), id, timestamp and latency (0 when missing or not a
+/// number); None when the first three are not there.
+fn header_of<'a>(
+    mut fields: impl Iterator<Item = &'a [u8]>,
+) -> Option<(u8, CompactString, u64, i64)> {
+    let mut text = || fields.next().and_then(|f| std::str::from_utf8(f).ok());
+    let kind = text()?.parse::<u8>().ok().filter(|k| (1..=3).contains(k))?;
+    let id = CompactString::from(text()?);
+    let ts_ns = text()?.parse().ok()?;
+    let latency_ns = text().and_then(|l| l.parse().ok()).unwrap_or(0);
+    Some((kind, id, ts_ns, latency_ns))
+}
+
 /// GoReplay id of a stored message: its request's (run, id), as 24 hex digits.
-fn gor_id(run: u64, id: u64) -> String {
-    format!("{:08x}{:016x}", run as u32 ^ (run >> 32) as u32, id)
+fn gor_id(run: u64, id: u64) -> CompactString {
+    format_compact!("{:08x}{:016x}", run as u32 ^ (run >> 32) as u32, id)
 }
 
 /// Turns a stored message into a payload (type 1 or 2).
@@ -238,30 +280,47 @@ pub fn to_payload(m: &StoredMessage, request_ts: Option<u64>) -> GorPayload {
 
 /// First line of an HTTP message: `METHOD URI` of a request or the status of a response.
 fn kind_of(bytes: &[u8], request: bool) -> MessageKind {
-    let line_end = bytes
-        .iter()
-        .position(|&b| b == b'\n')
-        .unwrap_or(bytes.len());
-    let line = String::from_utf8_lossy(&bytes[..line_end]);
-    let mut parts = line.split_whitespace();
+    let line = &bytes[..memchr::memchr(b'\n', bytes).unwrap_or(bytes.len())];
+    if line.is_ascii() {
+        kind_from(ascii_fields(line), request)
+    } else {
+        kind_from(
+            String::from_utf8_lossy(line)
+                .split_whitespace()
+                .map(str::as_bytes),
+            request,
+        )
+    }
+}
+
+/// [`kind_of`] from the first line's fields.
+fn kind_from<'a>(mut parts: impl Iterator<Item = &'a [u8]>, request: bool) -> MessageKind {
+    let mut text = || {
+        parts
+            .next()
+            .and_then(|f| std::str::from_utf8(f).ok())
+            .unwrap_or_default()
+    };
     if request {
         MessageKind::Request {
-            method: parts.next().unwrap_or_default().into(),
-            uri: parts.next().unwrap_or_default().into(),
+            method: text().into(),
+            uri: text().into(),
         }
     } else {
-        let status = parts.nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        text();
+        let status = text().parse().unwrap_or(0);
         MessageKind::Response { status }
     }
 }
 
 /// Body length from the head/body split (the exact framing is the sender's business).
 fn body_len(bytes: &[u8]) -> u64 {
-    let end = bytes
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
+    static CRLF_CRLF: LazyLock<memmem::Finder<'static>> =
+        LazyLock::new(|| memmem::Finder::new(b"\r\n\r\n"));
+    let end = CRLF_CRLF
+        .find(bytes)
         .map(|p| p + 4)
-        .or_else(|| bytes.windows(2).position(|w| w == b"\n\n").map(|p| p + 2));
+        .or_else(|| memmem::find(bytes, b"\n\n").map(|p| p + 2));
     end.map(|e| (bytes.len() - e) as u64).unwrap_or(0)
 }
 
@@ -278,7 +337,7 @@ pub const MAX_PENDING_REQUESTS: usize = 100_000;
 pub struct GorMessages {
     next_id: u64,
     /// Requests waiting for their final response: GoReplay id to message id.
-    pending: PendingMap<String, u64>,
+    pending: PendingMap<CompactString, u64>,
     skipped: u64,
     messages: u64,
 }

@@ -176,7 +176,7 @@ fn parse_whole(data: &[u8]) -> Result<Vec<GorPayload>, (&'static str, usize, Str
         }
         out.push(GorPayload {
             kind,
-            id: f[1].to_string(),
+            id: f[1].into(),
             ts_ns: f[2].parse().map_err(|_| bad())?,
             latency_ns: f.get(3).and_then(|l| l.parse().ok()).unwrap_or(0),
             bytes: Bytes::copy_from_slice(&payload[nl + 1..]),
@@ -278,7 +278,7 @@ fn piece() -> impl Strategy<Value = Vec<u8>> {
             let mut out = Vec::new();
             let p = GorPayload {
                 kind,
-                id,
+                id: id.into(),
                 ts_ns,
                 latency_ns,
                 bytes: Bytes::from(bytes),

@@ -9,7 +9,7 @@ use std::hash::Hash;
 /// A map of waiting entries, oldest evicted first once it holds `cap` of them.
 #[derive(Debug)]
 pub struct PendingMap<K, V> {
-    entries: HashMap<K, (u64, V)>,
+    entries: HashMap<K, (u64, V), foldhash::fast::RandomState>,
     /// Insertion sequence number to key, so the oldest entry is the first.
     order: BTreeMap<u64, K>,
     next_seq: u64,
@@ -21,7 +21,7 @@ impl<K: Hash + Eq + Clone, V> PendingMap<K, V> {
     /// An empty map that holds at most `cap` entries (at least one).
     pub fn new(cap: usize) -> Self {
         Self {
-            entries: HashMap::new(),
+            entries: HashMap::default(),
             order: BTreeMap::new(),
             next_seq: 0,
             cap: cap.max(1),

@@ -35,6 +35,11 @@ pub trait MessageSource: Send {
     /// Calls `visit` with each message in the source's order until it returns false; the
     /// position (messages or bytes, as `size` counts) after each.
     fn read(&mut self, visit: &mut dyn FnMut(HttpMessage, u64) -> bool) -> anyhow::Result<()>;
+    /// True when each message's bytes are an allocation of their own, not a slice of a larger
+    /// read that keeping them would keep alive: the feed then keeps them without a copy.
+    fn bytes_are_own(&self) -> bool {
+        false
+    }
 }
 
 /// What the feed does to the source's requests, the options of one replay.
@@ -174,6 +179,9 @@ impl Feeder<'_> {
                 self.answer_order = AnswerOrder::default();
             }
             let mut stream = RequestStream::new(self.options.lookahead);
+            if source.bytes_are_own() {
+                stream = stream.taking_bytes_as_they_are();
+            }
             if self.options.diff_endpoints.is_some() {
                 stream = stream.keeping_responses();
             }

@@ -347,6 +347,11 @@ impl MessageSource for FileSource {
         MessageFile::open(&self.path, &self.ports, self.format)?.visit(visit)?;
         Ok(())
     }
+
+    /// GoReplay payloads are copied out of the reader's buffer one by one.
+    fn bytes_are_own(&self) -> bool {
+        self.format == FileFormat::Gor
+    }
 }
 
 /// Checks the options and opens the source (blocking: stores and files); what the replay

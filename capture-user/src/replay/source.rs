@@ -4,7 +4,7 @@
 //! on in capture order through a bounded look-ahead, so a window of any size streams through
 //! with memory bounded by the look-ahead, never by the window.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -86,28 +86,41 @@ type PendingKey = (u64, u64);
 /// Requests in capture order with their recorded statuses, through a bounded look-ahead.
 pub struct RequestStream {
     lookahead: Lookahead,
-    pending: BTreeMap<PendingKey, ReplayRequest>,
+    /// Waiting requests sorted by key. Sources give requests nearly in capture order, so
+    /// nearly every one goes at the back; a sorted deque allocates nothing per request (a
+    /// B-tree of these large values allocated a node past malloc's small sizes every few
+    /// requests, and each such allocation consolidated the heap).
+    pending: VecDeque<(PendingKey, ReplayRequest)>,
     /// Request id → its place in `pending`, for pairing responses.
-    waiting: HashMap<u64, PendingKey>,
+    waiting: HashMap<u64, PendingKey, foldhash::fast::RandomState>,
     arrivals: u64,
     newest_ts: u64,
     released_ts: u64,
     stats: SourceStats,
     keep_responses: bool,
+    bytes_own: bool,
 }
 
 impl RequestStream {
     pub fn new(lookahead: Lookahead) -> Self {
         Self {
             lookahead,
-            pending: BTreeMap::new(),
-            waiting: HashMap::new(),
+            pending: VecDeque::new(),
+            waiting: HashMap::default(),
             arrivals: 0,
             newest_ts: 0,
             released_ts: 0,
             stats: SourceStats::default(),
             keep_responses: false,
+            bytes_own: false,
         }
+    }
+
+    /// Keeps each message's bytes as they come instead of copying them: for sources whose
+    /// messages own their allocation (a GoReplay file's payloads), where a copy buys nothing.
+    pub fn taking_bytes_as_they_are(mut self) -> Self {
+        self.bytes_own = true;
+        self
     }
 
     /// Also keeps each request's recorded response bytes, for comparing answers (`--diff`):
@@ -134,29 +147,40 @@ impl RequestStream {
                     self.arrivals += 1;
                     let key = (ts, self.arrivals);
                     self.waiting.insert(m.id, key);
-                    self.pending.insert(
-                        key,
-                        ReplayRequest {
-                            id: m.id,
-                            conn: m.conn_id,
-                            ts_ns: ts,
-                            method,
-                            uri,
-                            // Owned: a slice would keep the whole batch it was read from alive.
-                            bytes: Bytes::copy_from_slice(&m.bytes),
-                            version: m.version,
-                            body_len: m.body_len,
-                            recorded_status: None,
-                            recorded_response: None,
-                            recorded_latency: None,
-                        },
-                    );
+                    let bytes = if self.bytes_own {
+                        m.bytes
+                    } else {
+                        // Owned: a slice would keep the whole batch it was read from alive.
+                        Bytes::copy_from_slice(&m.bytes)
+                    };
+                    let request = ReplayRequest {
+                        id: m.id,
+                        conn: m.conn_id,
+                        ts_ns: ts,
+                        method,
+                        uri,
+                        bytes,
+                        version: m.version,
+                        body_len: m.body_len,
+                        recorded_status: None,
+                        recorded_response: None,
+                        recorded_latency: None,
+                    };
+                    match self.pending.back() {
+                        Some((last, _)) if *last > key => {
+                            let at = self.pending.partition_point(|(k, _)| *k < key);
+                            self.pending.insert(at, (key, request));
+                        }
+                        _ => self.pending.push_back((key, request)),
+                    }
                 }
             }
             MessageKind::Response { status } if !(100..200).contains(&status) => {
                 let request = m.request_id.and_then(|id| self.waiting.remove(&id));
-                match request.and_then(|key| self.pending.get_mut(&key)) {
-                    Some(r) => {
+                let at = request
+                    .and_then(|key| self.pending.binary_search_by_key(&key, |(k, _)| *k).ok());
+                match at.and_then(|at| self.pending.get_mut(at)) {
+                    Some((_, r)) => {
                         r.recorded_status = Some(status);
                         let took = m.last_ts.as_nanos().saturating_sub(r.ts_ns);
                         r.recorded_latency = Some(Duration::from_nanos(took));
@@ -188,15 +212,15 @@ impl RequestStream {
             .saturating_sub(self.lookahead.time.as_nanos() as u64);
         loop {
             let over = self.pending.len() > self.lookahead.requests;
-            let Some(entry) = self.pending.first_entry() else {
+            let Some(&((ts, _), _)) = self.pending.front() else {
                 break;
             };
-            let (ts, _) = *entry.key();
             if !(all || over || ts < horizon) {
                 break;
             }
-            let key = *entry.key();
-            let r = entry.remove();
+            let Some((key, r)) = self.pending.pop_front() else {
+                break;
+            };
             // A response that paired already took the id out; otherwise it stops waiting now.
             if self.waiting.get(&r.id) == Some(&key) {
                 self.waiting.remove(&r.id);
