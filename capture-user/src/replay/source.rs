@@ -94,13 +94,14 @@ pub struct RequestStream {
     /// Requests that came after one captured later than they were: kept apart, so that
     /// keeping `pending` sorted never moves its middle.
     late: BTreeMap<PendingKey, ReplayRequest>,
-    /// Request id → its place in `pending`, for pairing responses.
+    /// Request id → its key (in `pending` or `late`), for pairing responses.
     waiting: HashMap<u64, PendingKey, foldhash::fast::RandomState>,
     arrivals: u64,
     newest_ts: u64,
     released_ts: u64,
     stats: SourceStats,
     keep_responses: bool,
+    /// Message bytes are kept as they come ([`RequestStream::taking_bytes_as_they_are`]).
     bytes_own: bool,
 }
 
