@@ -211,12 +211,7 @@ fn parse_payload(
 fn payload_of(payload: &[u8], index: usize, offset: u64) -> Result<GorPayload, GorError> {
     let nl = memchr::memchr(b'\n', payload).ok_or(GorError::NoHeader { index, offset })?;
     let line = &payload[..nl];
-    let header = if line.is_ascii() {
-        header_of(ascii_fields(line))
-    } else {
-        let text = String::from_utf8_lossy(line);
-        header_of(text.split_whitespace().map(str::as_bytes))
-    };
+    let header = with_fields(line, header_of);
     let (kind, id, ts_ns, latency_ns) = header.ok_or_else(|| GorError::BadHeader {
         index,
         offset,
@@ -231,23 +226,40 @@ fn payload_of(payload: &[u8], index: usize, offset: u64) -> Result<GorPayload, G
     })
 }
 
-/// The fields of an ASCII line split as `str::split_whitespace` splits it (whose whitespace,
-/// in ASCII, is these six bytes: `u8::is_ascii_whitespace` leaves out the vertical tab).
-fn ascii_fields(line: &[u8]) -> impl Iterator<Item = &[u8]> {
-    line.split(|b| matches!(b, b' ' | b'\t' | b'\n' | 0x0B | 0x0C | b'\r'))
-        .filter(|f| !f.is_empty())
+/// Calls `read` with the fields of `line` as `str::split_whitespace` splits them. An ASCII
+/// line is split as bytes, on the six that are whitespace there (`u8::is_ascii_whitespace`
+/// leaves out the vertical tab); any other is decoded lossily first.
+fn with_fields<T>(line: &[u8], read: impl FnOnce(&mut dyn Iterator<Item = &[u8]>) -> T) -> T {
+    if line.is_ascii() {
+        read(
+            &mut line
+                .split(|b| matches!(b, b' ' | b'\t' | b'\n' | 0x0B | 0x0C | b'\r'))
+                .filter(|f| !f.is_empty()),
+        )
+    } else {
+        read(
+            &mut String::from_utf8_lossy(line)
+                .split_whitespace()
+                .map(str::as_bytes),
+        )
+    }
+}
+
+/// The next field as text (fields of [`with_fields`] are UTF-8).
+fn next_text<'a>(fields: &mut dyn Iterator<Item = &'a [u8]>) -> Option<&'a str> {
+    fields.next().and_then(|f| std::str::from_utf8(f).ok())
 }
 
 /// A header line's type (1 to 3), id, timestamp and latency (0 when missing or not a
 /// number); None when the first three are not there.
-fn header_of<'a>(
-    mut fields: impl Iterator<Item = &'a [u8]>,
-) -> Option<(u8, CompactString, u64, i64)> {
-    let mut text = || fields.next().and_then(|f| std::str::from_utf8(f).ok());
-    let kind = text()?.parse::<u8>().ok().filter(|k| (1..=3).contains(k))?;
-    let id = CompactString::from(text()?);
-    let ts_ns = text()?.parse().ok()?;
-    let latency_ns = text().and_then(|l| l.parse().ok()).unwrap_or(0);
+fn header_of(fields: &mut dyn Iterator<Item = &[u8]>) -> Option<(u8, CompactString, u64, i64)> {
+    let kind = next_text(fields)?
+        .parse::<u8>()
+        .ok()
+        .filter(|k| (1..=3).contains(k))?;
+    let id = CompactString::from(next_text(fields)?);
+    let ts_ns = next_text(fields)?.parse().ok()?;
+    let latency_ns = next_text(fields).and_then(|l| l.parse().ok()).unwrap_or(0);
     Some((kind, id, ts_ns, latency_ns))
 }
 
@@ -281,36 +293,19 @@ pub fn to_payload(m: &StoredMessage, request_ts: Option<u64>) -> GorPayload {
 /// First line of an HTTP message: `METHOD URI` of a request or the status of a response.
 fn kind_of(bytes: &[u8], request: bool) -> MessageKind {
     let line = &bytes[..memchr::memchr(b'\n', bytes).unwrap_or(bytes.len())];
-    if line.is_ascii() {
-        kind_from(ascii_fields(line), request)
-    } else {
-        kind_from(
-            String::from_utf8_lossy(line)
-                .split_whitespace()
-                .map(str::as_bytes),
-            request,
-        )
-    }
-}
-
-/// [`kind_of`] from the first line's fields.
-fn kind_from<'a>(mut parts: impl Iterator<Item = &'a [u8]>, request: bool) -> MessageKind {
-    let mut text = || {
-        parts
-            .next()
-            .and_then(|f| std::str::from_utf8(f).ok())
-            .unwrap_or_default()
-    };
-    if request {
-        MessageKind::Request {
-            method: text().into(),
-            uri: text().into(),
+    with_fields(line, |parts| {
+        let mut text = || next_text(parts).unwrap_or_default();
+        if request {
+            MessageKind::Request {
+                method: text().into(),
+                uri: text().into(),
+            }
+        } else {
+            text();
+            let status = text().parse().unwrap_or(0);
+            MessageKind::Response { status }
         }
-    } else {
-        text();
-        let status = text().parse().unwrap_or(0);
-        MessageKind::Response { status }
-    }
+    })
 }
 
 /// Body length from the head/body split (the exact framing is the sender's business).

@@ -102,7 +102,7 @@ pub struct RequestStream {
     stats: SourceStats,
     keep_responses: bool,
     /// Message bytes are kept as they come ([`RequestStream::taking_bytes_as_they_are`]).
-    bytes_own: bool,
+    bytes_are_own: bool,
 }
 
 impl RequestStream {
@@ -117,14 +117,14 @@ impl RequestStream {
             released_ts: 0,
             stats: SourceStats::default(),
             keep_responses: false,
-            bytes_own: false,
+            bytes_are_own: false,
         }
     }
 
     /// Keeps each message's bytes as they come instead of copying them: for sources whose
     /// messages own their allocation (a GoReplay file's payloads), where a copy buys nothing.
     pub fn taking_bytes_as_they_are(mut self) -> Self {
-        self.bytes_own = true;
+        self.bytes_are_own = true;
         self
     }
 
@@ -152,7 +152,7 @@ impl RequestStream {
                     self.arrivals += 1;
                     let key = (ts, self.arrivals);
                     self.waiting.insert(m.id, key);
-                    let bytes = if self.bytes_own {
+                    let bytes = if self.bytes_are_own {
                         m.bytes
                     } else {
                         // Owned: a slice would keep the whole batch it was read from alive.
