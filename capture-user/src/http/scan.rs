@@ -29,8 +29,8 @@ pub(super) fn request(buf: &[u8], stats: &mut HttpStats) -> Option<Head> {
     Some(Head {
         len,
         kind: MessageKind::Request {
-            method: std::str::from_utf8(method).ok()?.into(),
-            uri: std::str::from_utf8(&buf[uri_start..uri_end]).ok()?.into(),
+            method: ascii_str(method).into(),
+            uri: ascii_str(&buf[uri_start..uri_end]).into(),
         },
         minor_version,
         framing,
@@ -77,6 +77,14 @@ fn version_crlf(buf: &[u8], at: usize) -> Option<(u8, usize)> {
     (buf.get(at + 8..at + 10)? == b"\r\n").then_some((minor, at + 10))
 }
 
+/// Bytes the scans above admitted as a `str`: they let through ASCII only.
+fn ascii_str(bytes: &[u8]) -> &str {
+    debug_assert!(bytes.is_ascii());
+    // SAFETY: callers pass bytes the scans checked to be ASCII (upper-case letters for a
+    // method, 0x21..=0x7E for a URI), and ASCII is UTF-8.
+    unsafe { std::str::from_utf8_unchecked(bytes) }
+}
+
 /// Reads header lines from `at` to the empty line: the head's length, the last
 /// Transfer-Encoding value and what the Content-Length headers say. Indexes `buf` directly:
 /// this loop is most of the reading.
@@ -84,14 +92,13 @@ fn headers(buf: &[u8], mut at: usize) -> Option<(usize, Option<&[u8]>, ContentLe
     let mut te = None;
     let mut cl = ContentLength::Absent;
     for _ in 0..=MAX_HEADERS {
-        if buf.get(at..at + 2)? == b"\r\n" {
-            return Some((at + 2, te, cl));
-        }
         let name_start = at;
-        while is_token(*buf.get(at)?) {
-            at += 1;
+        at = name_end(buf, at);
+        if at == name_start {
+            // No name: the empty line that ends the head, or not the plain shape.
+            return (buf.get(at..at + 2)? == b"\r\n").then_some((at + 2, te, cl));
         }
-        if at == name_start || buf[at] != b':' {
+        if buf.get(at) != Some(&b':') {
             return None;
         }
         let name = &buf[name_start..at];
@@ -104,20 +111,67 @@ fn headers(buf: &[u8], mut at: usize) -> Option<(usize, Option<&[u8]>, ContentLe
         if buf.get(at..at + 2)? != b"\r\n" {
             return None;
         }
-        let mut value_end = at;
-        while value_end > value_start && matches!(buf[value_end - 1], b' ' | b'\t') {
-            value_end -= 1;
-        }
+        let value = &buf[value_start..at];
         at += 2;
-        let value = &buf[value_start..value_end];
-        if name.eq_ignore_ascii_case(b"content-length") {
-            cl = cl.add(value);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            te = Some(value);
+        // Only the two framing headers' values are used: only they are trimmed.
+        match name.len() {
+            14 if name.eq_ignore_ascii_case(b"content-length") => {
+                cl = cl.add(trim_ows_end(value));
+            }
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                te = Some(trim_ows_end(value));
+            }
+            _ => {}
         }
     }
     // More headers than httparse is given room for: it counts the head as too large.
     None
+}
+
+/// `value` without the spaces and tabs that end it.
+fn trim_ows_end(value: &[u8]) -> &[u8] {
+    let kept = value
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t'))
+        .map_or(0, |last| last + 1);
+    &value[..kept]
+}
+
+/// Where the header name from `at` ends: at the first byte that is not a `tchar`, or at the
+/// buffer's end. Eight bytes at a time while they are letters, digits and dashes (nearly
+/// every name is made of nothing else), one at a time through the other `tchar`s.
+fn name_end(buf: &[u8], mut at: usize) -> usize {
+    loop {
+        while let Some(word) = buf.get(at..).and_then(<[u8]>::first_chunk::<8>) {
+            let marks = not_letter_digit_dash(u64::from_le_bytes(*word));
+            if marks != 0 {
+                at += first_mark(marks);
+                break;
+            }
+            at += 8;
+        }
+        match buf.get(at) {
+            Some(&b) if is_token(b) => at += 1,
+            _ => return at,
+        }
+    }
+}
+
+/// Marks the bytes of a word that are not ASCII letters, digits or dashes. Exact for every
+/// byte, not only up to the first mark: the tests run on the low seven bits of each byte,
+/// where adding at most 0x7F carries into no other byte.
+fn not_letter_digit_dash(x: u64) -> u64 {
+    let low = x & !HIGHS;
+    let folded = low | (ONES * 0x20);
+    let letter = at_least(folded, b'a') & !at_least(folded, b'z' + 1);
+    let digit = at_least(low, b'0') & !at_least(low, b'9' + 1);
+    let dash = !at_least(low ^ (ONES * u64::from(b'-')), 1);
+    (!(letter | digit | dash) | x) & HIGHS
+}
+
+/// Marks the bytes of `low` (each at most 0x7F) that are at least `n` (1..=0x80), exactly.
+fn at_least(low: u64, n: u8) -> u64 {
+    (low + ONES * u64::from(0x80 - n)) & HIGHS
 }
 
 /// Where the bytes from `at` that may be in a header value or reason phrase end: tab and

@@ -157,6 +157,49 @@ fn word_scans_stop_at_the_first_byte_they_must() {
     }
 }
 
+#[test]
+fn name_letters_are_marked_exactly_whatever_their_neighbours() {
+    let neighbours = [0x00, b'-', b'a', b'Z', b'9', b':', 0x7f, 0x80, 0xff];
+    for b in 0..=255u8 {
+        let plain = b.is_ascii_alphanumeric() || b == b'-';
+        for pos in 0..8 {
+            for &n in &neighbours {
+                let mut word = [n; 8];
+                word[pos] = b;
+                let marks = not_letter_digit_dash(u64::from_le_bytes(word));
+                let marked = marks & (0x80 << (pos * 8)) != 0;
+                assert_eq!(marked, !plain, "byte {b:#04x} at {pos} among {n:#04x}");
+            }
+        }
+    }
+}
+
+#[test]
+fn names_end_at_the_first_byte_that_is_no_token() {
+    let names: &[&[u8]] = &[
+        b"",
+        b"Host",
+        b"Content-Length",
+        b"X-Forwarded-For-Something-Long",
+        b"a!#$%&'*+.^_`|~z",
+        b"Accept-Ranges",
+        b"x_y",
+    ];
+    for name in names {
+        for tail in [&b": v"[..], b" : v", b"\xc3", b"", b"\t", b"(x)"] {
+            let mut buf = name.to_vec();
+            buf.extend_from_slice(tail);
+            let want = buf.iter().position(|&b| !is_token(b)).unwrap_or(buf.len());
+            assert_eq!(
+                name_end(&buf, 0),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(&buf)
+            );
+        }
+    }
+}
+
 /// Pieces heads are made of, plain and odd, so random heads cover both readers' edges.
 fn piece() -> impl Strategy<Value = Vec<u8>> {
     let fixed: Vec<&'static [u8]> = vec![
