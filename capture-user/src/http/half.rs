@@ -120,7 +120,7 @@ impl Half {
             request_id: msg.request_id,
             first_ts: msg.first_ts,
             last_ts: ts.max(msg.last_ts),
-            bytes: msg.bytes.freeze(self.buf.segment()),
+            bytes: self.buf.finish_message(msg.bytes),
             body_len: msg.body_len,
             complete,
             ended,

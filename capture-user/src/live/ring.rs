@@ -184,8 +184,9 @@ impl ChunkAssembler {
         let last = header.flags & FLAG_LAST_CHUNK != 0;
 
         if header.chunk_offset == 0 {
-            // A new packet starts on this CPU; anything unfinished there lost its tail.
-            if self.partial.remove(&header.cpu).is_some() {
+            // A new packet starts on this CPU; anything unfinished there lost its tail. (Nearly
+            // always nothing is: a packet of one chunk skips the hash lookup.)
+            if !self.partial.is_empty() && self.partial.remove(&header.cpu).is_some() {
                 self.discarded_incomplete += 1;
             }
             if last {
