@@ -143,7 +143,7 @@ fn measured_cells(tool: Tool, m: &Measured, baseline: Option<&Measured>) -> Vec<
     vec![
         captured_cell(&m.capture),
         rate,
-        m.tool_cpu_us.map_or_else(dash, |us| format!("{us:.1}")),
+        m.tool_cpu_us.map_or_else(dash, |us| format!("{us:.2}")),
         ebpf,
         node,
         m.drops.as_ref().map_or_else(dash, drops_cell),
