@@ -113,28 +113,20 @@ fn headers(buf: &[u8], mut at: usize) -> Option<(usize, Option<&[u8]>, ContentLe
         }
         let value = &buf[value_start..at];
         at += 2;
-        // Only the two framing headers' values are used: only they are trimmed.
+        // Only the two framing headers' values are used: only they are trimmed. A value here
+        // holds tabs and 0x20..=0x7E only, so its ASCII whitespace is exactly OWS.
         match name.len() {
             14 if name.eq_ignore_ascii_case(b"content-length") => {
-                cl = cl.add(trim_ows_end(value));
+                cl = cl.add(value.trim_ascii_end());
             }
             17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
-                te = Some(trim_ows_end(value));
+                te = Some(value.trim_ascii_end());
             }
             _ => {}
         }
     }
     // More headers than httparse is given room for: it counts the head as too large.
     None
-}
-
-/// `value` without the spaces and tabs that end it.
-fn trim_ows_end(value: &[u8]) -> &[u8] {
-    let kept = value
-        .iter()
-        .rposition(|b| !matches!(b, b' ' | b'\t'))
-        .map_or(0, |last| last + 1);
-    &value[..kept]
 }
 
 /// Where the header name from `at` ends: at the first byte that is not a `tchar`, or at the
