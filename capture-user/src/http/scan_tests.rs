@@ -174,6 +174,55 @@ fn name_letters_are_marked_exactly_whatever_their_neighbours() {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn block_classes_mark_exactly_the_bytes_the_word_tests_mark() {
+    let neighbours = [
+        0x00, b'\t', b'-', b'a', b'Z', b'9', b':', b'!', 0x7f, 0x80, 0xff,
+    ];
+    for b in 0..=255u8 {
+        let name_stop = !(b.is_ascii_alphanumeric() || b == b'-');
+        let value_stop = !(0x20..0x7f).contains(&b);
+        let uri_stop = !(0x21..0x7f).contains(&b);
+        for pos in 0..16 {
+            for &n in &neighbours {
+                let mut block = [n; 16];
+                block[pos] = b;
+                let bit = 1u32 << pos;
+                let at = |marks: u32| marks & bit != 0;
+                let ctx = format!("byte {b:#04x} at {pos} among {n:#04x}");
+                assert_eq!(at(sse2::not_letter_digit_dash(&block)), name_stop, "{ctx}");
+                assert_eq!(at(sse2::not_printable(&block)), value_stop, "{ctx}");
+                assert_eq!(at(sse2::not_uri(&block)), uri_stop, "{ctx}");
+            }
+        }
+    }
+}
+
+#[test]
+fn framing_names_are_told_apart_as_a_case_blind_comparison_would() {
+    let tokens: Vec<u8> = (0..=255u8).filter(|&b| is_token(b)).collect();
+    for lower in [&b"content-length"[..], b"transfer-encoding"] {
+        for pos in 0..lower.len() {
+            for &b in &tokens {
+                let mut name = lower.to_vec();
+                name[pos] = b;
+                assert_eq!(
+                    name_is(&name, lower),
+                    name.eq_ignore_ascii_case(lower),
+                    "{:?}",
+                    String::from_utf8_lossy(&name)
+                );
+            }
+        }
+        assert!(name_is(&lower.to_ascii_uppercase(), lower));
+        assert!(
+            !name_is(&lower[1..], lower),
+            "a shorter name is another name"
+        );
+    }
+}
+
 #[test]
 fn names_end_at_the_first_byte_that_is_no_token() {
     let names: &[&[u8]] = &[
