@@ -148,7 +148,7 @@ fn name_is(name: &[u8], lower: &[u8]) -> bool {
 /// (nearly every name is made of nothing else), one at a time through the other `tchar`s.
 fn name_end(buf: &[u8], mut at: usize) -> usize {
     loop {
-        at = letters_digits_dashes_end(buf, at);
+        at = run_end(buf, at, Class::LetterDigitDash);
         match buf.get(at) {
             Some(&b) if is_token(b) => at += 1,
             _ => return at,
@@ -156,20 +156,57 @@ fn name_end(buf: &[u8], mut at: usize) -> usize {
     }
 }
 
-/// Where the run of ASCII letters, digits and dashes from `at` ends.
-fn letters_digits_dashes_end(buf: &[u8], mut at: usize) -> usize {
+/// The byte classes the scans run through a block or a word at a time.
+#[derive(Clone, Copy)]
+enum Class {
+    /// ASCII letters, digits and dashes: nearly every header name.
+    LetterDigitDash,
+    /// 0x20..=0x7E: a value or reason phrase, up to a tab (the caller steps over it).
+    Printable,
+    /// 0x21..=0x7E: a URI here.
+    Uri,
+}
+
+impl Class {
+    /// Marks (high bits) of the word's bytes outside the class; the lowest is exact.
+    #[inline(always)]
+    fn word_stops(self, x: u64) -> u64 {
+        match self {
+            Class::LetterDigitDash => not_letter_digit_dash(x),
+            Class::Printable => below(x, 0x20) | equal(x, 0x7F) | high(x),
+            Class::Uri => below(x, 0x21) | equal(x, 0x7F) | high(x),
+        }
+    }
+
+    /// Bits of the block's bytes outside the class.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn block_stops(self, block: &[u8; 16]) -> u32 {
+        match self {
+            Class::LetterDigitDash => sse2::not_letter_digit_dash(block),
+            Class::Printable => sse2::not_printable(block),
+            Class::Uri => sse2::not_uri(block),
+        }
+    }
+}
+
+/// Where the run of `class` bytes from `at` ends: at the first byte outside it, or where
+/// fewer than eight bytes are left (the caller reads those one at a time). Sixteen bytes at
+/// a time on x86_64, then eight.
+#[inline(always)]
+fn run_end(buf: &[u8], mut at: usize, class: Class) -> usize {
     #[cfg(target_arch = "x86_64")]
     while let Some(block) = buf.get(at..).and_then(<[u8]>::first_chunk::<16>) {
-        let marks = sse2::not_letter_digit_dash(block);
-        if marks != 0 {
-            return at + marks.trailing_zeros() as usize;
+        let stops = class.block_stops(block);
+        if stops != 0 {
+            return at + stops.trailing_zeros() as usize;
         }
         at += 16;
     }
     while let Some(word) = buf.get(at..).and_then(<[u8]>::first_chunk::<8>) {
-        let marks = not_letter_digit_dash(u64::from_le_bytes(*word));
-        if marks != 0 {
-            return at + first_mark(marks);
+        let stops = class.word_stops(u64::from_le_bytes(*word));
+        if stops != 0 {
+            return at + first_mark(stops);
         }
         at += 8;
     }
@@ -197,31 +234,12 @@ fn at_least(low: u64, n: u8) -> u64 {
 /// 0x20..=0x7E (bytes over 0x7F are left to httparse). A block or a word at a time while
 /// none is a control byte or DEL: values are most of a head's bytes.
 fn printable_end(buf: &[u8], mut at: usize) -> usize {
-    #[cfg(target_arch = "x86_64")]
-    while let Some(block) = buf.get(at..).and_then(<[u8]>::first_chunk::<16>) {
-        let marks = sse2::not_printable(block);
-        if marks == 0 {
-            at += 16;
-            continue;
+    loop {
+        at = run_end(buf, at, Class::Printable);
+        if buf.get(at) != Some(&b'\t') {
+            break;
         }
-        let stop = at + marks.trailing_zeros() as usize;
-        if buf[stop] != b'\t' {
-            return stop;
-        }
-        at = stop + 1;
-    }
-    while let Some(word) = buf.get(at..).and_then(<[u8]>::first_chunk::<8>) {
-        let x = u64::from_le_bytes(*word);
-        let marks = below(x, 0x20) | equal(x, 0x7F) | high(x);
-        if marks == 0 {
-            at += 8;
-            continue;
-        }
-        let stop = at + first_mark(marks);
-        if buf[stop] != b'\t' {
-            return stop;
-        }
-        at = stop + 1;
+        at += 1;
     }
     while let Some(&b) = buf.get(at) {
         if b != b'\t' && !(0x20..0x7F).contains(&b) {
@@ -235,23 +253,7 @@ fn printable_end(buf: &[u8], mut at: usize) -> usize {
 /// Bytes at the start of `bytes` that may be in a URI here (0x21..=0x7E); `None` when they
 /// run to the end (the line is not complete: httparse decides).
 fn uri_len(bytes: &[u8]) -> Option<usize> {
-    let mut at = 0;
-    #[cfg(target_arch = "x86_64")]
-    while let Some(block) = bytes.get(at..).and_then(<[u8]>::first_chunk::<16>) {
-        let marks = sse2::not_uri(block);
-        if marks != 0 {
-            return Some(at + marks.trailing_zeros() as usize);
-        }
-        at += 16;
-    }
-    while let Some(word) = bytes.get(at..).and_then(<[u8]>::first_chunk::<8>) {
-        let x = u64::from_le_bytes(*word);
-        let marks = below(x, 0x21) | equal(x, 0x7F) | high(x);
-        if marks != 0 {
-            return Some(at + first_mark(marks));
-        }
-        at += 8;
-    }
+    let at = run_end(bytes, 0, Class::Uri);
     let tail = bytes.get(at..)?;
     tail.iter()
         .position(|&b| !(0x21..0x7F).contains(&b))
