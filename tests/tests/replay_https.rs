@@ -161,6 +161,66 @@ fn recorded_http_replays_byte_exact_inside_tls_verified_refused_or_loudly_insecu
     Ok(())
 }
 
+/// Bodies larger than the socket buffers, over a link slower than replay writes: the socket
+/// is full when the last plaintext goes to TLS, and those last records must still leave.
+/// (They used to wait in rustls's buffer, unflushed, until the response timeout; about one
+/// upload in two hit it here, so eight make the check all but certain.)
+#[test]
+fn large_bodies_reach_the_tls_server_whole_over_a_slow_link() -> Result<()> {
+    const BODY: usize = 2 << 20;
+    const UPLOADS: u64 = 8;
+    let topo = Topology::new("rslow")?;
+    let pki = tempfile::tempdir()?;
+    let pki = pki.path();
+    ca_and_cert(pki, "ca", &format!("IP:{}", topo.server_ip), "server")?;
+    let ca = pki.join("ca.crt").to_string_lossy().to_string();
+    let nginx = nginx_tls(&topo, pki, "server", false)?;
+    // Small send buffers in the client's namespace and 200 Mbit/s out of it: the socket is
+    // full whenever replay writes.
+    run_ok(
+        topo.client("sysctl")
+            .args(["-qw", "net.ipv4.tcp_wmem=4096 4096 4096"]),
+    )?;
+    let client_if = topo.client_if.clone();
+    run_ok(topo.client("tc").args([
+        "qdisc", "add", "dev", &client_if, "root", "tbf", "rate", "200mbit", "burst", "64kb",
+        "latency", "2s",
+    ]))?;
+    let data = tempfile::tempdir()?;
+    let gor = data.path().join("uploads.gor");
+    let body = "u".repeat(BODY);
+    let upload = |i: u64| {
+        let head = format!("POST /upload?slow={i} HTTP/1.1\r\nHost: origin.example\r\n");
+        (i, format!("{head}Content-Length: {BODY}\r\n\r\n{body}"))
+    };
+    write_gor(&gor, &(0..UPLOADS).map(upload).collect::<Vec<_>>())?;
+    let gor = gor.to_string_lossy().to_string();
+    let args = [
+        "--gor",
+        &gor,
+        "--target",
+        &https(&topo),
+        "--ca-file",
+        &ca,
+        "--timeout",
+        "20s",
+    ];
+    let (ok, summary, stderr) = replay(&topo, data.path(), &args)?;
+    assert!(ok, "{stderr}");
+    assert_eq!(json_count(&summary, "completed"), UPLOADS, "{summary}");
+    let log = log_from(&nginx, 0, UPLOADS as usize)?;
+    assert_eq!(log.len(), UPLOADS as usize, "{log:?}");
+    for e in &log {
+        assert_eq!(
+            (e.status, &e.content_length),
+            (200, &BODY.to_string()),
+            "{e:?}"
+        );
+        assert!(e.request_length >= BODY as u64, "{e:?}");
+    }
+    Ok(())
+}
+
 #[test]
 fn the_host_flag_names_the_server_for_sni_and_verification() -> Result<()> {
     let topo = Topology::new("rsni")?;

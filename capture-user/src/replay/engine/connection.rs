@@ -219,8 +219,16 @@ async fn exchange(
     buf: &mut [u8],
 ) -> Result<ResponseOutcome, FailureKind> {
     conn.reader.request_sent(request);
+    // The flush matters for TLS: `write_all` ends once rustls has taken the last plaintext,
+    // and when the socket was full at that moment the last records wait in rustls's buffer
+    // until a flush. A slowly reading server then never got the end of a large body, and
+    // the exchange waited for an answer that could not come (a response timeout).
     conn.stream
         .write_all(request)
+        .await
+        .map_err(|_| FailureKind::WriteError)?;
+    conn.stream
+        .flush()
         .await
         .map_err(|_| FailureKind::WriteError)?;
     loop {
