@@ -181,11 +181,11 @@ fn large_bodies_reach_the_tls_server_whole_over_a_slow_link() -> Result<()> {
         topo.client("sysctl")
             .args(["-qw", "net.ipv4.tcp_wmem=4096 4096 4096"]),
     )?;
-    let client_if = topo.client_if.clone();
-    run_ok(topo.client("tc").args([
-        "qdisc", "add", "dev", &client_if, "root", "tbf", "rate", "200mbit", "burst", "64kb",
-        "latency", "2s",
-    ]))?;
+    let shape = format!(
+        "qdisc add dev {} root tbf rate 200mbit burst 64kb latency 2s",
+        topo.client_if
+    );
+    run_ok(topo.client("tc").args(shape.split(' ')))?;
     let data = tempfile::tempdir()?;
     let gor = data.path().join("uploads.gor");
     let body = "u".repeat(BODY);
