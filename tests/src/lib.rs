@@ -119,6 +119,7 @@ pub fn python_with_stdin(script: &str, input: &[u8]) -> Result<Output> {
 pub mod agent;
 pub mod broker;
 pub mod capture;
+pub mod chromium;
 pub mod netns;
 pub mod nginx;
 pub mod pki;

@@ -61,6 +61,15 @@ pub fn json_count(v: &Value, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("{key} missing in {v}"))
 }
 
+/// Asserts that the first error text the summary gives for failures of `kind` contains
+/// `words`.
+pub fn assert_detail(summary: &Value, kind: &str, words: &str) {
+    let detail = summary["failure_details"][kind]
+        .as_str()
+        .unwrap_or_default();
+    assert!(detail.contains(words), "{kind}: {words:?} not in {summary}");
+}
+
 /// Access log entries from index `from` on, waiting briefly for nginx to write them all.
 pub fn log_from(nginx: &Nginx, from: usize, expect: usize) -> Result<Vec<AccessLogEntry>> {
     for _ in 0..50 {

@@ -415,7 +415,52 @@ fn grpc_is_recorded_inspected_and_replayed_byte_equal_on_the_embedded_store() ->
     let topo = Topology::new("grpe")?;
     topo.disable_offloads()?;
     let data = tempfile::tempdir()?;
-    grpc_round_trip(&topo, &data_dir_args(data.path()))
+    let store = data_dir_args(data.path());
+    grpc_round_trip(&topo, &store)?;
+    to_an_http1_server_the_calls_fail_saying_why(&topo, &store)
+}
+
+/// The gRPC recording sent to an HTTP/1 server by mistake (Python's http.server): every call
+/// fails as an HTTP/2 session error, and the summary gives h2's reason, so the mistake can be
+/// told from a server that broke its sessions.
+fn to_an_http1_server_the_calls_fail_saying_why(topo: &Topology, store: &[String]) -> Result<()> {
+    const HTTP1_PORT: u16 = 8082;
+    let mut server = topo.server("python3");
+    server.args(["-u", "-c"]).arg(format!(
+        "import http.server as h\n\
+         s = h.HTTPServer(('{}', {HTTP1_PORT}), h.SimpleHTTPRequestHandler)\n\
+         print('listening')\n\
+         s.serve_forever()",
+        topo.server_ip
+    ));
+    let (_server, _) = start_until(server, "listening")?;
+    let mut replay = Topology::exec(&topo.client_ns, &capture_bin().to_string_lossy());
+    replay
+        .args(["replay", "grpc", "--target"])
+        .arg(format!("http://{}:{HTTP1_PORT}", topo.server_ip))
+        .args(["--json", "--quiet"])
+        .args(store);
+    let out = replay.output()?;
+    let summary: Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| String::from_utf8_lossy(&out.stderr).to_string())?;
+    ensure!(!out.status.success(), "replay to HTTP/1 passed: {summary}");
+    // Each call fails as the session breaks: opening the stream, or writing the body of a
+    // call already under way.
+    assert_eq!(summary["failed"], 5, "{summary}");
+    let kinds: BTreeMap<String, Value> = serde_json::from_value(summary["failures"].clone())?;
+    assert!(kinds.contains_key("http2_error"), "{summary}");
+    assert!(
+        kinds
+            .keys()
+            .all(|k| ["http2_error", "write_error"].contains(&k.as_str())),
+        "{summary}"
+    );
+    let detail = summary["failure_details"]["http2_error"]
+        .as_str()
+        .unwrap_or_default();
+    // h2 read the start of "HTTP/1.0 505 ..." as a frame header of 4.7 MB.
+    assert!(detail.contains("frame with invalid size"), "{summary}");
+    Ok(())
 }
 
 #[test]

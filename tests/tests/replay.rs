@@ -8,9 +8,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use tests::capture::{CaptureRun, Tcpdump};
+use tests::chromium::{dump_dom, save_screenshot};
 use tests::netns::Topology;
 use tests::nginx::{AccessLogEntry, Nginx};
-use tests::replay::{capture_in, get, json_count, log_from, replay, target, write_gor};
+use tests::replay::{
+    assert_detail, capture_in, get, json_count, log_from, replay, target, write_gor,
+};
 use tests::{capture_bin, multiset, run_ok};
 
 const PORT: u16 = 8080;
@@ -395,8 +398,8 @@ fn filters_and_rewrites_show_up_in_the_access_log_as_asked() -> Result<()> {
     Ok(())
 }
 
-/// A TCP server in `ns` on `port` that accepts and then either never answers (`silent`) or
-/// closes at once after reading (`close`).
+/// A TCP server in `ns` on `port` that accepts and then never answers (`silent`), closes at
+/// once after reading (`close`), or greets with an SSH banner (`banner`).
 fn bad_server(ns: &str, port: u16, mode: &str) -> Result<Child> {
     let script = format!(
         r#"
@@ -412,6 +415,9 @@ while True:
     if "{mode}" == "close":
         c.recv(65536)
         c.close()
+    elif "{mode}" == "banner":
+        c.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+        held.append(c)
     else:
         held.append(c)
 "#
@@ -453,6 +459,60 @@ fn target_down_slow_or_hanging_up_is_counted_the_replay_finishes_and_exits_non_z
     assert_eq!(json_count(&summary, "completed"), 0);
     let last = stderr.trim().lines().last().unwrap_or_default();
     assert_eq!(last, "error: 20 of 20 requests failed (connect_refused=20)");
+    assert_detail(&summary, "connect_refused", "Connection refused");
+
+    // No route to the target (the client namespace has none beyond its link): the summary
+    // says which connect error it was, in the OS's words.
+    let (ok, summary, _) = replay(
+        &topo,
+        data.path(),
+        &["--gor", &gor, "--target", "http://192.0.2.1:80", "--max"],
+    )?;
+    assert!(!ok);
+    assert_eq!(summary["failures"]["connect_error"], 20, "{summary}");
+    assert_detail(&summary, "connect_error", "Network is unreachable");
+
+    // Something that is not HTTP answers (an SSH banner): named, with the bytes it began with.
+    // The report page shows it under the failure's row.
+    let mut ssh = bad_server(&topo.server_ns, 9996, "banner")?;
+    let page = data.path().join("failures.html");
+    let page_arg = page.to_string_lossy().to_string();
+    let result = replay(
+        &topo,
+        data.path(),
+        &[
+            "--gor",
+            &gor,
+            "--target",
+            &target(&topo, 9996),
+            "--max",
+            "--report",
+            &page_arg,
+        ],
+    );
+    let _ = ssh.kill();
+    let _ = ssh.wait();
+    let (ok, summary, _) = result?;
+    assert!(!ok);
+    assert_eq!(summary["failures"]["bad_response"], 20, "{summary}");
+    assert_detail(
+        &summary,
+        "bad_response",
+        r#"began "SSH-2.0-OpenSSH_9.6\r\n""#,
+    );
+    let dom = dump_dom(&page, data.path())?;
+    let row = dom
+        .split("<tr data-failure=\"bad_response\">")
+        .nth(1)
+        .and_then(|rest| rest.split("</tr>").next())
+        .context("the report has no bad_response row")?;
+    ensure!(
+        row.contains("class=\"failure-detail\">first: the answer's bytes began")
+            && row.contains("SSH-2.0-OpenSSH_9.6")
+            && row.contains(">20</td>"),
+        "bad_response row: {row}"
+    );
+    save_screenshot(&page, "replay-failures-report", 1800, data.path())?;
 
     // Accepts and never answers: every request times out, and the replay still ends.
     let mut silent = bad_server(&topo.server_ns, 9998, "silent")?;

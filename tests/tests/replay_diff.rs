@@ -5,17 +5,18 @@
 //! Chromium, its DOM checked and a screenshot saved.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use tests::capture::CaptureRun;
+use tests::chromium::{dump_dom, save_screenshot};
 use tests::netns::Topology;
 use tests::nginx::Nginx;
 use tests::replay::{replay, target};
-use tests::{run_ok, workspace_root};
+use tests::run_ok;
 
 const PORT: u16 = 8080;
 const BASELINE_PORT: u16 = 8081;
@@ -266,9 +267,7 @@ fn check_report_in_chromium(report: &Path, scratch: &Path) -> Result<()> {
     for remote in ["src=\"http", "href=\"http", "@import", "url(http"] {
         ensure!(!page.contains(remote), "the report fetches {remote}");
     }
-    let url = format!("file://{}", report.display());
-    let dom = chromium(scratch, &["--dump-dom", &url])?;
-    let dom = String::from_utf8_lossy(&dom.stdout);
+    let dom = dump_dom(report, scratch)?;
     for id in [
         "id=\"endpoints\"",
         "id=\"statuses\"",
@@ -309,54 +308,8 @@ fn check_report_in_chromium(report: &Path, scratch: &Path) -> Result<()> {
         "the config's changed field is not listed"
     );
 
-    let artifacts = workspace_root().join("target/test-artifacts");
-    std::fs::create_dir_all(&artifacts)?;
-    std::fs::copy(report, artifacts.join("replay-diff-report.html"))?;
-    let shot = artifacts.join("replay-diff-report.png");
-    let _ = std::fs::remove_file(&shot);
-    chromium(
-        scratch,
-        &[
-            "--window-size=1280,2400",
-            "--hide-scrollbars",
-            &format!("--screenshot={}", shot.display()),
-            &url,
-        ],
-    )?;
-    let png =
-        std::fs::read(&shot).with_context(|| format!("no screenshot at {}", shot.display()))?;
-    ensure!(
-        png.starts_with(b"\x89PNG") && png.len() > 20_000,
-        "the screenshot is {} bytes",
-        png.len()
-    );
-    println!("report screenshot: {}", shot.display());
+    save_screenshot(report, "replay-diff-report", 2400, scratch)?;
     Ok(())
-}
-
-/// Runs headless Chromium (installed by `cargo xtask setup`) with a profile in `scratch`.
-fn chromium(scratch: &Path, args: &[&str]) -> Result<std::process::Output> {
-    let profile: PathBuf = scratch.join("chromium-profile");
-    let out = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-dev-shm-usage",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(args)
-        .env("HOME", scratch)
-        .output()
-        .context("running chromium (installed by `cargo xtask setup`)")?;
-    if !out.status.success() {
-        bail!(
-            "chromium {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(out)
 }
 
 /// A JSON backend from Python's standard library in a namespace: every answer carries the

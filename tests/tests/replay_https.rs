@@ -12,7 +12,9 @@ use tests::capture::CaptureRun;
 use tests::netns::Topology;
 use tests::nginx::{AccessLogEntry, Nginx, curl_h2c};
 use tests::pki::{make_ca, make_server_cert};
-use tests::replay::{get, json_count, log_from, replay, replay_refused, target, write_gor};
+use tests::replay::{
+    assert_detail, get, json_count, log_from, replay, replay_refused, target, write_gor,
+};
 use tests::{multiset, run_ok};
 
 const PLAIN: u16 = 8080;
@@ -130,6 +132,12 @@ fn recorded_http_replays_byte_exact_inside_tls_verified_refused_or_loudly_insecu
     assert_eq!(failures(&summary, "tls_handshake"), 6, "{summary}");
     assert_eq!(json_count(&summary, "completed"), 0, "{summary}");
     assert!(stderr.contains("tls_handshake=6"), "{stderr}");
+    // Which check failed, in rustls's words: the issuer is not the CA given.
+    assert_detail(
+        &summary,
+        "tls_handshake",
+        "invalid peer certificate: UnknownIssuer",
+    );
 
     // --insecure against the same: through, and said loudly.
     let before = nginx.access_log()?.len();
@@ -245,6 +253,7 @@ fn the_host_flag_names_the_server_for_sni_and_verification() -> Result<()> {
     let (ok, summary, stderr) = replay(&topo, data.path(), &args)?;
     assert!(!ok, "the IP is not in the certificate: {stderr}");
     assert_eq!(failures(&summary, "tls_handshake"), 2, "{summary}");
+    assert_detail(&summary, "tls_handshake", "certificate not valid for name");
 
     let mut named = args.to_vec();
     named.extend(["--host", "name.test:8443"]);

@@ -70,6 +70,43 @@ impl FailureKind {
     }
 }
 
+/// A failed request: its kind, and what the OS, the TLS library or the HTTP/2 library said,
+/// when that says more than the kind (a reset, an unreachable network, a certificate its CA
+/// does not sign, the frame an HTTP/2 session broke on).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub detail: Option<Box<str>>,
+}
+
+/// Longest detail kept, in bytes: error texts are a line; a longer one is cut.
+const DETAIL_MAX: usize = 300;
+
+impl Failure {
+    /// A failure of `kind` with the error behind it.
+    pub fn new(kind: FailureKind, detail: impl std::fmt::Display) -> Self {
+        let mut text = detail.to_string();
+        if text.len() > DETAIL_MAX {
+            let mut cut = DETAIL_MAX;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+            text.push('…');
+        }
+        Self {
+            kind,
+            detail: Some(text.into()),
+        }
+    }
+}
+
+impl From<FailureKind> for Failure {
+    fn from(kind: FailureKind) -> Self {
+        Self { kind, detail: None }
+    }
+}
+
 /// Largest value the histograms track (1 hour, in µs); larger values are clamped.
 const HISTOGRAM_MAX_US: u64 = 3_600_000_000;
 
@@ -108,6 +145,8 @@ pub struct Tally {
     /// Connections opened (the first for each recorded connection, then reconnects).
     pub connections: u64,
     pub failures: BTreeMap<FailureKind, u64>,
+    /// The first detail of each failure kind that had one (see [`Failure`]).
+    pub failure_details: BTreeMap<FailureKind, Box<str>>,
     pub statuses: BTreeMap<u16, u64>,
     /// gRPC answers by `grpc-status` (HTTP/2 only; a status missing from the trailers counts
     /// as "missing").
@@ -136,6 +175,7 @@ impl Tally {
             completed: 0,
             connections: 0,
             failures: BTreeMap::new(),
+            failure_details: BTreeMap::new(),
             statuses: BTreeMap::new(),
             grpc_statuses: BTreeMap::new(),
             mismatches: BTreeMap::new(),
@@ -182,10 +222,16 @@ impl Tally {
     }
 
     /// A request is not even written: its connection could not be opened.
-    pub fn not_sent(&mut self, copy: u32, at: Duration, lag: Duration, failure: FailureKind) {
+    pub fn not_sent(
+        &mut self,
+        copy: u32,
+        at: Duration,
+        lag: Duration,
+        failure: impl Into<Failure>,
+    ) {
         self.timeline.failed(at);
         record(&mut self.lag, lag);
-        *self.failures.entry(failure).or_default() += 1;
+        self.count_failure(failure.into());
         self.copy(copy).failed += 1;
     }
 
@@ -213,10 +259,17 @@ impl Tally {
     }
 
     /// A sent request failed.
-    pub fn failed(&mut self, copy: u32, at: Duration, failure: FailureKind) {
+    pub fn failed(&mut self, copy: u32, at: Duration, failure: impl Into<Failure>) {
         self.timeline.failed(at);
-        *self.failures.entry(failure).or_default() += 1;
+        self.count_failure(failure.into());
         self.copy(copy).failed += 1;
+    }
+
+    fn count_failure(&mut self, failure: Failure) {
+        *self.failures.entry(failure.kind).or_default() += 1;
+        if let Some(detail) = failure.detail {
+            self.failure_details.entry(failure.kind).or_insert(detail);
+        }
     }
 
     /// Failed requests, whatever the kind.
@@ -280,6 +333,11 @@ impl Tally {
                 .failures
                 .iter()
                 .map(|(k, n)| (k.name().to_string(), *n))
+                .collect(),
+            failure_details: self
+                .failure_details
+                .iter()
+                .map(|(k, detail)| (k.name().to_string(), detail.to_string()))
                 .collect(),
             statuses: self
                 .statuses
@@ -422,6 +480,10 @@ pub struct ReplayReport {
     /// never read is not counted (`source.messages` says how far reading got).
     pub not_run: u64,
     pub failures: BTreeMap<String, u64>,
+    /// The first error text of each failure kind that had one, as the OS, the TLS library or
+    /// the HTTP/2 library worded it: what to look into when `failures` is not empty.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub failure_details: BTreeMap<String, String>,
     pub statuses: BTreeMap<String, u64>,
     /// gRPC answers by `grpc-status` (empty when nothing was gRPC).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -498,6 +560,9 @@ impl ReplayReport {
             let _ = writeln!(s, "grpc statuses: {}", pairs(&self.grpc_statuses));
         }
         let _ = writeln!(s, "failures: {}", or_none(pairs(&self.failures)));
+        for (kind, detail) in &self.failure_details {
+            let _ = writeln!(s, "  first {kind}: {detail}");
+        }
         let l = &self.latency_ms;
         let _ = writeln!(
             s,

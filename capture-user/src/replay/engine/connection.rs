@@ -12,7 +12,7 @@ use tokio::time::{Instant, timeout, timeout_at};
 
 use super::stream::{Endpoint, Stream, open_stream};
 use super::{PreparedRequest, READ_BUFFER, Shared, stopped};
-use crate::replay::report::FailureKind;
+use crate::replay::report::{Failure, FailureKind};
 use crate::replay::response::{ResponseError, ResponseOutcome, ResponseReader};
 
 /// A send handed to a connection at its due time.
@@ -48,7 +48,7 @@ struct Connection {
 }
 
 /// Opens an HTTP/1 connection to `endpoint` within the connect timeout.
-async fn connect_to(endpoint: &Endpoint, within: Duration) -> Result<Connection, FailureKind> {
+async fn connect_to(endpoint: &Endpoint, within: Duration) -> Result<Connection, Failure> {
     Ok(Connection {
         stream: open_stream(endpoint, within, false).await?,
         reader: Box::new(ResponseReader::new()),
@@ -56,7 +56,7 @@ async fn connect_to(endpoint: &Endpoint, within: Duration) -> Result<Connection,
 }
 
 /// A connection to the target, counted.
-async fn connect(shared: &Shared) -> Result<Connection, FailureKind> {
+async fn connect(shared: &Shared) -> Result<Connection, Failure> {
     let conn = connect_to(&shared.config.target, shared.config.connect_timeout).await?;
     shared.tally().connections += 1;
     Ok(conn)
@@ -144,7 +144,7 @@ pub(super) async fn connection_task(
 async fn send_job(
     shared: &Shared,
     job: Job,
-    attempt: Result<Connection, FailureKind>,
+    attempt: Result<Connection, Failure>,
     buf: &mut [u8],
     baseline: Option<&mut BaselineSide>,
 ) -> Option<Connection> {
@@ -185,7 +185,7 @@ async fn send_job(
     let outcome = match answer {
         Ok(Ok(outcome)) => Ok(outcome),
         Ok(Err(failure)) => Err(failure),
-        Err(_) => Err(FailureKind::ResponseTimeout),
+        Err(_) => Err(FailureKind::ResponseTimeout.into()),
     };
     if let Some(differ) = &shared.differ {
         let answered = outcome.as_ref().ok();
@@ -212,32 +212,31 @@ async fn send_job(
     }
 }
 
+/// Bytes of an answer that is not HTTP shown in the summary: enough to tell TLS, SSH or an
+/// HTTP/2 preface from a broken HTTP/1 answer.
+const BAD_ANSWER_SHOWN: usize = 24;
+
 /// Writes one request and reads its final response.
 async fn exchange(
     conn: &mut Connection,
     request: &[u8],
     buf: &mut [u8],
-) -> Result<ResponseOutcome, FailureKind> {
+) -> Result<ResponseOutcome, Failure> {
     conn.reader.request_sent(request);
     // The flush matters for TLS: `write_all` ends once rustls has taken the last plaintext,
     // and when the socket was full at that moment the last records wait in rustls's buffer
     // until a flush. A slowly reading server then never got the end of a large body, and
     // the exchange waited for an answer that could not come (a response timeout).
-    conn.stream
-        .write_all(request)
-        .await
-        .map_err(|_| FailureKind::WriteError)?;
-    conn.stream
-        .flush()
-        .await
-        .map_err(|_| FailureKind::WriteError)?;
+    let write_error = |e| Failure::new(FailureKind::WriteError, e);
+    conn.stream.write_all(request).await.map_err(write_error)?;
+    conn.stream.flush().await.map_err(write_error)?;
     loop {
         let n = match conn.stream.read(buf).await {
             Ok(n) => n,
             // A TLS peer that closes without close_notify: a close all the same (an answer
             // delimited by the close is complete).
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
-            Err(_) => return Err(FailureKind::ClosedBeforeResponse),
+            Err(e) => return Err(Failure::new(FailureKind::ClosedBeforeResponse, e)),
         };
         let result = if n == 0 {
             Some(conn.reader.closed())
@@ -247,8 +246,14 @@ async fn exchange(
         match result {
             None => continue,
             Some(Ok(outcome)) => return Ok(outcome),
-            Some(Err(ResponseError::BadResponse)) => return Err(FailureKind::BadResponse),
-            Some(Err(ResponseError::Truncated)) => return Err(FailureKind::ClosedBeforeResponse),
+            Some(Err(ResponseError::BadResponse)) => {
+                let start = buf[..n.min(BAD_ANSWER_SHOWN)].escape_ascii();
+                let detail = format!("the answer's bytes began \"{start}\"");
+                return Err(Failure::new(FailureKind::BadResponse, detail));
+            }
+            Some(Err(ResponseError::Truncated)) => {
+                return Err(FailureKind::ClosedBeforeResponse.into());
+            }
         }
     }
 }

@@ -22,7 +22,7 @@ use super::stream::open_stream;
 use super::{Shared, stopped};
 use crate::http2::parse_stored;
 use crate::message::HttpVersion;
-use crate::replay::report::FailureKind;
+use crate::replay::report::{Failure, FailureKind};
 
 /// Receive windows: large enough that a fast target is not held back by window updates.
 const STREAM_WINDOW: u32 = 1 << 20;
@@ -156,7 +156,7 @@ fn append_fields(map: &mut HeaderMap, fields: &[(&[u8], &[u8])]) -> Option<()> {
 
 /// Opens a session with the target: TCP (and TLS, for https), then the HTTP/2 preface and
 /// settings.
-async fn session(shared: &Shared) -> Result<SendRequest<Bytes>, FailureKind> {
+async fn session(shared: &Shared) -> Result<SendRequest<Bytes>, Failure> {
     let within = shared.config.connect_timeout;
     let stream = open_stream(&shared.config.target, within, true).await?;
     let handshake = h2::client::Builder::new()
@@ -164,8 +164,8 @@ async fn session(shared: &Shared) -> Result<SendRequest<Bytes>, FailureKind> {
         .initial_connection_window_size(SESSION_WINDOW)
         .handshake::<_, Bytes>(stream);
     let (send, connection) = match timeout(within, handshake).await {
-        Err(_) => return Err(FailureKind::ConnectTimeout),
-        Ok(Err(_)) => return Err(FailureKind::Http2Error),
+        Err(_) => return Err(FailureKind::ConnectTimeout.into()),
+        Ok(Err(e)) => return Err(failure_of(&e)),
         Ok(Ok(pair)) => pair,
     };
     // The session's I/O runs on its own; it ends when every handle is dropped.
@@ -234,12 +234,12 @@ pub(super) async fn http2_connection_task(
 }
 
 /// A new session, ready for a stream.
-async fn ready_session(shared: &Shared) -> Result<SendRequest<Bytes>, FailureKind> {
+async fn ready_session(shared: &Shared) -> Result<SendRequest<Bytes>, Failure> {
     session(shared)
         .await?
         .ready()
         .await
-        .map_err(|_| FailureKind::Http2Error)
+        .map_err(|e| failure_of(&e))
 }
 
 /// A stream whose HEADERS are on their way: the rest of the request and the answer follow.
@@ -283,9 +283,10 @@ fn open_stream_for(shared: &Shared, job: Job, send: &mut SendRequest<Bytes>) -> 
             response,
             sent_at,
         }),
-        Err(_) => {
+        Err(e) => {
             let at = shared.since_start();
-            shared.tally().failed(job.copy, at, FailureKind::WriteError);
+            let failure = Failure::new(FailureKind::WriteError, e);
+            shared.tally().failed(job.copy, at, failure);
             None
         }
     }
@@ -330,7 +331,7 @@ async fn finish_stream(shared: Arc<Shared>, stream: OpenStream) {
 }
 
 /// Reads the answer: status, body (returning flow-control capacity), trailers.
-async fn read_answer(response: ResponseFuture) -> Result<Answer, FailureKind> {
+async fn read_answer(response: ResponseFuture) -> Result<Answer, Failure> {
     let response = response.await.map_err(|e| failure_of(&e))?;
     let status = response.status().as_u16();
     let grpc = grpc_status(response.headers());
@@ -363,25 +364,28 @@ async fn send_body(
     out: &mut SendStream<Bytes>,
     mut body: Bytes,
     trailers: Option<HeaderMap>,
-) -> Result<(), FailureKind> {
+) -> Result<(), Failure> {
+    let write_error = |e: h2::Error| Failure::new(FailureKind::WriteError, e);
     while !body.is_empty() {
         out.reserve_capacity(body.len());
         let granted = std::future::poll_fn(|cx| out.poll_capacity(cx)).await;
         let n = match granted {
             Some(Ok(n)) => n.min(body.len()),
-            _ => return Err(FailureKind::WriteError),
+            Some(Err(e)) => return Err(write_error(e)),
+            None => {
+                let why = "the stream ended before the request's body was sent";
+                return Err(Failure::new(FailureKind::WriteError, why));
+            }
         };
         if n == 0 {
             continue;
         }
         let chunk = body.split_to(n);
         let last = body.is_empty() && trailers.is_none();
-        out.send_data(chunk, last)
-            .map_err(|_| FailureKind::WriteError)?;
+        out.send_data(chunk, last).map_err(write_error)?;
     }
     if let Some(trailers) = trailers {
-        out.send_trailers(trailers)
-            .map_err(|_| FailureKind::WriteError)?;
+        out.send_trailers(trailers).map_err(write_error)?;
     }
     Ok(())
 }
@@ -391,13 +395,15 @@ fn grpc_status(headers: &HeaderMap) -> Option<String> {
     Some(String::from_utf8_lossy(value.as_bytes()).into_owned())
 }
 
-/// The failure kind of an h2 error: the connection went away, or the session broke.
-fn failure_of(e: &h2::Error) -> FailureKind {
-    if e.is_io() {
+/// An h2 error: the connection went away, or the session broke (h2 says how: a GOAWAY or
+/// RST_STREAM and its reason, or the frame it could not take).
+fn failure_of(e: &h2::Error) -> Failure {
+    let kind = if e.is_io() {
         FailureKind::ClosedBeforeResponse
     } else {
         FailureKind::Http2Error
-    }
+    };
+    Failure::new(kind, e)
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::client::TlsStream;
 
-use crate::replay::report::FailureKind;
+use crate::replay::report::{Failure, FailureKind};
 use crate::replay::tls::{ALPN_H2, TlsClient};
 
 /// Where a connection goes: the address, and TLS for an https target.
@@ -46,14 +46,14 @@ pub(super) async fn open_stream(
     endpoint: &Endpoint,
     within: Duration,
     http2: bool,
-) -> Result<Stream, FailureKind> {
+) -> Result<Stream, Failure> {
     match timeout(within, open(endpoint, http2)).await {
-        Err(_) => Err(FailureKind::ConnectTimeout),
+        Err(_) => Err(FailureKind::ConnectTimeout.into()),
         Ok(result) => result,
     }
 }
 
-async fn open(endpoint: &Endpoint, http2: bool) -> Result<Stream, FailureKind> {
+async fn open(endpoint: &Endpoint, http2: bool) -> Result<Stream, Failure> {
     let tcp = TcpStream::connect(endpoint.address)
         .await
         .map_err(|e| connect_failure(&e))?;
@@ -70,35 +70,35 @@ async fn open(endpoint: &Endpoint, http2: bool) -> Result<Stream, FailureKind> {
     // A server that does not speak h2 on TLS answers an HTTP/2 preface with nothing useful:
     // say so at once rather than as a session error.
     if http2 && session.get_ref().1.alpn_protocol() != Some(ALPN_H2) {
-        return Err(FailureKind::TlsNoH2);
+        return Err(FailureKind::TlsNoH2.into());
     }
     Ok(Stream::Tls(Box::new(session)))
 }
 
-/// The failure kind of a failed handshake: a server that refuses the `h2` offer by ALPN
+/// A failed handshake, with rustls's reason: a server that refuses the `h2` offer by ALPN
 /// (nginx does, with a fatal alert, when its TLS listener has no HTTP/2) is named as such.
-fn handshake_failure(endpoint: &Endpoint, e: &io::Error, http2: bool) -> FailureKind {
-    // Counted per request; the reason is the same for all of them, so only a log line.
+fn handshake_failure(endpoint: &Endpoint, e: &io::Error, http2: bool) -> Failure {
     log::debug!("TLS handshake with {}: {e}", endpoint.address);
     let alert = e
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>());
     let no_alpn = rustls::Error::AlertReceived(AlertDescription::NoApplicationProtocol);
     if http2 && alert == Some(&no_alpn) {
-        FailureKind::TlsNoH2
+        FailureKind::TlsNoH2.into()
     } else {
-        FailureKind::TlsHandshake
+        Failure::new(FailureKind::TlsHandshake, e)
     }
 }
 
-/// The failure kind of a connect error.
-pub(super) fn connect_failure(e: &io::Error) -> FailureKind {
-    match e.kind() {
+/// A connect error: its kind, and the OS's words for it.
+pub(super) fn connect_failure(e: &io::Error) -> Failure {
+    let kind = match e.kind() {
         io::ErrorKind::ConnectionRefused => FailureKind::ConnectRefused,
         io::ErrorKind::AddrNotAvailable => FailureKind::LocalPortsExhausted,
         _ if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => FailureKind::LocalPortsExhausted,
         _ => FailureKind::ConnectError,
-    }
+    };
+    Failure::new(kind, e)
 }
 
 impl Stream {
@@ -181,11 +181,15 @@ mod tests {
     #[test]
     fn running_out_of_local_ports_is_named_as_such() {
         let e = io::Error::from_raw_os_error(libc::EADDRNOTAVAIL);
-        assert_eq!(connect_failure(&e), FailureKind::LocalPortsExhausted);
+        assert_eq!(connect_failure(&e).kind, FailureKind::LocalPortsExhausted);
         let e = io::Error::from(io::ErrorKind::ConnectionRefused);
-        assert_eq!(connect_failure(&e), FailureKind::ConnectRefused);
+        assert_eq!(connect_failure(&e).kind, FailureKind::ConnectRefused);
         let e = io::Error::from_raw_os_error(libc::ENETUNREACH);
-        assert_eq!(connect_failure(&e), FailureKind::ConnectError);
+        let failure = connect_failure(&e);
+        assert_eq!(failure.kind, FailureKind::ConnectError);
+        // The summary says which connect error it was, in the OS's words.
+        let detail = failure.detail.unwrap_or_default();
+        assert!(detail.contains("Network is unreachable"), "{detail}");
     }
 
     #[tokio::test]

@@ -314,9 +314,31 @@ fn status_mix(out: &mut String, r: &ReplayReport) {
         mismatches,
         "No status changed.",
     );
-    let failures = r.failures.iter().map(|(k, &n)| (k.clone(), n));
-    small_table(out, "failures", "failure", failures, "No failures.");
+    failures_table(out, r);
     out.push_str("</div></section>");
+}
+
+/// Failures by kind, each with the first error text of its kind under it when there was one.
+fn failures_table(out: &mut String, r: &ReplayReport) {
+    out.push_str(
+        "<table id=\"failures\"><thead><tr><th>failure</th><th class=\"num\">count</th></tr>\
+         </thead><tbody>",
+    );
+    if r.failures.is_empty() {
+        out.push_str("<tr><td colspan=\"2\" class=\"empty\">No failures.</td></tr>");
+    }
+    for (kind, count) in &r.failures {
+        let _ = write!(out, "<tr data-failure=\"{k}\"><td>{k}", k = escape(kind));
+        if let Some(detail) = r.failure_details.get(kind) {
+            let _ = write!(
+                out,
+                "<div class=\"failure-detail\">first: {}</div>",
+                escape(detail)
+            );
+        }
+        let _ = write!(out, "</td><td class=\"num\">{count}</td></tr>");
+    }
+    out.push_str("</tbody></table>");
 }
 
 /// A two-column table of names and counts, with a line for when it is empty.

@@ -22,6 +22,7 @@ section { background:var(--card); border:1px solid var(--line); border-radius:8p
 .banner.warn { background:var(--warn-bg); color:var(--warn); }
 .banner.bad { background:var(--bad-bg); color:var(--bad); }
 .note, .empty { color:var(--muted); margin:0 0 8px; }
+.failure-detail { color:var(--muted); font-size:12px; max-width:36em; overflow-wrap:anywhere; }
 .cards { display:grid; grid-template-columns:repeat(auto-fill, minmax(180px, 1fr)); gap:10px; }
 .card { border:1px solid var(--line); border-radius:6px; padding:10px 12px; }
 .card .label { color:var(--muted); font-size:12px; text-transform:uppercase; letter-spacing:.04em; }

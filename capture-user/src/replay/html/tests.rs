@@ -19,6 +19,7 @@ fn empty_report() -> ReplayReport {
         in_flight: 0,
         not_run: 0,
         failures: BTreeMap::new(),
+        failure_details: BTreeMap::new(),
         statuses: BTreeMap::new(),
         grpc_statuses: BTreeMap::new(),
         status_mismatches: 0,
@@ -45,10 +46,14 @@ fn busy_report() -> ReplayReport {
     ReplayReport {
         planned: 10,
         sent: 10,
-        completed: 9,
-        failed: 1,
-        failures: BTreeMap::from([("response_timeout".into(), 1)]),
-        statuses: BTreeMap::from([("200".into(), 8), ("500".into(), 1)]),
+        completed: 8,
+        failed: 2,
+        failures: BTreeMap::from([("response_timeout".into(), 1), ("bad_response".into(), 1)]),
+        failure_details: BTreeMap::from([(
+            "bad_response".into(),
+            "the answer's bytes began \"<script>alert(2)</script>\"".into(),
+        )]),
+        statuses: BTreeMap::from([("200".into(), 7), ("500".into(), 1)]),
         grpc_statuses: BTreeMap::new(),
         status_mismatches: 1,
         mismatches: vec![Mismatch {
@@ -202,6 +207,8 @@ fn the_page_has_its_hooks() {
         "<li class=\"noise\" data-field=\"json:$.ts\">",
         "<td data-col=\"p99-replayed\" class=\"num\">–</td>",
         "<td data-col=\"different\" class=\"num bad\">1</td>",
+        "<tr data-failure=\"bad_response\"><td>bad_response<div class=\"failure-detail\">first: ",
+        "<tr data-failure=\"response_timeout\"><td>response_timeout</td>",
     ] {
         assert!(html.contains(hook), "missing {hook}");
     }
@@ -238,6 +245,7 @@ fn hostile_text_stays_text() {
     assert_eq!(html.matches("</details>").count(), 1);
     assert!(html.contains("&lt;/details&gt;&lt;script&gt;alert(1)&lt;/script&gt;"));
     assert!(html.contains("GET /items/7?q=&quot;&#39;&lt;b&gt;&amp;"));
+    assert!(html.contains("began &quot;&lt;script&gt;alert(2)&lt;/script&gt;&quot;"));
     assert!(html.contains("<title>replay of &lt;recording&gt; r</title>"));
     assert!(html.contains("Bodies cut at 4 KiB."));
 }

@@ -150,3 +150,56 @@ fn the_summary_says_what_the_sample_kept() {
     assert_eq!(json["sample"]["unit"], "connection");
     assert_eq!(json["sample"]["units_kept"], 101);
 }
+
+#[test]
+fn the_first_error_text_of_each_kind_is_kept_cut_to_a_line_and_shown() {
+    let mut t = tally(5, 1);
+    let at = Duration::ZERO;
+    t.not_sent(0, at, at, FailureKind::ConnectTimeout);
+    t.not_sent(
+        0,
+        at,
+        at,
+        Failure::new(FailureKind::ConnectError, "Network is unreachable"),
+    );
+    t.not_sent(
+        0,
+        at,
+        at,
+        Failure::new(FailureKind::ConnectError, "a later one"),
+    );
+    t.failed(
+        0,
+        at,
+        Failure::new(FailureKind::Http2Error, "é".repeat(400)),
+    );
+    t.failed(0, at, FailureKind::Http2Error);
+    let r = t.report(Duration::from_secs(1), None);
+    assert_eq!(r.failures.get("connect_error"), Some(&2));
+    assert_eq!(r.failures.get("http2_error"), Some(&2));
+    // The first wording of each kind, none for a kind that had nothing to add.
+    assert_eq!(
+        r.failure_details.get("connect_error").map(String::as_str),
+        Some("Network is unreachable")
+    );
+    assert!(!r.failure_details.contains_key("connect_timeout"));
+    // A long text is cut on a character boundary, and says so.
+    let cut = &r.failure_details["http2_error"];
+    assert!(
+        cut.len() <= DETAIL_MAX + '…'.len_utf8() && cut.ends_with('…'),
+        "{cut}"
+    );
+    let text = r.to_text();
+    assert!(
+        text.contains("failures: connect_error=2 connect_timeout=1 http2_error=2\n  first connect_error: Network is unreachable\n"),
+        "{text}"
+    );
+    let json = serde_json::to_value(&r).unwrap();
+    assert_eq!(
+        json["failure_details"]["connect_error"],
+        "Network is unreachable"
+    );
+    // Nothing failed, nothing to say: the field is left out.
+    let quiet = serde_json::to_value(tally(1, 1).report(Duration::ZERO, None)).unwrap();
+    assert!(quiet.get("failure_details").is_none(), "{quiet}");
+}
