@@ -398,6 +398,26 @@ fn filters_and_rewrites_show_up_in_the_access_log_as_asked() -> Result<()> {
     Ok(())
 }
 
+/// Replays the GoReplay file `gor` with `extra` arguments to a [`bad_server`] of `mode`, and
+/// stops the server.
+fn replay_to_bad_server(
+    topo: &Topology,
+    data_dir: &std::path::Path,
+    gor: &str,
+    mode: &str,
+    extra: &[&str],
+) -> Result<(bool, serde_json::Value, String)> {
+    const BAD_PORT: u16 = 9998;
+    let mut server = bad_server(&topo.server_ns, BAD_PORT, mode)?;
+    let url = target(topo, BAD_PORT);
+    let mut args = vec!["--gor", gor, "--target", &url];
+    args.extend(extra);
+    let result = replay(topo, data_dir, &args);
+    let _ = server.kill();
+    let _ = server.wait();
+    result
+}
+
 /// A TCP server in `ns` on `port` that accepts and then never answers (`silent`), closes at
 /// once after reading (`close`), or greets with an SSH banner (`banner`).
 fn bad_server(ns: &str, port: u16, mode: &str) -> Result<Child> {
@@ -474,25 +494,10 @@ fn target_down_slow_or_hanging_up_is_counted_the_replay_finishes_and_exits_non_z
 
     // Something that is not HTTP answers (an SSH banner): named, with the bytes it began with.
     // The report page shows it under the failure's row.
-    let mut ssh = bad_server(&topo.server_ns, 9996, "banner")?;
     let page = data.path().join("failures.html");
     let page_arg = page.to_string_lossy().to_string();
-    let result = replay(
-        &topo,
-        data.path(),
-        &[
-            "--gor",
-            &gor,
-            "--target",
-            &target(&topo, 9996),
-            "--max",
-            "--report",
-            &page_arg,
-        ],
-    );
-    let _ = ssh.kill();
-    let _ = ssh.wait();
-    let (ok, summary, _) = result?;
+    let extra = ["--max", "--report", &page_arg];
+    let (ok, summary, _) = replay_to_bad_server(&topo, data.path(), &gor, "banner", &extra)?;
     assert!(!ok);
     assert_eq!(summary["failures"]["bad_response"], 20, "{summary}");
     assert_detail(
@@ -515,36 +520,13 @@ fn target_down_slow_or_hanging_up_is_counted_the_replay_finishes_and_exits_non_z
     save_screenshot(&page, "replay-failures-report", 1800, data.path())?;
 
     // Accepts and never answers: every request times out, and the replay still ends.
-    let mut silent = bad_server(&topo.server_ns, 9998, "silent")?;
-    let result = replay(
-        &topo,
-        data.path(),
-        &[
-            "--gor",
-            &gor,
-            "--target",
-            &target(&topo, 9998),
-            "--timeout",
-            "300ms",
-            "--max",
-        ],
-    );
-    let _ = silent.kill();
-    let _ = silent.wait();
-    let (ok, summary, _) = result?;
+    let extra = ["--timeout", "300ms", "--max"];
+    let (ok, summary, _) = replay_to_bad_server(&topo, data.path(), &gor, "silent", &extra)?;
     assert!(!ok);
     assert_eq!(summary["failures"]["response_timeout"], 20, "{summary}");
 
     // Hangs up after reading.
-    let mut rude = bad_server(&topo.server_ns, 9997, "close")?;
-    let result = replay(
-        &topo,
-        data.path(),
-        &["--gor", &gor, "--target", &target(&topo, 9997), "--max"],
-    );
-    let _ = rude.kill();
-    let _ = rude.wait();
-    let (ok, summary, _) = result?;
+    let (ok, summary, _) = replay_to_bad_server(&topo, data.path(), &gor, "close", &["--max"])?;
     assert!(!ok);
     assert_eq!(
         summary["failures"]["closed_before_response"], 20,
