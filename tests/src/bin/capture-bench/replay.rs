@@ -125,6 +125,12 @@ fn replay_h2(topo: &Topology, data_dir: &std::path::Path, name: &str) -> Result<
         s["connections"],
         rate / h2load_rate.max(1.0)
     );
+    if s["failed"].as_u64().unwrap_or(0) > 0 {
+        println!(
+            "  failures {}, first of each kind {}",
+            s["failures"], s["failure_details"]
+        );
+    }
     Ok(())
 }
 
