@@ -95,8 +95,24 @@ fn main() -> ExitCode {
         .init();
 
     let worker_threads = match &cli.command {
-        Command::Replay(args) => replay::send_threads(args),
+        Command::Replay(args) => replay::send_threads(args.send_threads),
         _ => 2,
+    };
+    // The agent's replays send on threads of their own, apart from the API's.
+    let replay_runtime = match &cli.command {
+        Command::Agent(args) => match tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(replay::send_threads(args.send_threads))
+            .thread_name("replay-send")
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => Some(runtime),
+            Err(e) => {
+                eprintln!("error: starting the replay threads: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(worker_threads)
@@ -119,7 +135,10 @@ fn main() -> ExitCode {
             Command::Inspect(args) => recordings::run_inspect(args),
             Command::Export(args) => recordings::run_export(args),
             Command::Replay(args) => replay::run(*args).await,
-            Command::Agent(args) => agent::run(*args).await,
+            Command::Agent(args) => {
+                let replays = replay_runtime.as_ref().map(|r| r.handle().clone());
+                agent::run(*args, replays).await
+            }
         }
     });
     match result {

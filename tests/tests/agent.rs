@@ -43,6 +43,27 @@ fn curl_n(topo: &Topology, port: u16, tag: &str, n: usize) -> Result<()> {
     Ok(())
 }
 
+/// The agent's replay threads (`--send-threads`): how many, and their CPU time so far (ns).
+fn replay_threads(pid: i32) -> Result<(usize, u64)> {
+    let mut count = 0;
+    let mut cpu_ns = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let task = task?.path();
+        if std::fs::read_to_string(task.join("comm"))?.trim() != "replay-send" {
+            continue;
+        }
+        count += 1;
+        let schedstat = std::fs::read_to_string(task.join("schedstat"))?;
+        let ran: u64 = schedstat
+            .split_whitespace()
+            .next()
+            .and_then(|ns| ns.parse().ok())
+            .context("schedstat")?;
+        cpu_ns += ran;
+    }
+    Ok((count, cpu_ns))
+}
+
 /// Waits until `f` holds (live counters update every second).
 fn eventually(what: &str, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -61,7 +82,7 @@ fn recordings_and_replays_over_the_api_match_the_cli_and_metrics_move_with_traff
     let nginx = Nginx::start(&topo.server_ns, &[8080])?;
     let data = tempfile::tempdir()?;
     let dir = data.path().display().to_string();
-    let (agent, listen) = agent_on_client(&topo, data.path(), &[])?;
+    let (agent, listen) = agent_on_client(&topo, data.path(), &["--send-threads", "3"])?;
     // Called from the server host: the agent listens beyond loopback.
     let api = Api {
         ns: &topo.server_ns,
@@ -131,11 +152,17 @@ fn recordings_and_replays_over_the_api_match_the_cli_and_metrics_move_with_traff
     let target = format!("http://{}:8080", topo.server_ip);
     let body =
         json!({"recording": "api1", "target": target, "max": true, "diff": true}).to_string();
+    let (threads, cpu_before) = replay_threads(agent.pid())?;
+    assert_eq!(threads, 3, "--send-threads 3");
     let created = api.ok("POST", "/v1/replays", Some(&body))?;
     let id = created["id"].as_str().context("no replay id")?.to_string();
     let done = api.wait_replay(&id)?;
     assert_eq!(done["state"], "finished", "{done}");
     assert_eq!(done["progress"]["completed"], 10);
+    // The replay sent on the agent's replay threads, not on the threads serving the API
+    // (those stay parked while nothing is replayed: no timer, no task).
+    let (_, cpu_after) = replay_threads(agent.pid())?;
+    assert!(cpu_after > cpu_before, "the replay threads did not run");
     // nginx answers as recorded: the diff finds every answer identical, and the report page
     // shows the same.
     let diff = &done["report"]["diff"];

@@ -83,6 +83,8 @@ pub struct AgentConfig {
     pub store: StoreConfig,
     /// When not empty, replays may only target these host:port pairs.
     pub allow_targets: Vec<String>,
+    /// Where replays send their requests (None: on the API's own runtime).
+    pub replay_runtime: Option<tokio::runtime::Handle>,
 }
 
 /// Shared state of the agent: what every handler reads through `State`.

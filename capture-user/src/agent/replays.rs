@@ -187,6 +187,8 @@ impl Replays {
                 .await
                 .context("loading the recording")??
         };
+        // The replay's tasks, timers and pacer belong to the runtime current at its start.
+        let _on_replay_runtime = config.replay_runtime.as_ref().map(|r| r.enter());
         let replay = loaded
             .start(endpoint, &options)
             .map_err(|e| ApiError::BadRequest(e.to_string()))?;

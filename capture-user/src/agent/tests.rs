@@ -24,6 +24,7 @@ fn agent(dir: &tempfile::TempDir, allow_targets: &[&str]) -> Arc<Agent> {
             ..StoreConfig::default()
         },
         allow_targets: allow_targets.iter().map(|s| s.to_string()).collect(),
+        replay_runtime: None,
     })
 }
 

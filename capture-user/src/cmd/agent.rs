@@ -74,6 +74,12 @@ pub struct AgentArgs {
     #[arg(long = "allow-target", value_name = "HOST:PORT")]
     pub allow_targets: Vec<String>,
 
+    /// Threads that write replays' requests and read their answers, shared by the replays
+    /// the agent runs and apart from the two threads that serve the API (whose calls never
+    /// queue behind a replay's tasks). Default: half the CPUs, at least one (as `replay`).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub send_threads: Option<u16>,
+
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -106,8 +112,12 @@ impl AgentArgs {
     }
 }
 
-/// Runs `capture agent`.
-pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+/// Runs `capture agent`; its replays send on `replay_runtime` (see `--send-threads`), or on
+/// the current runtime when there is none.
+pub async fn run(
+    args: AgentArgs,
+    replay_runtime: Option<tokio::runtime::Handle>,
+) -> anyhow::Result<()> {
     let limits = args.limits();
     let token = args
         .token_file
@@ -130,6 +140,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         },
         store: args.store.to_config()?,
         allow_targets: args.allow_targets,
+        replay_runtime,
     })
     .await
 }

@@ -258,10 +258,10 @@ fn diff_of(args: &ReplayArgs, baseline: Option<Endpoint>) -> anyhow::Result<Opti
     )?))
 }
 
-/// Runs `capture replay`.
-/// The async runtime's threads for a replay (`--send-threads`, else half the CPUs).
-pub fn send_threads(args: &ReplayArgs) -> usize {
-    args.send_threads.map_or_else(
+/// The threads that send a replay's requests (`--send-threads` of `replay` and `agent`, else
+/// half the CPUs).
+pub fn send_threads(asked: Option<u16>) -> usize {
+    asked.map_or_else(
         || {
             let cpus = std::thread::available_parallelism().map_or(2, usize::from);
             (cpus / 2).max(1)
@@ -270,6 +270,7 @@ pub fn send_threads(args: &ReplayArgs) -> usize {
     )
 }
 
+/// Runs `capture replay`.
 pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let target: Target = args.target.parse()?;
     let baseline_target: Option<Target> = match &args.baseline {
