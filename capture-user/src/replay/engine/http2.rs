@@ -165,7 +165,7 @@ async fn session(shared: &Shared) -> Result<SendRequest<Bytes>, Failure> {
         .handshake::<_, Bytes>(stream);
     let (send, connection) = match timeout(within, handshake).await {
         Err(_) => return Err(FailureKind::ConnectTimeout.into()),
-        Ok(Err(e)) => return Err(failure_of(&e)),
+        Ok(Err(e)) => return Err(Failure::new(FailureKind::Http2Error, e)),
         Ok(Ok(pair)) => pair,
     };
     // The session's I/O runs on its own; it ends when every handle is dropped.
@@ -239,7 +239,7 @@ async fn ready_session(shared: &Shared) -> Result<SendRequest<Bytes>, Failure> {
         .await?
         .ready()
         .await
-        .map_err(|e| failure_of(&e))
+        .map_err(|e| Failure::new(FailureKind::Http2Error, e))
 }
 
 /// A stream whose HEADERS are on their way: the rest of the request and the answer follow.
