@@ -147,6 +147,9 @@ pub struct Tally {
     pub failures: BTreeMap<FailureKind, u64>,
     /// The first detail of each failure kind that had one (see [`Failure`]).
     pub failure_details: BTreeMap<FailureKind, Box<str>>,
+    /// Failures of requests never written (counted in `failures`, not in `sent`), whatever
+    /// their kind: a session that would not open fails as `http2_error` like one that broke.
+    failed_unsent: u64,
     pub statuses: BTreeMap<u16, u64>,
     /// gRPC answers by `grpc-status` (HTTP/2 only; a status missing from the trailers counts
     /// as "missing").
@@ -176,6 +179,7 @@ impl Tally {
             connections: 0,
             failures: BTreeMap::new(),
             failure_details: BTreeMap::new(),
+            failed_unsent: 0,
             statuses: BTreeMap::new(),
             grpc_statuses: BTreeMap::new(),
             mismatches: BTreeMap::new(),
@@ -232,6 +236,7 @@ impl Tally {
         self.timeline.failed(at);
         record(&mut self.lag, lag);
         self.count_failure(failure.into());
+        self.failed_unsent += 1;
         self.copy(copy).failed += 1;
     }
 
@@ -279,26 +284,8 @@ impl Tally {
 
     /// Sends that neither completed nor failed yet.
     pub fn in_flight(&self) -> u64 {
-        self.sent
-            .saturating_sub(self.completed + self.failures_total() - self.connect_failures())
-    }
-
-    fn connect_failures(&self) -> u64 {
-        self.failures
-            .iter()
-            .filter(|(k, _)| {
-                matches!(
-                    k,
-                    FailureKind::ConnectRefused
-                        | FailureKind::ConnectTimeout
-                        | FailureKind::ConnectError
-                        | FailureKind::LocalPortsExhausted
-                        | FailureKind::TlsHandshake
-                        | FailureKind::TlsNoH2
-                )
-            })
-            .map(|(_, n)| n)
-            .sum()
+        let answered = self.completed + self.failures_total() - self.failed_unsent;
+        self.sent.saturating_sub(answered)
     }
 
     /// One progress line: done of planned, failures, rate so far.

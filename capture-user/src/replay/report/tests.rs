@@ -203,3 +203,22 @@ fn the_first_error_text_of_each_kind_is_kept_cut_to_a_line_and_shown() {
     let quiet = serde_json::to_value(tally(1, 1).report(Duration::ZERO, None)).unwrap();
     assert!(quiet.get("failure_details").is_none(), "{quiet}");
 }
+
+#[test]
+fn requests_never_written_are_not_taken_for_answers_whatever_their_failure_kind() {
+    let mut t = tally(6, 1);
+    let at = Duration::ZERO;
+    for _ in 0..3 {
+        t.sent(0, at, at);
+    }
+    t.completed(0, at, 200, None, 0, at);
+    t.failed(0, at, FailureKind::ResponseTimeout);
+    // Not written: a session that would not open, a connection refused.
+    t.not_sent(0, at, at, FailureKind::Http2Error);
+    t.not_sent(0, at, at, FailureKind::ConnectRefused);
+    // One of the three sent is still waiting for its answer.
+    assert_eq!(t.in_flight(), 1);
+    let r = t.report(Duration::from_secs(1), None);
+    assert_eq!((r.sent, r.completed, r.failed, r.in_flight), (3, 1, 3, 1));
+    assert_eq!(r.not_run, 1);
+}
