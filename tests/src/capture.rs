@@ -325,8 +325,8 @@ impl Tcpdump {
                 "0",
                 "-U",
                 "--immediate-mode",
-                // 64 MiB of kernel buffer (KiB): the default 2 MiB dropped packets of h2load's
-                // 70 KB POSTs, and tshark then decoded fewer requests than were sent.
+                // 64 MiB of kernel buffer (KiB), so the reference keeps up with h2load's burst
+                // of 70 KB POSTs.
                 "-B",
                 "65536",
                 "-Z",

@@ -335,9 +335,12 @@ fn recorded_drops(data: &Path) -> Result<BTreeMap<String, u64>> {
         .collect())
 }
 
-/// The URI of every HTTP request in a pcap, as tshark decodes it.
+/// The URI of every HTTP request in a pcap, as tshark decodes it (with out-of-order segments
+/// put back in order, which tshark does not do by default).
 fn pcap_uris(pcap: &Path) -> Result<Vec<String>> {
     let out = run_ok(Command::new("tshark").arg("-r").arg(pcap).args([
+        "-o",
+        "tcp.reassemble_out_of_order:TRUE",
         "-n",
         "-Y",
         "http.request",
