@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail, ensure};
 use crate::workspace_root;
 
 /// Runs headless Chromium with `args` and a profile in `scratch`.
-pub fn chromium(scratch: &Path, args: &[&str]) -> Result<Output> {
+fn chromium(scratch: &Path, args: &[&str]) -> Result<Output> {
     let profile: PathBuf = scratch.join("chromium-profile");
     let out = Command::new("chromium")
         .args([
