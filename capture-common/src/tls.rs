@@ -48,11 +48,23 @@ pub enum TlsCall {
     SetFd = 5,
     /// `void SSL_free(SSL *)`: the stream ends.
     Free = 6,
+    /// OpenSSL's `int ssl_read_internal(SSL *, void *buf, size_t num, size_t *readbytes)`,
+    /// which `SSL_read` and `SSL_read_ex` call: probed instead of them when found (see
+    /// `capture-user`'s `tls::sites`). Success is a return above 0.
+    ReadInternal = 7,
+    /// `int ssl_write_internal(SSL *, const void *buf, size_t num, size_t *written)`
+    /// (OpenSSL 1.1.1 to 3.1).
+    WriteInternal = 8,
+    /// `int ssl_write_internal(SSL *, const void *buf, size_t num, uint64_t flags,
+    /// size_t *written)` (OpenSSL 3.2 on).
+    WriteInternalFlags = 9,
 }
 
 impl TlsCall {
-    /// Every probed function: its symbol, its kind, and whether its return is probed too.
-    pub const ALL: [(&'static str, TlsCall, bool); 7] = [
+    /// Every exported function probed: its symbol, its kind, and whether its return is
+    /// probed too. Where `tls::sites` finds the internal read and write functions, those
+    /// are probed instead of the read and write ones here.
+    pub const EXPORTED: [(&'static str, TlsCall, bool); 7] = [
         ("SSL_write", TlsCall::Write, true),
         ("SSL_read", TlsCall::Read, true),
         ("SSL_write_ex", TlsCall::WriteEx, true),
@@ -72,21 +84,34 @@ impl TlsCall {
             4 => Self::Handshake,
             5 => Self::SetFd,
             6 => Self::Free,
+            7 => Self::ReadInternal,
+            8 => Self::WriteInternal,
+            9 => Self::WriteInternalFlags,
             _ => return None,
         })
     }
 
     /// True for the calls that carry plaintext.
     pub fn carries_data(self) -> bool {
-        matches!(
-            self,
-            Self::Write | Self::Read | Self::WriteEx | Self::ReadEx
-        )
+        self.is_write() || matches!(self, Self::Read | Self::ReadEx | Self::ReadInternal)
     }
 
     /// True for the calls whose plaintext the application sends.
     pub fn is_write(self) -> bool {
-        matches!(self, Self::Write | Self::WriteEx)
+        matches!(
+            self,
+            Self::Write | Self::WriteEx | Self::WriteInternal | Self::WriteInternalFlags
+        )
+    }
+
+    /// The argument (0-based) pointing at where the call stores its byte count, for the
+    /// calls that return success rather than the count.
+    pub fn count_pointer_arg(self) -> Option<usize> {
+        match self {
+            Self::ReadEx | Self::WriteEx | Self::ReadInternal | Self::WriteInternal => Some(3),
+            Self::WriteInternalFlags => Some(4),
+            _ => None,
+        }
     }
 }
 

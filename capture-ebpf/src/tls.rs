@@ -159,13 +159,16 @@ pub fn tls_call(ctx: ProbeContext) -> u32 {
         freed(ssl);
         return 0;
     }
+    // Both candidate registers are read at fixed offsets first: selecting the offset
+    // instead makes a computed context access, which the verifier refuses.
+    let (arg3, arg4): (u64, u64) = (ctx.arg(3).unwrap_or(0), ctx.arg(4).unwrap_or(0));
     let call = ActiveCall {
         ssl,
         buf: ctx.arg(1).unwrap_or(0),
-        len_out: if kind == TlsCall::WriteEx as u64 || kind == TlsCall::ReadEx as u64 {
-            ctx.arg(3).unwrap_or(0)
-        } else {
-            0
+        len_out: match TlsCall::from_u64(kind).and_then(TlsCall::count_pointer_arg) {
+            Some(3) => arg3,
+            Some(4) => arg4,
+            _ => 0,
         },
         kind,
     };
@@ -234,7 +237,8 @@ pub fn tls_return(ctx: RetProbeContext) -> u32 {
     }
     let ret: i64 = ctx.ret();
     let len = if call.len_out != 0 {
-        if ret as i32 != 1 {
+        // `_ex` calls return 1 on success, the internal functions above 0.
+        if ret as i32 <= 0 {
             return 0;
         }
         // SAFETY: reads the process's memory through the fault-tolerant helper.
@@ -274,7 +278,7 @@ pub fn tls_return(ctx: RetProbeContext) -> u32 {
         return 0;
     }
     let call_seq = count(TlsCounter::CallsMatched);
-    let write = kind == TlsCall::Write as u64 || kind == TlsCall::WriteEx as u64;
+    let write = TlsCall::from_u64(kind).is_some_and(TlsCall::is_write);
     let midstream = fd & FD_MIDSTREAM != 0;
     copy_call(&key, &conn, call.buf, len, write, midstream, call_seq);
     0

@@ -116,20 +116,27 @@ pub fn messages_during(
     port: u16,
     traffic: impl FnOnce() -> Result<()>,
 ) -> Result<(Vec<Inspected>, Vec<String>, usize)> {
+    messages_during_with(topo, &["--tls-side", side], port, traffic)
+}
+
+/// [`messages_during`] with other `capture messages --tls` options.
+pub fn messages_during_with(
+    topo: &Topology,
+    options: &[&str],
+    port: u16,
+    traffic: impl FnOnce() -> Result<()>,
+) -> Result<(Vec<Inspected>, Vec<String>, usize)> {
     let port_arg = port.to_string();
-    let run = CaptureRun::start(
-        &topo.client_ns,
-        &[
-            "messages",
-            "--tls",
-            "--tls-side",
-            side,
-            "--port",
-            &port_arg,
-            "--ring-size",
-            "64MiB",
-        ],
-    )?;
+    let mut args = vec![
+        "messages",
+        "--tls",
+        "--port",
+        &port_arg,
+        "--ring-size",
+        "64MiB",
+    ];
+    args.extend(options);
+    let run = CaptureRun::start(&topo.client_ns, &args)?;
     traffic()?;
     std::thread::sleep(Duration::from_millis(500));
     let out = run.stop(libc::SIGINT)?;

@@ -76,6 +76,15 @@ pub struct CaptureArgs {
     #[arg(long = "tls-side", value_enum, default_value_t = TlsSide::Both, requires = "tls")]
     pub tls_side: TlsSide,
 
+    /// With --tls: probe OpenSSL's exported SSL_read/SSL_write (and their _ex forms) even
+    /// where the internal functions they all call were found. By default reads and writes
+    /// are probed at those internal functions when the library's code shows them, because
+    /// the kernel steps their first instruction without a trap (a probe on SSL_read costs
+    /// two traps per call on Debian's build); this is the way back should a build's
+    /// internal function not behave as expected.
+    #[arg(long = "tls-exported-probes", requires = "tls")]
+    pub tls_exported_probes: bool,
+
     /// Attach TC programs as legacy netlink filters on a clsact qdisc instead of TCX links.
     #[arg(long = "tc-netlink", hide = true)]
     pub tc_netlink: bool,
@@ -95,6 +104,7 @@ impl CaptureArgs {
             tc_netlink: self.tc_netlink,
             redaction: Redaction::new(&self.redact_headers)?,
             tls: self.tls.then_some(self.tls_side),
+            tls_exported_probes: self.tls_exported_probes,
         })
     }
 }

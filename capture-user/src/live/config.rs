@@ -86,6 +86,9 @@ pub struct CaptureConfig {
     pub redaction: Redaction,
     /// `--tls`: capture the plaintext of TLS libraries instead of packets (which sides).
     pub tls: Option<crate::tls::TlsSide>,
+    /// `--tls-exported-probes`: probe `SSL_read`/`SSL_write` themselves even where the
+    /// internal functions they share were found (see [`crate::tls::sites`]).
+    pub tls_exported_probes: bool,
 }
 
 impl Default for CaptureConfig {
@@ -103,6 +106,7 @@ impl Default for CaptureConfig {
             tc_netlink: false,
             redaction: Redaction::default(),
             tls: None,
+            tls_exported_probes: false,
         }
     }
 }

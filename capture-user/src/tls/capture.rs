@@ -17,6 +17,7 @@ use super::libraries::{self, TlsLibrary};
 use super::probes::TlsProbes;
 use super::record::TlsAssembler;
 use super::streams::{TlsStreamConfig, TlsStreams};
+use super::watch::ProcessSchedule;
 use super::{TlsError, TlsStats};
 use crate::live::messages::Framer;
 use crate::live::ring::ClockOffset;
@@ -25,10 +26,9 @@ use crate::packet::Timestamp;
 use crate::pipeline::PipelineStats;
 use crate::sync::lock;
 
-/// How often new processes are looked at; every [`FULL_RESCAN_EVERY`] ticks every process
-/// is (one that loaded libssl after it was first seen).
+/// How often the watcher ticks; which processes it looks at on a tick is
+/// [`ProcessSchedule`]'s choice.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
-const FULL_RESCAN_EVERY: u32 = 10;
 /// How often idle streams are closed and counters published.
 const EXPIRE_EVERY: Duration = Duration::from_secs(1);
 const POLL_TIMEOUT_MS: i32 = 100;
@@ -64,8 +64,10 @@ impl<M: MessageSink> TlsCapture<M> {
         let side = config.tls.unwrap_or_default();
         let mut probes = TlsProbes::load(config, side.bits())?;
         let mut with_tls = HashSet::new();
+        let mut looked_at = Vec::new();
         let mut found: Vec<TlsLibrary> = libraries::host_libraries();
         for pid in libraries::pids() {
+            looked_at.push((pid, libraries::executable(pid)));
             let libs = libraries::process_libraries(pid);
             if !libs.is_empty() {
                 with_tls.insert(pid);
@@ -98,7 +100,7 @@ impl<M: MessageSink> TlsCapture<M> {
         {
             let mut stats = lock(&shared.stats);
             stats.unhooked = unhooked;
-            stats.libraries = library_names(&probes);
+            publish_libraries(&mut stats, &probes);
         }
         let ring = probes.take_ring()?;
         let counters = probes.take_counters()?;
@@ -119,7 +121,10 @@ impl<M: MessageSink> TlsCapture<M> {
             let (stop, shared, probes) = (stop_watching.clone(), shared.clone(), probes.clone());
             std::thread::Builder::new()
                 .name("capture-tls-watch".into())
-                .spawn(move || watch_processes(&probes, &stop, &shared, with_tls))
+                .spawn(move || {
+                    let schedule = ProcessSchedule::new(looked_at);
+                    watch_processes(&probes, &stop, &shared, schedule)
+                })
                 .map_err(|e| TlsError::Load(format!("starting the process watcher: {e}")))?
         };
         Ok(Self {
@@ -188,12 +193,13 @@ impl<M> Drop for TlsCapture<M> {
     }
 }
 
-fn library_names(probes: &TlsProbes) -> Vec<String> {
-    probes
+fn publish_libraries(stats: &mut TlsStats, probes: &TlsProbes) {
+    stats.libraries = probes
         .libraries()
         .iter()
         .map(|p| p.display().to_string())
-        .collect()
+        .collect();
+    stats.internal_sites = probes.internal_sites();
 }
 
 fn kernel_counters(array: &PerCpuArray<MapData, u64>) -> [u64; TlsCounter::ALL.len()] {
@@ -261,14 +267,14 @@ fn publish(shared: &Shared, streams: &TlsStreams, assembler: &TlsAssembler) {
     stats.discarded_calls = assembler.discarded();
 }
 
-/// The watcher thread: attaches to the libssl of processes that appear.
+/// The watcher thread: attaches to the libssl of processes that appear, exec or load it
+/// late, looking at the processes its [`ProcessSchedule`] names each tick.
 fn watch_processes(
     probes: &Mutex<Option<TlsProbes>>,
     stop: &AtomicBool,
     shared: &Shared,
-    mut seen: HashSet<u32>,
+    mut schedule: ProcessSchedule,
 ) {
-    let mut tick = 0u32;
     let mut last = Instant::now();
     while !stop.load(Ordering::Acquire) {
         std::thread::sleep(Duration::from_millis(100));
@@ -276,21 +282,11 @@ fn watch_processes(
             continue;
         }
         last = Instant::now();
-        tick += 1;
-        let full = tick.is_multiple_of(FULL_RESCAN_EVERY);
-        let pids = libraries::pids();
-        let live: HashSet<u32> = pids.iter().copied().collect();
-        for pid in pids {
-            if !full && seen.contains(&pid) {
-                continue;
-            }
+        for pid in schedule.tick(libraries::pids(), libraries::executable) {
             let libs = libraries::process_libraries(pid);
-            if libs.is_empty() && !full {
-                // Looked at once; a full rescan looks again (libssl loaded late).
-                seen.insert(pid);
+            if libs.is_empty() {
                 continue;
             }
-            seen.insert(pid);
             let mut guard = lock(probes);
             let Some(probes) = guard.as_mut() else {
                 return;
@@ -306,9 +302,8 @@ fn watch_processes(
                     ),
                     Err(e) => log::warn!("{e}"),
                 }
-                lock(&shared.stats).libraries = library_names(probes);
+                publish_libraries(&mut lock(&shared.stats), probes);
             }
         }
-        seen.retain(|pid| live.contains(pid));
     }
 }

@@ -95,6 +95,12 @@ pub fn pids() -> Vec<u32> {
         .collect()
 }
 
+/// The program process `pid` runs (its `/proc/PID/exe`), or nothing for a kernel thread or
+/// a process that is gone; it changes when the process execs.
+pub fn executable(pid: u32) -> Option<PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/exe")).ok()
+}
+
 /// The libssl files process `pid` maps, reached through its root (its container's
 /// filesystem), or nothing when the process is gone.
 pub fn process_libraries(pid: u32) -> Vec<TlsLibrary> {

@@ -1,7 +1,8 @@
 //! `--tls`: HTTP captured as plaintext at the TLS library, with no key and without touching
 //! the application. Uprobes on OpenSSL's read and write calls (in `capture-ebpf`) copy what
 //! the application hands over into a ring; this module finds the libraries ([`libraries`]),
-//! attaches the probes and follows processes that start later ([`probes`], [`capture`]),
+//! attaches the probes and follows processes that start, exec or load libssl later
+//! ([`probes`], [`capture`], [`watch`]),
 //! joins the ring's chunks into calls ([`record`]) and turns calls into the stream events
 //! the HTTP/1 and HTTP/2 framers take ([`streams`]). [`btf`] reads the kernel structure
 //! offsets the probes need to find each stream's TCP connection.
@@ -15,7 +16,9 @@ pub mod capture;
 pub mod libraries;
 pub mod probes;
 pub mod record;
+pub mod sites;
 pub mod streams;
+pub mod watch;
 
 use std::path::PathBuf;
 
@@ -108,6 +111,10 @@ pub struct TlsStats {
     pub discarded_calls: u64,
     /// Libraries probed.
     pub libraries: Vec<String>,
+    /// Reads and writes (two per library at most) probed at the internal function the
+    /// exported ones share, which costs one trap per call instead of two
+    /// ([`sites`]); the others are probed at `SSL_read`/`SSL_write`.
+    pub internal_sites: u64,
     /// Processes on a configured port with no libssl mapped.
     pub unhooked: Vec<Unhooked>,
 }
@@ -122,6 +129,7 @@ impl TlsStats {
             .chain([
                 ("tls_discarded_calls".to_string(), self.discarded_calls),
                 ("tls_libraries".to_string(), self.libraries.len() as u64),
+                ("tls_internal_sites".to_string(), self.internal_sites),
             ])
             .collect()
     }

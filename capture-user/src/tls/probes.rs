@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
-use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope};
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope};
 use aya::programs::{TracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
 use capture_common::tls::{
@@ -20,6 +20,7 @@ use capture_common::{PORTS_MAP, RING_MAP, WAKEUP_BYTES_GLOBAL};
 use super::TlsError;
 use super::btf::Btf;
 use super::libraries::{FileId, TlsLibrary};
+use super::sites::{self, InternalSites};
 use crate::live::CaptureConfig;
 use crate::live::loader::{EBPF_OBJECT, port_words};
 
@@ -52,6 +53,10 @@ const TRACEFS: &str = "/sys/kernel/tracing";
 pub struct TlsProbes {
     ebpf: Ebpf,
     attached: BTreeMap<FileId, PathBuf>,
+    /// Reads and writes probed at an internal function, over all libraries.
+    internal_sites: u64,
+    /// `--tls-exported-probes`: never probe the internal functions.
+    exported_only: bool,
 }
 
 impl TlsProbes {
@@ -102,6 +107,8 @@ impl TlsProbes {
         Ok(Self {
             ebpf,
             attached: BTreeMap::new(),
+            internal_sites: 0,
+            exported_only: config.tls_exported_probes,
         })
     }
 
@@ -110,45 +117,122 @@ impl TlsProbes {
         self.attached.contains_key(id)
     }
 
+    /// Reads and writes probed at an internal function, over all libraries.
+    pub fn internal_sites(&self) -> u64 {
+        self.internal_sites
+    }
+
     /// The libraries probed, by path.
     pub fn libraries(&self) -> Vec<PathBuf> {
         self.attached.values().cloned().collect()
     }
 
-    /// Attaches every probe to `library`. A function the library lacks (OpenSSL 1.1.0 has
-    /// no `SSL_read_ex`) is skipped; a library without `SSL_read` and `SSL_write` is an
-    /// error. Returns how many probes were attached.
+    /// Attaches every probe to `library`: reads and writes at the internal functions the
+    /// exported ones share when [`sites::internal_sites`] finds them (one trap per call
+    /// instead of two), at the exported functions otherwise. A function the library lacks
+    /// (OpenSSL 1.1.0 has no `SSL_read_ex`) is skipped; a library without `SSL_read` and
+    /// `SSL_write` is an error. Returns how many probes were attached.
     pub fn attach_library(&mut self, library: &TlsLibrary) -> Result<usize, TlsError> {
+        let found = match self.exported_only {
+            true => InternalSites::default(),
+            false => std::fs::read(&library.path)
+                .map(|elf| sites::internal_sites(&elf))
+                .unwrap_or_default(),
+        };
         let mut attached = 0;
-        for (symbol, call, with_return) in TlsCall::ALL {
-            let programs: &[&str] = if with_return {
-                &[ENTRY, RETURN]
-            } else {
-                &[ENTRY]
-            };
-            for name in programs {
-                let point = UProbeAttachPoint {
-                    location: UProbeAttachLocation::Symbol(symbol),
-                    cookie: Some(call as u64),
-                };
-                match uprobe(&mut self.ebpf, name)?.attach(
-                    point,
-                    &library.path,
-                    UProbeScope::AllProcesses,
-                ) {
-                    Ok(_) => attached += 1,
-                    Err(e) if matches!(call, TlsCall::Read | TlsCall::Write) => {
-                        return Err(TlsError::Attach {
-                            library: library.path.clone(),
-                            reason: format!("{symbol}: {e}"),
-                        });
-                    }
-                    Err(e) => log::debug!("{}: {symbol} not probed: {e}", library.path.display()),
+        let mut internal = InternalSites::default();
+        for (site, slot) in [
+            (found.read, &mut internal.read),
+            (found.write, &mut internal.write),
+        ] {
+            let Some(site) = site else { continue };
+            let at = At::Offset(site.file_offset);
+            match self.attach_entry_and_return(at, site.call, &library.path) {
+                Ok(()) => {
+                    attached += 2;
+                    self.internal_sites += 1;
+                    *slot = Some(site);
+                    log::info!(
+                        "{}: {:?} probed at its internal function ({:#x}), which SSL_read, \
+                         SSL_write and their _ex forms call",
+                        library.path.display(),
+                        site.call,
+                        site.address
+                    );
                 }
+                Err(e) => log::warn!(
+                    "{}: internal function at {:#x} not probed ({e}); probing the exported \
+                     functions instead",
+                    library.path.display(),
+                    site.address
+                ),
+            }
+        }
+        for (symbol, call, with_return) in TlsCall::EXPORTED {
+            let covered = match call {
+                TlsCall::Read | TlsCall::ReadEx => internal.read.is_some(),
+                TlsCall::Write | TlsCall::WriteEx => internal.write.is_some(),
+                _ => false,
+            };
+            if covered {
+                continue;
+            }
+            let at = At::Symbol(symbol);
+            let result = match with_return {
+                true => self.attach_entry_and_return(at, call, &library.path),
+                false => self.attach_one(ENTRY, at, call, &library.path).map(drop),
+            };
+            match result {
+                Ok(()) => attached += if with_return { 2 } else { 1 },
+                Err(e) if matches!(call, TlsCall::Read | TlsCall::Write) => {
+                    return Err(TlsError::Attach {
+                        library: library.path.clone(),
+                        reason: format!("{symbol}: {e}"),
+                    });
+                }
+                Err(e) => log::debug!("{}: {symbol} not probed: {e}", library.path.display()),
             }
         }
         self.attached.insert(library.id, library.path.clone());
         Ok(attached)
+    }
+
+    /// The entry and the return probe at `location`, or neither.
+    fn attach_entry_and_return(
+        &mut self,
+        at: At<'_>,
+        call: TlsCall,
+        path: &Path,
+    ) -> Result<(), String> {
+        let entry = self.attach_one(ENTRY, at, call, path)?;
+        if let Err(e) = self.attach_one(RETURN, at, call, path) {
+            if let Ok(program) = uprobe(&mut self.ebpf, ENTRY) {
+                let _ = program.detach(entry);
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn attach_one(
+        &mut self,
+        program: &str,
+        at: At<'_>,
+        call: TlsCall,
+        path: &Path,
+    ) -> Result<UProbeLinkId, String> {
+        let location = match at {
+            At::Symbol(symbol) => UProbeAttachLocation::Symbol(symbol),
+            At::Offset(offset) => UProbeAttachLocation::AbsoluteOffset(offset),
+        };
+        let point = UProbeAttachPoint {
+            location,
+            cookie: Some(call as u64),
+        };
+        uprobe(&mut self.ebpf, program)
+            .map_err(|e| e.to_string())?
+            .attach(point, path, UProbeScope::AllProcesses)
+            .map_err(|e| e.to_string())
     }
 
     /// Takes the plaintext ring out for the reader thread.
@@ -168,6 +252,14 @@ impl TlsProbes {
             .ok_or(TlsError::Load("no TLS_COUNTERS map".into()))?;
         PerCpuArray::try_from(map).map_err(|e| TlsError::Load(e.to_string()))
     }
+}
+
+/// Where in a library a probe goes.
+#[derive(Clone, Copy)]
+enum At<'a> {
+    Symbol(&'a str),
+    /// An offset in the file (an internal function has no symbol).
+    Offset(u64),
 }
 
 fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe, TlsError> {

@@ -1,5 +1,6 @@
-//! `tls`: what `--tls` costs next to nginx serving HTTPS under wrk, paired with clear-text
-//! capture of the same load over HTTP: the throughput kept, the capture's CPU per request,
+//! `tls`: what `--tls` costs next to nginx serving HTTPS under wrk, with reads and writes
+//! probed at OpenSSL's internal functions (the default) and at the exported ones
+//! (`--tls-exported-probes`), paired with clear-text capture of the same load over HTTP: the throughput kept, the capture's CPU per request,
 //! the probes' own run time per request (bpf_stats; the uprobe traps themselves are not in
 //! it) and the node's extra CPU per request (/proc/stat, traps included). Three rounds, each
 //! running a baseline right before its contender.
@@ -103,6 +104,11 @@ pub fn tls_cost() -> Result<()> {
         &tls_port,
         "--requests-only",
     ];
+    let exported_args: Vec<&str> = tls_args
+        .iter()
+        .copied()
+        .chain(["--tls-exported-probes"])
+        .collect();
     let plain_args = [
         "messages",
         "--iface",
@@ -114,6 +120,7 @@ pub fn tls_cost() -> Result<()> {
     for round in 1..=3 {
         for (name, args, url) in [
             ("--tls --tls-side server (HTTPS)", &tls_args[..], &https),
+            ("  + --tls-exported-probes", &exported_args[..], &https),
             ("--iface (clear text, HTTP)", &plain_args[..], &http),
         ] {
             let base = wrk(&topo, url, &script, SECONDS)?;
