@@ -412,6 +412,82 @@ fn a_library_in_a_containers_filesystem_mapped_after_capture_began_is_probed_and
 }
 
 #[test]
+fn openssl_3_5_as_a_python_wheel_bundles_it_is_probed_at_its_internal_functions_and_recorded()
+-> Result<()> {
+    const PORT: u16 = 8449;
+    let (topo, pki, nginx) = tls_peers("tlsw", &[PORT], false)?;
+    let ca = &pki.ca;
+    // psycopg2-binary's wheel bundles OpenSSL 3.5 as auditwheel names it
+    // (libssl-HASH.so.3, libcrypto-HASH.so.3). Python's ssl module loads it through
+    // libssl.so.3 and libcrypto.so.3 links, so its maps name the wheel's files.
+    let wheel_libs = run_ok(Command::new("python3").args([
+        "-c",
+        "import os, psycopg2; print(os.path.realpath(os.path.join(os.path.dirname(psycopg2.__file__), '..', 'psycopg2_binary.libs')))",
+    ]))?;
+    let wheel_libs = std::path::PathBuf::from(String::from_utf8(wheel_libs.stdout)?.trim());
+    let bundled = |prefix: &str| -> Result<std::path::PathBuf> {
+        std::fs::read_dir(&wheel_libs)?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
+            })
+            .ok_or_else(|| anyhow::anyhow!("no {prefix}* in {}", wheel_libs.display()))
+    };
+    let (libssl, libcrypto) = (bundled("libssl-")?, bundled("libcrypto-")?);
+    // What the probes will find there: the 3.2-on write form, whose byte count is the
+    // fifth argument (the host's OpenSSL 3.0 has the four-argument one).
+    let sites = capture_user::tls::sites::internal_sites(&std::fs::read(&libssl)?);
+    ensure!(
+        sites.read.is_some()
+            && sites.write.map(|w| w.call)
+                == Some(capture_common::tls::TlsCall::WriteInternalFlags),
+        "{sites:?}"
+    );
+    let links = tempfile::tempdir()?;
+    std::os::unix::fs::symlink(&libssl, links.path().join("libssl.so.3"))?;
+    std::os::unix::fs::symlink(&libcrypto, links.path().join("libcrypto.so.3"))?;
+    // The process starts after capture, so the watcher finds the library; it waits for
+    // that, prints its OpenSSL's version, then POSTs on one keep-alive connection.
+    let script = format!(
+        "import http.client, ssl, time\n\
+         time.sleep(3)\n\
+         print(ssl.OPENSSL_VERSION)\n\
+         c = http.client.HTTPSConnection('{ip}', {PORT}, context=ssl.create_default_context(cafile='{ca}'))\n\
+         for i in range(4):\n    c.request('POST', f'/upload?wheel={{i}}', body=b'w' * (1000 + i))\n    c.getresponse().read()\n",
+        ip = topo.server_ip
+    );
+    let mut version = String::new();
+    let (messages, stderr, _) = messages_during(&topo, "client", PORT, || {
+        let out = run_ok(
+            topo.client("python3")
+                .env("LD_LIBRARY_PATH", links.path())
+                .args(["-c", &script]),
+        )?;
+        version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        Ok(())
+    })?;
+    ensure!(version.starts_with("OpenSSL 3.5"), "Python ran {version:?}");
+    let stderr = stderr.join("\n");
+    ensure!(
+        stderr.contains(&format!("{}", libssl.display())),
+        "the wheel's libssl was probed: {stderr}"
+    );
+    // The host's libssl and the wheel's: reads and writes at internal functions in both.
+    ensure!(stderr.contains("tls_internal_sites=4"), "{stderr}");
+    let log = nginx.access_log()?;
+    assert_eq!(log.len(), 4);
+    assert_eq!(
+        multiset(requests_of(&messages)),
+        multiset(logged(&log)),
+        "{stderr}"
+    );
+    assert_paired(&messages, 0)?;
+    Ok(())
+}
+
+#[test]
 fn a_redacted_tls_recording_keeps_the_token_out_of_the_kafka_topic() -> Result<()> {
     const PORT: u16 = 8447;
     const TOKEN: &str = "k4fka-t0ken-never-stored";

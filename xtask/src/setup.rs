@@ -85,7 +85,7 @@ fn ensure_tansu() -> Result<()> {
 /// Python packages the tests use as independent peers: confluent-kafka (offsets cross-check),
 /// prometheus-client (the reference parser of the agent's /metrics text), grpcio and h2 (the
 /// gRPC and raw HTTP/2 peers) and openapi-spec-validator (the reference validator of the
-/// agent's OpenAPI document).
+/// agent's OpenAPI document), psycopg2-binary (for the OpenSSL 3.5 its wheel bundles).
 const PYTHON_PACKAGES: &[(&str, &str, &str)] = &[
     (
         "confluent_kafka",
@@ -106,6 +106,11 @@ const PYTHON_PACKAGES: &[(&str, &str, &str)] = &[
         "h2",
         "h2",
         "raw HTTP/2 and h2c-upgrade peers (tests/peers/h2/)",
+    ),
+    (
+        "psycopg2",
+        "psycopg2-binary==2.9.13",
+        "a second OpenSSL build (3.5, bundled in the wheel) for the --tls probe-site test",
     ),
     (
         "openapi_spec_validator",

@@ -32,9 +32,19 @@ pub struct TlsLibrary {
     pub path: PathBuf,
 }
 
-/// True for a file name of OpenSSL's libssl (`libssl.so.3`, `libssl.so.1.1`).
+/// True for a file name of OpenSSL's libssl (`libssl.so.3`, `libssl.so.1.1`), also as
+/// Python wheels bundle it (auditwheel renames it `libssl-8bd944e8.so.3`).
 pub fn is_libssl(name: &str) -> bool {
-    name.starts_with("libssl.so")
+    if name.starts_with("libssl.so") {
+        return true;
+    }
+    let Some(rest) = name.strip_prefix("libssl-") else {
+        return false;
+    };
+    let hash = rest.split('.').next().unwrap_or_default();
+    !hash.is_empty()
+        && hash.bytes().all(|b| b.is_ascii_alphanumeric())
+        && rest[hash.len()..].starts_with(".so")
 }
 
 /// The libssl paths a maps file names (deleted files left out: a library replaced on disk
@@ -207,6 +217,9 @@ mod tests {
 7f02-7f03 r-xp 00000000 fd:01 99 /usr/lib/x86_64-linux-gnu/libcrypto.so.3
 7f03-7f04 r-xp 00000000 fd:01 98 /opt/app/lib/libssl.so.1.1
 7f04-7f05 r-xp 00000000 fd:01 97 /old/libssl.so.3 (deleted)
+7f05-7f06 r-xp 00000000 fd:01 96 /venv/site-packages/psycopg2_binary.libs/libssl-8bd944e8.so.3
+7f06-7f07 r-xp 00000000 fd:01 95 /opt/libssl-dev/libsslx.so
+7f07-7f08 r-xp 00000000 fd:01 94 /opt/libssl-utils.txt
 7f05-7f06 rw-p 00000000 00:00 0 
 7ffd-7ffe rw-p 00000000 00:00 0                          [stack]
 ";
@@ -215,7 +228,8 @@ mod tests {
             paths,
             [
                 "/opt/app/lib/libssl.so.1.1",
-                "/usr/lib/x86_64-linux-gnu/libssl.so.3"
+                "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+                "/venv/site-packages/psycopg2_binary.libs/libssl-8bd944e8.so.3",
             ]
         );
     }

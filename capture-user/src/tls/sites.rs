@@ -141,8 +141,9 @@ pub struct WrapperCall {
     pub out_pointer_arg: Option<usize>,
 }
 
-/// The first direct call in the function at `address` (whose code starts `code`), looked
-/// for up to a return or an unconditional jump.
+/// The first direct call in the function at `address` (whose code starts `code`), or its
+/// tail call (a direct `jmp` before any call: OpenSSL 3.3's `SSL_write_ex` jumps to
+/// `SSL_write_ex2`), looked for up to a return.
 pub fn first_call(code: &[u8], address: u64) -> Option<WrapperCall> {
     let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
     let mut instruction = Instruction::default();
@@ -153,8 +154,8 @@ pub fn first_call(code: &[u8], address: u64) -> Option<WrapperCall> {
         }
         decoder.decode_out(&mut instruction);
         match instruction.mnemonic() {
-            Mnemonic::INVALID | Mnemonic::Ret | Mnemonic::Jmp => return None,
-            Mnemonic::Call => {
+            Mnemonic::INVALID | Mnemonic::Ret => return None,
+            Mnemonic::Call | Mnemonic::Jmp => {
                 if instruction.op0_kind() != OpKind::NearBranch64 {
                     return None;
                 }
@@ -283,13 +284,26 @@ mod tests {
     }
 
     #[test]
+    fn a_tail_call_is_the_wrappers_call_and_carries_the_pointer_it_moved() {
+        // OpenSSL 3.3's SSL_write_ex at 0x3bac0: mov %rcx,%r8; xor %ecx,%ecx; jmp 0x3baa0
+        // (SSL_write_ex2). The pointer moved from rcx is not the stack's: not an out pointer.
+        let code = [0x49, 0x89, 0xc8, 0x31, 0xc9, 0xe9, 0xd6, 0xff, 0xff, 0xff];
+        assert_eq!(
+            first_call(&code, 0x3bac0),
+            Some(WrapperCall {
+                target: 0x3baa0,
+                out_pointer_arg: None
+            })
+        );
+    }
+
+    #[test]
     fn no_call_before_a_return_or_jump_or_in_garbage_is_no_site() {
         // ret
         assert_eq!(first_call(&[0xc3, 0xe8, 0, 0, 0, 0], 0), None);
-        // jmp +0; call +0
-        assert_eq!(first_call(&[0xe9, 0, 0, 0, 0, 0xe8, 0, 0, 0, 0], 0), None);
-        // an indirect call: call *%rax
+        // an indirect call or jump: call *%rax, jmp *%rax
         assert_eq!(first_call(&[0xff, 0xd0], 0), None);
+        assert_eq!(first_call(&[0xff, 0xe0], 0), None);
         // cut short, and not code
         assert_eq!(first_call(&SSL_READ[..20], 0), None);
         assert_eq!(first_call(&[0x0f, 0x0b, 0x0f, 0xff], 0), None);
