@@ -112,8 +112,7 @@ impl Library<'_, '_> {
         let call = first_call(code, address)?;
         // The target must be code of this library (not a PLT stub for another library's
         // function, which sits in its own section).
-        let (_, _, _) = self.code_at(call.target)?;
-        Some(call)
+        self.code_at(call.target).map(|_| call)
     }
 
     /// The bytes of the `.text` section from `address` on, with the section's address and
