@@ -140,5 +140,46 @@ pub fn tls_cost() -> Result<()> {
         "(kept: req/s with capture / without; node +us/req: the node's busy CPU per request \
          with capture minus without, uprobe traps included)"
     );
+    syscall_tax(&topo)
+}
+
+/// What an idle `--tls` costs processes that use no TLS at all: the socket syscall
+/// tracepoints it attaches (to learn each SSL object's descriptor) run on every read and
+/// write of every process. Timed with dd copying /dev/zero to /dev/null in 64-byte blocks,
+/// without and then with capture running, three rounds.
+fn syscall_tax(topo: &Topology) -> Result<()> {
+    const BLOCKS: u32 = 2_000_000;
+    let dd = || -> Result<f64> {
+        let start = std::time::Instant::now();
+        run_ok(std::process::Command::new("dd").args([
+            "if=/dev/zero",
+            "of=/dev/null",
+            "bs=64",
+            &format!("count={BLOCKS}"),
+            "status=none",
+        ]))?;
+        Ok(start.elapsed().as_secs_f64())
+    };
+    println!(
+        "== an idle --tls and the read/write syscalls of a process without TLS (dd, {BLOCKS} blocks) =="
+    );
+    println!(
+        "{:<6} {:>14} {:>14} {:>16}",
+        "round", "without ns/sc", "with ns/sc", "added ns/syscall"
+    );
+    dd()?; // warm-up
+    let syscalls = f64::from(2 * BLOCKS);
+    let tls_port = TLS_PORT.to_string();
+    for round in 1..=3 {
+        let without = dd()? * 1e9 / syscalls;
+        let run = CaptureRun::start(&topo.client_ns, &["messages", "--tls", "--port", &tls_port])?;
+        let with = dd()? * 1e9 / syscalls;
+        let out = run.stop(libc::SIGINT)?;
+        anyhow::ensure!(out.status.success(), "{}", out.stderr.join("\n"));
+        println!(
+            "{round:<6} {without:>14.0} {with:>14.0} {:>16.0}",
+            with - without
+        );
+    }
     Ok(())
 }
