@@ -91,11 +91,6 @@ impl TlsCall {
         })
     }
 
-    /// True for the calls that carry plaintext.
-    pub fn carries_data(self) -> bool {
-        self.is_write() || matches!(self, Self::Read | Self::ReadEx | Self::ReadInternal)
-    }
-
     /// True for the calls whose plaintext the application sends.
     pub fn is_write(self) -> bool {
         matches!(

@@ -216,21 +216,25 @@ impl Drop for CaptureRun {
     }
 }
 
+/// The final `counters:` line of capture's stderr lines as name -> value.
+pub fn counters_in(stderr: &[String]) -> Result<HashMap<String, u64>> {
+    let line = stderr
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("counters: "))
+        .with_context(|| format!("no counters line in stderr:\n{}", stderr.join("\n")))?;
+    line.split_whitespace()
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').context("counter without =")?;
+            Ok((name.to_string(), value.parse()?))
+        })
+        .collect()
+}
+
 impl CaptureOutput {
     /// The final `counters:` line as name -> value.
     pub fn counters(&self) -> Result<HashMap<String, u64>> {
-        let line = self
-            .stderr
-            .iter()
-            .rev()
-            .find_map(|l| l.strip_prefix("counters: "))
-            .with_context(|| format!("no counters line in stderr:\n{}", self.stderr.join("\n")))?;
-        line.split_whitespace()
-            .map(|pair| {
-                let (name, value) = pair.split_once('=').context("counter without =")?;
-                Ok((name.to_string(), value.parse()?))
-            })
-            .collect()
+        counters_in(&self.stderr)
     }
 
     /// Every packet line printed.

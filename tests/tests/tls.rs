@@ -79,8 +79,8 @@ fn server_side_and_client_side_capture_each_equal_nginxs_access_log() -> Result<
         ensure!(all.contains("tls_calls_captured="), "{all}");
         // Other tests' processes may map other libssl builds meanwhile; every one here has
         // internal sites, two per library.
-        let libraries = counter(&all, "tls_libraries")?;
-        let sites = counter(&all, "tls_internal_sites")?;
+        let libraries = counter(&stderr, "tls_libraries")?;
+        let sites = counter(&stderr, "tls_internal_sites")?;
         let expected = if exported { 0 } else { 2 * libraries };
         ensure!(
             sites == expected,
@@ -99,14 +99,12 @@ fn server_side_and_client_side_capture_each_equal_nginxs_access_log() -> Result<
 
 use tests::capture::run_with_data_dir as capture;
 
-/// The value of counter `name` in capture's stderr (`name=N` on its counters line).
-fn counter(stderr: &str, name: &str) -> Result<u64> {
-    let key = format!("{name}=");
-    let value = stderr
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix(key.as_str()))
-        .ok_or_else(|| anyhow::anyhow!("no {name} in {stderr}"))?;
-    Ok(value.parse()?)
+/// Counter `name` on the `counters:` line of capture's stderr.
+fn counter(stderr: &[String], name: &str) -> Result<u64> {
+    tests::capture::counters_in(stderr)?
+        .get(name)
+        .copied()
+        .ok_or_else(|| anyhow::anyhow!("no {name} in {}", stderr.join("\n")))
 }
 
 /// Every file under `dir`, read whole.
@@ -479,6 +477,8 @@ fn openssl_3_5_as_a_python_wheel_bundles_it_is_probed_at_its_internal_functions_
         Ok(())
     })?;
     ensure!(version.starts_with("OpenSSL 3.5"), "Python ran {version:?}");
+    let libraries = counter(&stderr, "tls_libraries")?;
+    let sites = counter(&stderr, "tls_internal_sites")?;
     let stderr = stderr.join("\n");
     ensure!(
         stderr.contains(&format!("{}", libssl.display())),
@@ -486,12 +486,8 @@ fn openssl_3_5_as_a_python_wheel_bundles_it_is_probed_at_its_internal_functions_
     );
     // The host's libssl and the wheel's (and any other test's meanwhile): reads and writes
     // at internal functions in every one.
-    let libraries = counter(&stderr, "tls_libraries")?;
     ensure!(libraries >= 2, "{stderr}");
-    ensure!(
-        counter(&stderr, "tls_internal_sites")? == 2 * libraries,
-        "{stderr}"
-    );
+    ensure!(sites == 2 * libraries, "{stderr}");
     let log = nginx.access_log()?;
     assert_eq!(log.len(), 4);
     assert_eq!(
