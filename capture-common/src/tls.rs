@@ -9,12 +9,20 @@ pub const TLS_RING_MAP: &str = "TLS_DATA";
 pub const TLS_COUNTERS_MAP: &str = "TLS_COUNTERS";
 /// Name of the hash of calls in progress (thread to call), sized by userspace.
 pub const TLS_CALLS_MAP: &str = "TLS_CALLS";
-/// Name of the LRU hash of (process, SSL object) to file descriptor, sized by userspace.
-pub const TLS_FDS_MAP: &str = "TLS_FDS";
+/// Name of the LRU hash of (process, SSL object) to its socket or file descriptor, sized by
+/// userspace.
+pub const TLS_STREAMS_MAP: &str = "TLS_STREAMS";
 /// Name of the global holding [`KernelOffsets`], set by userspace at load.
 pub const KERNEL_OFFSETS_GLOBAL: &str = "KERNEL_OFFSETS";
 /// Name of the global holding the `TLS_SIDE_*` bits, set by userspace at load.
 pub const TLS_SIDE_GLOBAL: &str = "TLS_SIDE";
+
+/// Where the `struct sock *` is in the records of the `sock:sock_send_length` and
+/// `sock:sock_recv_length` tracepoints (their `sk` field); userspace checks the running
+/// kernel's format before attaching.
+pub const SOCK_EVENT_SK: usize = 8;
+/// Where the socket's IP protocol (`__u16 protocol`) is in those records.
+pub const SOCK_EVENT_PROTOCOL: usize = 18;
 
 /// [`TLS_SIDE_GLOBAL`] bit: keep streams whose local port is a configured port (the process
 /// serves it).
@@ -194,8 +202,8 @@ pub enum TlsCounter {
     DroppedCopyFailed = 4,
     /// Matched calls longer than [`TLS_MAX_CALL_LEN`], cut there.
     Truncated = 5,
-    /// Calls whose file descriptor was never seen: the connection is unknown, the bytes are
-    /// not guessed at.
+    /// Calls whose stream's socket or file descriptor was never seen: the connection is
+    /// unknown, the bytes are not guessed at.
     UnresolvedFd = 6,
     /// Calls whose descriptor is not a TCP socket (or could not be read).
     UnresolvedSocket = 7,

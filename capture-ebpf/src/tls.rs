@@ -3,12 +3,14 @@
 //!
 //! A call is seen twice: at entry (`tls_call`: the SSL object and the buffer, remembered per
 //! thread in `TLS_CALLS`) and at return (`tls_return`: how many bytes, then the copy). The
-//! connection comes from the SSL object's file descriptor, learnt from `SSL_set_fd` or from
-//! the socket syscalls the thread makes while inside a TLS call (`tls_fd_seen`, for
-//! libraries given a custom BIO, as curl does), kept per (process, SSL object) in `TLS_FDS`.
-//! At return the kernel walks from the current task to that descriptor's socket (offsets
-//! from BTF, in `KERNEL_OFFSETS`) and keeps the call only when its port is configured. A call
-//! whose descriptor or socket cannot be found is counted, never guessed.
+//! connection is kept per (process, SSL object) in `TLS_STREAMS`, learnt from the TCP sends
+//! and receives the thread makes while inside a TLS call: the `sock:sock_send_length` and
+//! `sock:sock_recv_length` tracepoints (`tls_sock_seen`) hand over the socket itself, and
+//! only socket I/O pays for them. On kernels before 6.4, which lack them, the socket syscall
+//! tracepoints (`tls_fd_seen`) learn the descriptor instead, at a cost to every read and
+//! write on the node; `SSL_set_fd` gives the descriptor too. A descriptor is walked to its socket at return
+//! (task → files → socket, offsets from BTF in `KERNEL_OFFSETS`). The call is kept only when
+//! its port is configured; one whose connection cannot be found is counted, never guessed.
 
 use aya_ebpf::{
     EbpfContext, Global,
@@ -23,9 +25,9 @@ use aya_ebpf::{
 };
 use capture_common::CHUNK_LEN;
 use capture_common::tls::{
-    KernelOffsets, TLS_COUNTER_SLOTS, TLS_FLAG_FREED, TLS_FLAG_LAST_CHUNK, TLS_FLAG_MIDSTREAM,
-    TLS_FLAG_TRUNCATED, TLS_MAX_CALL_LEN, TLS_MAX_CHUNKS, TLS_RECEIVED, TLS_SENT, TLS_SIDE_CLIENT,
-    TLS_SIDE_SERVER, TlsCall, TlsChunkHeader, TlsCounter,
+    KernelOffsets, SOCK_EVENT_PROTOCOL, SOCK_EVENT_SK, TLS_COUNTER_SLOTS, TLS_FLAG_FREED,
+    TLS_FLAG_LAST_CHUNK, TLS_FLAG_MIDSTREAM, TLS_FLAG_TRUNCATED, TLS_MAX_CALL_LEN, TLS_MAX_CHUNKS,
+    TLS_RECEIVED, TLS_SENT, TLS_SIDE_CLIENT, TLS_SIDE_SERVER, TlsCall, TlsChunkHeader, TlsCounter,
 };
 
 use crate::WAKEUP_BYTES;
@@ -45,10 +47,10 @@ static TLS_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(TLS_COUNTE
 #[map(name = "TLS_CALLS")]
 static TLS_CALLS: HashMap<u64, ActiveCall> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
 
-/// File descriptor of each (process, SSL object) seen. Sized by userspace; the least
-/// recently used entry makes room.
-#[map(name = "TLS_FDS")]
-static TLS_FDS: LruHashMap<SslKey, u64> = LruHashMap::with_max_entries(1, 0);
+/// The connection of each (process, SSL object) seen. Sized by userspace; the least recently
+/// used entry makes room.
+#[map(name = "TLS_STREAMS")]
+static TLS_STREAMS: LruHashMap<SslKey, StreamSocket> = LruHashMap::with_max_entries(1, 0);
 
 /// Kernel structure offsets from BTF, set by userspace at load.
 #[unsafe(no_mangle)]
@@ -76,10 +78,12 @@ static KERNEL_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
 static TLS_SIDE: Global<u8> = Global::new(TLS_SIDE_SERVER | TLS_SIDE_CLIENT);
 
 const BPF_F_NO_PREALLOC: u32 = 1;
-/// `TLS_FDS` values: the descriptor in the low 32 bits, and this bit when the stream was
-/// first seen in the middle (in a read or write rather than its handshake or `SSL_set_fd`).
-const FD_MASK: u64 = 0xffff_ffff;
-const FD_MIDSTREAM: u64 = 1 << 32;
+/// [`StreamSocket::fd`] when only the socket is known.
+const NO_FD: u32 = u32::MAX;
+/// [`StreamSocket::flags`]: the stream was first seen in the middle (in a read or write
+/// rather than its handshake or `SSL_set_fd`): it began before capture.
+const STREAM_MIDSTREAM: u32 = 1;
+const IPPROTO_TCP: u16 = 6;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const S_IFMT: u16 = 0o170000;
@@ -103,6 +107,19 @@ struct ActiveCall {
 struct SslKey {
     tgid: u64,
     ssl: u64,
+}
+
+/// Where a stream's connection is. The socket wins when both are known; a descriptor is
+/// walked to its socket at each return.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct StreamSocket {
+    /// The kernel's `struct sock`, from the `sock` tracepoints; 0 when not known.
+    sock: u64,
+    /// The descriptor, from `SSL_set_fd` or the socket syscalls; [`NO_FD`] when not known.
+    fd: u32,
+    /// `STREAM_*` bits.
+    flags: u32,
 }
 
 /// The TCP connection behind a descriptor.
@@ -152,7 +169,12 @@ pub fn tls_call(ctx: ProbeContext) -> u32 {
     }
     if kind == TlsCall::SetFd as u64 {
         let fd: u64 = ctx.arg(1).unwrap_or(u64::MAX);
-        let _ = TLS_FDS.insert(&stream_key(ssl), &(fd & FD_MASK), 0);
+        let stream = StreamSocket {
+            sock: 0,
+            fd: fd as u32,
+            flags: 0,
+        };
+        let _ = TLS_STREAMS.insert(&stream_key(ssl), &stream, 0);
         return 0;
     }
     if kind == TlsCall::Free as u64 {
@@ -187,10 +209,10 @@ pub fn tls_call(ctx: ProbeContext) -> u32 {
 fn freed(ssl: u64) {
     let key = stream_key(ssl);
     // SAFETY: the value is copied out at once.
-    if unsafe { TLS_FDS.get(&key) }.is_none() {
+    if unsafe { TLS_STREAMS.get(&key) }.is_none() {
         return;
     }
-    let _ = TLS_FDS.remove(&key);
+    let _ = TLS_STREAMS.remove(&key);
     let header = TlsChunkHeader {
         // SAFETY: helpers without preconditions.
         ts_ns: unsafe { bpf_ktime_get_ns() },
@@ -262,11 +284,15 @@ pub fn tls_return(ctx: RetProbeContext) -> u32 {
         ssl: call.ssl,
     };
     // SAFETY: the value is copied out at once.
-    let Some(fd) = (unsafe { TLS_FDS.get(&key) }).copied() else {
+    let Some(stream) = (unsafe { TLS_STREAMS.get(&key) }).copied() else {
         count(TlsCounter::UnresolvedFd);
         return 0;
     };
-    let Some(conn) = socket_of((fd & FD_MASK) as u32) else {
+    let sock = match stream.sock {
+        0 => sock_of_fd(stream.fd),
+        sock => Some(sock),
+    };
+    let Some(conn) = sock.and_then(connection_of) else {
         count(TlsCounter::UnresolvedSocket);
         return 0;
     };
@@ -279,13 +305,56 @@ pub fn tls_return(ctx: RetProbeContext) -> u32 {
     }
     let call_seq = count(TlsCounter::CallsMatched);
     let write = TlsCall::from_u64(kind).is_some_and(TlsCall::is_write);
-    let midstream = fd & FD_MIDSTREAM != 0;
+    let midstream = stream.flags & STREAM_MIDSTREAM != 0;
     copy_call(&key, &conn, call.buf, len, write, midstream, call_seq);
     0
 }
 
-/// Any socket syscall (read, write, send, recv and their vector forms): when the thread is
-/// inside a TLS call, the descriptor is the SSL object's.
+/// `sock:sock_send_length` and `sock:sock_recv_length` (Linux 6.4 on), which every socket
+/// send and receive passes after its I/O: when the thread is inside a TLS call and the
+/// socket is TCP, it is the SSL object's.
+#[tracepoint]
+pub fn tls_sock_seen(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: the value is copied out at once.
+    let Some(call) = (unsafe { TLS_CALLS.get(&pid_tgid) }).copied() else {
+        return 0;
+    };
+    // SAFETY: reads the tracepoint's record through the bounds-checked helper; userspace
+    // checked the record's layout before attaching.
+    let (Ok(sock), Ok(protocol)) = (unsafe {
+        (
+            ctx.read_at::<u64>(SOCK_EVENT_SK),
+            ctx.read_at::<u16>(SOCK_EVENT_PROTOCOL),
+        )
+    }) else {
+        return 0;
+    };
+    if protocol != IPPROTO_TCP || sock == 0 {
+        return 0;
+    }
+    let key = SslKey {
+        tgid: pid_tgid >> 32,
+        ssl: call.ssl,
+    };
+    // SAFETY: the value is copied out at once.
+    let known = unsafe { TLS_STREAMS.get(&key) }.copied();
+    let stream = match known {
+        Some(s) if s.sock == sock => return 0,
+        Some(s) => StreamSocket { sock, ..s },
+        None => StreamSocket {
+            sock,
+            fd: NO_FD,
+            flags: first_seen_flags(&call),
+        },
+    };
+    let _ = TLS_STREAMS.insert(&key, &stream, 0);
+    0
+}
+
+/// Any socket syscall (read, write, send, recv and their vector forms), attached on kernels
+/// without the `sock` tracepoints: when the thread is inside a TLS call, the descriptor is the SSL
+/// object's.
 #[tracepoint]
 pub fn tls_fd_seen(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -298,23 +367,35 @@ pub fn tls_fd_seen(ctx: TracePointContext) -> u32 {
     let Ok(fd) = (unsafe { ctx.read_at::<u64>(16) }) else {
         return 0;
     };
-    let fd = fd & FD_MASK;
+    let fd = fd as u32;
     let key = SslKey {
         tgid: pid_tgid >> 32,
         ssl: call.ssl,
     };
     // SAFETY: the value is copied out at once.
-    let known = unsafe { TLS_FDS.get(&key) }.copied();
-    let value = match known {
-        Some(v) if v & FD_MASK == fd => return 0,
+    let known = unsafe { TLS_STREAMS.get(&key) }.copied();
+    let stream = match known {
+        Some(s) if s.fd == fd => return 0,
         // Same stream, new descriptor: keep what is known of its start.
-        Some(v) => fd | (v & FD_MIDSTREAM),
-        // First seen in a read or write, not in its handshake: it began before capture.
-        None if call.kind != TlsCall::Handshake as u64 => fd | FD_MIDSTREAM,
-        None => fd,
+        Some(s) => StreamSocket { sock: 0, fd, ..s },
+        None => StreamSocket {
+            sock: 0,
+            fd,
+            flags: first_seen_flags(&call),
+        },
     };
-    let _ = TLS_FDS.insert(&key, &value, 0);
+    let _ = TLS_STREAMS.insert(&key, &stream, 0);
     0
+}
+
+/// A stream first seen in a read or write, not in its handshake, began before capture.
+#[inline(always)]
+fn first_seen_flags(call: &ActiveCall) -> u32 {
+    if call.kind == TlsCall::Handshake as u64 {
+        0
+    } else {
+        STREAM_MIDSTREAM
+    }
 }
 
 /// Reads a `T` at `base + offset` in kernel memory.
@@ -327,12 +408,12 @@ fn kread<T>(base: u64, offset: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }.ok()
 }
 
-/// The TCP connection behind descriptor `fd` of the current process: task → files →
-/// fdtable → file; a socket inode; file → socket → sock.
+/// The socket behind descriptor `fd` of the current process: task → files → fdtable →
+/// file; a socket inode; file → socket → sock.
 #[inline(always)]
-fn socket_of(fd: u32) -> Option<Connection> {
+fn sock_of_fd(fd: u32) -> Option<u64> {
     let off = KERNEL_OFFSETS.load();
-    if off.valid == 0 {
+    if off.valid == 0 || fd == NO_FD {
         return None;
     }
     // SAFETY: helper without preconditions.
@@ -351,7 +432,16 @@ fn socket_of(fd: u32) -> Option<Connection> {
         return None;
     }
     let socket: u64 = kread(file, off.file_private_data)?;
-    let sk: u64 = kread(socket, off.socket_sk)?;
+    kread(socket, off.socket_sk)
+}
+
+/// The addresses and ports of TCP socket `sk`.
+#[inline(always)]
+fn connection_of(sk: u64) -> Option<Connection> {
+    let off = KERNEL_OFFSETS.load();
+    if off.valid == 0 {
+        return None;
+    }
     let family: u16 = kread(sk, off.sk_family)?;
     let local_port: u16 = kread(sk, off.sk_num)?;
     let remote_port: u16 = u16::from_be(kread(sk, off.sk_dport)?);

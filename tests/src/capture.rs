@@ -485,6 +485,22 @@ impl CaptureRun {
 }
 
 impl BpfObjects {
+    /// The uprobes and tracepoints among these, as the kernel lists them: perf_event links
+    /// running one of these programs.
+    pub fn perf_links(&self) -> Result<usize> {
+        let out = run_ok(std::process::Command::new("bpftool").args(["link", "show", "-j"]))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        Ok(text
+            .split('}')
+            .filter(|link| link.contains("\"type\":\"perf_event\""))
+            .filter(|link| {
+                self.prog_ids
+                    .iter()
+                    .any(|id| link.contains(&format!("\"prog_id\":{id}")))
+            })
+            .count())
+    }
+
     /// Which of these programs and links the kernel still has (bpftool's view).
     pub fn still_alive(&self) -> Result<Vec<String>> {
         let ids = |args: &[&str], key: &str| -> Result<Vec<(u32, u32)>> {

@@ -37,12 +37,22 @@ fn server_side_and_client_side_capture_each_equal_nginxs_access_log() -> Result<
     std::fs::write(&script, tests::WRK_UNIQUE_URIS_SCRIPT)?;
 
     // Both sides with reads and writes probed at OpenSSL's internal functions (this host's
-    // libssl has them), then the server side again at the exported SSL_read/SSL_write.
-    for (side, exported) in [("server", false), ("client", false), ("server", true)] {
+    // libssl has them) and connections learnt from the sock tracepoints; then the
+    // server side again at the exported SSL_read/SSL_write, and the client side (curl's
+    // custom BIO, wrk's SSL_set_fd) with the socket syscall tracepoints instead.
+    for (side, exported, syscalls) in [
+        ("server", false, false),
+        ("client", false, false),
+        ("server", true, false),
+        ("client", false, true),
+    ] {
         let before = nginx.access_log()?.len();
         let mut options = vec!["--tls-side", side];
         if exported {
             options.push("--tls-exported-probes");
+        }
+        if syscalls {
+            options.extend(["--tls-socket-hooks", "syscalls"]);
         }
         let (messages, stderr, _) = messages_during_with(&topo, &options, PORT, || {
             // Several requests on one keep-alive connection, then a POST, then wrk (-c16, 10 s, unique URIs).
@@ -85,6 +95,12 @@ fn server_side_and_client_side_capture_each_equal_nginxs_access_log() -> Result<
         ensure!(
             sites == expected,
             "{side}, exported {exported}: {sites} internal sites, {libraries} libraries: {all}"
+        );
+        let sock_tracepoints = counter(&stderr, "tls_sock_tracepoints")?;
+        let expected = if syscalls { 0 } else { 2 };
+        ensure!(
+            sock_tracepoints == expected,
+            "{side}, syscalls {syscalls}: {sock_tracepoints} sock tracepoints: {all}"
         );
         for lost in [
             "tls_dropped_ring_full=0",
@@ -274,34 +290,34 @@ fn a_tls_recording_is_redacted_byte_exact_blind_to_other_ports_and_replays_to_ht
     Ok(())
 }
 
-/// The capture's uprobes and tracepoints, as the kernel lists them: perf_event links
-/// running one of its programs.
-fn perf_links_of(objects: &tests::capture::BpfObjects) -> Result<usize> {
-    let out = run_ok(Command::new("bpftool").args(["link", "show", "-j"]))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text
-        .split('}')
-        .filter(|link| link.contains("\"type\":\"perf_event\""))
-        .filter(|link| {
-            objects
-                .prog_ids
-                .iter()
-                .any(|id| link.contains(&format!("\"prog_id\":{id}")))
-        })
-        .count())
-}
-
 #[test]
 fn stopping_by_ctrl_c_sigterm_or_sigkill_leaves_no_probe_attached() -> Result<()> {
     let topo = Topology::new("tlsk")?;
-    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGKILL] {
-        let run = CaptureRun::start(&topo.client_ns, &["messages", "--tls", "--port", "7443"])?;
+    // The sock tracepoints (2), or the socket syscalls' (8).
+    for (signal, hooks, tracepoints) in [
+        (libc::SIGINT, "auto", 2),
+        (libc::SIGTERM, "syscalls", 8),
+        (libc::SIGKILL, "auto", 2),
+    ] {
+        let run = CaptureRun::start(
+            &topo.client_ns,
+            &[
+                "messages",
+                "--tls",
+                "--port",
+                "7443",
+                "--tls-socket-hooks",
+                hooks,
+            ],
+        )?;
         let objects = run.bpf_objects()?;
         // Per library: entry and return probes on the internal read and write functions
-        // (this host's libssl has them) and SSL_do_handshake, SSL_set_fd and SSL_free;
-        // 8 syscalls.
-        let links = perf_links_of(&objects)?;
-        ensure!(links >= 8 + 8, "{links} perf_event links while running");
+        // (this host's libssl has them) and SSL_do_handshake, SSL_set_fd and SSL_free.
+        let links = objects.perf_links()?;
+        ensure!(
+            links >= 8 + tracepoints,
+            "{links} perf_event links while running with {hooks}"
+        );
         let out = run.stop(signal)?;
         if signal != libc::SIGKILL {
             ensure!(out.status.success(), "{}", out.stderr.join("\n"));
@@ -313,7 +329,7 @@ fn stopping_by_ctrl_c_sigterm_or_sigkill_leaves_no_probe_attached() -> Result<()
             "after signal {signal}, left behind: {alive:?}"
         );
         ensure!(
-            perf_links_of(&objects)? == 0,
+            objects.perf_links()? == 0,
             "after signal {signal}: probes left"
         );
     }

@@ -74,7 +74,8 @@ enum Task {
         /// (replay-diff: what --diff costs; replay-h2: an HTTP/2 recording next to h2load;
         /// replay-pool: a GoReplay file over 16 pooled connections next to wrk -c16), or
         /// overhead (what recording costs next to nginx, beside tcpdump, as a Markdown table;
-        /// about 2 minutes a table).
+        /// about 2 minutes a table), tls (--tls next to clear-text capture, then tls-idle)
+        /// or tls-idle (what an idle --tls costs processes without TLS).
         #[arg(default_value = "all")]
         which: String,
         /// Options for the benchmark: for overhead, --repeat N (print N tables, the VM is

@@ -4,7 +4,7 @@
 use crate::live::hosts::{Decap, HostNet};
 use crate::live::{AttachMode, CaptureConfig, EbpfLogLevel, parse_ring_size};
 use crate::redact::Redaction;
-use crate::tls::TlsSide;
+use crate::tls::{TlsSide, TlsSocketHooks};
 use crate::units::parse_port;
 
 /// Where and what to capture. Interfaces and ports are checked by the loader, so `messages`
@@ -85,6 +85,20 @@ pub struct CaptureArgs {
     #[arg(long = "tls-exported-probes", requires = "tls")]
     pub tls_exported_probes: bool,
 
+    /// With --tls: how the probes learn which TCP connection each TLS stream is on. `auto`
+    /// uses the sock:sock_send_length and sock:sock_recv_length tracepoints (Linux 6.4 on),
+    /// which run only on socket I/O, and falls back to the socket syscall tracepoints on older
+    /// kernels. `syscalls` forces those: they run on every read and write of every process
+    /// on the node (about 0.3 us each on a small VM), so use it only where the sock
+    /// tracepoints misbehave.
+    #[arg(
+        long = "tls-socket-hooks",
+        value_enum,
+        default_value_t = TlsSocketHooks::Auto,
+        requires = "tls"
+    )]
+    pub tls_socket_hooks: TlsSocketHooks,
+
     /// Attach TC programs as legacy netlink filters on a clsact qdisc instead of TCX links.
     #[arg(long = "tc-netlink", hide = true)]
     pub tc_netlink: bool,
@@ -105,6 +119,7 @@ impl CaptureArgs {
             redaction: Redaction::new(&self.redact_headers)?,
             tls: self.tls.then_some(self.tls_side),
             tls_exported_probes: self.tls_exported_probes,
+            tls_socket_hooks: self.tls_socket_hooks,
         })
     }
 }

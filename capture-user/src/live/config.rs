@@ -89,6 +89,8 @@ pub struct CaptureConfig {
     /// `--tls-exported-probes`: probe `SSL_read`/`SSL_write` themselves even where the
     /// internal functions they share were found (see [`crate::tls::sites`]).
     pub tls_exported_probes: bool,
+    /// `--tls-socket-hooks`: how the probes learn each SSL object's connection.
+    pub tls_socket_hooks: crate::tls::TlsSocketHooks,
 }
 
 impl Default for CaptureConfig {
@@ -107,6 +109,7 @@ impl Default for CaptureConfig {
             redaction: Redaction::default(),
             tls: None,
             tls_exported_probes: false,
+            tls_socket_hooks: crate::tls::TlsSocketHooks::Auto,
         }
     }
 }

@@ -200,6 +200,7 @@ fn publish_libraries(stats: &mut TlsStats, probes: &TlsProbes) {
         .map(|p| p.display().to_string())
         .collect();
     stats.internal_sites = probes.internal_sites();
+    stats.sock_tracepoints = probes.sock_tracepoints();
 }
 
 fn kernel_counters(array: &PerCpuArray<MapData, u64>) -> [u64; TlsCounter::ALL.len()] {

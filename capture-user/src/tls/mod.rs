@@ -28,6 +28,21 @@ pub use capture::TlsCapture;
 pub use libraries::Unhooked;
 pub use streams::TlsStreamStats;
 
+/// How the probes learn which TCP connection an SSL object uses: from the socket sends and
+/// receives made inside its calls, seen by the `sock:sock_send_length`/`sock_recv_length`
+/// tracepoints (Linux 6.4 on; only socket I/O pays for them), or by the socket syscall
+/// tracepoints (which every read and write of every process pays for).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum TlsSocketHooks {
+    /// The `sock` tracepoints where the kernel has them, the syscall tracepoints otherwise.
+    #[default]
+    Auto,
+    /// The `sock` tracepoints only; an error on kernels without them.
+    Sock,
+    /// The syscall tracepoints only.
+    Syscalls,
+}
+
 /// Which end of a connection on a configured port to record: the process serving the port,
 /// the process calling it, or both (a connection between two processes of the node then
 /// shows twice, once from each end).
@@ -115,6 +130,9 @@ pub struct TlsStats {
     /// exported ones share, which costs one trap per call instead of two
     /// ([`sites`]); the others are probed at `SSL_read`/`SSL_write`.
     pub internal_sites: u64,
+    /// `sock` tracepoints attached to learn connections (2), or 0 when the socket syscall
+    /// tracepoints do it ([`TlsSocketHooks`]).
+    pub sock_tracepoints: u64,
     /// Processes on a configured port with no libssl mapped.
     pub unhooked: Vec<Unhooked>,
 }
@@ -130,6 +148,7 @@ impl TlsStats {
                 ("tls_discarded_calls".to_string(), self.discarded_calls),
                 ("tls_libraries".to_string(), self.libraries.len() as u64),
                 ("tls_internal_sites".to_string(), self.internal_sites),
+                ("tls_sock_tracepoints".to_string(), self.sock_tracepoints),
             ])
             .collect()
     }

@@ -1,8 +1,9 @@
 //! Loading the TLS probes and attaching them: uprobes (entry and return) on each libssl's
-//! read, write, handshake, `SSL_set_fd` and `SSL_free`, and the socket syscall tracepoints
-//! that tell a custom-BIO library's descriptor. Everything is held by file descriptors
-//! (perf events), so dropping [`TlsProbes`], or the process dying even by SIGKILL, detaches
-//! every probe.
+//! read, write, handshake, `SSL_set_fd` and `SSL_free`, and the tracepoints that tell which
+//! socket a call's I/O goes to (`sock:sock_send_length`/`sock_recv_length`, or the socket
+//! syscalls on kernels before 6.4). Everything is held by file descriptors (perf events),
+//! so dropping [`TlsProbes`], or the process dying even by
+//! SIGKILL, detaches every probe.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,21 +13,24 @@ use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkI
 use aya::programs::{TracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
 use capture_common::tls::{
-    KERNEL_OFFSETS_GLOBAL, TLS_CALLS_MAP, TLS_COUNTERS_MAP, TLS_FDS_MAP, TLS_RING_MAP,
-    TLS_SIDE_GLOBAL, TlsCall,
+    KERNEL_OFFSETS_GLOBAL, SOCK_EVENT_PROTOCOL, SOCK_EVENT_SK, TLS_CALLS_MAP, TLS_COUNTERS_MAP,
+    TLS_RING_MAP, TLS_SIDE_GLOBAL, TLS_STREAMS_MAP, TlsCall,
 };
 use capture_common::{PORTS_MAP, RING_MAP, WAKEUP_BYTES_GLOBAL};
 
-use super::TlsError;
 use super::btf::Btf;
 use super::libraries::{FileId, TlsLibrary};
 use super::sites::{self, InternalSites};
+use super::{TlsError, TlsSocketHooks};
 use crate::live::CaptureConfig;
 use crate::live::loader::{EBPF_OBJECT, port_words};
 
 const ENTRY: &str = "tls_call";
 const RETURN: &str = "tls_return";
 const SYSCALLS: &str = "tls_fd_seen";
+const SOCK_EVENTS_PROGRAM: &str = "tls_sock_seen";
+/// The tracepoints every socket send and receive passes after its I/O (Linux 6.4 on).
+const SOCK_EVENTS: [&str; 2] = ["sock_send_length", "sock_recv_length"];
 
 /// The socket syscalls a TLS library's I/O goes through; seen inside a TLS call, their
 /// descriptor is the SSL object's.
@@ -57,21 +61,23 @@ pub struct TlsProbes {
     internal_sites: u64,
     /// `--tls-exported-probes`: never probe the internal functions.
     exported_only: bool,
+    /// `sock` tracepoints attached (0: the syscall tracepoints are).
+    sock_tracepoints: u64,
 }
 
 impl TlsProbes {
-    /// Loads the programs for `config` (ports, sides, ring size) and attaches the syscall
-    /// tracepoints; libraries come with [`TlsProbes::attach_library`].
+    /// Loads the programs for `config` (ports, sides, ring size) and attaches the tracepoints
+    /// that learn connections ([`TlsSocketHooks`]); libraries come with
+    /// [`TlsProbes::attach_library`].
     pub fn load(config: &CaptureConfig, side: u8) -> Result<Self, TlsError> {
         let offsets = Btf::from_kernel()?.kernel_offsets()?;
-        ensure_tracefs()?;
         let wakeup_bytes: u64 = u64::from(config.ring_bytes) / 8;
         let mut ebpf = EbpfLoader::new()
             // The packet ring is not used: one page.
             .map_max_entries(RING_MAP, 4096)
             .map_max_entries(TLS_RING_MAP, config.ring_bytes)
             .map_max_entries(TLS_CALLS_MAP, MAX_CALLS_IN_PROGRESS)
-            .map_max_entries(TLS_FDS_MAP, MAX_STREAMS_KNOWN)
+            .map_max_entries(TLS_STREAMS_MAP, MAX_STREAMS_KNOWN)
             .override_global(KERNEL_OFFSETS_GLOBAL, &offsets, true)
             .override_global(TLS_SIDE_GLOBAL, &side, true)
             .override_global(WAKEUP_BYTES_GLOBAL, &wakeup_bytes, true)
@@ -92,24 +98,41 @@ impl TlsProbes {
                 .load()
                 .map_err(|e| TlsError::Load(format!("{name}: {e}")))?;
         }
-        let tracepoint: &mut TracePoint = ebpf
-            .program_mut(SYSCALLS)
-            .and_then(|p| p.try_into().ok())
-            .ok_or(TlsError::Load(format!("no program {SYSCALLS}")))?;
-        tracepoint
-            .load()
-            .map_err(|e| TlsError::Load(format!("{SYSCALLS}: {e}")))?;
-        for syscall in SOCKET_SYSCALLS {
-            tracepoint
-                .attach("syscalls", syscall)
-                .map_err(|e| TlsError::Load(format!("tracepoint syscalls:{syscall}: {e}")))?;
-        }
+        let sock_tracepoints = match config.tls_socket_hooks {
+            TlsSocketHooks::Syscalls => {
+                attach_syscall_tracepoints(&mut ebpf)?;
+                0
+            }
+            TlsSocketHooks::Sock => attach_sock_tracepoints(&mut ebpf).map_err(|e| {
+                TlsError::Load(format!(
+                    "{e}; use --tls-socket-hooks auto or syscalls on this kernel"
+                ))
+            })?,
+            TlsSocketHooks::Auto => match attach_sock_tracepoints(&mut ebpf) {
+                Ok(n) => n,
+                Err(e) => {
+                    log::warn!(
+                        "{e}; learning TLS connections from the socket syscall tracepoints \
+                         instead, which every read and write on this node pays for"
+                    );
+                    attach_syscall_tracepoints(&mut ebpf)?;
+                    0
+                }
+            },
+        };
         Ok(Self {
             ebpf,
             attached: BTreeMap::new(),
             internal_sites: 0,
             exported_only: config.tls_exported_probes,
+            sock_tracepoints,
         })
+    }
+
+    /// `sock` tracepoints attached to learn connections (0 when the socket syscall
+    /// tracepoints do it).
+    pub fn sock_tracepoints(&self) -> u64 {
+        self.sock_tracepoints
     }
 
     /// True when `library` is probed already.
@@ -268,6 +291,84 @@ fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe, TlsError
         .ok_or(TlsError::Load(format!("no program {name}")))
 }
 
+/// Attaches `tls_sock_seen` to the `sock` tracepoints, both or neither, once their record
+/// layout is the one the program reads. Returns how many.
+fn attach_sock_tracepoints(ebpf: &mut Ebpf) -> Result<u64, TlsError> {
+    ensure_tracefs()?;
+    for event in SOCK_EVENTS {
+        let path = Path::new(TRACEFS)
+            .join("events/sock")
+            .join(event)
+            .join("format");
+        let format = std::fs::read_to_string(&path).map_err(|e| {
+            TlsError::Load(format!(
+                "tracepoint sock:{event} not found ({}: {e}; it is in Linux 6.4 on)",
+                path.display()
+            ))
+        })?;
+        let layout = (field_at(&format, "sk"), field_at(&format, "protocol"));
+        if layout != (Some((SOCK_EVENT_SK, 8)), Some((SOCK_EVENT_PROTOCOL, 2))) {
+            return Err(TlsError::Load(format!(
+                "tracepoint sock:{event} has fields sk and protocol at {layout:?}, not where \
+                 the probe reads them"
+            )));
+        }
+    }
+    let tracepoint: &mut TracePoint = ebpf
+        .program_mut(SOCK_EVENTS_PROGRAM)
+        .and_then(|p| p.try_into().ok())
+        .ok_or(TlsError::Load(format!("no program {SOCK_EVENTS_PROGRAM}")))?;
+    tracepoint
+        .load()
+        .map_err(|e| TlsError::Load(format!("{SOCK_EVENTS_PROGRAM}: {e}")))?;
+    let mut links = Vec::new();
+    for event in SOCK_EVENTS {
+        match tracepoint.attach("sock", event) {
+            Ok(link) => links.push(link),
+            Err(e) => {
+                for link in links {
+                    let _ = tracepoint.detach(link);
+                }
+                return Err(TlsError::Load(format!("tracepoint sock:{event}: {e}")));
+            }
+        }
+    }
+    Ok(SOCK_EVENTS.len() as u64)
+}
+
+/// Offset and size of field `name` in a tracepoint's `format` file
+/// (`field:void * sk;\toffset:8;\tsize:8;\tsigned:0;`).
+fn field_at(format: &str, name: &str) -> Option<(usize, usize)> {
+    format.lines().find_map(|line| {
+        let mut parts = line.trim().split(';').map(str::trim);
+        let declaration = parts.next()?.strip_prefix("field:")?;
+        if declaration.rsplit([' ', '*']).next()? != name {
+            return None;
+        }
+        let mut value =
+            |key: &str| -> Option<usize> { parts.next()?.strip_prefix(key)?.parse().ok() };
+        Some((value("offset:")?, value("size:")?))
+    })
+}
+
+/// Attaches `tls_fd_seen` to every socket syscall a TLS library's I/O goes through.
+fn attach_syscall_tracepoints(ebpf: &mut Ebpf) -> Result<(), TlsError> {
+    ensure_tracefs()?;
+    let tracepoint: &mut TracePoint = ebpf
+        .program_mut(SYSCALLS)
+        .and_then(|p| p.try_into().ok())
+        .ok_or(TlsError::Load(format!("no program {SYSCALLS}")))?;
+    tracepoint
+        .load()
+        .map_err(|e| TlsError::Load(format!("{SYSCALLS}: {e}")))?;
+    for syscall in SOCKET_SYSCALLS {
+        tracepoint
+            .attach("syscalls", syscall)
+            .map_err(|e| TlsError::Load(format!("tracepoint syscalls:{syscall}: {e}")))?;
+    }
+    Ok(())
+}
+
 /// Mounts tracefs where the kernel describes tracepoints, when nothing is mounted there
 /// (most distributions mount it at boot).
 fn ensure_tracefs() -> Result<(), TlsError> {
@@ -280,5 +381,40 @@ fn ensure_tracefs() -> Result<(), TlsError> {
     match status {
         Ok(s) if s.success() => Ok(()),
         _ => Err(TlsError::Tracefs),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `sock:sock_send_length` on Linux 6.18.
+    const SOCK_SEND_LENGTH: &str = "name: sock_send_length\nID: 2284\nformat:\n\
+        \tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
+        \tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;\n\n\
+        \tfield:void * sk;\toffset:8;\tsize:8;\tsigned:0;\n\
+        \tfield:__u16 family;\toffset:16;\tsize:2;\tsigned:0;\n\
+        \tfield:__u16 protocol;\toffset:18;\tsize:2;\tsigned:0;\n\
+        \tfield:int ret;\toffset:20;\tsize:4;\tsigned:1;\n\n\
+        print fmt: \"sk address = %p, length = %d\", REC->sk, REC->ret\n";
+
+    #[test]
+    fn fields_are_found_by_name_with_offset_and_size() {
+        assert_eq!(field_at(SOCK_SEND_LENGTH, "sk"), Some((8, 8)));
+        assert_eq!(field_at(SOCK_SEND_LENGTH, "protocol"), Some((18, 2)));
+        assert_eq!(field_at(SOCK_SEND_LENGTH, "common_pid"), Some((4, 4)));
+        assert_eq!(field_at(SOCK_SEND_LENGTH, "ret"), Some((20, 4)));
+    }
+
+    #[test]
+    fn a_missing_field_or_a_name_that_only_ends_alike_is_none() {
+        assert_eq!(field_at(SOCK_SEND_LENGTH, "flags"), None);
+        assert_eq!(field_at(SOCK_SEND_LENGTH, "type"), None);
+        assert_eq!(field_at(SOCK_SEND_LENGTH, "REC->sk"), None);
+        assert_eq!(field_at("", "sk"), None);
+        assert_eq!(
+            field_at("\tfield:void * sk;\toffset:x;\tsize:8;", "sk"),
+            None
+        );
     }
 }

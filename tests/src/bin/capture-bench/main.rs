@@ -15,7 +15,9 @@
 //!   capture, `packets`, `messages`, `record` with TC, XDP and `--threads 2`, tcpdump), as a
 //!   Markdown table for the README; `--repeat N` prints N tables (about 2 minutes each).
 //! - tls: `--tls` (server side) under wrk over HTTPS next to clear-text capture of the same
-//!   load over HTTP, three paired rounds (not part of `all`).
+//!   load over HTTP, three paired rounds, then tls-idle (not part of `all`).
+//! - tls-idle: what an idle `--tls` costs processes without TLS (dd, loopback TCP), with the
+//!   `sock` tracepoints and with the socket syscall ones (not part of `all`).
 
 mod drain;
 mod ebpf;
@@ -70,8 +72,11 @@ enum Which {
     /// paired rounds).
     ReplayPool,
     Overhead,
-    /// `--tls` next to clear-text capture, three paired rounds.
+    /// `--tls` next to clear-text capture, three paired rounds, then `tls-idle`.
     Tls,
+    /// What an idle `--tls` costs processes without TLS (dd, loopback TCP), with the `sock`
+    /// tracepoints and with the syscall ones, three paired rounds.
+    TlsIdle,
 }
 
 fn main() -> Result<()> {
@@ -102,5 +107,6 @@ fn main() -> Result<()> {
         Which::ReplayPool => replay::pool_rates(),
         Which::Overhead => overhead(),
         Which::Tls => tls::tls_cost(),
+        Which::TlsIdle => tls::idle_cost(),
     }
 }

@@ -109,6 +109,11 @@ pub fn tls_cost() -> Result<()> {
         .copied()
         .chain(["--tls-exported-probes"])
         .collect();
+    let syscalls_args: Vec<&str> = tls_args
+        .iter()
+        .copied()
+        .chain(["--tls-socket-hooks", "syscalls"])
+        .collect();
     let plain_args = [
         "messages",
         "--iface",
@@ -121,6 +126,11 @@ pub fn tls_cost() -> Result<()> {
         for (name, args, url) in [
             ("--tls --tls-side server (HTTPS)", &tls_args[..], &https),
             ("  + --tls-exported-probes", &exported_args[..], &https),
+            (
+                "  + --tls-socket-hooks syscalls",
+                &syscalls_args[..],
+                &https,
+            ),
             ("--iface (clear text, HTTP)", &plain_args[..], &http),
         ] {
             let base = wrk(&topo, url, &script, SECONDS)?;
@@ -143,14 +153,46 @@ pub fn tls_cost() -> Result<()> {
     syscall_tax(&topo)
 }
 
-/// What an idle `--tls` costs processes that use no TLS at all: the socket syscall
-/// tracepoints it attaches (to learn each SSL object's descriptor) run on every read and
-/// write of every process. Timed with dd copying /dev/zero to /dev/null in 64-byte blocks,
-/// without and then with capture running, three rounds.
+/// `tls-idle` alone, in namespaces of its own.
+pub fn idle_cost() -> Result<()> {
+    let topo = Topology::new("btli")?;
+    syscall_tax(&topo)
+}
+
+/// CPU time (user + system) of this process's finished children, in seconds.
+fn children_cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
+        usage
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// CPU time of the calling thread, in seconds.
+fn thread_cpu_seconds() -> f64 {
+    // SAFETY: clock_gettime fills the struct it is given.
+    let now = unsafe {
+        let mut now: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now);
+        now
+    };
+    now.tv_sec as f64 + now.tv_nsec as f64 / 1e9
+}
+
+/// What an idle `--tls` costs processes that use no TLS at all, with each way of learning
+/// connections: the `sock` tracepoints (the default) run on every socket send and receive,
+/// the socket syscall tracepoints (`--tls-socket-hooks syscalls`) make every syscall of
+/// every process take the kernel's traced path. Timed as the CPU time (user + system) of dd
+/// copying /dev/zero to /dev/null in 64-byte blocks (no socket) and of 64-byte writes and
+/// reads over a loopback TCP connection, without capture and then with each, three rounds.
 fn syscall_tax(topo: &Topology) -> Result<()> {
     const BLOCKS: u32 = 2_000_000;
+    const TCP_ROUND_TRIPS: u32 = 300_000;
     let dd = || -> Result<f64> {
-        let start = std::time::Instant::now();
+        let start = children_cpu_seconds();
         run_ok(std::process::Command::new("dd").args([
             "if=/dev/zero",
             "of=/dev/null",
@@ -158,28 +200,60 @@ fn syscall_tax(topo: &Topology) -> Result<()> {
             &format!("count={BLOCKS}"),
             "status=none",
         ]))?;
-        Ok(start.elapsed().as_secs_f64())
+        Ok((children_cpu_seconds() - start) * 1e9 / f64::from(2 * BLOCKS))
+    };
+    let tcp = || -> Result<f64> {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let mut sender = std::net::TcpStream::connect(listener.local_addr()?)?;
+        let (mut receiver, _) = listener.accept()?;
+        let (block, mut into) = ([7u8; 64], [0u8; 64]);
+        let start = thread_cpu_seconds();
+        for _ in 0..TCP_ROUND_TRIPS {
+            sender.write_all(&block)?;
+            receiver.read_exact(&mut into)?;
+        }
+        Ok((thread_cpu_seconds() - start) * 1e9 / f64::from(2 * TCP_ROUND_TRIPS))
     };
     println!(
-        "== an idle --tls and the read/write syscalls of a process without TLS (dd, {BLOCKS} blocks) =="
+        "== an idle --tls and the syscalls of processes without TLS: dd (read/write, {BLOCKS} \
+         blocks of 64 B) and loopback TCP ({TCP_ROUND_TRIPS} writes and reads of 64 B) =="
     );
     println!(
-        "{:<6} {:>14} {:>14} {:>16}",
-        "round", "without ns/sc", "with ns/sc", "added ns/syscall"
+        "{:<6} {:<4} {:>14} {:>16} {:>8} {:>18} {:>8}",
+        "round", "load", "without ns/sc", "sock tp ns/sc", "added", "syscalls tp ns/sc", "added"
     );
     dd()?; // warm-up
-    let syscalls = f64::from(2 * BLOCKS);
+    tcp()?;
     let tls_port = TLS_PORT.to_string();
+    let idle = ["messages", "--tls", "--port", &tls_port];
+    let with_syscalls: Vec<&str> = idle
+        .iter()
+        .copied()
+        .chain(["--tls-socket-hooks", "syscalls"])
+        .collect();
     for round in 1..=3 {
-        let without = dd()? * 1e9 / syscalls;
-        let run = CaptureRun::start(&topo.client_ns, &["messages", "--tls", "--port", &tls_port])?;
-        let with = dd()? * 1e9 / syscalls;
-        let out = run.stop(libc::SIGINT)?;
-        anyhow::ensure!(out.status.success(), "{}", out.stderr.join("\n"));
-        println!(
-            "{round:<6} {without:>14.0} {with:>14.0} {:>16.0}",
-            with - without
-        );
+        for (name, load) in [("dd", &dd as &dyn Fn() -> Result<f64>), ("tcp", &tcp)] {
+            let without = load()?;
+            let mut with = Vec::new();
+            for args in [&idle[..], &with_syscalls[..]] {
+                let run = CaptureRun::start(&topo.client_ns, args)?;
+                with.push(load()?);
+                let out = run.stop(libc::SIGINT)?;
+                anyhow::ensure!(out.status.success(), "{}", out.stderr.join("\n"));
+            }
+            println!(
+                "{round:<6} {name:<4} {without:>14.0} {:>16.0} {:>8.0} {:>18.0} {:>8.0}",
+                with[0],
+                with[0] - without,
+                with[1],
+                with[1] - without
+            );
+        }
     }
+    println!(
+        "(ns/sc: CPU time (user + system) per syscall; sock tp: the default; syscalls tp: \
+         --tls-socket-hooks syscalls)"
+    );
     Ok(())
 }
