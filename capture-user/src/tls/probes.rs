@@ -162,7 +162,9 @@ impl TlsProbes {
                 .map(|elf| sites::internal_sites(&elf))
                 .unwrap_or_default(),
         };
-        let mut attached = 0;
+        // Every probe attached to this library so far, detached again if it cannot be
+        // probed: the watcher tries it again later and must not find half of it attached.
+        let mut links = Vec::new();
         let mut internal = InternalSites::default();
         for (site, slot) in [
             (found.read, &mut internal.read),
@@ -171,9 +173,8 @@ impl TlsProbes {
             let Some(site) = site else { continue };
             let at = At::Offset(site.file_offset);
             match self.attach_entry_and_return(at, site.call, &library.path) {
-                Ok(()) => {
-                    attached += 2;
-                    self.internal_sites += 1;
+                Ok(pair) => {
+                    links.extend(pair);
                     *slot = Some(site);
                     log::info!(
                         "{}: {:?} probed at its internal function ({:#x}), which SSL_read, \
@@ -202,12 +203,17 @@ impl TlsProbes {
             }
             let at = At::Symbol(symbol);
             let result = match with_return {
-                true => self.attach_entry_and_return(at, call, &library.path),
-                false => self.attach_one(ENTRY, at, call, &library.path).map(drop),
+                true => self
+                    .attach_entry_and_return(at, call, &library.path)
+                    .map(Vec::from),
+                false => self
+                    .attach_one(ENTRY, at, call, &library.path)
+                    .map(|link| vec![(ENTRY, link)]),
             };
             match result {
-                Ok(()) => attached += if with_return { 2 } else { 1 },
+                Ok(pair) => links.extend(pair),
                 Err(e) if matches!(call, TlsCall::Read | TlsCall::Write) => {
+                    self.detach(links);
                     return Err(TlsError::Attach {
                         library: library.path.clone(),
                         reason: format!("{symbol}: {e}"),
@@ -216,8 +222,12 @@ impl TlsProbes {
                 Err(e) => log::debug!("{}: {symbol} not probed: {e}", library.path.display()),
             }
         }
+        self.internal_sites += [internal.read.is_some(), internal.write.is_some()]
+            .into_iter()
+            .filter(|&probed| probed)
+            .count() as u64;
         self.attached.insert(library.id, library.path.clone());
-        Ok(attached)
+        Ok(links.len())
     }
 
     /// The entry and the return probe at `location`, or neither.
@@ -226,15 +236,24 @@ impl TlsProbes {
         at: At<'_>,
         call: TlsCall,
         path: &Path,
-    ) -> Result<(), String> {
+    ) -> Result<[(&'static str, UProbeLinkId); 2], String> {
         let entry = self.attach_one(ENTRY, at, call, path)?;
-        if let Err(e) = self.attach_one(RETURN, at, call, path) {
-            if let Ok(program) = uprobe(&mut self.ebpf, ENTRY) {
-                let _ = program.detach(entry);
+        match self.attach_one(RETURN, at, call, path) {
+            Ok(ret) => Ok([(ENTRY, entry), (RETURN, ret)]),
+            Err(e) => {
+                self.detach(vec![(ENTRY, entry)]);
+                Err(e)
             }
-            return Err(e);
         }
-        Ok(())
+    }
+
+    /// Detaches probes attached by [`TlsProbes::attach_one`].
+    fn detach(&mut self, links: Vec<(&'static str, UProbeLinkId)>) {
+        for (program, link) in links {
+            if let Ok(program) = uprobe(&mut self.ebpf, program) {
+                let _ = program.detach(link);
+            }
+        }
     }
 
     fn attach_one(
