@@ -326,8 +326,8 @@ impl Recorder {
         let live = LiveMessages::start(&config.capture, config.threads, queue)?;
         let mut source = match config.capture.tls {
             Some(side) => format!(
-                "live tls ({} side) ports {:?}",
-                side.name(),
+                "live tls ({}) ports {:?}",
+                side.phrase(),
                 config.capture.ports
             ),
             None => format!(

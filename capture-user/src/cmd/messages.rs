@@ -101,8 +101,8 @@ async fn run_live(args: MessagesArgs) -> anyhow::Result<()> {
             let stats = live.stats()?;
             let tls = stats.tls.unwrap_or_default();
             eprintln!(
-                "capturing HTTPS plaintext ({} side) on ports {:?} from {}; stop with Ctrl-C",
-                side.name(),
+                "capturing HTTPS plaintext ({}) on ports {:?} from {}; stop with Ctrl-C",
+                side.phrase(),
                 config.ports,
                 tls.libraries.join(", ")
             );

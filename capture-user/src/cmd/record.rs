@@ -137,7 +137,7 @@ pub async fn run_record(args: RecordArgs) -> anyhow::Result<()> {
     };
     let recorder = Recorder::start(config, store).await?;
     let from = if args.capture.tls {
-        format!("TLS libraries ({} side)", args.capture.tls_side.name())
+        format!("TLS libraries ({})", args.capture.tls_side.phrase())
     } else {
         crate::cmd::capture_args::interfaces_line(&args.capture.interfaces, &recorder.interfaces)
     };

@@ -79,11 +79,12 @@ impl TlsSide {
         }
     }
 
-    pub fn name(self) -> &'static str {
+    /// "server side", "client side", "both sides": how messages and recordings name it.
+    pub fn phrase(self) -> &'static str {
         match self {
-            Self::Server => "server",
-            Self::Client => "client",
-            Self::Both => "both",
+            Self::Server => "server side",
+            Self::Client => "client side",
+            Self::Both => "both sides",
         }
     }
 }
