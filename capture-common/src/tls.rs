@@ -17,13 +17,6 @@ pub const KERNEL_OFFSETS_GLOBAL: &str = "KERNEL_OFFSETS";
 /// Name of the global holding the `TLS_SIDE_*` bits, set by userspace at load.
 pub const TLS_SIDE_GLOBAL: &str = "TLS_SIDE";
 
-/// Where the `struct sock *` is in the records of the `sock:sock_send_length` and
-/// `sock:sock_recv_length` tracepoints (their `sk` field); userspace checks the running
-/// kernel's format before attaching.
-pub const SOCK_EVENT_SK: usize = 8;
-/// Where the socket's IP protocol (`__u16 protocol`) is in those records.
-pub const SOCK_EVENT_PROTOCOL: usize = 18;
-
 /// [`TLS_SIDE_GLOBAL`] bit: keep streams whose local port is a configured port (the process
 /// serves it).
 pub const TLS_SIDE_SERVER: u8 = 1;
@@ -266,6 +259,9 @@ impl TlsCounter {
 /// socket behind a file descriptor: task → files → fdtable → file → (inode mode, socket) →
 /// sock. Read from the running kernel's BTF by userspace, so no kernel headers are needed and
 /// the walk follows the kernel it runs on.
+/// A [`KernelOffsets`] field the running kernel does not have.
+pub const NO_OFFSET: u32 = u32::MAX;
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelOffsets {
@@ -284,6 +280,9 @@ pub struct KernelOffsets {
     pub sk_daddr: u32,
     pub sk_v6_rcv_saddr: u32,
     pub sk_v6_daddr: u32,
+    /// `sock.sk_protocol` (a plain `u16` from Linux 5.6 on); [`NO_OFFSET`] where the kernel's
+    /// BTF has no such field, and the `sock` tracepoints are then not used.
+    pub sk_protocol: u32,
     /// 1 once userspace filled the offsets; the probes do nothing before.
     pub valid: u32,
 }

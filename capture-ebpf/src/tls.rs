@@ -4,8 +4,8 @@
 //! A call is seen twice: at entry (`tls_call`: the SSL object and the buffer, remembered per
 //! thread in `TLS_CALLS`) and at return (`tls_return`: how many bytes, then the copy). The
 //! connection is kept per (process, SSL object) in `TLS_STREAMS`, learnt from the TCP sends
-//! and receives the thread makes while inside a TLS call: the `sock:sock_send_length` and
-//! `sock:sock_recv_length` tracepoints (`tls_sock_seen`) hand over the socket itself, and
+//! and receives the thread makes while inside a TLS call: the `sock_send_length` and
+//! `sock_recv_length` raw tracepoints (`tls_sock_seen`) hand over the socket itself, and
 //! only socket I/O pays for them. On kernels before 6.4, which lack them, the socket syscall
 //! tracepoints (`tls_fd_seen`) learn the descriptor instead, at a cost to every read and
 //! write on the node; `SSL_set_fd` gives the descriptor too. A descriptor is walked to its socket at return
@@ -19,15 +19,15 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns,
         bpf_probe_read_kernel, generated::bpf_get_attach_cookie, generated::bpf_probe_read_user,
     },
-    macros::{map, tracepoint, uprobe, uretprobe},
+    macros::{map, raw_tracepoint, tracepoint, uprobe, uretprobe},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::{ProbeContext, RetProbeContext, TracePointContext},
+    programs::{ProbeContext, RawTracePointContext, RetProbeContext, TracePointContext},
 };
 use capture_common::CHUNK_LEN;
 use capture_common::tls::{
-    KernelOffsets, SOCK_EVENT_PROTOCOL, SOCK_EVENT_SK, TLS_COUNTER_SLOTS, TLS_FLAG_FREED,
-    TLS_FLAG_LAST_CHUNK, TLS_FLAG_MIDSTREAM, TLS_FLAG_TRUNCATED, TLS_MAX_CALL_LEN, TLS_MAX_CHUNKS,
-    TLS_RECEIVED, TLS_SENT, TLS_SIDE_CLIENT, TLS_SIDE_SERVER, TlsCall, TlsChunkHeader, TlsCounter,
+    KernelOffsets, TLS_COUNTER_SLOTS, TLS_FLAG_FREED, TLS_FLAG_LAST_CHUNK, TLS_FLAG_MIDSTREAM,
+    TLS_FLAG_TRUNCATED, TLS_MAX_CALL_LEN, TLS_MAX_CHUNKS, TLS_RECEIVED, TLS_SENT, TLS_SIDE_CLIENT,
+    TLS_SIDE_SERVER, TlsCall, TlsChunkHeader, TlsCounter,
 };
 
 use crate::WAKEUP_BYTES;
@@ -70,6 +70,7 @@ static KERNEL_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     sk_daddr: 0,
     sk_v6_rcv_saddr: 0,
     sk_v6_daddr: 0,
+    sk_protocol: 0,
     valid: 0,
 });
 
@@ -311,26 +312,19 @@ pub fn tls_return(ctx: RetProbeContext) -> u32 {
 }
 
 /// `sock:sock_send_length` and `sock:sock_recv_length` (Linux 6.4 on), which every socket
-/// send and receive passes after its I/O: when the thread is inside a TLS call and the
-/// socket is TCP, it is the SSL object's.
-#[tracepoint]
-pub fn tls_sock_seen(ctx: TracePointContext) -> u32 {
+/// send and receive passes after its I/O, as raw tracepoints (no record is built): when the
+/// thread is inside a TLS call and the socket is TCP, it is the SSL object's.
+#[raw_tracepoint]
+pub fn tls_sock_seen(ctx: RawTracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: the value is copied out at once.
     let Some(call) = (unsafe { TLS_CALLS.get(&pid_tgid) }).copied() else {
         return 0;
     };
-    // SAFETY: reads the tracepoint's record through the bounds-checked helper; userspace
-    // checked the record's layout before attaching.
-    let (Ok(sock), Ok(protocol)) = (unsafe {
-        (
-            ctx.read_at::<u64>(SOCK_EVENT_SK),
-            ctx.read_at::<u16>(SOCK_EVENT_PROTOCOL),
-        )
-    }) else {
-        return 0;
-    };
-    if protocol != IPPROTO_TCP || sock == 0 {
+    // TP_PROTO(struct sock *sk, int ret, int flags)
+    let sock: u64 = ctx.arg(0);
+    let off = KERNEL_OFFSETS.load();
+    if off.valid == 0 || kread::<u16>(sock, off.sk_protocol) != Some(IPPROTO_TCP) {
         return 0;
     }
     let key = SslKey {

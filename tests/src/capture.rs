@@ -485,20 +485,25 @@ impl CaptureRun {
 }
 
 impl BpfObjects {
-    /// The uprobes and tracepoints among these, as the kernel lists them: perf_event links
-    /// running one of these programs.
-    pub fn perf_links(&self) -> Result<usize> {
+    /// The links of kernel link type `kind` (bpftool's name: `perf_event` for uprobes and
+    /// tracepoints, `raw_tracepoint`) running one of these programs.
+    pub fn links_of_type(&self, kind: &str) -> Result<usize> {
         let out = run_ok(std::process::Command::new("bpftool").args(["link", "show", "-j"]))?;
         let text = String::from_utf8_lossy(&out.stdout);
         Ok(text
             .split('}')
-            .filter(|link| link.contains("\"type\":\"perf_event\""))
+            .filter(|link| link.contains(&format!("\"type\":\"{kind}\"")))
             .filter(|link| {
                 self.prog_ids
                     .iter()
                     .any(|id| link.contains(&format!("\"prog_id\":{id}")))
             })
             .count())
+    }
+
+    /// The uprobes and tracepoints among these: perf_event links.
+    pub fn perf_links(&self) -> Result<usize> {
+        self.links_of_type("perf_event")
     }
 
     /// Which of these programs and links the kernel still has (bpftool's view).

@@ -293,11 +293,12 @@ fn a_tls_recording_is_redacted_byte_exact_blind_to_other_ports_and_replays_to_ht
 #[test]
 fn stopping_by_ctrl_c_sigterm_or_sigkill_leaves_no_probe_attached() -> Result<()> {
     let topo = Topology::new("tlsk")?;
-    // The sock tracepoints (2), or the socket syscalls' (8).
-    for (signal, hooks, tracepoints) in [
-        (libc::SIGINT, "auto", 2),
-        (libc::SIGTERM, "syscalls", 8),
-        (libc::SIGKILL, "auto", 2),
+    // The sock tracepoints (2 raw tracepoint links), or the socket syscalls' (8 perf_event
+    // links).
+    for (signal, hooks, raw, syscalls) in [
+        (libc::SIGINT, "auto", 2, 0),
+        (libc::SIGTERM, "syscalls", 0, 8),
+        (libc::SIGKILL, "auto", 2, 0),
     ] {
         let run = CaptureRun::start(
             &topo.client_ns,
@@ -315,8 +316,13 @@ fn stopping_by_ctrl_c_sigterm_or_sigkill_leaves_no_probe_attached() -> Result<()
         // (this host's libssl has them) and SSL_do_handshake, SSL_set_fd and SSL_free.
         let links = objects.perf_links()?;
         ensure!(
-            links >= 8 + tracepoints,
+            links >= 8 + syscalls,
             "{links} perf_event links while running with {hooks}"
+        );
+        let raw_links = objects.links_of_type("raw_tracepoint")?;
+        ensure!(
+            raw_links == raw,
+            "{raw_links} raw tracepoint links while running with {hooks}"
         );
         let out = run.stop(signal)?;
         if signal != libc::SIGKILL {
@@ -329,7 +335,7 @@ fn stopping_by_ctrl_c_sigterm_or_sigkill_leaves_no_probe_attached() -> Result<()
             "after signal {signal}, left behind: {alive:?}"
         );
         ensure!(
-            objects.perf_links()? == 0,
+            objects.perf_links()? + objects.links_of_type("raw_tracepoint")? == 0,
             "after signal {signal}: probes left"
         );
     }

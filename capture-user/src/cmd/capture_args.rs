@@ -86,8 +86,8 @@ pub struct CaptureArgs {
     pub tls_exported_probes: bool,
 
     /// With --tls: how the probes learn which TCP connection each TLS stream is on. `auto`
-    /// uses the sock:sock_send_length and sock:sock_recv_length tracepoints (Linux 6.4 on),
-    /// which run only on socket I/O, and falls back to the socket syscall tracepoints on older
+    /// uses the sock_send_length and sock_recv_length raw tracepoints (Linux 6.4 on), which
+    /// run only on socket I/O, and falls back to the socket syscall tracepoints on older
     /// kernels. `syscalls` forces those: they run on every read and write of every process
     /// on the node (about 0.3 us each on a small VM), so use it only where the sock
     /// tracepoints misbehave.

@@ -206,6 +206,28 @@ impl Btf {
         Ok(total)
     }
 
+    /// Byte offset of `field`, a direct member of struct `strukt` that is a whole 16-bit
+    /// integer (not a bitfield, as `sock.sk_protocol` was before Linux 5.6).
+    pub fn plain_u16(&self, strukt: &str, field: &str) -> Option<u32> {
+        let t = self.types.get(self.struct_named(strukt)? as usize)?;
+        (0..t.vlen as usize).find_map(|i| {
+            let at = t.extra + 12 * i;
+            if self.name(u32_at(&self.type_section, at)?) != field.as_bytes() {
+                return None;
+            }
+            let m_off = u32_at(&self.type_section, at + 8)?;
+            let (bitfield, bits) = match t.kind_flag {
+                true => (m_off >> 24, m_off & 0xff_ffff),
+                false => (0, m_off),
+            };
+            let ty = self
+                .types
+                .get(self.resolve(u32_at(&self.type_section, at + 4)?) as usize)?;
+            (bitfield == 0 && bits % 8 == 0 && ty.kind == KIND_INT && ty.size_type == 2)
+                .then_some(bits / 8)
+        })
+    }
+
     /// Every offset the TLS probes walk with.
     pub fn kernel_offsets(&self) -> Result<KernelOffsets, BtfError> {
         let sk = |field: &str| self.offset_of("sock", &format!("__sk_common.{field}"));
@@ -225,6 +247,9 @@ impl Btf {
             sk_daddr: sk("skc_daddr")?,
             sk_v6_rcv_saddr: sk("skc_v6_rcv_saddr")?,
             sk_v6_daddr: sk("skc_v6_daddr")?,
+            sk_protocol: self
+                .plain_u16("sock", "sk_protocol")
+                .unwrap_or(capture_common::tls::NO_OFFSET),
             valid: 1,
         })
     }
@@ -282,6 +307,10 @@ mod tests {
             Err("the kernel's BTF has no field d in struct outer".to_string())
         );
         assert!(btf.offset_of("nosuch", "a").is_err());
+        // A 4-byte int is not a plain u16; nested and unknown fields are not direct members.
+        assert_eq!(btf.plain_u16("outer", "a"), None);
+        assert_eq!(btf.plain_u16("outer", "c"), None);
+        assert_eq!(btf.plain_u16("nosuch", "a"), None);
     }
 
     #[test]
@@ -304,5 +333,8 @@ mod tests {
         assert!(off.sk_v6_daddr > off.sk_family);
         assert_eq!(off.valid, 1);
         assert!(off.task_files > 0 && off.file_private_data > 0);
+        // sk_protocol is a plain u16 of struct sock itself, after sock_common.
+        assert!(off.sk_protocol > off.sk_v6_daddr, "{off:?}");
+        assert_ne!(off.sk_protocol, capture_common::tls::NO_OFFSET);
     }
 }

@@ -1,8 +1,8 @@
 //! Loading the TLS probes and attaching them: uprobes (entry and return) on each libssl's
 //! read, write, handshake, `SSL_set_fd` and `SSL_free`, and the tracepoints that tell which
 //! socket a call's I/O goes to (`sock:sock_send_length`/`sock_recv_length`, or the socket
-//! syscalls on kernels before 6.4). Everything is held by file descriptors (perf events),
-//! so dropping [`TlsProbes`], or the process dying even by
+//! syscalls on kernels before 6.4). Everything is held by file descriptors (perf events and
+//! raw tracepoint links), so dropping [`TlsProbes`], or the process dying even by
 //! SIGKILL, detaches every probe.
 
 use std::collections::BTreeMap;
@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope};
-use aya::programs::{TracePoint, UProbe};
+use aya::programs::{RawTracePoint, TracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
 use capture_common::tls::{
-    KERNEL_OFFSETS_GLOBAL, SOCK_EVENT_PROTOCOL, SOCK_EVENT_SK, TLS_CALLS_MAP, TLS_COUNTERS_MAP,
-    TLS_RING_MAP, TLS_SIDE_GLOBAL, TLS_STREAMS_MAP, TlsCall,
+    KERNEL_OFFSETS_GLOBAL, KernelOffsets, NO_OFFSET, TLS_CALLS_MAP, TLS_COUNTERS_MAP, TLS_RING_MAP,
+    TLS_SIDE_GLOBAL, TLS_STREAMS_MAP, TlsCall,
 };
 use capture_common::{PORTS_MAP, RING_MAP, WAKEUP_BYTES_GLOBAL};
 
@@ -103,12 +103,12 @@ impl TlsProbes {
                 attach_syscall_tracepoints(&mut ebpf)?;
                 0
             }
-            TlsSocketHooks::Sock => attach_sock_tracepoints(&mut ebpf).map_err(|e| {
+            TlsSocketHooks::Sock => attach_sock_tracepoints(&mut ebpf, &offsets).map_err(|e| {
                 TlsError::Load(format!(
                     "{e}; use --tls-socket-hooks auto or syscalls on this kernel"
                 ))
             })?,
-            TlsSocketHooks::Auto => match attach_sock_tracepoints(&mut ebpf) {
+            TlsSocketHooks::Auto => match attach_sock_tracepoints(&mut ebpf, &offsets) {
                 Ok(n) => n,
                 Err(e) => {
                     log::warn!(
@@ -310,64 +310,36 @@ fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe, TlsError
         .ok_or(TlsError::Load(format!("no program {name}")))
 }
 
-/// Attaches `tls_sock_seen` to the `sock` tracepoints, both or neither, once their record
-/// layout is the one the program reads. Returns how many.
-fn attach_sock_tracepoints(ebpf: &mut Ebpf) -> Result<u64, TlsError> {
-    ensure_tracefs()?;
-    for event in SOCK_EVENTS {
-        let path = Path::new(TRACEFS)
-            .join("events/sock")
-            .join(event)
-            .join("format");
-        let format = std::fs::read_to_string(&path).map_err(|e| {
-            TlsError::Load(format!(
-                "tracepoint sock:{event} not found ({}: {e}; it is in Linux 6.4 on)",
-                path.display()
-            ))
-        })?;
-        let layout = (field_at(&format, "sk"), field_at(&format, "protocol"));
-        if layout != (Some((SOCK_EVENT_SK, 8)), Some((SOCK_EVENT_PROTOCOL, 2))) {
-            return Err(TlsError::Load(format!(
-                "tracepoint sock:{event} has fields sk and protocol at {layout:?}, not where \
-                 the probe reads them"
-            )));
-        }
+/// Attaches `tls_sock_seen` to the `sock` tracepoints as raw tracepoints, both or neither.
+/// Returns how many.
+fn attach_sock_tracepoints(ebpf: &mut Ebpf, offsets: &KernelOffsets) -> Result<u64, TlsError> {
+    if offsets.sk_protocol == NO_OFFSET {
+        return Err(TlsError::Load(
+            "the kernel's BTF has no plain sock.sk_protocol field".into(),
+        ));
     }
-    let tracepoint: &mut TracePoint = ebpf
+    let program: &mut RawTracePoint = ebpf
         .program_mut(SOCK_EVENTS_PROGRAM)
         .and_then(|p| p.try_into().ok())
         .ok_or(TlsError::Load(format!("no program {SOCK_EVENTS_PROGRAM}")))?;
-    tracepoint
+    program
         .load()
         .map_err(|e| TlsError::Load(format!("{SOCK_EVENTS_PROGRAM}: {e}")))?;
     let mut links = Vec::new();
     for event in SOCK_EVENTS {
-        match tracepoint.attach("sock", event) {
+        match program.attach(event) {
             Ok(link) => links.push(link),
             Err(e) => {
                 for link in links {
-                    let _ = tracepoint.detach(link);
+                    let _ = program.detach(link);
                 }
-                return Err(TlsError::Load(format!("tracepoint sock:{event}: {e}")));
+                return Err(TlsError::Load(format!(
+                    "raw tracepoint {event} (Linux 6.4 on): {e}"
+                )));
             }
         }
     }
     Ok(SOCK_EVENTS.len() as u64)
-}
-
-/// Offset and size of field `name` in a tracepoint's `format` file
-/// (`field:void * sk;\toffset:8;\tsize:8;\tsigned:0;`).
-fn field_at(format: &str, name: &str) -> Option<(usize, usize)> {
-    format.lines().find_map(|line| {
-        let mut parts = line.trim().split(';').map(str::trim);
-        let declaration = parts.next()?.strip_prefix("field:")?;
-        if declaration.rsplit([' ', '*']).next()? != name {
-            return None;
-        }
-        let mut value =
-            |key: &str| -> Option<usize> { parts.next()?.strip_prefix(key)?.parse().ok() };
-        Some((value("offset:")?, value("size:")?))
-    })
 }
 
 /// Attaches `tls_fd_seen` to every socket syscall a TLS library's I/O goes through.
@@ -400,40 +372,5 @@ fn ensure_tracefs() -> Result<(), TlsError> {
     match status {
         Ok(s) if s.success() => Ok(()),
         _ => Err(TlsError::Tracefs),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// `sock:sock_send_length` on Linux 6.18.
-    const SOCK_SEND_LENGTH: &str = "name: sock_send_length\nID: 2284\nformat:\n\
-        \tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
-        \tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;\n\n\
-        \tfield:void * sk;\toffset:8;\tsize:8;\tsigned:0;\n\
-        \tfield:__u16 family;\toffset:16;\tsize:2;\tsigned:0;\n\
-        \tfield:__u16 protocol;\toffset:18;\tsize:2;\tsigned:0;\n\
-        \tfield:int ret;\toffset:20;\tsize:4;\tsigned:1;\n\n\
-        print fmt: \"sk address = %p, length = %d\", REC->sk, REC->ret\n";
-
-    #[test]
-    fn fields_are_found_by_name_with_offset_and_size() {
-        assert_eq!(field_at(SOCK_SEND_LENGTH, "sk"), Some((8, 8)));
-        assert_eq!(field_at(SOCK_SEND_LENGTH, "protocol"), Some((18, 2)));
-        assert_eq!(field_at(SOCK_SEND_LENGTH, "common_pid"), Some((4, 4)));
-        assert_eq!(field_at(SOCK_SEND_LENGTH, "ret"), Some((20, 4)));
-    }
-
-    #[test]
-    fn a_missing_field_or_a_name_that_only_ends_alike_is_none() {
-        assert_eq!(field_at(SOCK_SEND_LENGTH, "flags"), None);
-        assert_eq!(field_at(SOCK_SEND_LENGTH, "type"), None);
-        assert_eq!(field_at(SOCK_SEND_LENGTH, "REC->sk"), None);
-        assert_eq!(field_at("", "sk"), None);
-        assert_eq!(
-            field_at("\tfield:void * sk;\toffset:x;\tsize:8;", "sk"),
-            None
-        );
     }
 }

@@ -186,11 +186,13 @@ fn thread_cpu_seconds() -> f64 {
 /// connections: the `sock` tracepoints (the default) run on every socket send and receive,
 /// the socket syscall tracepoints (`--tls-socket-hooks syscalls`) make every syscall of
 /// every process take the kernel's traced path. Timed as the CPU time (user + system) of dd
-/// copying /dev/zero to /dev/null in 64-byte blocks (no socket) and of 64-byte writes and
-/// reads over a loopback TCP connection, without capture and then with each, three rounds.
+/// copying /dev/zero to /dev/null in 64-byte blocks (no socket), of 64-byte sends and
+/// receives on a Unix datagram socket pair, and of 64-byte writes and reads over a loopback
+/// TCP connection, without capture and then with each, three rounds.
 fn syscall_tax(topo: &Topology) -> Result<()> {
     const BLOCKS: u32 = 2_000_000;
     const TCP_ROUND_TRIPS: u32 = 300_000;
+    const UNIX_ROUND_TRIPS: u32 = 1_000_000;
     let dd = || -> Result<f64> {
         let start = children_cpu_seconds();
         run_ok(std::process::Command::new("dd").args([
@@ -201,6 +203,16 @@ fn syscall_tax(topo: &Topology) -> Result<()> {
             "status=none",
         ]))?;
         Ok((children_cpu_seconds() - start) * 1e9 / f64::from(2 * BLOCKS))
+    };
+    let unix = || -> Result<f64> {
+        let (sender, receiver) = std::os::unix::net::UnixDatagram::pair()?;
+        let (block, mut into) = ([7u8; 64], [0u8; 64]);
+        let start = thread_cpu_seconds();
+        for _ in 0..UNIX_ROUND_TRIPS {
+            sender.send(&block)?;
+            receiver.recv(&mut into)?;
+        }
+        Ok((thread_cpu_seconds() - start) * 1e9 / f64::from(2 * UNIX_ROUND_TRIPS))
     };
     let tcp = || -> Result<f64> {
         use std::io::{Read, Write};
@@ -217,13 +229,15 @@ fn syscall_tax(topo: &Topology) -> Result<()> {
     };
     println!(
         "== an idle --tls and the syscalls of processes without TLS: dd (read/write, {BLOCKS} \
-         blocks of 64 B) and loopback TCP ({TCP_ROUND_TRIPS} writes and reads of 64 B) =="
+         blocks of 64 B), a Unix datagram socket pair ({UNIX_ROUND_TRIPS} sends and receives \
+         of 64 B) and loopback TCP ({TCP_ROUND_TRIPS} writes and reads of 64 B) =="
     );
     println!(
-        "{:<6} {:<4} {:>14} {:>16} {:>8} {:>18} {:>8}",
+        "{:<6} {:<5} {:>14} {:>16} {:>8} {:>18} {:>8}",
         "round", "load", "without ns/sc", "sock tp ns/sc", "added", "syscalls tp ns/sc", "added"
     );
     dd()?; // warm-up
+    unix()?;
     tcp()?;
     let tls_port = TLS_PORT.to_string();
     let idle = ["messages", "--tls", "--port", &tls_port];
@@ -233,7 +247,12 @@ fn syscall_tax(topo: &Topology) -> Result<()> {
         .chain(["--tls-socket-hooks", "syscalls"])
         .collect();
     for round in 1..=3 {
-        for (name, load) in [("dd", &dd as &dyn Fn() -> Result<f64>), ("tcp", &tcp)] {
+        let loads = [
+            ("dd", &dd as &dyn Fn() -> Result<f64>),
+            ("unix", &unix),
+            ("tcp", &tcp),
+        ];
+        for (name, load) in loads {
             let without = load()?;
             let mut with = Vec::new();
             for args in [&idle[..], &with_syscalls[..]] {
@@ -243,7 +262,7 @@ fn syscall_tax(topo: &Topology) -> Result<()> {
                 anyhow::ensure!(out.status.success(), "{}", out.stderr.join("\n"));
             }
             println!(
-                "{round:<6} {name:<4} {without:>14.0} {:>16.0} {:>8.0} {:>18.0} {:>8.0}",
+                "{round:<6} {name:<5} {without:>14.0} {:>16.0} {:>8.0} {:>18.0} {:>8.0}",
                 with[0],
                 with[0] - without,
                 with[1],
