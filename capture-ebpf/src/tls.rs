@@ -327,28 +327,13 @@ pub fn tls_sock_seen(ctx: RawTracePointContext) -> u32 {
     if off.valid == 0 || kread::<u16>(sock, off.sk_protocol) != Some(IPPROTO_TCP) {
         return 0;
     }
-    let key = SslKey {
-        tgid: pid_tgid >> 32,
-        ssl: call.ssl,
-    };
-    // SAFETY: the value is copied out at once.
-    let known = unsafe { TLS_STREAMS.get(&key) }.copied();
-    let stream = match known {
-        Some(s) if s.sock == sock => return 0,
-        Some(s) => StreamSocket { sock, ..s },
-        None => StreamSocket {
-            sock,
-            fd: NO_FD,
-            flags: first_seen_flags(&call),
-        },
-    };
-    let _ = TLS_STREAMS.insert(&key, &stream, 0);
+    remember(pid_tgid, &call, sock, NO_FD);
     0
 }
 
 /// Any socket syscall (read, write, send, recv and their vector forms), attached on kernels
-/// without the `sock` tracepoints: when the thread is inside a TLS call, the descriptor is the SSL
-/// object's.
+/// without the `sock` tracepoints: when the thread is inside a TLS call, the descriptor is
+/// the SSL object's.
 #[tracepoint]
 pub fn tls_fd_seen(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -361,7 +346,14 @@ pub fn tls_fd_seen(ctx: TracePointContext) -> u32 {
     let Ok(fd) = (unsafe { ctx.read_at::<u64>(16) }) else {
         return 0;
     };
-    let fd = fd as u32;
+    remember(pid_tgid, &call, 0, fd as u32);
+    0
+}
+
+/// Remembers where the stream of the thread's `call` is: its socket, or (with `sock` 0) its
+/// descriptor.
+#[inline(always)]
+fn remember(pid_tgid: u64, call: &ActiveCall, sock: u64, fd: u32) {
     let key = SslKey {
         tgid: pid_tgid >> 32,
         ssl: call.ssl,
@@ -369,17 +361,21 @@ pub fn tls_fd_seen(ctx: TracePointContext) -> u32 {
     // SAFETY: the value is copied out at once.
     let known = unsafe { TLS_STREAMS.get(&key) }.copied();
     let stream = match known {
-        Some(s) if s.fd == fd => return 0,
-        // Same stream, new descriptor: keep what is known of its start.
-        Some(s) => StreamSocket { sock: 0, fd, ..s },
+        Some(s) if sock != 0 && s.sock == sock => return,
+        Some(s) if sock == 0 && s.sock == 0 && s.fd == fd => return,
+        // Same stream, new socket or descriptor: keep what is known of its start.
+        Some(s) => StreamSocket {
+            sock,
+            fd: if sock != 0 { s.fd } else { fd },
+            flags: s.flags,
+        },
         None => StreamSocket {
-            sock: 0,
+            sock,
             fd,
-            flags: first_seen_flags(&call),
+            flags: first_seen_flags(call),
         },
     };
     let _ = TLS_STREAMS.insert(&key, &stream, 0);
-    0
 }
 
 /// A stream first seen in a read or write, not in its handshake, began before capture.

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope};
-use aya::programs::{RawTracePoint, TracePoint, UProbe};
+use aya::programs::{Program, RawTracePoint, TracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
 use capture_common::tls::{
     KERNEL_OFFSETS_GLOBAL, KernelOffsets, NO_OFFSET, TLS_CALLS_MAP, TLS_COUNTERS_MAP, TLS_RING_MAP,
@@ -94,7 +94,7 @@ impl TlsProbes {
                 .map_err(|e| TlsError::Load(e.to_string()))?;
         }
         for name in [ENTRY, RETURN] {
-            uprobe(&mut ebpf, name)?
+            program_named::<UProbe>(&mut ebpf, name)?
                 .load()
                 .map_err(|e| TlsError::Load(format!("{name}: {e}")))?;
         }
@@ -250,7 +250,7 @@ impl TlsProbes {
     /// Detaches probes attached by [`TlsProbes::attach_one`].
     fn detach(&mut self, links: Vec<(&'static str, UProbeLinkId)>) {
         for (program, link) in links {
-            if let Ok(program) = uprobe(&mut self.ebpf, program) {
+            if let Ok(program) = program_named::<UProbe>(&mut self.ebpf, program) {
                 let _ = program.detach(link);
             }
         }
@@ -271,7 +271,7 @@ impl TlsProbes {
             location,
             cookie: Some(call as u64),
         };
-        uprobe(&mut self.ebpf, program)
+        program_named::<UProbe>(&mut self.ebpf, program)
             .map_err(|e| e.to_string())?
             .attach(point, path, UProbeScope::AllProcesses)
             .map_err(|e| e.to_string())
@@ -304,7 +304,11 @@ enum At<'a> {
     Offset(u64),
 }
 
-fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe, TlsError> {
+/// Program `name` of the object, as the kind `T` it must be.
+fn program_named<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, TlsError>
+where
+    &'a mut T: TryFrom<&'a mut Program>,
+{
     ebpf.program_mut(name)
         .and_then(|p| p.try_into().ok())
         .ok_or(TlsError::Load(format!("no program {name}")))
@@ -318,10 +322,7 @@ fn attach_sock_tracepoints(ebpf: &mut Ebpf, offsets: &KernelOffsets) -> Result<u
             "the kernel's BTF has no plain sock.sk_protocol field".into(),
         ));
     }
-    let program: &mut RawTracePoint = ebpf
-        .program_mut(SOCK_EVENTS_PROGRAM)
-        .and_then(|p| p.try_into().ok())
-        .ok_or(TlsError::Load(format!("no program {SOCK_EVENTS_PROGRAM}")))?;
+    let program: &mut RawTracePoint = program_named(ebpf, SOCK_EVENTS_PROGRAM)?;
     program
         .load()
         .map_err(|e| TlsError::Load(format!("{SOCK_EVENTS_PROGRAM}: {e}")))?;
@@ -345,10 +346,7 @@ fn attach_sock_tracepoints(ebpf: &mut Ebpf, offsets: &KernelOffsets) -> Result<u
 /// Attaches `tls_fd_seen` to every socket syscall a TLS library's I/O goes through.
 fn attach_syscall_tracepoints(ebpf: &mut Ebpf) -> Result<(), TlsError> {
     ensure_tracefs()?;
-    let tracepoint: &mut TracePoint = ebpf
-        .program_mut(SYSCALLS)
-        .and_then(|p| p.try_into().ok())
-        .ok_or(TlsError::Load(format!("no program {SYSCALLS}")))?;
+    let tracepoint: &mut TracePoint = program_named(ebpf, SYSCALLS)?;
     tracepoint
         .load()
         .map_err(|e| TlsError::Load(format!("{SYSCALLS}: {e}")))?;
