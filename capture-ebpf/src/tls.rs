@@ -8,9 +8,10 @@
 //! `sock_recv_length` raw tracepoints (`tls_sock_seen`) hand over the socket itself, and
 //! only socket I/O pays for them. On kernels before 6.4, which lack them, the socket syscall
 //! tracepoints (`tls_fd_seen`) learn the descriptor instead, at a cost to every read and
-//! write on the node; `SSL_set_fd` gives the descriptor too. A descriptor is walked to its socket at return
-//! (task → files → socket, offsets from BTF in `KERNEL_OFFSETS`). The call is kept only when
-//! its port is configured; one whose connection cannot be found is counted, never guessed.
+//! write on the node; `SSL_set_fd` gives the descriptor too. A descriptor is walked to its
+//! socket at return (task → files → socket, offsets from BTF in `KERNEL_OFFSETS`). The call
+//! is kept only when its port is configured; one whose connection cannot be found is
+//! counted, never guessed.
 
 use aya_ebpf::{
     EbpfContext, Global,

@@ -105,15 +105,17 @@ impl TlsProbes {
             }
             TlsSocketHooks::Sock => attach_sock_tracepoints(&mut ebpf, &offsets).map_err(|e| {
                 TlsError::Load(format!(
-                    "{e}; use --tls-socket-hooks auto or syscalls on this kernel"
+                    "the sock tracepoints: {e}; use --tls-socket-hooks auto or syscalls on \
+                     this kernel"
                 ))
             })?,
             TlsSocketHooks::Auto => match attach_sock_tracepoints(&mut ebpf, &offsets) {
                 Ok(n) => n,
                 Err(e) => {
                     log::warn!(
-                        "{e}; learning TLS connections from the socket syscall tracepoints \
-                         instead, which every read and write on this node pays for"
+                        "the sock tracepoints cannot be used ({e}); learning TLS connections \
+                         from the socket syscall tracepoints instead, which every read and \
+                         write on this node pays for"
                     );
                     attach_syscall_tracepoints(&mut ebpf)?;
                     0
@@ -315,17 +317,16 @@ where
 }
 
 /// Attaches `tls_sock_seen` to the `sock` tracepoints as raw tracepoints, both or neither.
-/// Returns how many.
-fn attach_sock_tracepoints(ebpf: &mut Ebpf, offsets: &KernelOffsets) -> Result<u64, TlsError> {
+/// Returns how many, or why not.
+fn attach_sock_tracepoints(ebpf: &mut Ebpf, offsets: &KernelOffsets) -> Result<u64, String> {
     if offsets.sk_protocol == NO_OFFSET {
-        return Err(TlsError::Load(
-            "the kernel's BTF has no plain sock.sk_protocol field".into(),
-        ));
+        return Err("the kernel's BTF has no plain sock.sk_protocol field".into());
     }
-    let program: &mut RawTracePoint = program_named(ebpf, SOCK_EVENTS_PROGRAM)?;
+    let program: &mut RawTracePoint =
+        program_named(ebpf, SOCK_EVENTS_PROGRAM).map_err(|e| e.to_string())?;
     program
         .load()
-        .map_err(|e| TlsError::Load(format!("{SOCK_EVENTS_PROGRAM}: {e}")))?;
+        .map_err(|e| format!("{SOCK_EVENTS_PROGRAM}: {e}"))?;
     let mut links = Vec::new();
     for event in SOCK_EVENTS {
         match program.attach(event) {
@@ -334,9 +335,7 @@ fn attach_sock_tracepoints(ebpf: &mut Ebpf, offsets: &KernelOffsets) -> Result<u
                 for link in links {
                     let _ = program.detach(link);
                 }
-                return Err(TlsError::Load(format!(
-                    "raw tracepoint {event} (Linux 6.4 on): {e}"
-                )));
+                return Err(format!("raw tracepoint {event} (Linux 6.4 on): {e}"));
             }
         }
     }
