@@ -182,6 +182,19 @@ fn thread_cpu_seconds() -> f64 {
     now.tv_sec as f64 + now.tv_nsec as f64 / 1e9
 }
 
+/// This thread's CPU time per syscall over `round_trips` runs of `send_and_receive` (two
+/// syscalls each), in ns.
+fn per_syscall(
+    round_trips: u32,
+    mut send_and_receive: impl FnMut() -> std::io::Result<()>,
+) -> Result<f64> {
+    let start = thread_cpu_seconds();
+    for _ in 0..round_trips {
+        send_and_receive()?;
+    }
+    Ok((thread_cpu_seconds() - start) * 1e9 / f64::from(2 * round_trips))
+}
+
 /// What an idle `--tls` costs processes that use no TLS at all, with each way of learning
 /// connections: the `sock` tracepoints (the default) run on every socket send and receive,
 /// the socket syscall tracepoints (`--tls-socket-hooks syscalls`) make every syscall of
@@ -193,6 +206,7 @@ fn syscall_tax(topo: &Topology) -> Result<()> {
     const BLOCKS: u32 = 2_000_000;
     const TCP_ROUND_TRIPS: u32 = 300_000;
     const UNIX_ROUND_TRIPS: u32 = 1_000_000;
+    const BLOCK: [u8; 64] = [7; 64];
     let dd = || -> Result<f64> {
         let start = children_cpu_seconds();
         run_ok(std::process::Command::new("dd").args([
@@ -206,26 +220,22 @@ fn syscall_tax(topo: &Topology) -> Result<()> {
     };
     let unix = || -> Result<f64> {
         let (sender, receiver) = std::os::unix::net::UnixDatagram::pair()?;
-        let (block, mut into) = ([7u8; 64], [0u8; 64]);
-        let start = thread_cpu_seconds();
-        for _ in 0..UNIX_ROUND_TRIPS {
-            sender.send(&block)?;
-            receiver.recv(&mut into)?;
-        }
-        Ok((thread_cpu_seconds() - start) * 1e9 / f64::from(2 * UNIX_ROUND_TRIPS))
+        let mut into = [0u8; 64];
+        per_syscall(UNIX_ROUND_TRIPS, || {
+            sender.send(&BLOCK)?;
+            receiver.recv(&mut into).map(drop)
+        })
     };
     let tcp = || -> Result<f64> {
         use std::io::{Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         let mut sender = std::net::TcpStream::connect(listener.local_addr()?)?;
         let (mut receiver, _) = listener.accept()?;
-        let (block, mut into) = ([7u8; 64], [0u8; 64]);
-        let start = thread_cpu_seconds();
-        for _ in 0..TCP_ROUND_TRIPS {
-            sender.write_all(&block)?;
-            receiver.read_exact(&mut into)?;
-        }
-        Ok((thread_cpu_seconds() - start) * 1e9 / f64::from(2 * TCP_ROUND_TRIPS))
+        let mut into = [0u8; 64];
+        per_syscall(TCP_ROUND_TRIPS, || {
+            sender.write_all(&BLOCK)?;
+            receiver.read_exact(&mut into)
+        })
     };
     println!(
         "== an idle --tls and the syscalls of processes without TLS: dd (read/write, {BLOCKS} \
