@@ -1,6 +1,8 @@
 //! Peers for the `--tls` tests and benchmark: a test CA, nginx serving TLS with its
 //! certificate, curl trusting it, and `capture messages --tls` run around some traffic.
 
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
@@ -138,6 +140,12 @@ pub fn messages_during_with(
     args.extend(options);
     let run = CaptureRun::start(&topo.client_ns, &args)?;
     traffic()?;
+    messages_of(run)
+}
+
+/// Stops a `capture messages --tls` run with Ctrl-C half a second after the traffic:
+/// its messages (each checked to say `tls`), stderr and how many were HTTP/2.
+pub fn messages_of(run: CaptureRun) -> Result<(Vec<Inspected>, Vec<String>, usize)> {
     std::thread::sleep(Duration::from_millis(500));
     let out = run.stop(libc::SIGINT)?;
     ensure!(out.status.success(), "{}", out.stderr.join("\n"));
@@ -154,4 +162,65 @@ pub fn messages_during_with(
     );
     let http2 = out.stdout.iter().filter(|l| l.contains(" http2 ")).count();
     Ok((messages, out.stderr, http2))
+}
+
+/// A process doing TLS on a port the tests do not capture: Python's ssl module (the host's
+/// libssl) as client and server over loopback, exchanging 64 bytes about a thousand times a
+/// second until dropped. The node's other TLS users, which only a probe scoped to the
+/// servers spares.
+pub struct BackgroundTls {
+    child: Child,
+}
+
+impl BackgroundTls {
+    /// Starts it in the client namespace on `port` with `pki`'s certificate; returns once
+    /// the handshake is done.
+    pub fn start(topo: &Topology, pki: &Pki, port: u16) -> Result<Self> {
+        let d = pki.dir.path();
+        let script = format!(
+            "import socket, ssl, threading, time\n\
+             srv = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\n\
+             srv.load_cert_chain('{crt}', '{key}')\n\
+             cli = ssl.create_default_context(cafile='{ca}')\n\
+             cli.check_hostname = False\n\
+             listener = socket.create_server(('127.0.0.1', {port}))\n\
+             accepted = {{}}\n\
+             def accept():\n    conn, _ = listener.accept()\n    accepted['s'] = srv.wrap_socket(conn, server_side=True)\n\
+             t = threading.Thread(target=accept)\n\
+             t.start()\n\
+             c = cli.wrap_socket(socket.create_connection(('127.0.0.1', {port})))\n\
+             t.join()\n\
+             s = accepted['s']\n\
+             print('ready', flush=True)\n\
+             while True:\n    c.sendall(b'x' * 64)\n    s.recv(64)\n    time.sleep(0.001)\n",
+            crt = d.join("server.crt").display(),
+            key = d.join("server.key").display(),
+            ca = pki.ca,
+        );
+        let mut child = topo
+            .client("python3")
+            .args(["-c", &script])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("python's stdout"))?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let running = Self { child };
+        ensure!(
+            line.trim() == "ready",
+            "the TLS loop did not start: {line:?}"
+        );
+        Ok(running)
+    }
+}
+
+impl Drop for BackgroundTls {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -12,8 +12,8 @@ use tests::capture::{CaptureRun, inspect};
 use tests::netns::Topology;
 use tests::nginx::AccessLogEntry;
 use tests::tls::{
-    Pki, assert_paired, curl, logged, messages_during, messages_during_with, requests_of,
-    tls_peers, url,
+    BackgroundTls, Pki, assert_paired, curl, logged, messages_during, messages_during_with,
+    requests_of, tls_peers, url,
 };
 use tests::{capture_bin, multiset, run_ok};
 
@@ -674,6 +674,143 @@ fn a_server_on_the_port_without_libssl_is_named_as_not_captured() -> Result<()> 
         stderr.contains(&format!("pid {pid} (python3) on port 7444"))
             && stderr.contains("not captured"),
         "{stderr}"
+    );
+    Ok(())
+}
+
+/// Polls `links` (perf_event links of a capture) until it equals `want`, for up to 10 s;
+/// the last count.
+fn links_reach(objects: &tests::capture::BpfObjects, want: usize) -> Result<usize> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = objects.perf_links()?;
+        if now == want || std::time::Instant::now() > deadline {
+            return Ok(now);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn scoped_to_servers_only_the_processes_serving_the_port_are_probed_as_they_come_and_go()
+-> Result<()> {
+    const PORT: u16 = 9643;
+    const LATER: u16 = 9644;
+    let (topo, pki, nginx) = tls_peers("tlss", &[PORT], false)?;
+    let ca = &pki.ca;
+    // The node's other TLS users: a TLS client and server on a port not captured.
+    let _background = BackgroundTls::start(&topo, &pki, 9650)?;
+    let get = |port: u16, tag: &str| -> Result<()> {
+        let urls: Vec<String> = (0..3)
+            .map(|i| url(&topo, port, &format!("/index.html?{tag}={i}")))
+            .collect();
+        let mut args = vec![];
+        for u in &urls {
+            args.extend(["-o", "/dev/null", u.as_str()]);
+        }
+        curl(&topo, ca, &args)
+    };
+
+    // The default scope, for contrast: every process mapping libssl traps, so the
+    // background loop's calls reach the probes (on a port not captured).
+    let (_, stderr, _) = messages_during(&topo, "server", PORT, || {
+        get(PORT, "all")?;
+        std::thread::sleep(Duration::from_secs(1));
+        Ok(())
+    })?;
+    let other = counter(&stderr, "tls_other_ports")?;
+    ensure!(
+        other > 100,
+        "{other} calls on other ports: {}",
+        stderr.join("\n")
+    );
+    ensure!(counter(&stderr, "tls_probed_processes")? == 0);
+
+    // Scoped to the servers: only nginx is probed.
+    let before = nginx.access_log()?.len();
+    let (port, later_port) = (PORT.to_string(), LATER.to_string());
+    let run = CaptureRun::start(
+        &topo.client_ns,
+        &[
+            "messages",
+            "--tls",
+            "--tls-side",
+            "server",
+            "--tls-scope",
+            "servers",
+            "--port",
+            &port,
+            "--port",
+            &later_port,
+            "--ring-size",
+            "64MiB",
+        ],
+    )?;
+    let objects = run.bpf_objects()?;
+    // One process's probes (reads, writes, handshake, SSL_set_fd, SSL_free on this host's
+    // libssl); the connection tracepoints are raw tracepoints, not perf_event links.
+    let one = objects.perf_links()?;
+    ensure!(one >= 8, "{one} perf_event links for nginx");
+    get(PORT, "scoped")?;
+    let work = tempfile::tempdir()?;
+    let script = work.path().join("unique.lua");
+    std::fs::write(&script, tests::WRK_UNIQUE_URIS_SCRIPT)?;
+    wrk(&topo, PORT, 3, &script)?;
+
+    // A server that starts while capture runs is probed once the watcher sees it listen,
+    // and its probes go when it exits.
+    let later = pki.nginx(&topo, &[LATER], false)?;
+    let both = links_reach(&objects, 2 * one)?;
+    ensure!(
+        both == 2 * one,
+        "{both} links once the second server listens"
+    );
+    get(LATER, "later")?;
+    let later_log = later.access_log()?;
+    ensure!(later_log.len() == 3, "{later_log:?}");
+    drop(later);
+    let after = links_reach(&objects, one)?;
+    ensure!(after == one, "{after} links once the second server exited");
+
+    let (messages, stderr, _) = tests::tls::messages_of(run)?;
+    let all = stderr.join("\n");
+    let log = nginx.access_log()?;
+    ensure!(log.len() - before > 500, "wrk ran: {} requests", log.len());
+    let mut expected = logged(&log[before..]);
+    expected.extend(logged(&later_log));
+    assert_eq!(
+        multiset(requests_of(&messages)),
+        multiset(expected),
+        "{all}"
+    );
+    assert_paired(&messages, 16)?;
+    // No call of another process reached the probes: every call was nginx's, on the port.
+    let calls = counter(&stderr, "tls_calls")?;
+    ensure!(
+        calls > 0 && calls == counter(&stderr, "tls_calls_matched")?,
+        "{all}"
+    );
+    ensure!(counter(&stderr, "tls_other_ports")? == 0, "{all}");
+    ensure!(counter(&stderr, "tls_probed_processes")? == 1, "{all}");
+
+    // The scope needs the server side, and says so in one line.
+    let out = topo
+        .client(&capture_bin().to_string_lossy())
+        .args([
+            "messages",
+            "--tls",
+            "--tls-scope",
+            "servers",
+            "--port",
+            &port,
+        ])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success()
+            && text.contains("--tls-side server")
+            && text.trim().lines().count() == 1,
+        "{text}"
     );
     Ok(())
 }

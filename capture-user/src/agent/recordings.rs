@@ -22,7 +22,7 @@ use crate::recorder::{
 };
 use crate::redact::Redaction;
 use crate::store::{Recording, RecordingState, StoreConfig};
-use crate::tls::TlsSide;
+use crate::tls::{TlsScope, TlsSide};
 
 /// `POST /v1/recordings`: what to record, and where to store it.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -41,6 +41,12 @@ pub struct StartRecording {
     /// `both`. Off by default: reading plaintext is the operator's decision.
     #[serde(default)]
     pub tls: Option<TlsSide>,
+    /// With `"tls": "server"`: `servers` probes only the processes listening on the ports,
+    /// so the node's other TLS users never trap into the kernel (a server that starts later
+    /// is probed within about a second); `all`, the default, probes every process mapping
+    /// libssl from its first call.
+    #[serde(default)]
+    pub tls_scope: Option<TlsScope>,
     /// TCP ports whose traffic is recorded (1-65535).
     pub ports: Vec<i64>,
     /// Only packets whose source or destination is in one of these networks: addresses or
@@ -100,6 +106,13 @@ impl StartRecording {
                     .into(),
             ));
         }
+        if self.tls_scope == Some(TlsScope::Servers) && self.tls != Some(TlsSide::Server) {
+            return Err(ApiError::BadRequest(
+                "tls_scope: \"servers\" probes the processes serving the ports, so it needs \
+                 \"tls\": \"server\""
+                    .into(),
+            ));
+        }
         if self.tls.is_none() && self.interfaces.is_empty() {
             return Err(ApiError::BadRequest(
                 "interfaces: give at least one interface (see `ip link`)".into(),
@@ -143,6 +156,7 @@ impl StartRecording {
             mode: self.attach.unwrap_or(CaptureConfig::default().mode),
             ring_bytes,
             tls: self.tls,
+            tls_scope: self.tls_scope.unwrap_or_default(),
             ..CaptureConfig::default()
         })
     }

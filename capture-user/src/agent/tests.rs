@@ -127,6 +127,14 @@ async fn bodies_over_the_limit_are_413_and_bad_ones_400() {
             r#"{"name":"bad name","interfaces":["lo"],"ports":[80]}"#,
             "name",
         ),
+        (
+            r#"{"name":"x","tls":"both","tls_scope":"servers","ports":[443]}"#,
+            "tls_scope",
+        ),
+        (
+            r#"{"name":"x","tls":"server","tls_scope":"some","ports":[443]}"#,
+            "expected `all` or `servers`",
+        ),
     ] {
         let (status, body) = call(&agent, "POST", "/v1/recordings", Some(TOKEN), sent).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{sent}: {body}");

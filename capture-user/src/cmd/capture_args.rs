@@ -4,7 +4,7 @@
 use crate::live::hosts::{Decap, HostNet};
 use crate::live::{AttachMode, CaptureConfig, EbpfLogLevel, parse_ring_size};
 use crate::redact::Redaction;
-use crate::tls::{TlsSide, TlsSocketHooks};
+use crate::tls::{TlsScope, TlsSide, TlsSocketHooks};
 use crate::units::parse_port;
 
 /// Where and what to capture. Interfaces and ports are checked by the loader, so `messages`
@@ -99,6 +99,21 @@ pub struct CaptureArgs {
     )]
     pub tls_socket_hooks: TlsSocketHooks,
 
+    /// With --tls --tls-side server: which processes the probes trap in. `all` (the default)
+    /// probes every process that maps libssl, so a server that starts later is recorded
+    /// from its first call, but every TLS call on the node (clients, sidecars, other
+    /// services) traps into the kernel. `servers` probes only the processes listening on
+    /// --port, so the node's other TLS users pay nothing; a server that starts (or starts
+    /// listening) later is probed within about a second, and its calls before that are
+    /// not recorded.
+    #[arg(
+        long = "tls-scope",
+        value_enum,
+        default_value_t = TlsScope::All,
+        requires = "tls"
+    )]
+    pub tls_scope: TlsScope,
+
     /// Attach TC programs as legacy netlink filters on a clsact qdisc instead of TCX links.
     #[arg(long = "tc-netlink", hide = true)]
     pub tc_netlink: bool,
@@ -120,6 +135,7 @@ impl CaptureArgs {
             tls: self.tls.then_some(self.tls_side),
             tls_exported_probes: self.tls_exported_probes,
             tls_socket_hooks: self.tls_socket_hooks,
+            tls_scope: self.tls_scope,
         })
     }
 }

@@ -91,6 +91,8 @@ pub struct CaptureConfig {
     pub tls_exported_probes: bool,
     /// `--tls-socket-hooks`: how the probes learn each SSL object's connection.
     pub tls_socket_hooks: crate::tls::TlsSocketHooks,
+    /// `--tls-scope`: which processes the library probes trap in.
+    pub tls_scope: crate::tls::TlsScope,
 }
 
 impl Default for CaptureConfig {
@@ -110,6 +112,7 @@ impl Default for CaptureConfig {
             tls: None,
             tls_exported_probes: false,
             tls_socket_hooks: crate::tls::TlsSocketHooks::Auto,
+            tls_scope: crate::tls::TlsScope::All,
         }
     }
 }

@@ -3,7 +3,7 @@
 //! that drains the plaintext ring and frames it on that same thread, as packet capture does.
 //! Stopping detaches first, then drains and frames what is in flight, then closes streams.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,7 +18,7 @@ use super::probes::TlsProbes;
 use super::record::TlsAssembler;
 use super::streams::{TlsStreamConfig, TlsStreams};
 use super::watch::ProcessSchedule;
-use super::{TlsError, TlsStats};
+use super::{TlsError, TlsScope, TlsSide, TlsStats};
 use crate::live::messages::Framer;
 use crate::live::ring::ClockOffset;
 use crate::live::{CaptureConfig, MessageSink, PacketSink};
@@ -62,29 +62,64 @@ impl<M: MessageSink> TlsCapture<M> {
         }
         crate::live::loader::validate_ports_and_limits(config)?;
         let side = config.tls.unwrap_or_default();
+        let mut servers = match config.tls_scope {
+            TlsScope::All => None,
+            TlsScope::Servers if side == TlsSide::Server => Some(Servers {
+                ports: config.ports.clone(),
+                listening: BTreeMap::new(),
+            }),
+            TlsScope::Servers => return Err(TlsError::ScopeNeedsServerSide),
+        };
         let mut probes = TlsProbes::load(config, side.bits())?;
         let mut with_tls = HashSet::new();
         let mut looked_at = Vec::new();
-        let mut found: Vec<TlsLibrary> = libraries::host_libraries();
-        for pid in libraries::pids() {
+        let mut found: Vec<TlsLibrary> = match servers {
+            None => libraries::host_libraries(),
+            Some(_) => Vec::new(),
+        };
+        let all = libraries::pids();
+        let mut mapped = Vec::new();
+        for &pid in &all {
             looked_at.push((pid, libraries::executable(pid)));
             let libs = libraries::process_libraries(pid);
             if !libs.is_empty() {
                 with_tls.insert(pid);
+                mapped.push((pid, libs.clone()));
             }
             found.extend(libs);
         }
-        for library in &found {
-            if probes.has(&library.id) {
-                continue;
+        match servers.as_mut() {
+            None => {
+                for library in &found {
+                    if !probes.has(&library.id, None) {
+                        match probes.attach_library(library, None) {
+                            Ok(n) => log::info!("probing {} ({n} probes)", library.path.display()),
+                            Err(e) => log::warn!("{e}"),
+                        }
+                    }
+                }
+                if probes.libraries().is_empty() {
+                    return Err(TlsError::NoLibrary);
+                }
             }
-            match probes.attach_library(library) {
-                Ok(n) => log::info!("probing {} ({n} probes)", library.path.display()),
-                Err(e) => log::warn!("{e}"),
+            Some(servers) => {
+                servers.listening = libraries::listening_sockets(&all, &servers.ports);
+                for (pid, libs) in mapped {
+                    servers.probe_if_serving(&mut probes, pid, libs);
+                }
+                if probes.processes().is_empty() {
+                    log::warn!(
+                        "no process listening on port {} maps libssl yet: servers are probed \
+                         as they start listening",
+                        config
+                            .ports
+                            .iter()
+                            .map(u16::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                }
             }
-        }
-        if probes.libraries().is_empty() {
-            return Err(TlsError::NoLibrary);
         }
         let unhooked = libraries::unhooked_servers(&config.ports, &with_tls);
         for u in &unhooked {
@@ -123,7 +158,7 @@ impl<M: MessageSink> TlsCapture<M> {
                 .name("capture-tls-watch".into())
                 .spawn(move || {
                     let schedule = ProcessSchedule::new(looked_at);
-                    watch_processes(&probes, &stop, &shared, schedule)
+                    watch_processes(&probes, &stop, &shared, schedule, servers)
                 })
                 .map_err(|e| TlsError::Load(format!("starting the process watcher: {e}")))?
         };
@@ -201,6 +236,57 @@ fn publish_libraries(stats: &mut TlsStats, probes: &TlsProbes) {
         .collect();
     stats.internal_sites = probes.internal_sites();
     stats.sock_tracepoints = probes.sock_tracepoints();
+    stats.processes = probes.processes().len() as u64;
+}
+
+/// `--tls-scope servers`: the processes listening on the ports are probed one by one.
+struct Servers {
+    ports: Vec<u16>,
+    /// The sockets listening on the ports at the last look, by inode.
+    listening: BTreeMap<u64, u16>,
+}
+
+impl Servers {
+    /// One watcher tick: reads the listening sockets again, then looks at the processes due
+    /// (all of them when a socket started listening since the last tick: which process
+    /// holds it is not known) and probes those serving a port. Detaches the probes of
+    /// processes that exited.
+    fn tick(&mut self, probes: &mut TlsProbes, live: &[u32], due: &[u32]) {
+        let listening = libraries::listening_sockets(live, &self.ports);
+        let fresh = listening.keys().any(|i| !self.listening.contains_key(i));
+        self.listening = listening;
+        for &pid in if fresh { live } else { due } {
+            let libs = libraries::process_libraries(pid);
+            if !libs.is_empty() {
+                self.probe_if_serving(probes, pid, libs);
+            }
+        }
+        let live: HashSet<u32> = live.iter().copied().collect();
+        let exited = probes.forget_exited(&live);
+        if !exited.is_empty() {
+            log::info!("probes of exited servers detached (pids {exited:?})");
+        }
+    }
+
+    /// Probes `libs` in process `pid` when it listens on a port.
+    fn probe_if_serving(&self, probes: &mut TlsProbes, pid: u32, libs: Vec<TlsLibrary>) {
+        let Some(port) = libraries::port_served(pid, &self.listening) else {
+            return;
+        };
+        for library in libs {
+            if probes.has(&library.id, Some(pid)) {
+                continue;
+            }
+            match probes.attach_library(&library, Some(pid)) {
+                Ok(n) => log::info!(
+                    "probing pid {pid} ({}), serving port {port}: {} ({n} probes)",
+                    libraries::command(pid),
+                    library.path.display()
+                ),
+                Err(e) => log::warn!("pid {pid}: {e}"),
+            }
+        }
+    }
 }
 
 fn kernel_counters(array: &PerCpuArray<MapData, u64>) -> [u64; TlsCounter::ALL.len()] {
@@ -269,12 +355,14 @@ fn publish(shared: &Shared, streams: &TlsStreams, assembler: &TlsAssembler) {
 }
 
 /// The watcher thread: attaches to the libssl of processes that appear, exec or load it
-/// late, looking at the processes its [`ProcessSchedule`] names each tick.
+/// late, looking at the processes its [`ProcessSchedule`] names each tick; with `servers`,
+/// only to those listening on a port, and detaches from those that exit.
 fn watch_processes(
     probes: &Mutex<Option<TlsProbes>>,
     stop: &AtomicBool,
     shared: &Shared,
     mut schedule: ProcessSchedule,
+    mut servers: Option<Servers>,
 ) {
     let mut last = Instant::now();
     while !stop.load(Ordering::Acquire) {
@@ -283,7 +371,18 @@ fn watch_processes(
             continue;
         }
         last = Instant::now();
-        for pid in schedule.tick(libraries::pids(), libraries::executable) {
+        let live = libraries::pids();
+        let due = schedule.tick(live.iter().copied(), libraries::executable);
+        if let Some(servers) = servers.as_mut() {
+            let mut guard = lock(probes);
+            let Some(probes) = guard.as_mut() else {
+                return;
+            };
+            servers.tick(probes, &live, &due);
+            publish_libraries(&mut lock(&shared.stats), probes);
+            continue;
+        }
+        for pid in due {
             let libs = libraries::process_libraries(pid);
             if libs.is_empty() {
                 continue;
@@ -293,10 +392,10 @@ fn watch_processes(
                 return;
             };
             for library in libs {
-                if probes.has(&library.id) {
+                if probes.has(&library.id, None) {
                     continue;
                 }
-                match probes.attach_library(&library) {
+                match probes.attach_library(&library, None) {
                     Ok(n) => log::info!(
                         "probing {} ({n} probes), mapped by pid {pid}",
                         library.path.display()

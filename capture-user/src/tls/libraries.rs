@@ -158,12 +158,12 @@ pub fn listening_inodes(table: &str, ports: &[u16]) -> Vec<(u64, u16)> {
         .collect()
 }
 
-/// Processes listening on `ports` that map no libssl (`with_tls`: pids known to map one).
-pub fn unhooked_servers(ports: &[u16], with_tls: &HashSet<u32>) -> Vec<Unhooked> {
+/// Sockets listening on `ports` in any network namespace of the node (`pids`: every
+/// process, one per namespace is read), by inode, with their port.
+pub fn listening_sockets(pids: &[u32], ports: &[u16]) -> BTreeMap<u64, u16> {
     let mut seen_netns = HashSet::new();
-    let mut listening: BTreeMap<u64, u16> = BTreeMap::new();
-    let all = pids();
-    for &pid in &all {
+    let mut listening = BTreeMap::new();
+    for &pid in pids {
         let netns = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
         if !seen_netns.insert(netns) {
             continue;
@@ -174,35 +174,50 @@ pub fn unhooked_servers(ports: &[u16], with_tls: &HashSet<u32>) -> Vec<Unhooked>
             }
         }
     }
+    listening
+}
+
+/// The port process `pid` serves: that of the first of `listening` among its open
+/// descriptors (a process that forked from a server holds its listening socket too).
+pub fn port_served(pid: u32, listening: &BTreeMap<u64, u16>) -> Option<u16> {
     if listening.is_empty() {
-        return Vec::new();
+        return None;
     }
-    let mut found = Vec::new();
-    for pid in all {
-        if with_tls.contains(&pid) {
-            continue;
-        }
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-            continue;
-        };
-        let port = fds.flatten().find_map(|fd| {
-            let link = std::fs::read_link(fd.path()).ok()?;
-            let inode = link
-                .to_str()?
-                .strip_prefix("socket:[")?
-                .strip_suffix(']')?
-                .parse()
-                .ok()?;
-            listening.get(&inode).copied()
-        });
-        if let Some(port) = port {
-            let command = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .map(|c| c.trim().to_string())
-                .unwrap_or_default();
-            found.push(Unhooked { pid, command, port });
-        }
-    }
-    found
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    fds.flatten().find_map(|fd| {
+        let link = std::fs::read_link(fd.path()).ok()?;
+        let inode = link
+            .to_str()?
+            .strip_prefix("socket:[")?
+            .strip_suffix(']')?
+            .parse()
+            .ok()?;
+        listening.get(&inode).copied()
+    })
+}
+
+/// What process `pid` runs, as `/proc/PID/comm` names it ("" when gone).
+pub fn command(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Processes listening on `ports` that map no libssl (`with_tls`: pids known to map one).
+pub fn unhooked_servers(ports: &[u16], with_tls: &HashSet<u32>) -> Vec<Unhooked> {
+    let all = pids();
+    let listening = listening_sockets(&all, ports);
+    all.into_iter()
+        .filter(|pid| !with_tls.contains(pid))
+        .filter_map(|pid| {
+            let port = port_served(pid, &listening)?;
+            Some(Unhooked {
+                pid,
+                command: command(pid),
+                port,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

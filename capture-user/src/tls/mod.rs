@@ -43,6 +43,34 @@ pub enum TlsSocketHooks {
     Syscalls,
 }
 
+/// Which processes the library probes trap in: every process that maps a probed libssl, or
+/// only the processes listening on a configured port. A uprobe traps into the kernel at
+/// every probed call of every process it is installed in, whatever the port; scoped to the
+/// servers, the node's other TLS users (clients, sidecars, other services) never trap.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsScope {
+    /// Every process mapping a libssl, from its first call, including processes that start
+    /// later.
+    #[default]
+    All,
+    /// Only processes listening on a configured port (needs the server side), each from the
+    /// watcher's first look at it as a server: within about a second of it appearing or
+    /// listening.
+    Servers,
+}
+
 /// Which end of a connection on a configured port to record: the process serving the port,
 /// the process calling it, or both (a connection between two processes of the node then
 /// shows twice, once from each end).
@@ -113,6 +141,11 @@ pub enum TlsError {
          for clear-text traffic)"
     )]
     WithInterfaces,
+    #[error(
+        "--tls-scope servers probes the processes serving --port, so it records their side \
+         only: add --tls-side server (the processes calling a port are not known in advance)"
+    )]
+    ScopeNeedsServerSide,
     #[error(transparent)]
     Config(#[from] crate::live::LoaderError),
 }
@@ -134,6 +167,9 @@ pub struct TlsStats {
     /// `sock` tracepoints attached to learn connections (2), or 0 when the socket syscall
     /// tracepoints do it ([`TlsSocketHooks`]).
     pub sock_tracepoints: u64,
+    /// Processes probed one by one (`--tls-scope servers`) now; 0 when every process
+    /// mapping a probed library is.
+    pub processes: u64,
     /// Processes on a configured port with no libssl mapped.
     pub unhooked: Vec<Unhooked>,
 }
@@ -150,6 +186,7 @@ impl TlsStats {
                 ("tls_libraries".to_string(), self.libraries.len() as u64),
                 ("tls_internal_sites".to_string(), self.internal_sites),
                 ("tls_sock_tracepoints".to_string(), self.sock_tracepoints),
+                ("tls_probed_processes".to_string(), self.processes),
             ])
             .collect()
     }

@@ -5,7 +5,8 @@
 //! raw tracepoint links), so dropping [`TlsProbes`], or the process dying even by
 //! SIGKILL, detaches every probe.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
@@ -56,9 +57,10 @@ const TRACEFS: &str = "/sys/kernel/tracing";
 /// The loaded probes and the libraries they are attached to.
 pub struct TlsProbes {
     ebpf: Ebpf,
-    attached: BTreeMap<FileId, PathBuf>,
-    /// Reads and writes probed at an internal function, over all libraries.
-    internal_sites: u64,
+    /// Per library, in every process (`None`) or in one process (`--tls-scope servers`).
+    attached: BTreeMap<(FileId, Option<u32>), Attachment>,
+    /// Each library's internal functions, decoded once however many processes map it.
+    sites: HashMap<FileId, InternalSites>,
     /// `--tls-exported-probes`: never probe the internal functions.
     exported_only: bool,
     /// `sock` tracepoints attached (0: the syscall tracepoints are).
@@ -125,7 +127,7 @@ impl TlsProbes {
         Ok(Self {
             ebpf,
             attached: BTreeMap::new(),
-            internal_sites: 0,
+            sites: HashMap::new(),
             exported_only: config.tls_exported_probes,
             sock_tracepoints,
         })
@@ -137,32 +139,74 @@ impl TlsProbes {
         self.sock_tracepoints
     }
 
-    /// True when `library` is probed already.
-    pub fn has(&self, id: &FileId) -> bool {
-        self.attached.contains_key(id)
+    /// True when `library` is probed already in process `pid` (`None`: in every process).
+    pub fn has(&self, id: &FileId, pid: Option<u32>) -> bool {
+        self.attached.contains_key(&(*id, pid))
     }
 
-    /// Reads and writes probed at an internal function, over all libraries.
+    /// Reads and writes probed at an internal function, over all libraries (a library
+    /// probed in several processes counts once).
     pub fn internal_sites(&self) -> u64 {
-        self.internal_sites
+        let mut per_library = BTreeMap::new();
+        for ((id, _), attachment) in &self.attached {
+            per_library.insert(*id, attachment.internal_sites);
+        }
+        per_library.values().sum()
     }
 
-    /// The libraries probed, by path.
+    /// The libraries probed, by path (once each, however many processes they are probed
+    /// in).
     pub fn libraries(&self) -> Vec<PathBuf> {
-        self.attached.values().cloned().collect()
+        let mut per_library = BTreeMap::new();
+        for ((id, _), attachment) in &self.attached {
+            per_library
+                .entry(*id)
+                .or_insert_with(|| attachment.path.clone());
+        }
+        per_library.into_values().collect()
     }
 
-    /// Attaches every probe to `library`: reads and writes at the internal functions the
-    /// exported ones share when [`sites::internal_sites`] finds them (one trap per call
-    /// instead of two), at the exported functions otherwise. A function the library lacks
-    /// (OpenSSL 1.1.0 has no `SSL_read_ex`) is skipped; a library without `SSL_read` and
-    /// `SSL_write` is an error. Returns how many probes were attached.
-    pub fn attach_library(&mut self, library: &TlsLibrary) -> Result<usize, TlsError> {
-        let found = match self.exported_only {
-            true => InternalSites::default(),
-            false => std::fs::read(&library.path)
-                .map(|elf| sites::internal_sites(&elf))
-                .unwrap_or_default(),
+    /// The processes probed one by one.
+    pub fn processes(&self) -> HashSet<u32> {
+        self.attached.keys().filter_map(|(_, pid)| *pid).collect()
+    }
+
+    /// Detaches the probes of processes not in `live` (exited): their perf events would
+    /// otherwise stay open for as long as capture runs. Returns those processes.
+    pub fn forget_exited(&mut self, live: &HashSet<u32>) -> Vec<u32> {
+        let exited: Vec<(FileId, Option<u32>)> = self
+            .attached
+            .keys()
+            .filter(|(_, pid)| pid.is_some_and(|pid| !live.contains(&pid)))
+            .copied()
+            .collect();
+        let mut pids = Vec::new();
+        for key in exited {
+            if let Some(attachment) = self.attached.remove(&key) {
+                self.detach(attachment.links);
+            }
+            pids.extend(key.1);
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
+    /// Attaches every probe to `library`, in every process or (`pid`) in that one only:
+    /// reads and writes at the internal functions the exported ones share when
+    /// [`sites::internal_sites`] finds them (one trap per call instead of two), at the
+    /// exported functions otherwise. A function the library lacks (OpenSSL 1.1.0 has no
+    /// `SSL_read_ex`) is skipped; a library without `SSL_read` and `SSL_write` is an error.
+    /// Returns how many probes were attached.
+    pub fn attach_library(
+        &mut self,
+        library: &TlsLibrary,
+        pid: Option<u32>,
+    ) -> Result<usize, TlsError> {
+        let found = self.sites_of(library);
+        let scope = match pid.and_then(NonZeroU32::new) {
+            Some(pid) => UProbeScope::OneProcess(pid),
+            None => UProbeScope::AllProcesses,
         };
         // Every probe attached to this library so far, detached again if it cannot be
         // probed: the watcher tries it again later and must not find half of it attached.
@@ -174,7 +218,7 @@ impl TlsProbes {
         ] {
             let Some(site) = site else { continue };
             let at = At::Offset(site.file_offset);
-            match self.attach_entry_and_return(at, site.call, &library.path) {
+            match self.attach_entry_and_return(at, site.call, &library.path, scope) {
                 Ok(pair) => {
                     links.extend(pair);
                     *slot = Some(site);
@@ -206,10 +250,10 @@ impl TlsProbes {
             let at = At::Symbol(symbol);
             let result = match with_return {
                 true => self
-                    .attach_entry_and_return(at, call, &library.path)
+                    .attach_entry_and_return(at, call, &library.path, scope)
                     .map(Vec::from),
                 false => self
-                    .attach_one(ENTRY, at, call, &library.path)
+                    .attach_one(ENTRY, at, call, &library.path, scope)
                     .map(|link| vec![(ENTRY, link)]),
             };
             match result {
@@ -224,12 +268,30 @@ impl TlsProbes {
                 Err(e) => log::debug!("{}: {symbol} not probed: {e}", library.path.display()),
             }
         }
-        self.internal_sites += [internal.read.is_some(), internal.write.is_some()]
-            .into_iter()
-            .filter(|&probed| probed)
-            .count() as u64;
-        self.attached.insert(library.id, library.path.clone());
-        Ok(links.len())
+        let attached = links.len();
+        let attachment = Attachment {
+            path: library.path.clone(),
+            links,
+            internal_sites: [internal.read.is_some(), internal.write.is_some()]
+                .into_iter()
+                .filter(|&probed| probed)
+                .count() as u64,
+        };
+        self.attached.insert((library.id, pid), attachment);
+        Ok(attached)
+    }
+
+    /// `library`'s internal read and write functions (none with `--tls-exported-probes`),
+    /// decoded on its first attach.
+    fn sites_of(&mut self, library: &TlsLibrary) -> InternalSites {
+        if self.exported_only {
+            return InternalSites::default();
+        }
+        *self.sites.entry(library.id).or_insert_with(|| {
+            std::fs::read(&library.path)
+                .map(|elf| sites::internal_sites(&elf))
+                .unwrap_or_default()
+        })
     }
 
     /// The entry and the return probe at `location`, or neither.
@@ -238,9 +300,10 @@ impl TlsProbes {
         at: At<'_>,
         call: TlsCall,
         path: &Path,
+        scope: UProbeScope,
     ) -> Result<[(&'static str, UProbeLinkId); 2], String> {
-        let entry = self.attach_one(ENTRY, at, call, path)?;
-        match self.attach_one(RETURN, at, call, path) {
+        let entry = self.attach_one(ENTRY, at, call, path, scope)?;
+        match self.attach_one(RETURN, at, call, path, scope) {
             Ok(ret) => Ok([(ENTRY, entry), (RETURN, ret)]),
             Err(e) => {
                 self.detach(vec![(ENTRY, entry)]);
@@ -264,6 +327,7 @@ impl TlsProbes {
         at: At<'_>,
         call: TlsCall,
         path: &Path,
+        scope: UProbeScope,
     ) -> Result<UProbeLinkId, String> {
         let location = match at {
             At::Symbol(symbol) => UProbeAttachLocation::Symbol(symbol),
@@ -275,7 +339,7 @@ impl TlsProbes {
         };
         program_named::<UProbe>(&mut self.ebpf, program)
             .map_err(|e| e.to_string())?
-            .attach(point, path, UProbeScope::AllProcesses)
+            .attach(point, path, scope)
             .map_err(|e| e.to_string())
     }
 
@@ -296,6 +360,14 @@ impl TlsProbes {
             .ok_or(TlsError::Load("no TLS_COUNTERS map".into()))?;
         PerCpuArray::try_from(map).map_err(|e| TlsError::Load(e.to_string()))
     }
+}
+
+/// The probes attached to one library, in every process or in one.
+struct Attachment {
+    path: PathBuf,
+    links: Vec<(&'static str, UProbeLinkId)>,
+    /// Reads and writes probed at an internal function (0 to 2).
+    internal_sites: u64,
 }
 
 /// Where in a library a probe goes.

@@ -1,6 +1,9 @@
 //! `tls`: what `--tls` costs next to nginx serving HTTPS under wrk, with reads and writes
 //! probed at OpenSSL's internal functions (the default) and at the exported ones
-//! (`--tls-exported-probes`), paired with clear-text capture of the same load over HTTP: the throughput kept, the capture's CPU per request,
+//! (`--tls-exported-probes`), with the socket syscall tracepoints, and with the probes
+//! scoped to nginx (`--tls-scope servers`: wrk, a TLS client on the same node, then never
+//! traps), paired with clear-text capture of the same load over HTTP: the throughput kept,
+//! the capture's CPU per request,
 //! the probes' own run time per request (bpf_stats; the uprobe traps themselves are not in
 //! it) and the node's extra CPU per request (/proc/stat, traps included). Three rounds, each
 //! running a baseline right before its contender.
@@ -114,6 +117,11 @@ pub fn tls_cost() -> Result<()> {
         .copied()
         .chain(["--tls-socket-hooks", "syscalls"])
         .collect();
+    let servers_args: Vec<&str> = tls_args
+        .iter()
+        .copied()
+        .chain(["--tls-scope", "servers"])
+        .collect();
     let plain_args = [
         "messages",
         "--iface",
@@ -131,6 +139,7 @@ pub fn tls_cost() -> Result<()> {
                 &syscalls_args[..],
                 &https,
             ),
+            ("  + --tls-scope servers", &servers_args[..], &https),
             ("--iface (clear text, HTTP)", &plain_args[..], &http),
         ] {
             let base = wrk(&topo, url, &script, SECONDS)?;
