@@ -609,7 +609,8 @@ fn the_agent_records_tls_when_asked_and_refuses_tls_with_interfaces() -> Result<
         "{status} {answer}"
     );
 
-    let body = serde_json::json!({"name": "agtls", "tls": "server", "ports": [PORT]});
+    // Scoped to the serving processes: nginx alone is probed.
+    let body = serde_json::json!({"name": "agtls", "tls": "server", "tls_scope": "servers", "ports": [PORT]});
     let started = api.ok("POST", "/v1/recordings", Some(&body.to_string()))?;
     assert_eq!(started["state"], "recording");
     for i in 0..3 {
@@ -792,6 +793,7 @@ fn scoped_to_servers_only_the_processes_serving_the_port_are_probed_as_they_come
     );
     ensure!(counter(&stderr, "tls_other_ports")? == 0, "{all}");
     ensure!(counter(&stderr, "tls_probed_processes")? == 1, "{all}");
+    ensure!(all.contains("from 1 serving process ("), "{all}");
 
     // The scope needs the server side, and says so in one line.
     let out = topo

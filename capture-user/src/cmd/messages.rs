@@ -104,7 +104,7 @@ async fn run_live(args: MessagesArgs) -> anyhow::Result<()> {
                 "capturing HTTPS plaintext ({}) on ports {:?} from {}; stop with Ctrl-C",
                 side.phrase(),
                 config.ports,
-                tls.libraries.join(", ")
+                tls.probed_line()
             );
             if let Some(line) = tls.unhooked_line() {
                 eprintln!("not captured (no libssl mapped, TLS linked statically?): {line}");

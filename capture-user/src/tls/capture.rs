@@ -135,6 +135,7 @@ impl<M: MessageSink> TlsCapture<M> {
         {
             let mut stats = lock(&shared.stats);
             stats.unhooked = unhooked;
+            stats.scoped = servers.is_some();
             publish_libraries(&mut stats, &probes);
         }
         let ring = probes.take_ring()?;

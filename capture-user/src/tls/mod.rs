@@ -170,6 +170,8 @@ pub struct TlsStats {
     /// Processes probed one by one (`--tls-scope servers`) now; 0 when every process
     /// mapping a probed library is.
     pub processes: u64,
+    /// `--tls-scope servers`: probes are attached per serving process.
+    pub scoped: bool,
     /// Processes on a configured port with no libssl mapped.
     pub unhooked: Vec<Unhooked>,
 }
@@ -201,6 +203,18 @@ impl TlsStats {
             .collect()
     }
 
+    /// What is probed, for the start line: "libssl.so.3, ..." or, scoped to the servers,
+    /// "N serving processes (libssl.so.3)" or "no serving process yet".
+    pub fn probed_line(&self) -> String {
+        let libraries = self.libraries.join(", ");
+        match (self.scoped, self.processes) {
+            (false, _) => libraries,
+            (true, 0) => "no serving process yet (probed as they start listening)".into(),
+            (true, 1) => format!("1 serving process ({libraries})"),
+            (true, n) => format!("{n} serving processes ({libraries})"),
+        }
+    }
+
     /// "pid 12 (envoy) on port 443, ...": what the probes cannot see, for a warning.
     pub fn unhooked_line(&self) -> Option<String> {
         (!self.unhooked.is_empty()).then(|| {
@@ -210,5 +224,28 @@ impl TlsStats {
                 .collect::<Vec<_>>()
                 .join(", ")
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_start_line_names_libraries_or_the_serving_processes_probed() {
+        let mut stats = TlsStats {
+            libraries: vec!["/usr/lib/x86_64-linux-gnu/libssl.so.3".into()],
+            ..TlsStats::default()
+        };
+        assert_eq!(stats.probed_line(), "/usr/lib/x86_64-linux-gnu/libssl.so.3");
+        stats.scoped = true;
+        stats.processes = 2;
+        assert_eq!(
+            stats.probed_line(),
+            "2 serving processes (/usr/lib/x86_64-linux-gnu/libssl.so.3)"
+        );
+        stats.processes = 0;
+        stats.libraries.clear();
+        assert!(stats.probed_line().starts_with("no serving process yet"));
     }
 }
