@@ -255,6 +255,8 @@ mod tests {
             "kafka",
             "topic",
             "ring_size",
+            "tls",
+            "tls_scope",
         ] {
             assert!(
                 recording.contains(f),

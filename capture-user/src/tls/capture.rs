@@ -14,6 +14,7 @@ use aya::maps::{MapData, PerCpuArray, RingBuf};
 use capture_common::tls::TlsCounter;
 
 use super::libraries::{self, TlsLibrary};
+use super::listeners::ListenerScan;
 use super::probes::TlsProbes;
 use super::record::TlsAssembler;
 use super::streams::{TlsStreamConfig, TlsStreams};
@@ -66,6 +67,7 @@ impl<M: MessageSink> TlsCapture<M> {
             TlsScope::All => None,
             TlsScope::Servers if side == TlsSide::Server => Some(Servers {
                 ports: config.ports.clone(),
+                scan: ListenerScan::new(),
                 listening: BTreeMap::new(),
             }),
             TlsScope::Servers => return Err(TlsError::ScopeNeedsServerSide),
@@ -103,7 +105,7 @@ impl<M: MessageSink> TlsCapture<M> {
                 }
             }
             Some(servers) => {
-                servers.listening = libraries::listening_sockets(&all, &servers.ports);
+                servers.listening = servers.scan.listening(&all, &servers.ports);
                 for (pid, libs) in mapped {
                     servers.probe_if_serving(&mut probes, pid, libs);
                 }
@@ -243,6 +245,7 @@ fn publish_libraries(stats: &mut TlsStats, probes: &TlsProbes) {
 /// `--tls-scope servers`: the processes listening on the ports are probed one by one.
 struct Servers {
     ports: Vec<u16>,
+    scan: ListenerScan,
     /// The sockets listening on the ports at the last look, by inode.
     listening: BTreeMap<u64, u16>,
 }
@@ -253,7 +256,7 @@ impl Servers {
     /// holds it is not known) and probes those serving a port. Detaches the probes of
     /// processes that exited.
     fn tick(&mut self, probes: &mut TlsProbes, live: &[u32], due: &[u32]) {
-        let listening = libraries::listening_sockets(live, &self.ports);
+        let listening = self.scan.listening(live, &self.ports);
         let fresh = listening.keys().any(|i| !self.listening.contains_key(i));
         self.listening = listening;
         for &pid in if fresh { live } else { due } {

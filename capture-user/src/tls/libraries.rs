@@ -8,6 +8,8 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use super::listeners::ListenerScan;
+
 /// Library directories searched on the host at start.
 const HOST_LIBRARY_DIRS: [&str; 6] = [
     "/lib/x86_64-linux-gnu",
@@ -159,22 +161,9 @@ pub fn listening_inodes(table: &str, ports: &[u16]) -> Vec<(u64, u16)> {
 }
 
 /// Sockets listening on `ports` in any network namespace of the node (`pids`: every
-/// process, one per namespace is read), by inode, with their port.
+/// process), by inode, with their port: one look, see [`ListenerScan`] to look again.
 pub fn listening_sockets(pids: &[u32], ports: &[u16]) -> BTreeMap<u64, u16> {
-    let mut seen_netns = HashSet::new();
-    let mut listening = BTreeMap::new();
-    for &pid in pids {
-        let netns = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
-        if !seen_netns.insert(netns) {
-            continue;
-        }
-        for table in ["tcp", "tcp6"] {
-            if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) {
-                listening.extend(listening_inodes(&text, ports));
-            }
-        }
-    }
-    listening
+    ListenerScan::new().listening(pids, ports)
 }
 
 /// The port process `pid` serves: that of the first of `listening` among its open

@@ -14,6 +14,7 @@
 pub mod btf;
 pub mod capture;
 pub mod libraries;
+pub mod listeners;
 pub mod probes;
 pub mod record;
 pub mod sites;
