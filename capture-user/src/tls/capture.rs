@@ -251,19 +251,20 @@ struct Servers {
 }
 
 impl Servers {
-    /// One watcher tick: reads the listening sockets again, then looks at the processes due
-    /// (all of them when a socket started listening since the last tick: which process
-    /// holds it is not known) and probes those serving a port. Detaches the probes of
-    /// processes that exited.
-    fn tick(&mut self, probes: &mut TlsProbes, live: &[u32], due: &[u32]) {
+    /// Reads the listening sockets again: true when one started listening since the last
+    /// look (which process holds it is not known, so every process is to be looked at).
+    fn refresh(&mut self, live: &[u32]) -> bool {
         let listening = self.scan.listening(live, &self.ports);
         let fresh = listening.keys().any(|i| !self.listening.contains_key(i));
         self.listening = listening;
-        for &pid in if fresh { live } else { due } {
-            let libs = libraries::process_libraries(pid);
-            if !libs.is_empty() {
-                self.probe_if_serving(probes, pid, libs);
-            }
+        fresh
+    }
+
+    /// Probes those of `candidates` that serve a port (with the libssl files they map), and
+    /// detaches the probes of processes no longer `live`.
+    fn probe(&self, probes: &mut TlsProbes, live: &[u32], candidates: Vec<(u32, Vec<TlsLibrary>)>) {
+        for (pid, libs) in candidates {
+            self.probe_if_serving(probes, pid, libs);
         }
         let live: HashSet<u32> = live.iter().copied().collect();
         let exited = probes.forget_exited(&live);
@@ -378,11 +379,19 @@ fn watch_processes(
         let live = libraries::pids();
         let due = schedule.tick(live.iter().copied(), libraries::executable);
         if let Some(servers) = servers.as_mut() {
+            // The reads first, then the probes held only to attach and detach (stopping
+            // waits for them).
+            let fresh = servers.refresh(&live);
+            let candidates: Vec<(u32, Vec<TlsLibrary>)> = if fresh { &live } else { &due }
+                .iter()
+                .map(|&pid| (pid, libraries::process_libraries(pid)))
+                .filter(|(_, libs)| !libs.is_empty())
+                .collect();
             let mut guard = lock(probes);
             let Some(probes) = guard.as_mut() else {
                 return;
             };
-            servers.tick(probes, &live, &due);
+            servers.probe(probes, &live, candidates);
             publish_libraries(&mut lock(&shared.stats), probes);
             continue;
         }
