@@ -91,7 +91,9 @@ impl ListenerScan {
         let there = File::open(format!("/proc/{pid}/ns/net"))?;
         setns(&there)?;
         let socket = sock_diag_socket();
-        // Back home whatever happened; if that fails this thread must not open more.
+        // Back home whatever happened. Should that fail, the socket is dropped all the same
+        // and this namespace read from /proc; nothing else the watcher does depends on its
+        // thread's namespace (each socket is opened right after entering its own).
         setns(home).map_err(|e| std::io::Error::other(format!("returning home: {e}")))?;
         socket
     }
