@@ -80,6 +80,11 @@ impl<M: MessageSink> TlsCapture<M> {
             Some(_) => Vec::new(),
         };
         let all = libraries::pids();
+        // Read once: the servers to probe (scoped) and those without libssl to name.
+        let listening = match servers.as_mut() {
+            Some(servers) => servers.scan.listening(&all, &servers.ports),
+            None => ListenerScan::new().listening(&all, &config.ports),
+        };
         let mut mapped = Vec::new();
         for &pid in &all {
             looked_at.push((pid, libraries::executable(pid)));
@@ -105,7 +110,7 @@ impl<M: MessageSink> TlsCapture<M> {
                 }
             }
             Some(servers) => {
-                servers.listening = servers.scan.listening(&all, &servers.ports);
+                servers.listening = listening.clone();
                 for (pid, libs) in mapped {
                     servers.probe_if_serving(&mut probes, pid, libs);
                 }
@@ -123,7 +128,7 @@ impl<M: MessageSink> TlsCapture<M> {
                 }
             }
         }
-        let unhooked = libraries::unhooked_servers(&config.ports, &with_tls);
+        let unhooked = libraries::unhooked_servers(&all, &listening, &with_tls);
         for u in &unhooked {
             log::warn!(
                 "pid {} ({}) serves port {} but maps no libssl: its TLS (statically linked, \

@@ -8,8 +8,6 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::listeners::ListenerScan;
-
 /// Library directories searched on the host at start.
 const HOST_LIBRARY_DIRS: [&str; 6] = [
     "/lib/x86_64-linux-gnu",
@@ -160,12 +158,6 @@ pub fn listening_inodes(table: &str, ports: &[u16]) -> Vec<(u64, u16)> {
         .collect()
 }
 
-/// Sockets listening on `ports` in any network namespace of the node (`pids`: every
-/// process), by inode, with their port: one look, see [`ListenerScan`] to look again.
-pub fn listening_sockets(pids: &[u32], ports: &[u16]) -> BTreeMap<u64, u16> {
-    ListenerScan::new().listening(pids, ports)
-}
-
 /// The port process `pid` serves: that of the first of `listening` among its open
 /// descriptors (a process that forked from a server holds its listening socket too).
 pub fn port_served(pid: u32, listening: &BTreeMap<u64, u16>) -> Option<u16> {
@@ -192,14 +184,18 @@ pub fn command(pid: u32) -> String {
         .unwrap_or_default()
 }
 
-/// Processes listening on `ports` that map no libssl (`with_tls`: pids known to map one).
-pub fn unhooked_servers(ports: &[u16], with_tls: &HashSet<u32>) -> Vec<Unhooked> {
-    let all = pids();
-    let listening = listening_sockets(&all, ports);
-    all.into_iter()
+/// Which of `pids` hold one of the `listening` sockets but map no libssl (`with_tls`: pids
+/// known to map one).
+pub fn unhooked_servers(
+    pids: &[u32],
+    listening: &BTreeMap<u64, u16>,
+    with_tls: &HashSet<u32>,
+) -> Vec<Unhooked> {
+    pids.iter()
+        .copied()
         .filter(|pid| !with_tls.contains(pid))
         .filter_map(|pid| {
-            let port = port_served(pid, &listening)?;
+            let port = port_served(pid, listening)?;
             Some(Unhooked {
                 pid,
                 command: command(pid),
